@@ -1,0 +1,121 @@
+"""Fixed-point encoding of real and integer data into a prime field.
+
+A real x is carried as the integer round(x · 2^f), f the fractional bits, and
+that integer as a field element (negatives wrap to p − |v|). Rounding to the
+nearest integer bounds the error of one value by 2^−(f+1), so a round trip is
+within 2^−f. A value must satisfy |x| < 2^int_bits; the encoder checks it and
+refuses NaN and ±inf, naming the input, the first offending position and the
+bound, because a silently wrapped value would corrupt a whole secure sum.
+
+The caller picks ``int_bits`` with head-room for what the protocol does with
+the values: a sum of M site inputs each below 2^b stays below 2^(b + log2 M),
+and the field must hold 2^(int_bits + f + 1) without wrapping
+(:meth:`FixedPoint.check_field`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from smpc.errors import UserError
+from smpc.field import PrimeField
+
+_CHUNK = 1 << 16  # elements encoded per step
+
+
+class EncodingError(UserError, ValueError):
+    """A value cannot be encoded: not finite, or outside the declared bound."""
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Encoding with ``frac_bits`` fractional bits for values below 2^``int_bits``."""
+
+    frac_bits: int
+    int_bits: int
+
+    def __post_init__(self) -> None:
+        if self.frac_bits < 0 or self.int_bits < 0:
+            raise ValueError("frac_bits and int_bits must be non-negative")
+
+    @property
+    def bound(self) -> float:
+        """Exclusive bound on |x|."""
+        return float(2.0**self.int_bits)
+
+    @property
+    def total_bits(self) -> int:
+        """Bits of magnitude of an encoded integer (sign not included)."""
+        return self.int_bits + self.frac_bits
+
+    def check_field(self, field: PrimeField, *, terms: int = 1) -> None:
+        """Refuse a field too small to hold a sum of ``terms`` encoded values."""
+        needed = self.total_bits + max(terms - 1, 0).bit_length() + 1
+        if field.modulus.bit_length() <= needed:
+            raise EncodingError(
+                f"field of {field.modulus.bit_length()} bits cannot hold sums of {terms} values "
+                f"with {self.int_bits} integer and {self.frac_bits} fractional bits "
+                f"(needs more than {needed} bits)"
+            )
+
+    def encode(self, x: np.ndarray, field: PrimeField, *, name: str = "input") -> np.ndarray:
+        """Encode an array of numbers as field elements, refusing what does not fit."""
+        x = np.asarray(x)
+        if x.dtype.kind in "iu":
+            return self._encode_integers(x, field, name)
+        if x.dtype.kind not in "f":
+            raise EncodingError(f"{name}: cannot encode values of type {x.dtype}")
+        flat = x.reshape(-1)
+        out = np.empty(flat.size, dtype=field.dtype)
+        scale = 2.0**self.frac_bits
+        # Cache-sized chunks: five passes over 512 KiB beat five over the array.
+        for lo in range(0, flat.size, _CHUNK):
+            chunk = flat[lo : lo + _CHUNK]
+            # One pass checks both: NaN fails every comparison, inf exceeds the bound.
+            if not np.abs(chunk).max(initial=0.0) < self.bound:
+                self._refuse(x, lo + int(np.flatnonzero(~(np.abs(chunk) < self.bound))[0]), name)
+            scaled = np.rint(chunk * scale)
+            if self.total_bits <= 62:
+                out[lo : lo + chunk.size] = field.from_int(scaled.astype(np.int64))
+            else:
+                out[lo : lo + chunk.size] = field.from_int(np.frompyfunc(int, 1, 1)(scaled))
+        return out.reshape(x.shape)
+
+    def _refuse(self, x: np.ndarray, flat_index: int, name: str) -> None:
+        pos = _position(flat_index, x.shape)
+        value = x[pos]
+        if not np.isfinite(value):
+            raise EncodingError(f"{name}: value {value} at {pos} is not a finite number")
+        raise EncodingError(
+            f"{name}: value {value} at {pos} is outside the bound |x| < 2^{self.int_bits}"
+            f" = {self.bound:g}"
+        )
+
+    def _encode_integers(self, x: np.ndarray, field: PrimeField, name: str) -> np.ndarray:
+        # Integers encode exactly: no float detour, so 2^53 and above stay exact.
+        big = np.abs(x.astype(object) if x.dtype.kind == "u" else x) >= 2**self.int_bits
+        if np.any(big):
+            pos = _position(np.flatnonzero(big)[0], x.shape)
+            raise EncodingError(
+                f"{name}: value {x[pos]} at {pos} is outside the bound |x| < 2^{self.int_bits}"
+            )
+        if self.frac_bits == 0:
+            return field.from_int(x)
+        if self.total_bits <= 62:
+            return field.from_int(x.astype(np.int64) << np.int64(self.frac_bits))
+        return field.from_int(x.astype(object) * (1 << self.frac_bits))
+
+    def decode(self, v: np.ndarray, field: PrimeField) -> np.ndarray:
+        """Field elements back to float64; with ``frac_bits`` 0, to exact integers."""
+        signed = field.to_signed(v)
+        if self.frac_bits == 0:
+            return signed
+        return signed.astype(np.float64) / 2.0**self.frac_bits
+
+
+def _position(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...] | int:
+    """A flat index as the position a user would write (row, column, ...)."""
+    pos = np.unravel_index(int(flat_index), shape)
+    return int(pos[0]) if len(pos) == 1 else tuple(int(i) for i in pos)

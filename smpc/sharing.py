@@ -1,0 +1,201 @@
+"""Shamir and additive secret sharing of NumPy arrays, with compact shares.
+
+Parties are numbered 0..N−1 and, as in MPyC, party i holds the evaluation at
+i + 1 of a polynomial f of degree t with f(0) the secret. Any t + 1 shares
+determine f, hence the secret; any t of them are uniformly random.
+
+One construction serves both schemes and both share forms. The first ``k``
+shares are drawn at random (k = t for Shamir, k = N − 1 for additive), each
+from its own ChaCha20 key stream; the remaining shares follow from the secret:
+
+* Shamir: f is the polynomial through (0, secret), (1, r_0), …, (t, r_{t−1}),
+  so party j ≥ t gets f(j+1) = λ_0·secret + Σ_i λ_{i+1}·r_i, with Lagrange
+  coefficients λ over the consecutive nodes 0..t — integers, small for small N,
+  so the hot path multiplies by small constants only.
+* Additive: party N−1 gets secret − Σ_i r_i.
+
+Choosing t values of f at t non-zero nodes uniformly at random is the same
+distribution as choosing its t non-constant coefficients uniformly: this is
+ordinary Shamir sharing.
+
+**Compact shares.** A random share can travel as the 32-byte seed of its key
+stream instead of the array, so a site uploads (N − t)× its data (Shamir) or
+1× (additive) instead of N×. Privacy then rests on ChaCha20 being a
+pseudo-random generator: t colluding parties see t seeds' expansions and
+nothing about the others, exactly as before except that "uniformly random" is
+now "indistinguishable from uniformly random" to a computationally bounded
+adversary; information-theoretic privacy becomes computational, at 256-bit
+key strength. Every seed is fresh from ``os.urandom`` at each call of
+:func:`split`, i.e. one per (job, input, site, party): a reused seed at t = 1
+would let the seeded party subtract two shares and learn the difference of two
+inputs. Compact or full is a per-job choice (``compact=``); full shares give
+information-theoretic privacy at N× the upload.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cache
+from typing import Literal
+
+import numpy as np
+
+from smpc.field import PrimeField
+from smpc.prg import BLOCK_ELEMENTS, expand, fresh_seed
+
+Scheme = Literal["shamir", "additive"]
+SCHEMES: tuple[Scheme, ...] = ("shamir", "additive")
+
+
+_CHUNK = BLOCK_ELEMENTS  # elements per step of split(): fits in L2 cache
+
+
+class SharingError(ValueError):
+    """Parameters or shares that cannot work: bad (N, t), too few shares."""
+
+
+@dataclass(frozen=True)
+class Share:
+    """Party ``party``'s share: a full array of field elements, or a seed."""
+
+    party: int
+    values: np.ndarray | None = None
+    seed: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.values is None) == (self.seed is None):
+            raise ValueError("a share is either values or a seed")
+
+    @property
+    def is_seed(self) -> bool:
+        return self.seed is not None
+
+    def expand(self, field: PrimeField, shape: tuple[int, ...]) -> np.ndarray:
+        """The share as field elements (a seed is expanded with its key stream)."""
+        if self.seed is not None:
+            return expand(field, self.seed, math.prod(shape)).reshape(shape)
+        return self.values
+
+
+def check_parameters(n: int, t: int, scheme: Scheme) -> None:
+    """Refuse an impossible (N, t, scheme) with the reason."""
+    if scheme not in SCHEMES:
+        raise SharingError(f"unknown sharing scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    if n < 1:
+        raise SharingError(f"need at least one party, got N={n}")
+    if not 0 <= t < n:
+        raise SharingError(f"threshold t={t} must satisfy 0 <= t < N={n}")
+
+
+def random_count(n: int, t: int, scheme: Scheme) -> int:
+    """How many shares are pure randomness (and may travel as seeds)."""
+    return t if scheme == "shamir" else n - 1
+
+
+def split(
+    secret: np.ndarray,
+    field: PrimeField,
+    n: int,
+    t: int,
+    scheme: Scheme = "shamir",
+    *,
+    compact: bool = True,
+) -> list[Share]:
+    """Share an array of field elements among ``n`` parties with threshold ``t``.
+
+    For additive sharing ``t`` is informational (every share is needed); pass
+    ``n - 1``. With ``compact`` the random shares are returned as seeds.
+    """
+    check_parameters(n, t, scheme)
+    secret = np.asarray(secret)
+    flat = secret.reshape(-1)
+    k = random_count(n, t, scheme)
+    seeds = [fresh_seed() for _ in range(k)]
+    # Parties 0..k−1 hold randomness; parties k..n−1 hold arrays derived from it.
+    stored = range(k, n) if compact else range(n)
+    out = {j: np.empty(flat.size, dtype=field.dtype) for j in stored}
+    # Work through the array in cache-sized chunks aligned to the PRG blocks.
+    for lo in range(0, flat.size, _CHUNK):
+        chunk = flat[lo : lo + _CHUNK]
+        randoms = [expand(field, seed, chunk.size, lo) for seed in seeds]
+        if not compact:
+            for i, r in enumerate(randoms):
+                out[i][lo : lo + chunk.size] = r
+        if scheme == "additive":
+            rest = field.sub(chunk, field.sum(randoms)) if randoms else chunk
+            out[n - 1][lo : lo + chunk.size] = rest
+            continue
+        for j in range(k, n):
+            coeffs = _extension_coefficients(t, j + 1)
+            terms = [(coeffs[0], chunk), *zip(coeffs[1:], randoms, strict=True)]
+            out[j][lo : lo + chunk.size] = field.linear_combination(terms)
+    return [
+        Share(i, values=out[i].reshape(secret.shape)) if i in out else Share(i, seed=seeds[i])
+        for i in range(n)
+    ]
+
+
+def reconstruct(
+    shares: Mapping[int, np.ndarray],
+    field: PrimeField,
+    t: int,
+    scheme: Scheme = "shamir",
+    *,
+    n: int | None = None,
+) -> np.ndarray:
+    """The secret from shares given as {party index: field elements}.
+
+    Shamir needs any t + 1 shares (the first t + 1 given are used); additive
+    needs all ``n`` (when ``n`` is given it is checked).
+    """
+    if scheme == "additive":
+        if n is not None and sorted(shares) != list(range(n)):
+            missing = sorted(set(range(n)) - set(shares))
+            raise SharingError(f"additive sharing needs every share; missing parties {missing}")
+        return field.sum([shares[i] for i in sorted(shares)])
+    if len(shares) < t + 1:
+        raise SharingError(f"Shamir threshold t={t} needs {t + 1} shares, got {len(shares)}")
+    parties = sorted(shares)[: t + 1]
+    lambdas = lagrange_at_zero(tuple(i + 1 for i in parties), field.modulus)
+    return field.linear_combination(
+        [(lam, shares[i]) for lam, i in zip(lambdas, parties, strict=True)]
+    )
+
+
+def lagrange_at_zero(points: tuple[int, ...], modulus: int) -> list[int]:
+    """Lagrange coefficients λ_i with f(0) = Σ λ_i f(x_i), modulo ``modulus``."""
+    out = []
+    for i, xi in enumerate(points):
+        num, den = 1, 1
+        for j, xj in enumerate(points):
+            if j != i:
+                num = num * xj % modulus
+                den = den * (xj - xi) % modulus
+        out.append(num * pow(den, -1, modulus) % modulus)
+    return out
+
+
+@cache
+def _extension_coefficients(t: int, x: int) -> tuple[int, ...]:
+    """Integer λ_0..λ_t with f(x) = Σ_m λ_m f(m) for every f of degree ≤ t.
+
+    Over the consecutive nodes 0..t these Lagrange coefficients are integers, so
+    the caller multiplies by small constants (no modular inverse is involved).
+    """
+    coeffs = []
+    for m in range(t + 1):
+        c = Fraction(1)
+        for k in range(t + 1):
+            if k != m:
+                c *= Fraction(x - k, m - k)
+        assert c.denominator == 1
+        coeffs.append(int(c))
+    return tuple(coeffs)
+
+
+def upload_factor(n: int, t: int, scheme: Scheme, compact: bool) -> int:
+    """How many copies of the data a site uploads (seeds are negligible)."""
+    return n - random_count(n, t, scheme) if compact else n
