@@ -1,0 +1,82 @@
+"""What one MPyC session computes: the task file a party hands its session process.
+
+A computing party never imports MPyC in-process (MPyC parses ``sys.argv`` on
+import and keeps a global runtime, see DESIGN.md): for each job it writes a
+:class:`SessionTask` as JSON and starts ``python -m smpc.mpc.session``. This
+module holds the schema both sides share, and nothing that imports MPyC.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from smpc.field import field_for, mpyc_modulus
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecType(_Strict):
+    """An MPyC secure type: ``SecInt(l[, p])`` or ``SecFxp(l, f[, p])``."""
+
+    kind: Literal["int", "fxp"]
+    bit_length: int = Field(gt=0)
+    frac_bits: int = Field(default=0, ge=0)
+    prime: int | None = None  # a custom modulus, as ``mpc.SecInt(l, p=...)``
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecType:
+        if self.kind == "int" and self.frac_bits:
+            raise ValueError("a secure integer type has no fractional bits")
+        needed = self.bit_length + self.frac_bits + 31  # l + f + k + 1 with MPyC's k = 30
+        if self.prime is not None and self.prime.bit_length() <= needed:
+            raise ValueError(
+                f"prime of {self.prime.bit_length()} bits is too small for {self.bit_length}-bit "
+                f"values with {self.frac_bits} fractional bits (MPyC needs more than l+f+31 bits)"
+            )
+        return self
+
+    @property
+    def modulus(self) -> int:
+        if self.prime is not None:
+            return self.prime
+        return mpyc_modulus(self.bit_length, self.frac_bits)
+
+    @property
+    def field(self):
+        return field_for(self.modulus)
+
+
+class ShareRef(_Strict):
+    """One site's stored share of one input: the decrypted envelope body on disk."""
+
+    site: str
+    path: Path
+    seed: bool = False
+
+
+class TaskInput(_Strict):
+    name: str
+    shape: tuple[int, ...]
+    shares: list[ShareRef] = Field(min_length=1)
+
+
+class SessionTask(_Strict):
+    """Everything a session process needs besides its MPyC command line."""
+
+    job: str
+    party: int = Field(ge=0)
+    sectype: SecType
+    inputs: list[TaskInput] = Field(min_length=1)
+    compute: Literal["sum"] = "sum"
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def read(cls, path: Path) -> SessionTask:
+        return cls.model_validate_json(path.read_text())
