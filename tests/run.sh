@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need, then runs them all.
+#   bash tests/run.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests start as real processes (none yet: later the broker and PLINK).
+APT_PACKAGES=()
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+python -m pip install -q -e '.[test]'
+exec python -m pytest "$@"
