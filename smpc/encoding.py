@@ -15,14 +15,14 @@ and the field must hold 2^(int_bits + f + 1) without wrapping
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from smpc.errors import UserError
 from smpc.field import PrimeField
-
-_CHUNK = 1 << 16  # elements encoded per step
+from smpc.sharing import CHUNK_ELEMENTS
 
 
 class EncodingError(UserError, ValueError):
@@ -63,25 +63,62 @@ class FixedPoint:
     def encode(self, x: np.ndarray, field: PrimeField, *, name: str = "input") -> np.ndarray:
         """Encode an array of numbers as field elements, refusing what does not fit."""
         x = np.asarray(x)
-        if x.dtype.kind in "iu":
-            return self._encode_integers(x, field, name)
-        if x.dtype.kind not in "f":
+        out = np.empty(x.size, dtype=field.dtype)
+        for lo, chunk in self.iter_encode(x, field, name=name):
+            out[lo : lo + chunk.size] = chunk
+        return out.reshape(x.shape)
+
+    def iter_encode(
+        self, x: np.ndarray, field: PrimeField, *, name: str = "input", chunk: int = CHUNK_ELEMENTS
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset, encoded piece) over the flattened array, ``chunk`` elements at a time.
+
+        Cache-sized pieces make the few passes of encoding run from cache, and let
+        a caller share and seal each piece before the next is made. A bad value
+        raises when its piece is reached, with its position in the whole array.
+        """
+        x = np.asarray(x)
+        if x.dtype.kind not in "iuf":
             raise EncodingError(f"{name}: cannot encode values of type {x.dtype}")
         flat = x.reshape(-1)
-        out = np.empty(flat.size, dtype=field.dtype)
-        scale = 2.0**self.frac_bits
-        # Cache-sized chunks: five passes over 512 KiB beat five over the array.
-        for lo in range(0, flat.size, _CHUNK):
-            chunk = flat[lo : lo + _CHUNK]
-            # One pass checks both: NaN fails every comparison, inf exceeds the bound.
-            if not np.abs(chunk).max(initial=0.0) < self.bound:
-                self._refuse(x, lo + int(np.flatnonzero(~(np.abs(chunk) < self.bound))[0]), name)
-            scaled = np.rint(chunk * scale)
-            if self.total_bits <= 62:
-                out[lo : lo + chunk.size] = field.from_int(scaled.astype(np.int64))
+        for lo in range(0, flat.size, chunk):
+            piece = flat[lo : lo + chunk]
+            if x.dtype.kind == "f":
+                yield (
+                    lo,
+                    self._encode_floats(
+                        piece, field, lambda i, lo=lo: self._refuse(x, lo + i, name)
+                    ),
+                )
             else:
-                out[lo : lo + chunk.size] = field.from_int(np.frompyfunc(int, 1, 1)(scaled))
-        return out.reshape(x.shape)
+                yield (
+                    lo,
+                    self._encode_integers(
+                        piece, field, lambda i, lo=lo: self._refuse(x, lo + i, name)
+                    ),
+                )
+
+    def _encode_floats(self, piece: np.ndarray, field: PrimeField, refuse) -> np.ndarray:
+        # One pass checks both: NaN fails every comparison, inf exceeds the bound.
+        magnitude = np.abs(piece)
+        if not magnitude.max(initial=0.0) < self.bound:
+            refuse(int(np.flatnonzero(~(magnitude < self.bound))[0]))
+        scaled = np.rint(piece * 2.0**self.frac_bits)
+        if self.total_bits <= 62:
+            return field.from_int(scaled.astype(np.int64))
+        return field.from_int(np.frompyfunc(int, 1, 1)(scaled))
+
+    def _encode_integers(self, piece: np.ndarray, field: PrimeField, refuse) -> np.ndarray:
+        # Integers encode exactly: no float detour, so 2^53 and above stay exact.
+        magnitude = np.abs(piece.astype(object) if piece.dtype.kind == "u" else piece)
+        big = magnitude >= 2**self.int_bits
+        if np.any(big):
+            refuse(int(np.flatnonzero(big)[0]))
+        if self.frac_bits == 0:
+            return field.from_int(piece)
+        if self.total_bits <= 62:
+            return field.from_int(piece.astype(np.int64) << np.int64(self.frac_bits))
+        return field.from_int(piece.astype(object) * (1 << self.frac_bits))
 
     def _refuse(self, x: np.ndarray, flat_index: int, name: str) -> None:
         pos = _position(flat_index, x.shape)
@@ -90,22 +127,8 @@ class FixedPoint:
             raise EncodingError(f"{name}: value {value} at {pos} is not a finite number")
         raise EncodingError(
             f"{name}: value {value} at {pos} is outside the bound |x| < 2^{self.int_bits}"
-            f" = {self.bound:g}"
+            + ("" if x.dtype.kind != "f" else f" = {self.bound:g}")
         )
-
-    def _encode_integers(self, x: np.ndarray, field: PrimeField, name: str) -> np.ndarray:
-        # Integers encode exactly: no float detour, so 2^53 and above stay exact.
-        big = np.abs(x.astype(object) if x.dtype.kind == "u" else x) >= 2**self.int_bits
-        if np.any(big):
-            pos = _position(np.flatnonzero(big)[0], x.shape)
-            raise EncodingError(
-                f"{name}: value {x[pos]} at {pos} is outside the bound |x| < 2^{self.int_bits}"
-            )
-        if self.frac_bits == 0:
-            return field.from_int(x)
-        if self.total_bits <= 62:
-            return field.from_int(x.astype(np.int64) << np.int64(self.frac_bits))
-        return field.from_int(x.astype(object) * (1 << self.frac_bits))
 
     def decode(self, v: np.ndarray, field: PrimeField) -> np.ndarray:
         """Field elements back to float64; with ``frac_bits`` 0, to exact integers."""

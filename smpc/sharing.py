@@ -50,7 +50,7 @@ Scheme = Literal["shamir", "additive"]
 SCHEMES: tuple[Scheme, ...] = ("shamir", "additive")
 
 
-_CHUNK = BLOCK_ELEMENTS  # elements per step of split(): fits in L2 cache
+CHUNK_ELEMENTS = BLOCK_ELEMENTS  # elements per step of split(): 512 KiB, fits in L2 cache
 
 
 class SharingError(ValueError):
@@ -95,6 +95,44 @@ def random_count(n: int, t: int, scheme: Scheme) -> int:
     return t if scheme == "shamir" else n - 1
 
 
+class Splitter:
+    """Shares of one array, computed chunk by chunk: the streaming form of :func:`split`.
+
+    Holds the fresh seeds of the random shares; :meth:`split_chunk` takes the
+    next piece of the flattened secret and returns all N shares of that piece,
+    so a site can seal shares of an array far larger than its cache (or memory)
+    piece by piece. Pieces other than the last must be a multiple of
+    :data:`~smpc.prg.BLOCK_ELEMENTS` long, the granularity of seed expansion.
+    """
+
+    def __init__(self, field: PrimeField, n: int, t: int, scheme: Scheme = "shamir") -> None:
+        check_parameters(n, t, scheme)
+        self.field, self.n, self.t, self.scheme = field, n, t, scheme
+        self.seeds = [fresh_seed() for _ in range(random_count(n, t, scheme))]
+        self._offset = 0
+
+    def split_chunk(self, chunk: np.ndarray) -> list[np.ndarray]:
+        """All N shares (flat arrays, party order) of the next piece of the secret."""
+        if self._offset % BLOCK_ELEMENTS:
+            raise ValueError(
+                f"only the last piece may be shorter than a multiple of {BLOCK_ELEMENTS}"
+            )
+        field, k = self.field, len(self.seeds)
+        randoms = [expand(field, seed, chunk.size, self._offset) for seed in self.seeds]
+        self._offset += chunk.size
+        if self.scheme == "additive":
+            return [*randoms, field.sub(chunk, field.sum(randoms)) if randoms else chunk]
+        derived = []
+        for j in range(k, self.n):
+            coeffs = _extension_coefficients(self.t, j + 1)
+            derived.append(
+                field.linear_combination(
+                    [(coeffs[0], chunk), *zip(coeffs[1:], randoms, strict=True)]
+                )
+            )
+        return [*randoms, *derived]
+
+
 def split(
     secret: np.ndarray,
     field: PrimeField,
@@ -109,31 +147,20 @@ def split(
     For additive sharing ``t`` is informational (every share is needed); pass
     ``n - 1``. With ``compact`` the random shares are returned as seeds.
     """
-    check_parameters(n, t, scheme)
+    splitter = Splitter(field, n, t, scheme)
     secret = np.asarray(secret)
     flat = secret.reshape(-1)
-    k = random_count(n, t, scheme)
-    seeds = [fresh_seed() for _ in range(k)]
-    # Parties 0..k−1 hold randomness; parties k..n−1 hold arrays derived from it.
+    k = len(splitter.seeds)
     stored = range(k, n) if compact else range(n)
     out = {j: np.empty(flat.size, dtype=field.dtype) for j in stored}
-    # Work through the array in cache-sized chunks aligned to the PRG blocks.
-    for lo in range(0, flat.size, _CHUNK):
-        chunk = flat[lo : lo + _CHUNK]
-        randoms = [expand(field, seed, chunk.size, lo) for seed in seeds]
-        if not compact:
-            for i, r in enumerate(randoms):
-                out[i][lo : lo + chunk.size] = r
-        if scheme == "additive":
-            rest = field.sub(chunk, field.sum(randoms)) if randoms else chunk
-            out[n - 1][lo : lo + chunk.size] = rest
-            continue
-        for j in range(k, n):
-            coeffs = _extension_coefficients(t, j + 1)
-            terms = [(coeffs[0], chunk), *zip(coeffs[1:], randoms, strict=True)]
-            out[j][lo : lo + chunk.size] = field.linear_combination(terms)
+    for lo in range(0, flat.size, CHUNK_ELEMENTS):
+        for j, values in enumerate(splitter.split_chunk(flat[lo : lo + CHUNK_ELEMENTS])):
+            if j in out:
+                out[j][lo : lo + values.size] = values
     return [
-        Share(i, values=out[i].reshape(secret.shape)) if i in out else Share(i, seed=seeds[i])
+        Share(i, values=out[i].reshape(secret.shape))
+        if i in out
+        else Share(i, seed=splitter.seeds[i])
         for i in range(n)
     ]
 

@@ -7,8 +7,11 @@ flipped, re-addressed or re-signed, and must say which envelope and why.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from smpc.envelope import (
     MIN_CHUNK_SIZE,
     DigestMismatch,
     EnvelopeError,
+    EnvelopeWriter,
     InvalidHeader,
     NotAnEnvelope,
     ShapeMismatch,
@@ -508,16 +512,14 @@ def test_header_json_is_canonical_and_strict() -> None:
 
 
 def test_every_output_byte_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    """seal/open fill buffers that are not zeroed first: no stale byte may survive."""
+    """open decrypts into a buffer that is not zeroed first: no stale byte may survive."""
     import smpc.envelope as envelope
 
-    stale = b"\xaa" * 48
     monkeypatch.setattr(envelope, "_new_buffer", lambda size: bytearray(b"\xaa" * size))
     for count in [0, 1, 9000, 300_000]:  # 300,000 × 8 bytes: hashed on the worker thread
         arr = np.random.default_rng(count).integers(1, 2**62, count, dtype=np.uint64)
         env = sealed(header(shape=(count,)), arr, chunk_size=MIN_CHUNK_SIZE)
-        assert stale not in env
-        np.testing.assert_array_equal(opened(env).array(), arr)
+        np.testing.assert_array_equal(opened(env).array(), arr)  # compares every byte
 
 
 def test_large_tampered_envelope_stops_hash_worker() -> None:
@@ -541,3 +543,206 @@ def test_concurrent_seals() -> None:
         envs = list(pool.map(sealed, heads, arrays))
     for i, env in enumerate(envs):
         np.testing.assert_array_equal(opened(env, party=i).array(), arrays[i])
+
+
+# --------------------------------------------------------------------------- streaming writer
+
+
+def writer(h: ShareHeader, **kw: object) -> EnvelopeWriter:
+    return EnvelopeWriter(h, PARTY_KEYS[h.party].public_key(), SITE_KEYS[h.site], **kw)  # type: ignore[arg-type]
+
+
+def write_pieces(w: EnvelopeWriter, body: bytes, cuts: list[int]) -> None:
+    """Feed ``body`` cut at ``cuts`` (sorted, repeats give 0-length pieces), varying types."""
+    bounds = [0, *cuts, len(body)]
+    for k, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        piece = body[lo:hi]
+        w.write([piece, bytearray(piece), memoryview(piece), np.frombuffer(piece, np.uint8)][k % 4])
+
+
+def same_structure(a: bytes | bytearray, b: bytes | bytearray) -> None:
+    """Same layout byte for byte, except what is fresh per envelope (ephemeral key onwards)."""
+    assert len(a) == len(b)
+    assert peek_route(a) == peek_route(b)
+    assert layout(a) == layout(b)
+    p, _ = layout(a)
+    assert a[:40] == b[:40] and a[72:p] == b[72:p]  # all routing but the ephemeral key
+
+
+def test_writer_matches_seal() -> None:
+    h = header(shape=(20_000,))
+    w = writer(h, chunk_size=MIN_CHUNK_SIZE)
+    assert w.size == len(FUZZ_ENV)
+    for lo in range(0, 20_000, 4096):  # 32 KiB pieces: every chunk goes through staging
+        w.write(FUZZ_BODY[lo : lo + 4096])
+    env = w.finish()
+    assert isinstance(env, bytearray)
+    same_structure(env, FUZZ_ENV)
+    a, b = opened(env), opened(FUZZ_ENV)
+    assert a.header == b.header == header_with_digest(h, FUZZ_BODY)
+    assert a.body == b.body == FUZZ_BODY.tobytes()
+    assert a.envelope_id != b.envelope_id  # fresh ephemeral key
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cuts=st.lists(st.integers(0, FUZZ_BODY.nbytes), max_size=12).map(sorted)
+    | st.lists(  # around chunk boundaries, where pieces straddle or end exactly
+        st.sampled_from([k * MIN_CHUNK_SIZE + d for k in (1, 2) for d in (-1, 0, 1)]),
+        max_size=6,
+    ).map(sorted),
+    to_file=st.booleans(),
+    chunk_size=st.sampled_from([MIN_CHUNK_SIZE, 96 * KIB, DEFAULT_CHUNK_SIZE]),
+)
+def test_writer_any_piece_sizes(cuts: list[int], to_file: bool, chunk_size: int) -> None:
+    body = FUZZ_BODY.tobytes()
+    h = header(shape=(20_000,))
+    sink = io.BytesIO() if to_file else None
+    w = writer(h, sink=sink, chunk_size=chunk_size)
+    write_pieces(w, body, cuts)
+    env = w.finish()
+    if sink is not None:
+        assert env is None and sink.tell() == w.size
+        env = sink.getvalue()
+    assert env is not None and len(env) == w.size
+    got = opened(env)
+    assert got.body == body and got.header == header_with_digest(h, body)
+
+
+@pytest.mark.parametrize("offset", [0, 1000])
+def test_writer_file_sink(tmp_path: Path, offset: int) -> None:
+    arr = values(300_000, seed=5)  # 2.4 MB: large pieces are hashed on the worker thread
+    h = header(shape=(300_000,))
+    path = tmp_path / "outbox.env"
+    with path.open("wb") as f:
+        f.write(b"x" * offset)  # the envelope starts where the sink stands
+        with writer(h, sink=f, chunk_size=MIN_CHUNK_SIZE) as w:
+            w.write(arr[:100])  # leaves a partial chunk pending
+            w.write(arr[100:250_000])  # completes it, then whole chunks from the array
+            w.write(arr[250_000:])
+            assert w.finish() is None
+        assert f.tell() == offset + w.size
+        f.write(b"after")  # the sink is left right after the envelope
+    data = path.read_bytes()
+    assert data[:offset] == b"x" * offset and data.endswith(b"after")
+    env = data[offset:-5]
+    assert len(env) == w.size == peek_route(env).size
+    same_structure(env, sealed(h, arr, chunk_size=MIN_CHUNK_SIZE))
+    np.testing.assert_array_equal(opened(env).array(), arr)
+
+
+def test_writer_overwrites_stale_sink_bytes() -> None:
+    arr = values(20_000, seed=2)
+    h = header(shape=(20_000,))
+    w = writer(h, sink=(sink := io.BytesIO(b"\xaa" * 300_000)), chunk_size=MIN_CHUNK_SIZE)
+    w.write(arr)
+    w.finish()
+    env = sink.getvalue()[: w.size]
+    assert b"\xaa" * 48 not in env
+    np.testing.assert_array_equal(opened(env).array(), arr)
+
+
+def test_writer_empty_body() -> None:
+    h = header(shape=(0,))
+    for sink in [None, io.BytesIO()]:
+        w = writer(h, sink=sink)
+        w.write(b"")
+        env = w.finish() if sink is None else (w.finish(), sink.getvalue())[1]
+        assert env is not None and len(env) == w.size
+        assert opened(env).array().shape == (0,)
+
+
+def test_writer_too_many_bytes() -> None:
+    w = writer(header(shape=(4,)))
+    w.write(values(3))
+    with pytest.raises(ShapeMismatch, match=r"at least 40 bytes.*needs 32") as e:
+        w.write(values(2))
+    assert (e.value.job, e.value.input, e.value.site, e.value.party) == (
+        "job-42",
+        "allele_counts",
+        "st-olav",
+        1,
+    )
+    with pytest.raises(ValueError, match="aborted"):  # the writer is dead after an error
+        w.finish()
+
+
+def test_writer_too_few_bytes() -> None:
+    sink = io.BytesIO()
+    w = writer(header(shape=(20_000,)), sink=sink, chunk_size=MIN_CHUNK_SIZE)
+    w.write(FUZZ_BODY[:19_999])
+    with pytest.raises(ShapeMismatch, match=r"only 159992 bytes.*needs 160000") as e:
+        w.finish()
+    assert "job=job-42" in str(e.value) and "party=1" in str(e.value)
+    assert sink.getvalue() == b""  # truncated back to where the envelope started
+    with pytest.raises(ValueError, match="aborted"):
+        w.write(b"")
+
+
+def test_writer_digest() -> None:
+    arr = values(4)
+    good = header_with_digest(header(), arr)
+    w = writer(good)
+    w.write(arr)
+    assert opened(w.finish()).header == good
+    w = writer(header_with_digest(header(), values(4, seed=1)))
+    w.write(arr)
+    with pytest.raises(DigestMismatch, match="not the body's SHA-256"):
+        w.finish()
+
+
+def test_writer_exception_in_with_returns_nothing() -> None:
+    arr = values(20_000)
+    with (
+        pytest.raises(RuntimeError, match="producer failed"),
+        writer(header(shape=(20_000,)), chunk_size=MIN_CHUNK_SIZE) as w,
+    ):
+        w.write(arr[:10_000])
+        raise RuntimeError("producer failed")
+    with pytest.raises(ValueError, match="aborted"):
+        w.finish()
+    sink = io.BytesIO(b"keep")
+    sink.seek(4)
+    with pytest.raises(RuntimeError), writer(header(shape=(20_000,)), sink=sink) as w:
+        w.write(arr[:10_000])
+        raise RuntimeError
+    assert sink.getvalue() == b"keep"  # nothing half-written left behind
+
+
+def test_writer_with_block_needs_finish() -> None:
+    with pytest.raises(ValueError, match="without finish"), writer(header()) as w:
+        w.write(values(4))
+    with pytest.raises(ValueError, match="aborted"):
+        w.finish()
+
+
+def test_writer_abort_after_finish_keeps_envelope() -> None:
+    """An ExitStack of writers may abort all of them after some have finished."""
+    sink = io.BytesIO()
+    w = writer(header(), sink=sink)
+    w.write(values(4))
+    w.finish()
+    w.abort()
+    assert len(sink.getvalue()) == w.size
+    np.testing.assert_array_equal(opened(sink.getvalue()).array(), values(4))
+    with pytest.raises(ValueError, match="finished"):
+        w.write(b"")
+
+
+def test_writer_refuses_bad_sinks_and_pieces(tmp_path: Path) -> None:
+    class Pipe(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+    with pytest.raises(ValueError, match="seekable"):
+        writer(header(), sink=Pipe())  # type: ignore[arg-type]
+    with (tmp_path / "f").open("ab") as f, pytest.raises(ValueError, match="appending"):
+        writer(header(), sink=f)
+    w = writer(header(shape=(4,)))
+    with pytest.raises(ValueError, match="contiguous"):
+        w.write(values(8)[::2])
+    w = writer(header(shape=(4,)))
+    with pytest.raises(TypeError, match="float64"):
+        w.write(np.zeros(4))
+    with pytest.raises(TypeError, match="ShareHeader"):
+        EnvelopeWriter(header().to_dict(), PARTY_KEYS[1].public_key(), SITE_KEYS["st-olav"])  # type: ignore[arg-type]
