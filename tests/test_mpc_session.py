@@ -13,9 +13,10 @@ import pytest
 
 from smpc.encoding import FixedPoint
 from smpc.field import MERSENNE61
+from smpc.keys import load_kit
 from smpc.mpc.launch import SessionFailed, run_local_sessions, session_command
 from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
-from smpc.sharing import split
+from smpc.packaging import open_share, seal_shares
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -24,15 +25,25 @@ PARTIES = ["alpha", "beta", "gamma"]
 SITES = ["oslo", "bergen", "tromso"]
 
 
-def _share_to_files(values: dict[str, np.ndarray], sectype: SecType, enc: FixedPoint, out: Path):
-    """Each site encodes and shares its array; party i's share bodies go to files."""
+def _share_to_files(keys_dir: Path, values: dict, sectype: SecType, enc: FixedPoint, out: Path):
+    """Each site seals its shares in envelopes; each party opens its own and stores the body."""
     field = sectype.field
+    parties = [load_kit(keys_dir / "kits" / name) for name in PARTIES]
+    directory = parties[0].directory
+    site_keys = {site: directory.verify_key(site) for site in SITES}
+    recipients = [directory.party_encryption_key(i) for i in range(3)]
     refs: dict[int, list[ShareRef]] = {i: [] for i in range(3)}
     for site, x in values.items():
-        for share in split(enc.encode(x, field, name=site), field, 3, 1):
-            path = out / f"{site}.{share.party}.share"
-            path.write_bytes(share.seed if share.is_seed else bytes(field.to_bytes(share.values)))
-            refs[share.party].append(ShareRef(site=site, path=path, seed=share.is_seed))
+        signer = load_kit(keys_dir / "kits" / site).signing_key
+        envelopes = seal_shares(
+            x, enc, field, job="sum-test", input="x", site=site, t=1,
+            recipients=recipients, signer=signer,
+        )  # fmt: skip
+        for i, envelope in enumerate(envelopes):
+            share = open_share(envelope, parties[i].encryption_key, site_keys, party=i)
+            path = out / f"{site}.{i}.share"
+            path.write_bytes(share.body)
+            refs[i].append(ShareRef(site=site, path=path, seed=share.header.seed))
     return refs
 
 
@@ -51,7 +62,7 @@ def test_three_parties_open_the_sum_of_site_shares(keys_dir, tmp_path, sectype, 
         values = {s: rng.normal(0, 100, size=shape) for s in SITES}
     else:
         values = {s: rng.integers(-(2**19), 2**19, size=shape) for s in SITES}
-    refs = _share_to_files(values, sectype, enc, tmp_path)
+    refs = _share_to_files(keys_dir, values, sectype, enc, tmp_path)
     tasks = [
         SessionTask(
             job="sum-test",
