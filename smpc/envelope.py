@@ -166,6 +166,7 @@ __all__ = [
     "UnsupportedVersion",
     "WrongRecipient",
     "WrongSigner",
+    "envelope_id",
     "header_with_digest",
     "key_fingerprint",
     "open_envelope",
@@ -664,6 +665,20 @@ def peek_route(data: bytes | bytearray | memoryview) -> Route:
     (``Route.size`` says what it must be).
     """
     return _parse_prefix(_as_view(data)).route
+
+
+def envelope_id(data: bytes | bytearray | memoryview) -> str:
+    """The hex SHA-256 the site signed (routing part + encrypted header).
+
+    Unique per envelope and computable by the sender and the receiver alike, so
+    acks can name the envelope they answer; equal to ``Opened.envelope_id``.
+    Nothing is verified here.
+    """
+    view = _as_view(data)
+    pre = _parse_prefix(view)
+    if len(view) < pre.end + pre.header_len:
+        raise TruncatedEnvelope("envelope ends inside its header", **pre.ctx())
+    return hashlib.sha256(view[: pre.end + pre.header_len]).hexdigest()
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Signed control messages: jobs (analyst → all) and acks (party → site).
+
+Shares travel in envelopes (:mod:`smpc.envelope`); everything else that steers a
+job is small, public to the federation and must be attributable, so it is a
+signed JSON document::
+
+    {"kind": "job" | "ack", "signer": NAME, "payload": {...}, "signature": BASE64}
+
+The Ed25519 signature covers the canonical JSON (sorted keys, no spaces) of
+``{"kind", "signer", "payload"}`` with a domain-separation prefix, so a message
+of one kind cannot be replayed as another. :func:`verify` checks the signer's
+role against the federation directory: only analysts sign jobs, only parties
+sign acks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from smpc.errors import UserError
+from smpc.keys import Directory
+from smpc.sharing import SCHEMES, Scheme
+
+Kind = Literal["job", "ack"]
+_CONTEXT = b"smpc signed message v1\x00"
+_ROLE_OF_KIND = {"job": "analyst", "ack": "party"}
+NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class MessageError(UserError):
+    """A control message that is malformed, unsigned or signed by the wrong participant."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobInput(_Strict):
+    """One input a job asks every site for, with its fixed-point encoding."""
+
+    name: str = Field(pattern=NAME_RE)
+    frac_bits: int = Field(ge=0, le=64)
+    int_bits: int = Field(ge=1, le=200)
+
+
+class Job(_Strict):
+    """What the sites upload and the parties accept: the shared part of a job."""
+
+    id: str = Field(pattern=NAME_RE)
+    protocol: str = "sum"
+    inputs: tuple[JobInput, ...] = Field(min_length=1)
+    scheme: Scheme = "shamir"
+    t: int = Field(ge=0)
+    n: int = Field(ge=1)
+    modulus: int
+    compact: bool = True
+    min_sites: int = Field(default=1, ge=1)
+    sites: tuple[str, ...] | None = None  # None: every site of the federation
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Job:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}")
+        if not self.t < self.n:
+            raise ValueError(f"threshold t={self.t} must be below the number of parties n={self.n}")
+        if self.scheme == "additive" and self.t != self.n - 1:
+            raise ValueError("additive sharing has t = n - 1")
+        return self
+
+    def input(self, name: str) -> JobInput | None:
+        return next((i for i in self.inputs if i.name == name), None)
+
+
+class Ack(_Strict):
+    """A party's answer to one envelope: stored (durably) or rejected, with the reason."""
+
+    job: str
+    input: str
+    site: str
+    party: int
+    digest: str
+    envelope_id: str
+    status: Literal["stored", "rejected"]
+    reason: str = ""
+
+
+def _canonical(kind: str, signer: str, payload: dict) -> bytes:
+    doc = {"kind": kind, "signer": signer, "payload": payload}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign(kind: Kind, payload: BaseModel, signer: str, key: Ed25519PrivateKey) -> bytes:
+    """A signed message carrying ``payload``."""
+    body = payload.model_dump(mode="json")
+    signature = key.sign(_CONTEXT + _canonical(kind, signer, body))
+    doc = {"kind": kind, "signer": signer, "payload": body}
+    doc["signature"] = base64.b64encode(signature).decode()
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
+    """Check a message's form, kind, signer role and signature; return (signer, payload)."""
+    try:
+        doc = json.loads(data)
+        signer, payload, signature = doc["signer"], doc["payload"], doc["signature"]
+        if doc["kind"] != kind or set(doc) != {"kind", "signer", "payload", "signature"}:
+            raise ValueError(f"expected a {kind} message")
+        raw_signature = base64.b64decode(signature, validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"malformed {kind} message: {exc}") from None
+    try:
+        role = directory.role(signer)
+    except UserError:
+        raise MessageError(f"{kind} message signed by unknown participant {signer!r}") from None
+    if role != _ROLE_OF_KIND[kind]:
+        raise MessageError(
+            f"{kind} message signed by {signer!r}, a {role}, not an {_ROLE_OF_KIND[kind]}"
+        )
+    try:
+        directory.verify_key(signer).verify(
+            raw_signature, _CONTEXT + _canonical(kind, signer, payload)
+        )
+    except InvalidSignature:
+        raise MessageError(f"{kind} message from {signer!r} has a bad signature") from None
+    return signer, payload
+
+
+def verify_job(data: bytes, directory: Directory) -> tuple[str, Job]:
+    signer, payload = verify(data, "job", directory)
+    try:
+        return signer, Job.model_validate(payload)
+    except ValidationError as exc:
+        raise MessageError(f"job from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def verify_ack(data: bytes, directory: Directory) -> tuple[str, Ack]:
+    signer, payload = verify(data, "ack", directory)
+    try:
+        ack = Ack.model_validate(payload)
+    except ValidationError as exc:
+        raise MessageError(f"ack from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
+    if directory.party_index(signer) != ack.party:
+        raise MessageError(f"ack signed by {signer!r} speaks for party {ack.party}")
+    return signer, ack

@@ -1,0 +1,237 @@
+"""A computing party's durable state: jobs, shares and rejections.
+
+Layout under the party's store directory::
+
+    store.sqlite                 jobs, shares (metadata), rejections; WAL, synchronous=FULL
+    shares/<job>/<input>/<site>.share   the decrypted envelope body: this party's
+                                 share (a 32-byte seed or the array's limbs)
+
+Durability is the point: a party acknowledges a share only after
+:meth:`PartyStore.put_share` returned, and that method writes the body to a
+temporary file, fsyncs it, renames it into place, fsyncs the directory and only
+then commits the metadata row. A crash at any point leaves either no row (the
+site re-publishes what was not acknowledged, and the rename overwrites any
+orphan file) or a row whose file is complete. A restart therefore recovers every
+acknowledged share and every job.
+
+Re-delivery is normal under MQTT QoS 1: the same (job, input, site) with the
+same digest is a duplicate, stored once and acknowledged again; with another
+digest it is a conflict and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from smpc.errors import UserError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id        TEXT PRIMARY KEY,
+    message   BLOB NOT NULL,      -- the analyst's signed job message, as received
+    received  REAL NOT NULL,
+    status    TEXT NOT NULL DEFAULT 'open'
+);
+CREATE TABLE IF NOT EXISTS shares (
+    job          TEXT NOT NULL,
+    input        TEXT NOT NULL,
+    site         TEXT NOT NULL,
+    digest       TEXT NOT NULL,   -- SHA-256 of the body, from the signed header
+    envelope_id  TEXT NOT NULL,
+    seed         INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
+    header       TEXT NOT NULL,   -- the envelope header as JSON
+    stored       REAL NOT NULL,
+    PRIMARY KEY (job, input, site)
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           REAL NOT NULL,
+    job          TEXT,
+    input        TEXT,
+    site         TEXT,
+    reason       TEXT NOT NULL
+);
+"""
+
+
+class ShareConflict(UserError):
+    """A share for this (job, input, site) is stored already, with another digest."""
+
+
+@dataclass(frozen=True)
+class StoredShare:
+    job: str
+    input: str
+    site: str
+    digest: str
+    envelope_id: str
+    seed: bool
+    size: int
+    header: str
+    stored: float
+    path: Path
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    id: str
+    message: bytes
+    received: float
+    status: str
+
+
+class PartyStore:
+    """SQLite metadata plus one fsynced file per share (see module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        (self.root / "shares").mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.root / "store.sqlite", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PartyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs -----------------------------------------------------------------------------
+    def put_job(self, job_id: str, message: bytes) -> bool:
+        """Record a job once; True if it is new."""
+        with self._transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO jobs (id, message, received) VALUES (?, ?, ?)",
+                (job_id, message, time.time()),
+            )
+        return cur.rowcount == 1
+
+    def job(self, job_id: str) -> StoredJob | None:
+        row = self._db.execute(
+            "SELECT id, message, received, status FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return StoredJob(row[0], bytes(row[1]), row[2], row[3]) if row else None
+
+    def jobs(self) -> list[StoredJob]:
+        rows = self._db.execute("SELECT id, message, received, status FROM jobs ORDER BY received")
+        return [StoredJob(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def set_job_status(self, job_id: str, status: str) -> None:
+        with self._transaction():
+            self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
+
+    # -- shares ---------------------------------------------------------------------------
+    def share_path(self, job: str, input: str, site: str) -> Path:
+        return self.root / "shares" / job / input / f"{site}.share"
+
+    def put_share(
+        self,
+        *,
+        job: str,
+        input: str,
+        site: str,
+        digest: str,
+        envelope_id: str,
+        seed: bool,
+        header: str,
+        body: bytes | bytearray | memoryview,
+    ) -> Literal["stored", "duplicate"]:
+        """Store a verified share durably; idempotent for the same digest."""
+        existing = self._db.execute(
+            "SELECT digest FROM shares WHERE job = ? AND input = ? AND site = ?",
+            (job, input, site),
+        ).fetchone()
+        if existing is not None:
+            if existing[0] == digest:
+                return "duplicate"
+            raise ShareConflict(
+                f"job {job}: input {input!r} from site {site!r} is already stored with digest "
+                f"{existing[0][:16]}…, refusing another ({digest[:16]}…)"
+            )
+        path = self.share_path(job, input, site)
+        _write_durably(path, body)
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO shares (job, input, site, digest, envelope_id, seed, size, header,"
+                " stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job, input, site, digest, envelope_id, int(seed), len(body), header, time.time()),
+            )
+        return "stored"
+
+    def shares(self, job: str | None = None) -> list[StoredShare]:
+        query = (
+            "SELECT job, input, site, digest, envelope_id, seed, size, header, stored FROM shares"
+        )
+        rows = (
+            self._db.execute(query + " WHERE job = ? ORDER BY input, site", (job,))
+            if job is not None
+            else self._db.execute(query + " ORDER BY job, input, site")
+        )
+        return [
+            StoredShare(
+                *r[:5], bool(r[5]), r[6], r[7], r[8], path=self.share_path(r[0], r[1], r[2])
+            )
+            for r in rows
+        ]
+
+    def read_share(self, share: StoredShare) -> bytes:
+        body = share.path.read_bytes()
+        if len(body) != share.size:
+            raise UserError(
+                f"stored share {share.path} has {len(body)} bytes, expected {share.size}"
+            )
+        return body
+
+    # -- rejections -----------------------------------------------------------------------
+    def reject(self, reason: str, *, job: str | None, input: str | None, site: str | None) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO rejections (at, job, input, site, reason) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), job, input, site, reason),
+            )
+
+    def rejections(self) -> list[dict[str, object]]:
+        rows = self._db.execute("SELECT at, job, input, site, reason FROM rejections ORDER BY id")
+        return [dict(zip(("at", "job", "input", "site", "reason"), r, strict=True)) for r in rows]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def _write_durably(path: Path, body: bytes | bytearray | memoryview) -> None:
+    """Temporary file, fsync, atomic rename, fsync of the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

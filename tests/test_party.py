@@ -1,0 +1,177 @@
+"""The party's handling of jobs and envelopes, and its durable store (no network here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smpc.encoding import FixedPoint
+from smpc.field import FAST, field_for, mpyc_modulus
+from smpc.keys import load_kit
+from smpc.messages import Job, JobInput, MessageError, sign, verify_ack
+from smpc.packaging import seal_shares
+from smpc.party import PartyService
+from smpc.spec.federation import load_federation
+from smpc.store import PartyStore
+
+ENCODING = FixedPoint(16, 20)
+
+
+@pytest.fixture
+def kits(keys_dir):
+    names = ["alpha", "beta", "gamma", "oslo", "bergen", "tromso", "analyst"]
+    return {name: load_kit(keys_dir / "kits" / name) for name in names}
+
+
+def _job(**changes) -> Job:
+    fields = dict(
+        id="job-1", inputs=(JobInput(name="x", frac_bits=16, int_bits=20),), t=1, n=3,
+        modulus=FAST.modulus,
+    )  # fmt: skip
+    fields.update(changes)
+    return Job(**fields)
+
+
+def _publish(job: Job, kits) -> bytes:
+    return sign("job", job, "analyst", kits["analyst"].signing_key)
+
+
+def _party(kits, tmp_path, name="beta", job: Job | None = None) -> PartyService:
+    kit = kits[name]
+    service = PartyService(kit, load_federation(kit.federation_file), PartyStore(tmp_path / name))
+    service.handle_job(_publish(job or _job(), kits))
+    return service
+
+
+def _envelopes(kits, site="oslo", values=None, job="job-1", field=FAST, encoding=ENCODING, **kw):
+    directory = kits["alpha"].directory
+    return seal_shares(
+        np.arange(6.0) if values is None else values, encoding, field, job=job, input="x",
+        site=site, t=1, recipients=[directory.party_encryption_key(i) for i in range(3)],
+        signer=kits[site].signing_key, **kw,
+    )  # fmt: skip
+
+
+def _state(service: PartyService):
+    return [(s.job, s.input, s.site, s.digest) for s in service.store.shares()], sorted(
+        p.name for p in (service.store.root / "shares").rglob("*.share")
+    )
+
+
+def test_share_is_stored_then_acknowledged_and_redelivery_is_stored_once(kits, tmp_path):
+    party = _party(kits, tmp_path)
+    envelope = _envelopes(kits)[1]
+    first = party.handle_upload(envelope)
+    assert first.ack.status == "stored" and first.site == "oslo"
+    signer, ack = verify_ack(first.message, kits["oslo"].directory)
+    assert signer == "beta" and ack == first.ack
+    again = party.handle_upload(envelope)
+    assert again.ack.status == "stored" and again.ack.digest == first.ack.digest
+    shares = party.store.shares("job-1")
+    assert len(shares) == 1
+    assert party.store.read_share(shares[0]) == shares[0].path.read_bytes()
+    assert shares[0].path.stat().st_mode & 0o777 == 0o600
+
+
+def test_restart_recovers_jobs_and_shares(kits, tmp_path):
+    party = _party(kits, tmp_path)
+    for site in ("oslo", "bergen"):
+        assert party.handle_upload(_envelopes(kits, site)[1]).ack.status == "stored"
+    before = _state(party)
+    party.store.close()
+    kit = kits["beta"]
+    again = PartyService(kit, load_federation(kit.federation_file), PartyStore(tmp_path / "beta"))
+    assert again.job("job-1") == _job()
+    assert _state(again) == before
+
+
+def _rejected(party: PartyService, envelope: bytes, reason: str):
+    before = _state(party)
+    reply = party.handle_upload(envelope)
+    assert reply is not None and reply.ack.status == "rejected"
+    assert reason in reply.ack.reason
+    assert _state(party) == before
+    assert reason in party.store.rejections()[-1]["reason"]
+    return reply
+
+
+def test_same_key_with_another_digest_is_a_conflict(kits, tmp_path):
+    party = _party(kits, tmp_path)
+    party.handle_upload(_envelopes(kits)[1])
+    _rejected(party, _envelopes(kits, values=np.ones(6))[1], "already stored with digest")
+
+
+def test_forged_envelope_is_rejected(kits, tmp_path):
+    """Signed by bergen's key but claiming to come from oslo."""
+    party = _party(kits, tmp_path)
+    directory = kits["alpha"].directory
+    forged = seal_shares(
+        np.arange(6.0), ENCODING, FAST, job="job-1", input="x", site="oslo", t=1,
+        recipients=[directory.party_encryption_key(i) for i in range(3)],
+        signer=kits["bergen"].signing_key,
+    )[1]  # fmt: skip
+    _rejected(party, forged, "oslo")
+
+
+def test_unknown_site_is_rejected(kits, tmp_path):
+    party = _party(kits, tmp_path)
+    directory = kits["alpha"].directory
+    unknown = seal_shares(
+        np.arange(6.0), ENCODING, FAST, job="job-1", input="x", site="stranger", t=1,
+        recipients=[directory.party_encryption_key(i) for i in range(3)],
+        signer=kits["oslo"].signing_key,
+    )[1]  # fmt: skip
+    _rejected(party, unknown, "stranger")
+
+
+def test_envelope_for_another_party_is_rejected(kits, tmp_path):
+    party = _party(kits, tmp_path)
+    _rejected(party, _envelopes(kits)[2], "envelope is for party 2")
+
+
+def test_header_that_disagrees_with_the_job_is_rejected(kits, tmp_path):
+    party = _party(kits, tmp_path)
+    other_field = field_for(mpyc_modulus(32, 16))
+    _rejected(party, _envelopes(kits, field=other_field)[1], "header modulus")
+    _rejected(party, _envelopes(kits, encoding=FixedPoint(8, 20))[1], "header frac_bits is 8")
+
+
+def test_site_outside_the_job_is_rejected(kits, tmp_path):
+    party = _party(kits, tmp_path, job=_job(sites=("bergen",)))
+    _rejected(party, _envelopes(kits)[1], "not part of job")
+
+
+def test_unknown_job_gets_no_answer_and_no_effect(kits, tmp_path):
+    party = _party(kits, tmp_path)
+    before = _state(party)
+    assert party.handle_upload(_envelopes(kits, job="job-2")[1]) is None
+    assert _state(party) == before
+
+
+def test_malformed_bytes_are_rejected_without_answer(kits, tmp_path):
+    party = _party(kits, tmp_path)
+    party.handle_upload(_envelopes(kits)[1])
+    before = _state(party)
+    assert party.handle_upload(b"\x00" * 100) is None
+    envelope = bytearray(_envelopes(kits, site="bergen")[1])
+    envelope[-1] ^= 1  # a flipped bit in the last chunk
+    _rejected(party, bytes(envelope), "")
+    assert _state(party) == before
+    assert len(party.store.rejections()) == 2
+
+
+def test_jobs_must_be_signed_by_an_analyst(kits, tmp_path):
+    kit = kits["beta"]
+    party = PartyService(kit, load_federation(kit.federation_file), PartyStore(tmp_path / "p"))
+    assert party.handle_job(sign("job", _job(), "oslo", kits["oslo"].signing_key)) is None
+    forged = sign("job", _job(), "analyst", kits["oslo"].signing_key)
+    assert party.handle_job(forged) is None
+    assert party.store.jobs() == []
+    with pytest.raises(MessageError, match="bad signature"):
+        verify_ack(sign("ack", _envelope_ack(), "beta", kits["alpha"].signing_key), kit.directory)
+
+
+def _envelope_ack():
+    from smpc.messages import Ack
+
+    return Ack(job="j", input="x", site="oslo", party=1, digest="", envelope_id="", status="stored")
