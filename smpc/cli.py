@@ -26,6 +26,95 @@ def _keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _party_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from smpc import log
+    from smpc.aio import stop_on_signals
+    from smpc.party import load_party_config, serve
+
+    config = load_party_config(Path(args.config))
+    log.setup(config.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await serve(config, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _party_status(args: argparse.Namespace) -> int:
+    from smpc.party import load_party_config
+    from smpc.status import holdings, print_rows
+    from smpc.store import PartyStore
+
+    config = load_party_config(Path(args.config))
+    with PartyStore(config.store) as store:
+        print_rows(holdings(store), f"shares held in {config.store}", args.json)
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from smpc.party import load_party_config
+    from smpc.status import jobs, print_rows
+    from smpc.store import PartyStore
+
+    config = load_party_config(Path(args.config))
+    with PartyStore(config.store) as store:
+        print_rows(jobs(store), f"jobs known to {config.store}", args.json)
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from smpc import log
+    from smpc.inputs import parse_assignment, read_input
+    from smpc.keys import load_kit
+    from smpc.site import upload
+    from smpc.spec.federation import load_federation
+
+    log.setup("warning")
+    kit = load_kit(Path(args.kit))
+    federation = load_federation(Path(args.federation) if args.federation else kit.federation_file)
+    inputs = {}
+    for assignment in args.input:
+        name, source = parse_assignment(assignment)
+        inputs[name] = read_input(source, name)
+    report = asyncio.run(
+        upload(
+            kit, federation, args.job, inputs, timeout=args.timeout, progress=sys.stderr.isatty()
+        )
+    )
+    mb = report.bytes_sent / 1e6
+    print(
+        f"job {report.job}: {kit.name} uploaded {', '.join(sorted(report.stored))} "
+        f"to {len(kit.directory.parties)} parties ({mb:.1f} MB in {report.seconds:.1f} s)"
+    )
+    return 0
+
+
+def _site_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from smpc import log
+    from smpc.aio import stop_on_signals
+    from smpc.site import load_site_config, serve
+
+    config = load_site_config(Path(args.config))
+    log.setup(config.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await serve(config, stop)
+
+    asyncio.run(main())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from smpc.demo import run_demo
 
@@ -55,6 +144,51 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", required=True, help="output directory for CAs and kits")
     init.set_defaults(func=_keys_init)
 
+    party = commands.add_parser("party", help="computing-party daemon and its state")
+    party_commands = party.add_subparsers(dest="party_command", metavar="SUBCOMMAND")
+    serve = party_commands.add_parser(
+        "serve",
+        help="run a computing party: receive, verify and store shares; acknowledge them",
+        description="Run one computing party until SIGTERM/SIGINT. Reconnects to the broker "
+        "when it goes away; a restart recovers every stored share and job.",
+    )
+    serve.add_argument("--config", required=True, help="party config, e.g. parties/alpha.yaml")
+    serve.set_defaults(func=_party_serve)
+    status = party_commands.add_parser("status", help="what this party holds, per job and site")
+    status.add_argument("--config", required=True, help="party config, e.g. parties/alpha.yaml")
+    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    status.set_defaults(func=_party_status)
+
+    jobs = commands.add_parser("jobs", help="the jobs a party knows and how far they got")
+    jobs.add_argument("--config", required=True, help="party config, e.g. parties/alpha.yaml")
+    jobs.add_argument("--json", action="store_true", help="JSON for scripts")
+    jobs.set_defaults(func=_jobs)
+
+    up = commands.add_parser(
+        "upload",
+        help="share a site's inputs for one job and wait until every party stored them",
+        description="Read the inputs, fetch the signed job from the broker, secret-share each "
+        "input, encrypt one share to each party, sign, publish, and wait for every party's "
+        "signed ack. Exits non-zero naming the parties that did not answer or refused.",
+    )
+    up.add_argument("--kit", required=True, help="the site's kit directory")
+    up.add_argument("--job", required=True, help="job id")
+    up.add_argument(
+        "--input", action="append", required=True, metavar="NAME=PATH",
+        help="PATH.npy, PATH.npz[:KEY] or PATH.csv[:COLUMN]; repeat per input",
+    )  # fmt: skip
+    up.add_argument("--federation", help="federation file (default: the kit's copy)")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all acks")
+    up.set_defaults(func=_upload)
+
+    site = commands.add_parser("site", help="site daemon")
+    site_commands = site.add_subparsers(dest="site_command", metavar="SUBCOMMAND")
+    site_serve = site_commands.add_parser(
+        "serve", help="stay connected and upload the configured inputs for every job"
+    )
+    site_serve.add_argument("--config", required=True, help="site config, e.g. parties/oslo.yaml")
+    site_serve.set_defaults(func=_site_serve)
+
     demo = commands.add_parser(
         "demo",
         help="run a whole federation on this machine on bundled data",
@@ -75,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         # `smpc` or `smpc keys` without a subcommand: show the relevant help.
-        sub = {"keys": "keys"}.get(args.command or "")
+        sub = args.command if args.command in ("keys", "party", "site") else None
         parser.parse_args([sub, "--help"] if sub else ["--help"])
         return 2
     try:

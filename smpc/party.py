@@ -17,6 +17,8 @@ a logged reason and leaves the stored data as it was.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from smpc import log
+from smpc.aio import until
 from smpc.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route
 from smpc.errors import UserError
 from smpc.field import field_for
@@ -37,6 +40,7 @@ from smpc.spec.federation import (
     user_error_from_validation,
 )
 from smpc.store import PartyStore, ShareConflict
+from smpc.transport import Connection, Topics, TransportError
 
 logger = logging.getLogger("smpc.party")
 
@@ -228,3 +232,50 @@ def header_problem(header: ShareHeader, job: Job) -> str:
     if header.seed and not job.compact:
         return f"job {job.id} asks for full shares, got a seed"
     return ""
+
+
+async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: float = 30.0) -> None:
+    """Run the party until ``stop`` is set: reconnect to the broker whenever it goes away.
+
+    The broker session is persistent (a fixed client id, QoS 1), so what was
+    published while the party was down or disconnected is delivered when it
+    comes back; anything it did not acknowledge is re-published by the site.
+    """
+    service = PartyService.from_config(config)
+    name = service.kit.name
+    topics = Topics(service.federation.name)
+    federation = service.federation
+    backoff = 0.5
+    log.event(logger, "party-start", party=name, index=service.index, store=config.store)
+    try:
+        while not stop.is_set():
+            try:
+                async with Connection.from_kit(service.kit, federation) as conn:
+                    await conn.subscribe(topics.jobs())
+                    await conn.subscribe(topics.uploads_for(name))
+                    log.event(logger, "party-connected", party=name, broker=federation.broker.host)
+                    backoff = 0.5
+                    async for message in until(conn.messages(), stop):
+                        await _dispatch(service, topics, conn, message)
+            except TransportError as exc:
+                log.event(logger, "broker-lost", logging.WARNING, party=name, reason=exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(2 * backoff, reconnect_max)
+    finally:
+        service.store.close()
+        log.event(logger, "party-stop", party=name)
+
+
+async def _dispatch(service: PartyService, topics: Topics, conn: Connection, message) -> None:
+    try:
+        kind, _ = topics.parse(message.topic)
+    except ValueError:
+        return
+    if kind == "job":
+        await asyncio.to_thread(service.handle_job, message.body)
+    elif kind == "upload":
+        # Decryption and fsync run off the event loop so the broker link stays alive.
+        reply = await asyncio.to_thread(service.handle_upload, message.body)
+        if reply is not None:
+            await conn.publish(topics.ack(reply.site, service.kit.name), reply.message)

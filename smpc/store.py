@@ -94,7 +94,11 @@ class PartyStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         (self.root / "shares").mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.root / "store.sqlite", isolation_level=None)
+        # One connection, used by one thread at a time (the daemon hands each message
+        # to a worker thread and awaits it before taking the next).
+        self._db = sqlite3.connect(
+            self.root / "store.sqlite", isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)

@@ -10,10 +10,18 @@ import yaml
 
 from smpc.keys import init_keys
 
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 FEDERATION = {
     "name": "test",
     "threshold": 1,
-    "broker": {"host": "127.0.0.1", "port": 18883},
+    "broker": {"host": "127.0.0.1", "port": free_port()},  # a real broker listens here in tests
     "parties": [
         {"name": "alpha", "host": "127.0.0.1", "mpyc_ports": "20000-20999"},
         {"name": "beta", "host": "127.0.0.1", "mpyc_ports": "21000-21999"},
@@ -22,13 +30,6 @@ FEDERATION = {
     "sites": [{"name": "oslo"}, {"name": "bergen"}, {"name": "tromso"}],
     "analysts": [{"name": "analyst"}],
 }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

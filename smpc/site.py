@@ -1,0 +1,258 @@
+"""The site side: ``smpc upload`` (one job) and ``smpc site serve`` (every job).
+
+An upload reads the site's local inputs, fetches the job the analyst published
+(retained on the broker, signed), encodes and shares each input as the job says,
+seals one envelope per party and publishes it, then waits for every party's
+signed ack. Durability rests on those acks, not on MQTT: the broker or a
+party's client may acknowledge a message the party has not stored yet, so an
+envelope without a ``stored`` ack is published again every ``resend_after``
+seconds until the deadline. A ``rejected`` ack is final and carries the
+party's reason. The upload fails, naming the parties that did not answer or
+refused, unless every party stored every input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from smpc import log
+from smpc.aio import until
+from smpc.encoding import FixedPoint
+from smpc.envelope import envelope_id
+from smpc.errors import UserError
+from smpc.field import field_for
+from smpc.inputs import read_input
+from smpc.keys import Kit, load_kit
+from smpc.messages import Job, MessageError, verify_ack, verify_job
+from smpc.packaging import seal_shares
+from smpc.spec.federation import (
+    Federation,
+    load_federation,
+    read_yaml_mapping,
+    user_error_from_validation,
+)
+from smpc.transport import Connection, Topics
+
+logger = logging.getLogger("smpc.site")
+
+
+class UploadFailed(UserError):
+    """Not every party stored every input; the message names who and why."""
+
+
+@dataclass
+class UploadReport:
+    job: str
+    site: str
+    stored: dict[str, list[int]] = field(default_factory=dict)  # input -> parties that stored
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+
+async def fetch_job(conn: Connection, topics: Topics, kit: Kit, job_id: str, timeout: float) -> Job:
+    """The analyst's signed job, from its retained message."""
+    await conn.subscribe(topics.job(job_id))
+    try:
+        async with asyncio.timeout(timeout):
+            async for message in conn.messages():
+                if message.topic == topics.job(job_id):
+                    return verify_job(message.body, kit.directory)[1]
+    except TimeoutError:
+        pass
+    raise UploadFailed(f"job {job_id}: not announced on the broker within {timeout:g} s")
+
+
+def seal_inputs(
+    kit: Kit, job: Job, inputs: Mapping[str, np.ndarray]
+) -> dict[tuple[str, int], bytes]:
+    """One envelope per (input, party), as the job prescribes."""
+    missing = [spec.name for spec in job.inputs if spec.name not in inputs]
+    if missing:
+        raise UploadFailed(f"job {job.id} asks for inputs this site did not provide: {missing}")
+    if job.sites is not None and kit.name not in job.sites:
+        raise UploadFailed(f"job {job.id} does not ask site {kit.name!r}")
+    directory = kit.directory
+    recipients = [directory.party_encryption_key(i) for i in range(job.n)]
+    field_ = field_for(job.modulus)
+    envelopes = {}
+    for spec in job.inputs:
+        sealed = seal_shares(
+            inputs[spec.name],
+            FixedPoint(spec.frac_bits, spec.int_bits),
+            field_,
+            job=job.id,
+            input=spec.name,
+            site=kit.name,
+            t=job.t,
+            recipients=recipients,
+            signer=kit.signing_key,
+            scheme=job.scheme,
+            compact=job.compact,
+        )
+        for party, envelope in enumerate(sealed):
+            envelopes[(spec.name, party)] = bytes(envelope)
+    return envelopes
+
+
+async def upload(
+    kit: Kit,
+    federation: Federation,
+    job_id: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    timeout: float = 120.0,
+    resend_after: float = 10.0,
+    progress: bool = False,
+) -> UploadReport:
+    """Share the inputs for a job and wait until every party has stored them."""
+    topics = Topics(federation.name)
+    started = time.monotonic()
+    report = UploadReport(job=job_id, site=kit.name)
+    parties = kit.directory.parties
+    # A clean session of its own, next to a running `smpc site serve` of the same site.
+    async with Connection.from_kit(kit, federation, suffix=f"up-{job_id}") as conn:
+        await conn.subscribe(topics.acks_for(kit.name))
+        job = await fetch_job(conn, topics, kit, job_id, timeout)
+        envelopes = seal_inputs(kit, job, inputs)
+        expected = {key: envelope_id(env) for key, env in envelopes.items()}
+        pending = set(envelopes)
+        refused: dict[tuple[str, int], str] = {}
+
+        async def send(keys: set[tuple[str, int]]) -> None:
+            total = sum(len(envelopes[k]) for k in keys)
+            with Progress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), disable=not progress, transient=True,
+            ) as bar:  # fmt: skip
+                task = bar.add_task(f"{kit.name} → {job.id}", total=total)
+                for key in sorted(keys):
+                    party = key[1]
+                    await conn.publish_body(topics.upload(kit.name, parties[party]), envelopes[key])
+                    report.bytes_sent += len(envelopes[key])
+                    bar.advance(task, len(envelopes[key]))
+            log.event(logger, "upload-sent", job=job.id, site=kit.name, envelopes=len(keys))
+
+        await send(pending)
+        deadline = started + timeout
+        next_resend = time.monotonic() + resend_after
+        while pending and time.monotonic() < deadline:
+            wait = max(0.05, min(deadline, next_resend) - time.monotonic())
+            try:
+                async with asyncio.timeout(wait):
+                    async for message in conn.messages():
+                        _take_ack(message.body, kit, job, expected, pending, refused, report)
+                        if not pending:
+                            break
+            except TimeoutError:
+                pass
+            if pending and time.monotonic() >= next_resend:
+                await send(pending)
+                next_resend = time.monotonic() + resend_after
+    report.seconds = time.monotonic() - started
+    if refused or pending:
+        problems = [
+            f"party {parties[p]} refused {name!r}: {reason}"
+            for (name, p), reason in refused.items()
+        ]
+        silent = sorted({parties[p] for (_, p) in pending - set(refused)})
+        if silent:
+            problems.append(f"no ack within {timeout:g} s from {', '.join(silent)}")
+        raise UploadFailed(f"job {job_id}, site {kit.name}: " + "; ".join(problems))
+    log.event(logger, "upload-complete", job=job_id, site=kit.name, bytes=report.bytes_sent)
+    return report
+
+
+def _take_ack(data, kit, job, expected, pending, refused, report) -> None:
+    try:
+        _, ack = verify_ack(data, kit.directory)
+    except MessageError as exc:
+        log.event(logger, "ack-ignored", logging.WARNING, reason=exc)
+        return
+    key = (ack.input, ack.party)
+    if ack.job != job.id or ack.site != kit.name or expected.get(key) != ack.envelope_id:
+        return  # an ack of an earlier upload or another job
+    if ack.status == "stored":
+        if key in pending:
+            pending.discard(key)
+            report.stored.setdefault(ack.input, []).append(ack.party)
+    else:
+        refused[key] = ack.reason
+        pending.discard(key)
+
+
+# -- smpc site serve -------------------------------------------------------------------------
+
+
+class SiteConfig(BaseModel):
+    """``parties/<site>.yaml``: a site's kit and which local file feeds which input name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kit: Path
+    federation: Path | None = None
+    inputs: dict[str, str]
+    state: Path | None = None  # where answered job ids are kept (default: next to the config)
+    log_level: str = "info"
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    data = read_yaml_mapping(path)
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise user_error_from_validation(path, exc, SiteConfig) from None
+    base = Path(path).resolve().parent
+
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else base / p)
+
+    inputs = {
+        name: (src if Path(src.split(":")[0]).is_absolute() else str(base / src))
+        for name, src in config.inputs.items()
+    }
+    return config.model_copy(
+        update={
+            "kit": resolve(config.kit),
+            "federation": resolve(config.federation),
+            "state": resolve(config.state) or base / f".{Path(path).stem}.answered",
+            "inputs": inputs,
+        }
+    )
+
+
+async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
+    """Answer every job that asks for inputs this site has, once each, until ``stop``."""
+    kit = load_kit(config.kit)
+    federation = load_federation(config.federation or kit.federation_file)
+    topics = Topics(federation.name)
+    answered = set(config.state.read_text().split()) if config.state.exists() else set()
+    async with Connection.from_kit(kit, federation) as conn:
+        await conn.subscribe(topics.jobs())
+        log.event(logger, "site-serving", site=kit.name, inputs=",".join(config.inputs))
+        async for message in until(conn.messages(), stop):
+            try:
+                _, job = verify_job(message.body, kit.directory)
+            except MessageError as exc:
+                log.event(logger, "job-ignored", logging.WARNING, reason=exc)
+                continue
+            if job.id in answered or not all(s.name in config.inputs for s in job.inputs):
+                continue
+            if job.sites is not None and kit.name not in job.sites:
+                continue
+            try:
+                data = {s.name: read_input(config.inputs[s.name], s.name) for s in job.inputs}
+                await upload(kit, federation, job.id, data)
+            except UserError as exc:
+                log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=exc)
+                continue
+            answered.add(job.id)
+            config.state.write_text("\n".join(sorted(answered)) + "\n")

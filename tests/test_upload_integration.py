@@ -1,0 +1,281 @@
+"""Real processes end to end: Mosquitto (TLS, ACL), 3 party daemons, 3 uploaders.
+
+Every party must end with exactly its own shares, the stored shares must
+reconstruct the uploaded data, a party killed with SIGKILL mid-upload and
+restarted must lose and duplicate nothing, and the broker must never carry a
+plaintext share or input value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smpc.analyst import publish_job
+from smpc.broker import MosquittoBroker
+from smpc.encoding import FixedPoint
+from smpc.envelope import ShareHeader
+from smpc.field import FAST
+from smpc.keys import load_broker_kit
+from smpc.messages import Job, JobInput
+from smpc.packaging import InputShare
+from smpc.sharing import reconstruct
+from smpc.store import PartyStore
+from tests.brokers import federation_of, kit, requires_mosquitto
+
+pytestmark = [requires_mosquitto, pytest.mark.timeout(240)]
+
+PARTIES = ("alpha", "beta", "gamma")
+SITES = ("oslo", "bergen", "tromso")
+ENCODING = FixedPoint(frac_bits=20, int_bits=30)
+
+
+class ObservedMosquitto(MosquittoBroker):
+    """The federation's Mosquitto, with the analyst also allowed to read every topic.
+
+    The test's eavesdropper: it records every payload the broker forwards.
+    """
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        self.acl_file.write_text(self.acl_file.read_text() + "\nuser analyst\ntopic read smpc/#\n")
+
+
+class Recorder:
+    """Subscribes to everything as the analyst and keeps every raw payload."""
+
+    def __init__(self, host: str, port: int, tls) -> None:
+        self.payloads: list[bytes] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(host, port, tls),))
+
+    async def _run(self, host, port, tls) -> None:
+        import aiomqtt
+
+        from smpc.transport import client_tls_context
+
+        async with aiomqtt.Client(
+            host, port, identifier="analyst.recorder", tls_context=client_tls_context(tls)
+        ) as client:
+            await client.subscribe("smpc/#", qos=1)
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    async with asyncio.timeout(0.2):
+                        async for message in client.messages:
+                            self.payloads.append(bytes(message.payload))
+                except TimeoutError:
+                    continue
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        assert self._ready.wait(15), "recorder did not connect"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        count = -1
+        while count != len(self.payloads):  # let what is in flight arrive
+            count = len(self.payloads)
+            time.sleep(0.5)
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _start_party(name: str, keys_dir: Path, workdir: Path) -> subprocess.Popen:
+    config = workdir / f"{name}.yaml"
+    config.write_text(f"kit: {keys_dir / 'kits' / name}\nstore: {workdir / 'store' / name}\n")
+    log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smpc.cli", "party", "serve", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    proc.log_path = workdir / f"{name}.log"  # type: ignore[attr-defined]
+    return proc
+
+
+def _wait_for_log(proc: subprocess.Popen, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in proc.log_path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {proc.log_path}:\n{proc.log_path.read_text()}")
+
+
+def _stop(procs) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _upload(site: str, keys_dir: Path, data: Path, job: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "smpc.cli", "upload", "--kit", str(keys_dir / "kits" / site),
+            "--job", job, "--input", f"x={data}", "--timeout", "90",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def _publish(keys_dir: Path, job_id: str) -> Job:
+    job = Job(
+        id=job_id, inputs=(JobInput(name="x", frac_bits=ENCODING.frac_bits,
+                                    int_bits=ENCODING.int_bits),),
+        t=1, n=3, modulus=FAST.modulus,
+    )  # fmt: skip
+    asyncio.run(publish_job(kit(keys_dir, "analyst"), federation_of(keys_dir), job))
+    return job
+
+
+def _check_stores(workdir: Path, data: dict[str, np.ndarray], job: str) -> dict:
+    """Every party holds exactly one share per site; they reconstruct the inputs."""
+    values: dict[str, dict[int, np.ndarray]] = {site: {} for site in data}
+    bodies = {}
+    for index, party in enumerate(PARTIES):
+        with PartyStore(workdir / "store" / party) as store:
+            shares = store.shares(job)
+            assert sorted((s.input, s.site) for s in shares) == sorted(("x", s) for s in data)
+            files = list((workdir / "store" / party / "shares").rglob("*.share"))
+            assert len(files) == len(data)
+            for share in shares:
+                header = ShareHeader.from_json(share.header.encode())
+                assert header.party == index
+                body = store.read_share(share)
+                bodies[(party, share.site)] = body
+                values[share.site][index] = InputShare(header, body).values()
+    for site, x in data.items():
+        for pair in ((0, 1), (1, 2), (0, 2)):
+            got = reconstruct({i: values[site][i] for i in pair}, FAST, 1)
+            assert np.abs(ENCODING.decode(got, FAST) - x).max() <= 2.0 ** -(ENCODING.frac_bits + 1)
+    return bodies
+
+
+def _inputs(tmp_path: Path, size: int) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+    rng = np.random.default_rng(size)
+    data, paths = {}, {}
+    for site in SITES:
+        data[site] = rng.normal(0, 1000, size=size)
+        paths[site] = tmp_path / f"{site}.npy"
+        np.save(paths[site], data[site])
+    return data, paths
+
+
+def _broker(keys_dir: Path, tmp_path: Path) -> ObservedMosquitto:
+    federation = federation_of(keys_dir)
+    return ObservedMosquitto(
+        federation,
+        load_broker_kit(keys_dir / "kits" / "broker"),
+        tmp_path / "broker",
+        port=federation.broker.port,
+    )
+
+
+def test_three_parties_three_sites_through_mosquitto(keys_dir, tmp_path):
+    data, paths = _inputs(tmp_path, 50_000)
+    parties = []
+    with (
+        _broker(keys_dir, tmp_path) as broker,
+        Recorder(*broker.address, kit(keys_dir, "analyst").tls) as recorder,
+    ):
+        try:
+            parties = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+            for proc in parties:
+                _wait_for_log(proc, "event=party-connected")
+            _publish(keys_dir, "job-a")
+            uploads = [_upload(site, keys_dir, paths[site], "job-a") for site in SITES]
+            for up in uploads:
+                out, err = up.communicate(timeout=120)
+                assert up.returncode == 0, err
+                assert "uploaded x to 3 parties" in out
+            status = subprocess.run(
+                [sys.executable, "-m", "smpc.cli", "party", "status", "--json",
+                 "--config", str(tmp_path / "beta.yaml")],
+                capture_output=True, text=True, timeout=30, check=True,
+            )  # fmt: skip
+            rows = json.loads(status.stdout)
+            assert sorted(r["site"] for r in rows) == sorted(SITES)
+        finally:
+            _stop(parties)
+    for proc in parties:
+        assert proc.returncode == 0
+        assert "event=party-stop" in proc.log_path.read_text()
+    bodies = _check_stores(tmp_path, data, "job-a")
+
+    # The broker carried ciphertext only: no piece of any share or input is visible.
+    traffic = b"".join(recorder.payloads)
+    assert len(traffic) > 2 * 8 * 50_000 * len(SITES)  # the shares did pass through it
+    for body in bodies.values():
+        for start in range(0, len(body) - 16, max(1, len(body) // 7)):
+            assert body[start : start + 16] not in traffic
+    for x in data.values():
+        raw = x.tobytes()
+        for start in range(0, len(raw) - 16, len(raw) // 7):
+            assert raw[start : start + 16] not in traffic
+
+
+def test_party_killed_mid_upload_loses_and_duplicates_nothing(keys_dir, tmp_path):
+    data, paths = _inputs(tmp_path, 400_000)
+    parties = []
+    with _broker(keys_dir, tmp_path):
+        try:
+            parties = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+            for proc in parties:
+                _wait_for_log(proc, "event=party-connected")
+            _publish(keys_dir, "job-k")
+            uploads = [_upload(site, keys_dir, paths[site], "job-k") for site in SITES]
+            _wait_for_log(parties[1], "event=share-stored", timeout=60)
+            os.kill(parties[1].pid, signal.SIGKILL)
+            parties[1].wait(10)
+            time.sleep(1.0)
+            parties[1] = _start_party("beta", keys_dir, tmp_path)
+            for up in uploads:
+                _, err = up.communicate(timeout=150)
+                assert up.returncode == 0, err
+        finally:
+            _stop(parties)
+    _check_stores(tmp_path, data, "job-k")
+
+
+def test_upload_names_the_party_that_does_not_answer(keys_dir, tmp_path):
+    _, paths = _inputs(tmp_path, 1000)
+    parties = []
+    with _broker(keys_dir, tmp_path):
+        try:
+            parties = [_start_party(p, keys_dir, tmp_path) for p in ("alpha", "beta")]
+            for proc in parties:
+                _wait_for_log(proc, "event=party-connected")
+            _publish(keys_dir, "job-m")
+            up = subprocess.run(
+                [sys.executable, "-m", "smpc.cli", "upload", "--kit",
+                 str(keys_dir / "kits" / "oslo"), "--job", "job-m",
+                 "--input", f"x={paths['oslo']}", "--timeout", "8"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        finally:
+            _stop(parties)
+    assert up.returncode == 2
+    assert "no ack within 8 s from gamma" in up.stderr
+    assert "alpha" not in up.stderr.split("from", 1)[1]
