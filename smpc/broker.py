@@ -56,7 +56,10 @@ handled:
 - QoS 1 publishes are acknowledged when queued inside amqtt, and whatever was still
   queued when the publisher disconnected was silently dropped (a site that published
   and left lost the end of its upload); fixed here (routed before the disconnect);
-- no flow control towards subscribers (every delivery is its own task) and it is pure
+- no ordering guarantee: every delivery is its own task, so messages on one topic may
+  arrive in another order than they were published (the transport reassembles chunks
+  in any order; bodies may complete in another order);
+- no flow control towards subscribers, and it is pure
   Python: 80-95 MB/s where Mosquitto does 230-280 MB/s with the same clients
   (``deploy/mosquitto/README.md``). Fine for a local demo; use Mosquitto beyond.
 

@@ -79,8 +79,10 @@ it); the transport may also deliver a body twice (a retried publish has a new me
 id) and consumers must be idempotent. Within one connection a body with an already
 delivered message id is not yielded again.
 
-``Message.retained`` is a hint only: amqtt also sets the retain flag on messages it
-queued for an offline persistent session.
+Order: Mosquitto keeps the order of QoS 1 messages per topic, so bodies of one sender
+complete in the order they were published; the embedded amqtt broker does not, so
+consumers must not rely on the order of bodies. ``Message.retained`` is a hint only:
+amqtt also sets the retain flag on messages it queued for an offline persistent session.
 
 Errors
 ------
@@ -159,7 +161,7 @@ FRAME_VERSION = 1
 _FRAME = struct.Struct("<4sBBH16sIIIQ32s")
 FRAME_HEADER_SIZE = _FRAME.size  # 76
 
-_CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}(\.[A-Za-z0-9_-]{1,64})?")
+_CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}(\.[A-Za-z0-9_-]{1,128})?")
 
 
 # --- errors ---------------------------------------------------------------------------

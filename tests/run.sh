@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests start as real processes (none yet: later the broker and PLINK).
-APT_PACKAGES=()
+# Debian packages the tests start as real processes: the production MQTT broker.
+APT_PACKAGES=(mosquitto)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
