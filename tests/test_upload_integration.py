@@ -279,3 +279,34 @@ def test_upload_names_the_party_that_does_not_answer(keys_dir, tmp_path):
     assert up.returncode == 2
     assert "no ack within 8 s from gamma" in up.stderr
     assert "alpha" not in up.stderr.split("from", 1)[1]
+
+
+def test_site_serve_answers_a_new_job_once(keys_dir, tmp_path):
+    data, paths = _inputs(tmp_path, 2000)
+    config = tmp_path / "oslo-site.yaml"
+    config.write_text(
+        f"kit: {keys_dir / 'kits' / 'oslo'}\ninputs:\n  x: {paths['oslo']}\n"
+        f"state: {tmp_path / 'oslo.answered'}\n"
+    )
+    procs = []
+    with _broker(keys_dir, tmp_path):
+        try:
+            procs = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+            for proc in procs:
+                _wait_for_log(proc, "event=party-connected")
+            site_log = open(tmp_path / "oslo-site.log", "ab")  # noqa: SIM115
+            site = subprocess.Popen(
+                [sys.executable, "-m", "smpc.cli", "site", "serve", "--config", str(config)],
+                stdout=site_log,
+                stderr=subprocess.STDOUT,
+            )
+            site.log_path = tmp_path / "oslo-site.log"
+            procs.append(site)
+            _wait_for_log(site, "event=site-serving")
+            _publish(keys_dir, "job-s")
+            _wait_for_log(site, "event=upload-complete", timeout=60)
+        finally:
+            _stop(procs)
+    assert site.returncode == 0
+    assert (tmp_path / "oslo.answered").read_text().split() == ["job-s"]
+    _check_stores(tmp_path, {"oslo": data["oslo"]}, "job-s")
