@@ -14,6 +14,7 @@
         (party)   .config/party_{i}.crt .config/party_{i}.key .config/mpyc_ca.crt
                   (exactly where MPyC's --ssl looks, relative to its working directory)
                   keys/encryption.key   X25519, PEM PKCS#8: shares are encrypted to it
+        (analyst) keys/encryption.key   X25519: result shares are encrypted to it
         (all)     tls/client.crt tls/client.key tls/ca.crt   broker client certificate
                   (federation CA; CN = name, OU = role) and the federation CA
                   keys/signing.key      Ed25519, PEM PKCS#8: signs envelopes, jobs, results
@@ -697,7 +698,7 @@ def init_keys(federation_path: str | Path, out_dir: str | Path) -> InitReport:
         _write_public(tls / "ca.crt", federation_ca.pem)
         keys = kit / "keys"
         _private_dir(keys, report)
-        if index is not None:
+        if role in ("party", "analyst"):  # shares go to parties, results to analysts
             encryption_key, _ = p.key(keys / "encryption.key", "x25519")
             entry["encryption_key"] = _raw_b64(encryption_key.public_key())
         signing_key, _ = p.key(keys / "signing.key", "ed25519")
@@ -830,6 +831,13 @@ class Directory:
             raise UserError(f"{name!r} is a {entry.role}, not a computing party")
         return entry.index
 
+    def analyst_encryption_key(self, name: str) -> X25519PublicKey:
+        """X25519 key that results for analyst ``name`` are encrypted to."""
+        entry = self.entry(name)
+        if entry.role != "analyst" or entry.encryption_key is None:
+            raise UserError(f"{name!r} is a {entry.role}, not an analyst")
+        return entry.encryption_key
+
     def party_encryption_key(self, index: int) -> X25519PublicKey:
         """X25519 key that share ``index`` is encrypted to."""
         parties = self.parties
@@ -864,9 +872,11 @@ def load_directory(path: str | Path) -> Directory:
         if not NAME_PATTERN.fullmatch(item.name) or item.name in entries:
             raise UserError(f"{file}: {where}.name: invalid or duplicate name {item.name!r}")
         is_party = item.role == "party"
-        if is_party != (item.index is not None) or is_party != (item.encryption_key is not None):
+        encrypts = item.role in ("party", "analyst")
+        if is_party != (item.index is not None) or encrypts != (item.encryption_key is not None):
             raise UserError(
-                f"{file}: {where}: parties, and only parties, have an index and an encryption_key"
+                f"{file}: {where}: parties, and only parties, have an index; parties and "
+                "analysts, and only they, have an encryption_key"
             )
         signing = _decode_raw_key(file, f"{where}.signing_key", item.signing_key, Ed25519PublicKey)
         encryption = None
@@ -942,14 +952,14 @@ def load_kit(path: str | Path) -> Kit:
         raise UserError(f"{signing_path}: does not match {info.name}'s key in directory.json")
     encryption_key: X25519PrivateKey | None = None
     mpyc: TlsFiles | None = None
-    if info.index is not None:
+    if entry.encryption_key is not None:
         encryption_path = path / "keys" / "encryption.key"
         encryption_key = _load_private_key(encryption_path, "x25519")
-        assert entry.encryption_key is not None
         if _public_der(encryption_key.public_key()) != _public_der(entry.encryption_key):
             raise UserError(
                 f"{encryption_path}: does not match {info.name}'s key in directory.json"
             )
+    if info.index is not None:
         config = path / ".config"
         mpyc = TlsFiles(
             cert=config / f"party_{info.index}.crt",

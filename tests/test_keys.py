@@ -112,6 +112,8 @@ def test_layout(out: Path) -> None:
         assert files_under(out / "kits" / name) == expected
     for name in ["oslo", "bergen", "analyst"]:
         expected = OTHER_FILES | {"kit.json"} | {f"public/{f}" for f in PUBLIC_FILES}
+        if name == "analyst":  # results are encrypted to analysts
+            expected |= {"keys/encryption.key"}
         assert files_under(out / "kits" / name) == expected
     assert files_under(out / "kits" / "broker") == {
         "kit.json", "tls/server.crt", "tls/server.key", "tls/ca.crt",
@@ -135,7 +137,7 @@ def test_modes_do_not_depend_on_umask(tmp_path: Path, fed_file: Path) -> None:
     finally:
         os.umask(old)
     keys = list(out.rglob("*.key"))
-    assert len(keys) == 2 + 3 * 4 + 3 * 2 + 1  # CAs, parties, sites+analyst, broker
+    assert len(keys) == 2 + 3 * 4 + 2 * 2 + 3 + 1  # CAs, parties, sites, analyst, broker
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
         assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700, key.parent
