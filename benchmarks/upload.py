@@ -163,6 +163,7 @@ def run(sites: int, values: int) -> dict:
                     t=1,
                     n=3,
                     modulus=FAST.modulus,
+                    analyst="analyst",
                 )
                 asyncio.run(publish_job(load_kit(kits / "analyst"), federation, job))
                 start = time.perf_counter()

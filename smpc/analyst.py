@@ -1,16 +1,48 @@
-"""The analyst side: publishing a signed job for the parties and sites.
+"""The analyst side: publish a signed job, close it, collect and check the results.
 
-``smpc run SPEC`` (the protocol engine) builds the :class:`~smpc.messages.Job`
-from a spec file; this module only signs and publishes it, retained, so that a
-party or site that connects later still receives it.
+``smpc run SPEC`` (:func:`run_job`):
+
+1. builds the job from the spec and publishes it, signed and retained;
+2. reads the parties' statuses: a refusal ends the job with the party's reason;
+   otherwise it waits until every party holds every expected site (the job's
+   sites, by default all sites of the federation) or the upload window ends;
+3. closes the job with the sites *every* party holds — fewer than ``min_sites``
+   and the job fails, nothing is opened;
+4. receives one result envelope per output from every party, encrypted to the
+   analyst and signed by the party, reconstructs each output and checks that
+   the N shares agree (Shamir: they lie on one polynomial of degree t, so a
+   tampered share is detected whenever N > t + 1; additive sharing has no
+   redundancy to check);
+5. writes the protocol's output files.
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smpc import log
+from smpc.encoding import FixedPoint
+from smpc.envelope import EnvelopeError, open_envelope
+from smpc.errors import UserError
+from smpc.field import FAST, field_for
 from smpc.keys import Kit
-from smpc.messages import Job, sign
+from smpc.messages import Job, MessageError, sign, verify_status
+from smpc.sharing import inconsistent_shares, reconstruct
 from smpc.spec.federation import Federation
 from smpc.transport import Connection, Topics
+
+logger = log.logging.getLogger("smpc.analyst")
+
+
+class JobFailed(UserError):
+    """The job ended without a result; the message says why."""
 
 
 async def publish_job(kit: Kit, federation: Federation, job: Job) -> bytes:
@@ -20,3 +52,167 @@ async def publish_job(kit: Kit, federation: Federation, job: Job) -> bytes:
     async with Connection.from_kit(kit, federation, suffix="jobs") as conn:
         await conn.publish(topics.job(job.id), message, retain=True)
     return message
+
+
+def build_job(spec: Any, kit: Kit, federation: Federation, *, job_id: str | None = None) -> Job:
+    """The job a linear-protocol spec asks the federation for."""
+    from smpc.protocols.linear import job_inputs
+
+    n = len(federation.parties)
+    t = spec.threshold if spec.scheme == "shamir" else n - 1
+    return Job(
+        id=job_id or f"{spec.name}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}",
+        protocol=spec.protocol,
+        inputs=job_inputs(spec),
+        scheme=spec.scheme,
+        t=t,
+        n=n,
+        modulus=FAST.modulus,
+        compact=spec.compact,
+        min_sites=spec.min_sites,
+        analyst=kit.name,
+        deliver=spec.deliver,
+        spec=spec.to_dict(),
+    )
+
+
+@dataclass
+class Outcome:
+    job: Job
+    sites: tuple[str, ...]
+    opened: dict[str, np.ndarray]
+
+
+async def run_job(
+    kit: Kit,
+    federation: Federation,
+    job: Job,
+    *,
+    upload_window: float = 120.0,
+    timeout: float = 600.0,
+) -> Outcome:
+    """Publish, close and collect one job (see module docstring)."""
+    topics = Topics(federation.name)
+    directory = kit.directory
+    parties = directory.parties
+    expected = set(job.sites or federation.site_names)
+    async with Connection.from_kit(kit, federation, suffix=f"run-{job.id}"[:60]) as conn:
+        await conn.subscribe(topics.statuses(job.id), topics.results(job.id))
+        await conn.publish(
+            topics.job(job.id), sign("job", job, kit.name, kit.signing_key), retain=True
+        )
+        log.event(logger, "job-published", job=job.id, protocol=job.protocol)
+        holding: dict[int, set[str]] = {}
+        results: dict[str, dict[int, np.ndarray]] = {}
+        messages = conn.messages()
+        closed: Job | None = None
+        deadline = time.monotonic() + upload_window
+        final = time.monotonic() + timeout
+        try:
+            while True:
+                if closed is None and (
+                    time.monotonic() >= deadline
+                    or (
+                        len(holding) == len(parties)
+                        and all(h >= expected for h in holding.values())
+                    )
+                ):
+                    agreed = (
+                        set.intersection(*holding.values())
+                        if len(holding) == len(parties)
+                        else set()
+                    )
+                    if len(agreed) < job.min_sites:
+                        raise JobFailed(
+                            f"job {job.id}: only {len(agreed)} site(s) uploaded to every party "
+                            f"({', '.join(sorted(agreed)) or 'none'}), fewer than min_sites "
+                            f"{job.min_sites}; nothing was opened"
+                        )
+                    closed = job.model_copy(update={"close": tuple(sorted(agreed))})
+                    await conn.publish(
+                        topics.job(job.id),
+                        sign("job", closed, kit.name, kit.signing_key),
+                        retain=True,
+                    )
+                    log.event(logger, "job-closed", job=job.id, sites=",".join(closed.close))
+                if (
+                    closed is not None
+                    and all(len(r) == len(parties) for r in results.values())
+                    and len(results) == len(job.inputs)
+                ):
+                    break
+                wait = (deadline if closed is None else final) - time.monotonic()
+                if closed is not None and wait <= 0:
+                    missing = [
+                        p
+                        for i, p in enumerate(parties)
+                        if any(i not in r for r in results.values()) or not results
+                    ]
+                    raise JobFailed(
+                        f"job {job.id}: no result from {', '.join(missing)} within {timeout:g} s"
+                    )
+                try:
+                    async with asyncio.timeout(max(wait, 0.01)):
+                        message = await anext(aiter(messages))
+                except TimeoutError:
+                    continue
+                kind, _ = topics.parse(message.topic)
+                if kind == "status":
+                    _take_status(message.body, directory, job, holding)
+                elif kind == "result" and closed is not None:
+                    _take_result(message.body, kit, closed, results)
+        finally:
+            await conn.clear_retained(topics.job(job.id))
+    opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.inputs}
+    return Outcome(closed, closed.close, opened)
+
+
+def _take_status(data: bytes, directory, job: Job, holding: dict[int, set[str]]) -> None:
+    try:
+        signer, status = verify_status(data, directory)
+    except MessageError as exc:
+        log.event(logger, "status-ignored", reason=exc)
+        return
+    if status.job != job.id:
+        return
+    if status.state in ("refused", "failed"):
+        raise JobFailed(f"job {job.id}: party {signer} {status.state}: {status.reason}")
+    if status.state in ("accepted", "holding"):
+        holding[status.party] = set(status.sites)
+
+
+def _take_result(
+    data: bytes, kit: Kit, job: Job, results: dict[str, dict[int, np.ndarray]]
+) -> None:
+    party_keys = {p: kit.directory.verify_key(p) for p in kit.directory.parties}
+    try:
+        opened = open_envelope(data, kit.encryption_key, party_keys)
+    except EnvelopeError as exc:
+        raise JobFailed(f"job {job.id}: a result share was refused: {exc}") from None
+    header = opened.header
+    if header.job != job.id or kit.directory.party_index(header.site) != header.party:
+        raise JobFailed(f"job {job.id}: result share from {header.site} names party {header.party}")
+    field = field_for(header.modulus)
+    results.setdefault(header.input, {})[header.party] = field.from_bytes(opened.body, header.shape)
+
+
+def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:
+    field = field_for(job.modulus)
+    if job.scheme == "shamir":
+        bad = inconsistent_shares(shares, field, job.t)
+        if bad:
+            names = ", ".join(f"party {i}" for i in bad)
+            raise JobFailed(
+                f"job {job.id}: result shares of {spec.name!r} do not agree ({names} off the "
+                "polynomial of the others): a result share was tampered with; nothing written"
+            )
+    secret = reconstruct(
+        shares, field, job.t, job.scheme, n=job.n if job.scheme == "additive" else None
+    )
+    return FixedPoint(spec.frac_bits, spec.int_bits).decode(secret, field)
+
+
+def write_outputs(spec: Any, outcome: Outcome, out: Path) -> dict[str, Any]:
+    from smpc.protocols.linear import finalize
+
+    return finalize(spec, outcome.opened, out)

@@ -79,10 +79,19 @@ def _upload(args: argparse.Namespace) -> int:
     log.setup("warning")
     kit = load_kit(Path(args.kit))
     federation = load_federation(Path(args.federation) if args.federation else kit.federation_file)
-    inputs = {}
-    for assignment in args.input:
-        name, source = parse_assignment(assignment)
-        inputs[name] = read_input(source, name)
+    if bool(args.input) == bool(args.data):
+        raise UserError(
+            "give either --data PATH (the job's protocol reads it) or --input NAME=PATH"
+        )
+    if args.data:
+        from smpc.site import protocol_inputs
+
+        inputs = protocol_inputs(Path(args.data), federation)
+    else:
+        inputs = {}
+        for assignment in args.input:
+            name, source = parse_assignment(assignment)
+            inputs[name] = read_input(source, name)
     report = asyncio.run(
         upload(
             kit, federation, args.job, inputs, timeout=args.timeout, progress=sys.stderr.isatty()
@@ -112,6 +121,48 @@ def _site_serve(args: argparse.Namespace) -> int:
         await serve(config, stop)
 
     asyncio.run(main())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from smpc import log
+    from smpc.analyst import build_job, run_job, write_outputs
+    from smpc.keys import load_kit
+    from smpc.spec.federation import load_federation
+    from smpc.spec.protocol import load_spec
+
+    log.setup("warning")
+    kit = load_kit(Path(args.kit))
+    federation = load_federation(Path(args.federation) if args.federation else kit.federation_file)
+    spec = load_spec(Path(args.spec), federation)
+    job = build_job(spec, kit, federation)
+    print(f"job {job.id}: {spec.protocol} over {len(federation.site_names)} sites, "
+          f"{len(federation.parties)} parties, t={job.t} ({job.scheme})")  # fmt: skip
+    outcome = asyncio.run(
+        run_job(kit, federation, job, upload_window=args.wait, timeout=spec.timeout)
+    )
+    out = Path(args.out or spec.name)
+    write_outputs(spec, outcome, out)
+    print(
+        f"job {job.id}: {len(outcome.sites)} sites ({', '.join(outcome.sites)}); results in {out}/"
+    )
+    return 0
+
+
+def _local(args: argparse.Namespace) -> int:
+    from smpc.inputs import parse_assignment
+    from smpc.local import run_local
+
+    sites = dict(parse_assignment(a) for a in args.site)
+    spec, _ = run_local(
+        Path(args.spec), {k: Path(v) for k, v in sites.items()}, Path(args.out),
+        parties=args.parties, threshold=args.threshold,
+        workdir=Path(args.workdir) if args.workdir else None,
+    )  # fmt: skip
+    print(f"{spec.name}: {spec.protocol} over {len(sites)} sites with {args.parties} parties "
+          f"(t={args.threshold}); results in {args.out}/")  # fmt: skip
     return 0
 
 
@@ -174,7 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kit", required=True, help="the site's kit directory")
     up.add_argument("--job", required=True, help="job id")
     up.add_argument(
-        "--input", action="append", required=True, metavar="NAME=PATH",
+        "--data", metavar="PATH",
+        help="the site's data file; the job's protocol computes what to share from it",
+    )  # fmt: skip
+    up.add_argument(
+        "--input", action="append", default=[], metavar="NAME=PATH",
         help="PATH.npy, PATH.npz[:KEY] or PATH.csv[:COLUMN]; repeat per input",
     )  # fmt: skip
     up.add_argument("--federation", help="federation file (default: the kit's copy)")
@@ -188,6 +243,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     site_serve.add_argument("--config", required=True, help="site config, e.g. parties/oslo.yaml")
     site_serve.set_defaults(func=_site_serve)
+
+    run = commands.add_parser(
+        "run",
+        help="run a protocol spec on the federation (analyst)",
+        description="Sign and publish the job, wait for the sites' uploads, close the job with "
+        "the sites every party holds, collect the parties' result shares (encrypted to you), "
+        "check that they agree and write the results.",
+    )
+    run.add_argument("spec", help="protocol spec file, e.g. protocols/cohort.yaml")
+    run.add_argument("--kit", required=True, help="the analyst's kit directory")
+    run.add_argument("--out", help="output directory (default: the spec's name)")
+    run.add_argument("--federation", help="federation file (default: the kit's copy)")
+    run.add_argument("--wait", type=float, default=300.0, help="seconds to wait for uploads")
+    run.set_defaults(func=_run)
+
+    local = commands.add_parser(
+        "local",
+        help="the whole federation on this machine: keys, broker, parties, sites, analyst",
+    )
+    local.add_argument("--parties", type=int, default=3, help="number of computing parties")
+    local.add_argument("--threshold", type=int, default=1, help="collusion threshold t")
+    local.add_argument("--spec", required=True, help="protocol spec file")
+    local.add_argument(
+        "--site", action="append", required=True, metavar="NAME=PATH",
+        help="a site and its data file (.csv, .npy or .npz); repeat per site",
+    )  # fmt: skip
+    local.add_argument("--out", required=True, help="output directory")
+    local.add_argument("--workdir", help="keep keys, stores and logs here")
+    local.set_defaults(func=_local)
 
     demo = commands.add_parser(
         "demo",

@@ -5,9 +5,9 @@
 * ``PATH.npy`` — the array itself;
 * ``PATH.npz`` — the array stored under NAME (or ``PATH.npz:KEY``);
 * ``PATH.csv`` — the column headed NAME (or ``PATH.csv:COLUMN``), comma separated
-  with a header row. Every cell must be a finite number: an empty cell, text,
-  NaN or inf is refused with its row and column (the row number as a spreadsheet
-  shows it, the header being row 1).
+  with a header row. Every cell must be a finite number: text, NaN or inf is
+  refused with its row and column (the row number as a spreadsheet shows it, the
+  header being row 1); an empty cell too, unless the caller reads missing values.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return name, source
 
 
-def read_input(source: str, name: str) -> np.ndarray:
-    """The array a source names (see module docstring)."""
+def read_input(source: str, name: str, *, missing_ok: bool = False) -> np.ndarray:
+    """The array a source names (see module docstring).
+
+    With ``missing_ok`` an empty CSV cell is a missing value (NaN in the result)
+    instead of an error; text, NaN and inf are refused either way.
+    """
     path_text, _, key = source.partition(":") if not Path(source).exists() else (source, "", "")
     path = Path(path_text)
     key = key or name
@@ -47,7 +51,7 @@ def read_input(source: str, name: str) -> np.ndarray:
                 )
             return _check_numeric(archive[key], f"{path}:{key}")
     if suffix == ".csv":
-        return _read_csv_column(path, key)
+        return _read_csv_column(path, key, missing_ok)
     raise UserError(f"input {name!r}: {path} is not a .npy, .npz or .csv file")
 
 
@@ -57,7 +61,7 @@ def _check_numeric(array: np.ndarray, where: str) -> np.ndarray:
     return array
 
 
-def _read_csv_column(path: Path, column: str) -> np.ndarray:
+def _read_csv_column(path: Path, column: str, missing_ok: bool = False) -> np.ndarray:
     with path.open(newline="") as f:
         rows = csv.reader(f)
         header = next(rows, None)
@@ -72,6 +76,9 @@ def _read_csv_column(path: Path, column: str) -> np.ndarray:
             if not any(c.strip() for c in row):
                 continue  # a blank line is not a record
             cell = row[j].strip() if j < len(row) else ""
+            if missing_ok and not cell:
+                values.append(math.nan)
+                continue
             try:
                 value = float(cell)
             except ValueError:
@@ -83,6 +90,8 @@ def _read_csv_column(path: Path, column: str) -> np.ndarray:
                 )
             values.append(value)
     array = np.array(values, dtype=np.float64)
+    if np.isnan(array).any():
+        return array  # missing cells stay NaN
     if np.all(array == np.round(array)) and np.abs(array).max(initial=0) < 2**53:
         return array.astype(np.int64)  # integer columns stay exact
     return array

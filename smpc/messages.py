@@ -1,23 +1,31 @@
-"""Signed control messages: jobs (analyst → all) and acks (party → site).
+"""Signed control messages: jobs (analyst → all), acks and statuses (party → all).
 
 Shares travel in envelopes (:mod:`smpc.envelope`); everything else that steers a
 job is small, public to the federation and must be attributable, so it is a
 signed JSON document::
 
-    {"kind": "job" | "ack", "signer": NAME, "payload": {...}, "signature": BASE64}
+    {"kind": "job" | "ack" | "status", "signer": NAME, "payload": {...}, "signature": BASE64}
 
 The Ed25519 signature covers the canonical JSON (sorted keys, no spaces) of
 ``{"kind", "signer", "payload"}`` with a domain-separation prefix, so a message
 of one kind cannot be replayed as another. :func:`verify` checks the signer's
 role against the federation directory: only analysts sign jobs, only parties
-sign acks.
+sign acks and statuses.
+
+A job's life: the analyst publishes it (retained); each party answers with a
+status (``accepted`` or ``refused`` with the reason) and, as shares arrive, with
+the sites it holds every input of (``holding``). When every party holds the
+sites it waits for, or its deadline passes, the analyst publishes the job again
+with ``close`` naming the agreed sites, which every party must hold; then the
+parties compute and send their result shares (``done``), or say why not
+(``failed``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,10 +35,11 @@ from smpc.errors import UserError
 from smpc.keys import Directory
 from smpc.sharing import SCHEMES, Scheme
 
-Kind = Literal["job", "ack"]
+Kind = Literal["job", "ack", "status"]
 _CONTEXT = b"smpc signed message v1\x00"
-_ROLE_OF_KIND = {"job": "analyst", "ack": "party"}
+_ROLE_OF_KIND = {"job": "analyst", "ack": "party", "status": "party"}
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+INPUT_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"  # e.g. "age.sum": input "age", statistic "sum"
 
 
 class MessageError(UserError):
@@ -44,7 +53,7 @@ class _Strict(BaseModel):
 class JobInput(_Strict):
     """One input a job asks every site for, with its fixed-point encoding."""
 
-    name: str = Field(pattern=NAME_RE)
+    name: str = Field(pattern=INPUT_RE)
     frac_bits: int = Field(ge=0, le=64)
     int_bits: int = Field(ge=1, le=200)
 
@@ -62,6 +71,10 @@ class Job(_Strict):
     compact: bool = True
     min_sites: int = Field(default=1, ge=1)
     sites: tuple[str, ...] | None = None  # None: every site of the federation
+    analyst: str = ""  # who receives the results (deliver: analyst)
+    deliver: Literal["analyst", "parties"] = "analyst"
+    spec: dict[str, Any] = Field(default_factory=dict)  # the protocol spec, as the analyst ran it
+    close: tuple[str, ...] | None = None  # set when the analyst closes uploads: the agreed sites
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
@@ -87,6 +100,16 @@ class Ack(_Strict):
     digest: str
     envelope_id: str
     status: Literal["stored", "rejected"]
+    reason: str = ""
+
+
+class Status(_Strict):
+    """A party's view of a job, for the analyst and the other parties."""
+
+    job: str
+    party: int
+    state: Literal["accepted", "refused", "holding", "done", "failed"]
+    sites: tuple[str, ...] = ()  # sites whose every input this party holds
     reason: str = ""
 
 
@@ -137,6 +160,17 @@ def verify_job(data: bytes, directory: Directory) -> tuple[str, Job]:
         return signer, Job.model_validate(payload)
     except ValidationError as exc:
         raise MessageError(f"job from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def verify_status(data: bytes, directory: Directory) -> tuple[str, Status]:
+    signer, payload = verify(data, "status", directory)
+    try:
+        status = Status.model_validate(payload)
+    except ValidationError as exc:
+        raise MessageError(f"status from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
+    if directory.party_index(signer) != status.party:
+        raise MessageError(f"status signed by {signer!r} speaks for party {status.party}")
+    return signer, status
 
 
 def verify_ack(data: bytes, directory: Directory) -> tuple[str, Ack]:

@@ -27,12 +27,12 @@ from pydantic import BaseModel, ConfigDict
 
 from smpc import log
 from smpc.aio import until
-from smpc.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route
+from smpc.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route, seal
 from smpc.errors import UserError
 from smpc.field import field_for
 from smpc.keys import Kit, load_kit
-from smpc.messages import Ack, Job, MessageError, sign, verify_job
-from smpc.packaging import open_share
+from smpc.messages import Ack, Job, MessageError, Status, sign, verify_job
+from smpc.packaging import InputShare, open_share
 from smpc.spec.federation import (
     Federation,
     load_federation,
@@ -45,6 +45,16 @@ from smpc.transport import Connection, Topics, TransportError
 logger = logging.getLogger("smpc.party")
 
 
+class Policy(BaseModel):
+    """What this party agrees to compute, whatever the analyst asks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocols: tuple[str, ...] = ("sum", "fedavg", "gwas")  # allowed protocols
+    min_threshold: int = 0  # refuse jobs whose collusion threshold is lower
+    min_sites: int = 1  # refuse jobs that may open results of fewer sites
+
+
 class PartyConfig(BaseModel):
     """``parties/<party>.yaml``: where a party's kit, federation file and store are."""
 
@@ -54,6 +64,7 @@ class PartyConfig(BaseModel):
     store: Path
     federation: Path | None = None  # default: the copy in the kit (public/federation.yaml)
     log_level: str = "info"
+    policy: Policy = Policy()
 
 
 def load_party_config(path: Path) -> PartyConfig:
@@ -87,15 +98,26 @@ class Reply:
     message: bytes
 
 
+@dataclass(frozen=True)
+class JobReply:
+    """What to publish after handling a job message: a status, and result envelopes."""
+
+    status: bytes | None
+    results: tuple[tuple[str, bytes], ...] = ()  # (output name, envelope to the analyst)
+
+
 class PartyService:
     """One computing party's handling of jobs and upload envelopes."""
 
-    def __init__(self, kit: Kit, federation: Federation, store: PartyStore) -> None:
+    def __init__(
+        self, kit: Kit, federation: Federation, store: PartyStore, policy: Policy | None = None
+    ) -> None:
         if kit.role != "party" or kit.party_index is None or kit.encryption_key is None:
             raise UserError(f"kit {kit.path} is not a computing party's kit")
         self.kit = kit
         self.federation = federation
         self.store = store
+        self.policy = policy or Policy()
         self.index = kit.party_index
         directory = kit.directory
         self._site_keys = {site: directory.verify_key(site) for site in directory.sites}
@@ -107,26 +129,116 @@ class PartyService:
     def from_config(cls, config: PartyConfig) -> PartyService:
         kit = load_kit(config.kit)
         federation = load_federation(config.federation or kit.federation_file)
-        return cls(kit, federation, PartyStore(config.store))
+        return cls(kit, federation, PartyStore(config.store), config.policy)
 
     # -- jobs -------------------------------------------------------------------------------
-    def handle_job(self, data: bytes) -> Job | None:
-        """Record a signed job; None (and a logged reason) if it is not acceptable."""
+    def handle_job(self, data: bytes) -> JobReply | None:
+        """Accept or refuse a signed job; once it is closed, compute its result shares."""
         try:
             analyst, job = verify_job(data, self.kit.directory)
         except MessageError as exc:
-            log.event(logger, "job-refused", logging.WARNING, reason=exc)
+            log.event(logger, "job-ignored", logging.WARNING, reason=exc)
             return None
-        if job.n != len(self.federation.parties) or job.modulus < 3:
-            log.event(
-                logger, "job-refused", logging.WARNING, job=job.id,
-                reason=f"job is for {job.n} parties, federation has {len(self.federation.parties)}",
-            )  # fmt: skip
-            return None
-        if self.store.put_job(job.id, data):
+        refusal = self.refusal(job)
+        if refusal:
+            log.event(logger, "job-refused", logging.WARNING, job=job.id, reason=refusal)
+            return JobReply(self._status(job.id, "refused", reason=refusal))
+        known = self.store.job(job.id)
+        if known is None:
+            self.store.put_job(job.id, data)
             log.event(logger, "job-accepted", job=job.id, analyst=analyst, protocol=job.protocol)
+        elif known.message != data:
+            self.store.update_job(job.id, data)
         self._jobs[job.id] = job
-        return job
+        if job.close is None:
+            return JobReply(self._status(job.id, "accepted", sites=self.complete_sites(job)))
+        if known is not None and known.status == "done" and known.message == data:
+            return None  # re-delivery of a job already answered
+        return self.compute(job)
+
+    def refusal(self, job: Job) -> str:
+        """Why this party's policy refuses the job ("" if it accepts)."""
+        parties = len(self.federation.parties)
+        if job.n != parties:
+            return f"job is for {job.n} parties, the federation has {parties}"
+        if job.protocol not in self.policy.protocols:
+            allowed = ", ".join(self.policy.protocols)
+            return f"protocol {job.protocol!r} is not allowed here (only {allowed})"
+        if job.t < self.policy.min_threshold:
+            return f"threshold {job.t} is below this party's minimum {self.policy.min_threshold}"
+        if job.min_sites < self.policy.min_sites:
+            return (
+                f"min_sites {job.min_sites} is below this party's minimum {self.policy.min_sites}"
+            )
+        if job.close is not None and len(job.close) < max(job.min_sites, self.policy.min_sites):
+            return f"only {len(job.close)} sites, fewer than min_sites {job.min_sites}"
+        if job.deliver == "analyst" and job.analyst not in self.kit.directory.analysts:
+            return f"results would go to {job.analyst!r}, who is not an analyst of the federation"
+        return ""
+
+    def complete_sites(self, job: Job) -> tuple[str, ...]:
+        """Sites this party holds every input of, for ``job``."""
+        held: dict[str, set[str]] = {}
+        for share in self.store.shares(job.id):
+            held.setdefault(share.site, set()).add(share.input)
+        wanted = {spec.name for spec in job.inputs}
+        return tuple(sorted(site for site, inputs in held.items() if inputs >= wanted))
+
+    def compute(self, job: Job) -> JobReply:
+        """Sum the shares of the agreed sites per input; seal each sum to the analyst."""
+        field = field_for(job.modulus)
+        shares = {(s.input, s.site): s for s in self.store.shares(job.id)}
+        missing = [
+            f"{i.name}@{site}"
+            for site in job.close
+            for i in job.inputs
+            if (i.name, site) not in shares
+        ]
+        if missing:
+            reason = f"this party lacks shares of the agreed sites: {', '.join(missing)}"
+            return self._failed(job, reason)
+        results = []
+        analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)
+        for spec in job.inputs:
+            values = [
+                InputShare(ShareHeader.from_json(shares[(spec.name, site)].header.encode()),
+                           self.store.read_share(shares[(spec.name, site)])).values()
+                for site in job.close
+            ]  # fmt: skip
+            shapes = {v.shape for v in values}
+            if len(shapes) != 1:
+                return self._failed(
+                    job, f"sites sent {spec.name!r} in different shapes {sorted(shapes)}"
+                )
+            total = field.sum(values)
+            header = ShareHeader(
+                job=job.id, input=spec.name, site=self.kit.name, party=self.index,
+                scheme=job.scheme, t=job.t, n=job.n, modulus=job.modulus,
+                frac_bits=spec.frac_bits, dtype=field.dtype_tag, shape=total.shape,
+            )  # fmt: skip
+            envelope = seal(header, field.to_bytes(total), analyst_key, self.kit.signing_key)
+            results.append((spec.name, bytes(envelope)))
+        self.store.set_job_status(job.id, "done")
+        log.event(logger, "job-computed", job=job.id, sites=len(job.close), outputs=len(results))
+        return JobReply(self._status(job.id, "done", sites=job.close), tuple(results))
+
+    def _failed(self, job: Job, reason: str) -> JobReply:
+        self.store.set_job_status(job.id, "failed")
+        log.event(logger, "job-failed", logging.ERROR, job=job.id, reason=reason)
+        return JobReply(self._status(job.id, "failed", reason=reason))
+
+    def _status(self, job_id: str, state: str, *, sites=(), reason: str = "") -> bytes:
+        status = Status(
+            job=job_id, party=self.index, state=state, sites=tuple(sites), reason=reason
+        )
+        return sign("status", status, self.kit.name, self.kit.signing_key)
+
+    def holding_status(self, job_id: str) -> bytes | None:
+        """The party's current holdings of an open job (sent after every stored share)."""
+        job = self._jobs.get(job_id)
+        if job is None or job.close is not None:
+            return None
+        return self._status(job_id, "holding", sites=self.complete_sites(job))
 
     def job(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
@@ -272,10 +384,21 @@ async def _dispatch(service: PartyService, topics: Topics, conn: Connection, mes
         kind, _ = topics.parse(message.topic)
     except ValueError:
         return
+    name = service.kit.name
     if kind == "job":
-        await asyncio.to_thread(service.handle_job, message.body)
+        answer = await asyncio.to_thread(service.handle_job, message.body)
+        if answer is None:
+            return
+        job_id = topics.parse(message.topic).fields["job"]
+        for _, envelope in answer.results:
+            await conn.publish_body(topics.result(job_id, name), envelope)
+        if answer.status is not None:
+            await conn.publish(topics.status(job_id, name), answer.status)
     elif kind == "upload":
         # Decryption and fsync run off the event loop so the broker link stays alive.
         reply = await asyncio.to_thread(service.handle_upload, message.body)
         if reply is not None:
-            await conn.publish(topics.ack(reply.site, service.kit.name), reply.message)
+            await conn.publish(topics.ack(reply.site, name), reply.message)
+            status = service.holding_status(reply.ack.job)
+            if status is not None and reply.ack.status == "stored":
+                await conn.publish(topics.status(reply.ack.job, name), status)

@@ -194,15 +194,44 @@ def reconstruct(
 
 def lagrange_at_zero(points: tuple[int, ...], modulus: int) -> list[int]:
     """Lagrange coefficients λ_i with f(0) = Σ λ_i f(x_i), modulo ``modulus``."""
+    return lagrange_at(points, 0, modulus)
+
+
+def lagrange_at(points: tuple[int, ...], x: int, modulus: int) -> list[int]:
+    """Lagrange coefficients λ_i with f(x) = Σ λ_i f(x_i), modulo ``modulus``."""
     out = []
     for i, xi in enumerate(points):
         num, den = 1, 1
         for j, xj in enumerate(points):
             if j != i:
-                num = num * xj % modulus
-                den = den * (xj - xi) % modulus
+                num = num * (x - xj) % modulus
+                den = den * (xi - xj) % modulus
         out.append(num * pow(den, -1, modulus) % modulus)
     return out
+
+
+def inconsistent_shares(shares: Mapping[int, np.ndarray], field: PrimeField, t: int) -> list[int]:
+    """Parties whose Shamir share does not lie on the polynomial of the first t + 1.
+
+    With more than t + 1 shares the extra ones are redundant: every honest share
+    is the degree-t polynomial through the first t + 1 evaluated at its point, so
+    a tampered share shows up here (as does a tampered base share, which moves
+    every other point off the polynomial).
+    """
+    parties = sorted(shares)
+    base = parties[: t + 1]
+    points = tuple(i + 1 for i in base)
+    bad = []
+    for j in parties[t + 1 :]:
+        lambdas = lagrange_at(points, j + 1, field.modulus)
+        expected = field.linear_combination(
+            [(lam, shares[i]) for lam, i in zip(lambdas, base, strict=True)]
+        )
+        if not np.array_equal(
+            np.asarray(expected, dtype=object), np.asarray(shares[j], dtype=object)
+        ):
+            bad.append(j)
+    return bad
 
 
 @cache

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,11 +103,24 @@ def seal_inputs(
     return envelopes
 
 
+def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], dict[str, np.ndarray]]:
+    """Inputs computed from a site's data file by the job's protocol (its local statistics)."""
+
+    def compute(job: Job) -> dict[str, np.ndarray]:
+        from smpc.protocols.linear import site_statistics
+        from smpc.spec.protocol import parse_spec
+
+        spec = parse_spec(job.spec, f"job {job.id}", federation)
+        return site_statistics(spec, source)
+
+    return compute
+
+
 async def upload(
     kit: Kit,
     federation: Federation,
     job_id: str,
-    inputs: Mapping[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray] | Callable[[Job], Mapping[str, np.ndarray]],
     *,
     timeout: float = 120.0,
     resend_after: float = 10.0,
@@ -122,7 +135,9 @@ async def upload(
     async with Connection.from_kit(kit, federation, suffix=f"up-{job_id}") as conn:
         await conn.subscribe(topics.acks_for(kit.name))
         job = await fetch_job(conn, topics, kit, job_id, timeout)
-        envelopes = seal_inputs(kit, job, inputs)
+        if job.close is not None:
+            raise UploadFailed(f"job {job.id} is closed: uploads are no longer accepted")
+        envelopes = seal_inputs(kit, job, inputs(job) if callable(inputs) else inputs)
         expected = {key: envelope_id(env) for key, env in envelopes.items()}
         pending = set(envelopes)
         refused: dict[tuple[str, int], str] = {}

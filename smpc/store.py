@@ -132,6 +132,13 @@ class PartyStore:
         rows = self._db.execute("SELECT id, message, received, status FROM jobs ORDER BY received")
         return [StoredJob(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
 
+    def update_job(self, job_id: str, message: bytes) -> None:
+        """Replace a job's message (the analyst closed it); its status starts over."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE jobs SET message = ?, status = 'open' WHERE id = ?", (message, job_id)
+            )
+
     def set_job_status(self, job_id: str, status: str) -> None:
         with self._transaction():
             self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))

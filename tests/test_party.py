@@ -26,7 +26,7 @@ def kits(keys_dir):
 def _job(**changes) -> Job:
     fields = dict(
         id="job-1", inputs=(JobInput(name="x", frac_bits=16, int_bits=20),), t=1, n=3,
-        modulus=FAST.modulus,
+        modulus=FAST.modulus, analyst="analyst",
     )  # fmt: skip
     fields.update(changes)
     return Job(**fields)

@@ -144,7 +144,7 @@ def _publish(keys_dir: Path, job_id: str) -> Job:
     job = Job(
         id=job_id, inputs=(JobInput(name="x", frac_bits=ENCODING.frac_bits,
                                     int_bits=ENCODING.int_bits),),
-        t=1, n=3, modulus=FAST.modulus,
+        t=1, n=3, modulus=FAST.modulus, analyst="analyst",
     )  # fmt: skip
     asyncio.run(publish_job(kit(keys_dir, "analyst"), federation_of(keys_dir), job))
     return job

@@ -1,0 +1,1 @@
+"""Protocol families: what sites compute locally, what parties compute, what is opened."""

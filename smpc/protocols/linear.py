@@ -1,0 +1,133 @@
+"""Linear protocols: secure sum (with count and mean) and federated averaging.
+
+Both need no secure multiplication, so they never go through MPyC one object
+per element: every site shares its local sufficient statistics, every party
+adds the shares of the agreed sites in GF(2^61 − 1) and sends its one summed
+share per output to the analyst, who reconstructs. What each side computes:
+
+``sum`` — for every input (a CSV column, or an .npy/.npz array whose first axis
+is the records), the site shares ``<input>.sum`` (Σ over its records; an empty
+CSV cell is missing and left out) and ``<input>.count`` (its records with a
+value). The analyst opens the pooled sum and count and derives the mean.
+
+``fedavg`` — a site's .npz holds named parameter arrays and a scalar
+``num_examples`` (Flower's name). The site shares ``<array>.weighted`` =
+num_examples · array for every array, and ``num_examples``; the analyst opens
+both sums and divides: the weighted average of the models, as FedAvg.
+
+Revealed to the analyst: the pooled sums and counts (``sum``), the pooled
+weighted parameter sums and the total number of examples (``fedavg``); nothing
+per site. The parties see only shares.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smpc.errors import UserError
+from smpc.inputs import read_input
+from smpc.messages import JobInput
+
+COUNT_BITS = 40  # record counts below 2^40
+LARGE = 10_000  # arrays with more elements go to .npy files next to result.json
+
+
+def job_inputs(spec: Any) -> tuple[JobInput, ...]:
+    """The shared arrays every site uploads for this spec."""
+    f, b = spec.encoding.frac_bits, spec.encoding.int_bits
+    if spec.protocol == "sum":
+        out = []
+        for name in spec.inputs:
+            out += [JobInput(name=f"{name}.sum", frac_bits=f, int_bits=b)]
+            out += [JobInput(name=f"{name}.count", frac_bits=0, int_bits=COUNT_BITS)]
+        return tuple(out)
+    if spec.protocol == "fedavg":
+        if not spec.inputs:
+            raise UserError("fedavg: the job needs the parameter names (spec key inputs)")
+        weighted = [JobInput(name=f"{a}.weighted", frac_bits=f, int_bits=b) for a in spec.inputs]
+        return (*weighted, JobInput(name="num_examples", frac_bits=0, int_bits=COUNT_BITS))
+    raise UserError(f"protocol {spec.protocol!r} is not a linear protocol")
+
+
+def fedavg_parameter_names(path: Path) -> tuple[str, ...]:
+    """The parameter arrays of a site's .npz (everything but num_examples)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return tuple(sorted(k for k in archive if k != "num_examples"))
+
+
+def site_statistics(spec: Any, source: Path) -> dict[str, np.ndarray]:
+    """A site's local sufficient statistics for the spec, from its data file."""
+    source = Path(source)
+    if spec.protocol == "sum":
+        stats = {}
+        for name in spec.inputs:
+            values = read_input(str(source), name, missing_ok=True)
+            if values.ndim == 0:
+                values = values.reshape(1)
+            present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
+            stats[f"{name}.sum"] = np.where(present, values, 0).sum(axis=0)
+            stats[f"{name}.count"] = present.sum(axis=0).astype(np.int64)
+        return stats
+    if spec.protocol == "fedavg":
+        if source.suffix != ".npz":
+            raise UserError(f"fedavg: {source} is not an .npz of model parameters")
+        with np.load(source, allow_pickle=False) as archive:
+            if "num_examples" not in archive:
+                raise UserError(f"{source}: no scalar num_examples (the site's weight)")
+            n = archive["num_examples"]
+            if n.size != 1 or not float(n) >= 0 or float(n) != int(n):
+                raise UserError(f"{source}: num_examples must be one non-negative integer")
+            n = int(n)
+            stats = {"num_examples": np.array(n, dtype=np.int64)}
+            for name in spec.inputs:
+                if name not in archive:
+                    raise UserError(f"{source}: no parameter array {name!r}")
+                stats[f"{name}.weighted"] = archive[name].astype(np.float64) * n
+        return stats
+    raise UserError(f"protocol {spec.protocol!r} is not a linear protocol")
+
+
+def finalize(spec: Any, opened: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
+    """Turn the opened pooled statistics into the output files; return the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.protocol == "sum":
+        result: dict[str, Any] = {}
+        for name in spec.inputs:
+            total, count = opened[f"{name}.sum"], opened[f"{name}.count"]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+            stats = {"sum": total, "count": count, "mean": mean}
+            result[name] = {
+                stat: _value(value, out / f"{spec.name}.{name}.{stat}.npy")
+                for stat, value in stats.items()
+                if stat in spec.reveal
+            }
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    n = int(opened["num_examples"])
+    if n <= 0:
+        raise UserError("fedavg: the sites reported no training examples")
+    model = {name: opened[f"{name}.weighted"] / n for name in spec.inputs}
+    np.savez(out / "model.npz", **model)
+    summary = {"num_examples": n, "arrays": {k: list(v.shape) for k, v in model.items()}}
+    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _value(value: np.ndarray, path: Path) -> Any:
+    """Small results inline in result.json; large ones as .npy, named in result.json."""
+    value = np.asarray(value)
+    if value.size > LARGE:
+        np.save(path, value)
+        return {"file": path.name, "shape": list(value.shape)}
+    if value.dtype.kind in "iu":
+        return value.tolist()
+    return np.where(np.isnan(value), None, value).tolist() if value.ndim else _scalar(value)
+
+
+def _scalar(value: np.ndarray) -> float | None:
+    return None if np.isnan(value) else float(value)

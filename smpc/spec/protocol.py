@@ -1,0 +1,589 @@
+"""Schema of protocol spec files (``protocols/*.yaml``): what a job computes.
+
+A spec names a protocol and the few choices an analyst makes; everything else has a
+default. The smallest specs are two or three lines::
+
+    name: cohort
+    protocol: sum
+    inputs: [age, bmi]     # columns of a site's .csv (header row), or arrays of its .npz/.npy
+
+    name: round
+    protocol: fedavg       # a site's .npz holds named arrays plus a scalar num_examples
+
+Fields and defaults (N = computing parties of the federation, t = threshold; the table is
+Markdown so the README can copy it):
+
+| field | default | allowed |
+|---|---|---|
+| `name` | required | `[a-z0-9][a-z0-9_-]*`, at most 63 characters; names output files |
+| `protocol` | required | `sum`, `fedavg`, `gwas` |
+| `inputs` | sum: required; fedavg: all arrays but `num_examples` | unique `[a-z0-9_][a-z0-9_.-]*` |
+| `scheme` | `shamir` | `shamir`, `additive` (not gwas) |
+| `threshold` | the federation's; additive: N-1 | `0 <= t < N`; gwas: `N >= 2t+1` |
+| `min_sites` | `2` | 1 to the number of federation sites |
+| `reveal` | sum: `[sum, count, mean]` | a subset of `sum`, `count`, `mean` |
+| | fedavg: `[model]` | `[model]` |
+| | gwas: `statistics` | `statistics` or `aggregates` |
+| `deliver` | `analyst` | `analyst`, `parties` |
+| `compact` | `true` (compact seed shares) | `true`, `false` (full shares) |
+| `encoding` | `{frac_bits: 24, int_bits: 30}` | `frac_bits + int_bits <= 59` |
+| `rounds` | `1` | `>= 1`; more than 1 for fedavg only |
+| `round_timeout` | `300` (seconds) | `> 0`, at most `timeout` |
+| `timeout` | `600` (seconds, whole job) | `> 0` |
+| `dp` | none (off) | `{epsilon: >0, clip: >0, delta: (0,1)}`, delta optional; not gwas |
+| `tests` | gwas: `[assoc]` | `assoc, model, hardy, freq, missing, linear, logistic` |
+| `pheno` | gwas: null (the .fam phenotype) | a column of the site's phenotype file |
+| `covar` | gwas: `[]` | covariate file columns; needs `linear` or `logistic` |
+| `filters` | gwas: `{}` (no filter) | `maf` (0, 0.5], `geno` [0, 1], `hwe` (0, 1], `mind` [0, 1] |
+
+gwas does not use `inputs`; sum and fedavg do not use `tests`, `pheno`, `covar`, `filters`.
+
+Decisions worth knowing:
+
+- ``threshold`` defaults to the federation's, so a spec file is portable between
+  federations. Additive sharing always tolerates t = N-1 (any N-1 parties learn
+  nothing), so with ``scheme: additive`` the threshold is N-1 and any other value is an
+  error. ``gwas`` multiplies shares, which MPyC's Shamir protocols do only with
+  ``N >= 2t+1``; sums and federated averaging are linear and run with any ``t < N``.
+- ``encoding``: a real x travels as ``round(x * 2^frac_bits)`` and must satisfy
+  ``|x| < 2^int_bits`` (:mod:`smpc.encoding`). Linear protocols add the sites' values in
+  GF(2^61-1) and read the result back as a signed number, so a sum must stay below
+  2^60 in magnitude: ``frac_bits + int_bits <= 59`` is what lets at least two sites be
+  added, and against a federation the sum over all its sites must fit (58 bits: 4
+  sites, 54 bits (the default): 64 sites).
+- ``dp``: the parties add noise calibrated to ``epsilon`` (and ``delta`` if given:
+  Gaussian mechanism; without it Laplace, pure epsilon-DP) after each value (sum) or each
+  site's model update (fedavg) was clipped to ``clip`` by its site. Not offered for gwas.
+- gwas reads each site's PLINK files (genotypes, ``.fam`` phenotype, covariate file);
+  ``tests`` follow PLINK 1.9 (``--assoc``, ``--model``, ``--hardy``, ``--freq``,
+  ``--missing``, ``--linear``, ``--logistic``); ``linear`` (quantitative phenotype) does
+  not mix with ``model`` or ``logistic`` (case/control) in one spec; ``covar`` needs
+  ``linear`` or ``logistic``.
+- Fields that a protocol does not use are errors, not silently ignored (``tests`` on a
+  sum, ``inputs`` on gwas), and so are unknown keys. Integers and booleans are strict:
+  ``rounds: "3"`` and ``compact: "yes"`` are errors.
+
+The resolved :class:`Spec` carries every default explicitly; :meth:`Spec.to_dict` /
+:meth:`Spec.to_json` give its canonical form (only the fields of its protocol), which is
+itself a valid spec file, so a job message can carry it and a party can re-validate it
+with :func:`parse_spec` against its own federation file.
+
+Every problem is a :class:`smpc.errors.UserError` naming the file, the field path and the
+fix, one line per problem, as for the federation file (:mod:`smpc.spec.federation`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from smpc.errors import UserError
+from smpc.spec.federation import Federation, read_yaml_mapping, user_error_from_validation
+
+ProtocolName = Literal["sum", "fedavg", "gwas"]
+PROTOCOLS: tuple[ProtocolName, ...] = ("sum", "fedavg", "gwas")
+SCHEMES = ("shamir", "additive")
+DELIVERIES = ("analyst", "parties")
+MULTIPLYING_PROTOCOLS = frozenset({"gwas"})
+"""Protocols whose secure computation multiplies shares (Shamir needs N >= 2t+1)."""
+
+REVEALS: dict[str, tuple[str, ...]] = {
+    "sum": ("sum", "count", "mean"),
+    "fedavg": ("model",),
+    "gwas": ("statistics", "aggregates"),
+}
+DEFAULT_REVEAL: dict[str, tuple[str, ...]] = {
+    "sum": ("sum", "count", "mean"),
+    "fedavg": ("model",),
+    "gwas": ("statistics",),
+}
+GWAS_TESTS = ("assoc", "model", "hardy", "freq", "missing", "linear", "logistic")
+NUM_EXAMPLES = "num_examples"
+"""The scalar every fedavg site sends as its weight; never a model array."""
+
+DEFAULT_MIN_SITES = 2
+DEFAULT_FRAC_BITS = 24
+DEFAULT_INT_BITS = 30
+MAX_ENCODING_BITS = 59
+DEFAULT_ROUND_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = 600.0
+
+_FAST_FIELD = "GF(2^61-1)"
+_FAST_FIELD_HALF = (1 << 60) - 1  # largest |v| read back as signed in GF(2^61-1)
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+INPUT_PATTERN = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,127}")
+_COLUMN_PATTERN = re.compile(r"[^\s,]{1,128}")
+
+_GWAS_ONLY = ("tests", "pheno", "covar", "filters")
+
+
+# --- field types ----------------------------------------------------------------------
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """A validator accepting one of ``choices``, suggesting the closest on a typo."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}{hint}")
+        return value
+
+    return check
+
+
+def _check_name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"invalid name {value!r}: use 1-63 characters from a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit (the name becomes part of output file names)"
+        )
+    return value
+
+
+def _check_input_name(value: str) -> str:
+    if not INPUT_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"invalid input name {value!r}: use 1-128 characters from a-z, 0-9, '_', '.' "
+            "and '-', not starting with '.' or '-' (rename the column or array to match)"
+        )
+    return value
+
+
+def _check_column(value: str) -> str:
+    if not _COLUMN_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"invalid column name {value!r}: 1-128 characters without spaces or commas"
+        )
+    return value
+
+
+def _unique(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{item!r} is listed twice: list each name once")
+        seen.add(item)
+    return items
+
+
+def _as_list(value: object) -> object:
+    """Accept one word where a list is expected (``reveal: mean``)."""
+    return [value] if isinstance(value, str) else value
+
+
+Seconds = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
+Probability = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+InputName = Annotated[StrictStr, AfterValidator(_check_input_name)]
+Column = Annotated[StrictStr, AfterValidator(_check_column)]
+Reveal = Annotated[list[StrictStr], BeforeValidator(_as_list), AfterValidator(_unique)]
+GwasTest = Annotated[StrictStr, AfterValidator(_one_of(GWAS_TESTS))]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Encoding(_Model):
+    """Fixed-point encoding of the values sites share (see :mod:`smpc.encoding`)."""
+
+    frac_bits: Annotated[StrictInt, Field(ge=0)] = DEFAULT_FRAC_BITS
+    int_bits: Annotated[StrictInt, Field(ge=1)] = DEFAULT_INT_BITS
+
+    @property
+    def total_bits(self) -> int:
+        return self.frac_bits + self.int_bits
+
+    @property
+    def max_summands(self) -> int:
+        """How many values of this encoding add up without wrapping in GF(2^61-1)."""
+        return _FAST_FIELD_HALF // ((1 << self.total_bits) - 1)
+
+
+class DP(_Model):
+    """Differential privacy on the opened result: noise for (epsilon[, delta]), clip bound."""
+
+    epsilon: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
+    delta: Annotated[StrictFloat, Field(gt=0, lt=1)] | None = None
+    clip: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
+
+
+class Filters(_Model):
+    """Quality-control filters of a GWAS, as PLINK 1.9's options of the same names."""
+
+    maf: Annotated[Probability, Field(gt=0, le=0.5)] | None = None
+    geno: Annotated[Probability, Field(ge=0, le=1)] | None = None
+    hwe: Annotated[Probability, Field(gt=0, le=1)] | None = None
+    mind: Annotated[Probability, Field(ge=0, le=1)] | None = None
+
+
+class _SpecFile(_Model):
+    """A spec file as written: every optional field is None when absent."""
+
+    name: Annotated[StrictStr, AfterValidator(_check_name)]
+    protocol: Annotated[StrictStr, AfterValidator(_one_of(PROTOCOLS))]
+    inputs: Annotated[list[InputName], AfterValidator(_unique)] | None = None
+    scheme: Annotated[StrictStr, AfterValidator(_one_of(SCHEMES))] | None = None
+    threshold: Annotated[StrictInt, Field(ge=0)] | None = None
+    min_sites: Annotated[StrictInt, Field(ge=1)] | None = None
+    reveal: Reveal | None = None
+    deliver: Annotated[StrictStr, AfterValidator(_one_of(DELIVERIES))] | None = None
+    compact: StrictBool | None = None
+    encoding: Encoding | None = None
+    rounds: Annotated[StrictInt, Field(ge=1)] | None = None
+    round_timeout: Seconds | None = None
+    timeout: Seconds | None = None
+    dp: DP | None = None
+    tests: Annotated[list[GwasTest], AfterValidator(_unique)] | None = None
+    pheno: Column | None = None
+    covar: Annotated[list[Column], AfterValidator(_unique)] | None = None
+    filters: Filters | None = None
+
+
+# --- the resolved spec ----------------------------------------------------------------
+
+
+class Spec(_Model):
+    """A validated protocol spec with every default filled in.
+
+    Build it with :func:`load_spec`, :func:`parse_spec` or :meth:`Spec.from_json`; the
+    constructor does not apply the cross-field rules. ``inputs`` is None for fedavg when
+    every array of the site's .npz is an input, and for gwas (which has none);
+    ``threshold`` is None only when the spec was read without a federation. Fields of
+    another protocol hold their empty value (``tests == ()`` for a sum).
+    """
+
+    name: str
+    protocol: ProtocolName
+    inputs: tuple[str, ...] | None
+    scheme: Literal["shamir", "additive"]
+    threshold: int | None
+    min_sites: int
+    reveal: tuple[str, ...]
+    deliver: Literal["analyst", "parties"]
+    compact: bool
+    encoding: Encoding
+    rounds: int
+    round_timeout: float
+    timeout: float
+    dp: DP | None = None
+    tests: tuple[str, ...] = ()
+    pheno: str | None = None
+    covar: tuple[str, ...] = ()
+    filters: Filters | None = None
+
+    @property
+    def multiplies(self) -> bool:
+        """True if the secure computation multiplies shares (Shamir needs N >= 2t+1)."""
+        return self.protocol in MULTIPLYING_PROTOCOLS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON-ready form: the fields of this protocol, defaults explicit.
+
+        It is a valid spec file: ``parse_spec(spec.to_dict(), ...)`` gives ``spec`` back.
+        """
+        data = self.model_dump(mode="json", exclude_none=True)
+        if self.protocol != "gwas":
+            for key in _GWAS_ONLY:
+                data.pop(key, None)
+        else:
+            data.pop("dp", None)
+            data["filters"] = self.filters.model_dump(exclude_none=True) if self.filters else {}
+        if self.dp is not None:
+            data["dp"] = self.dp.model_dump(exclude_none=True)
+        return data
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): stable bytes for a signed job."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(
+        cls, text: str | bytes, federation: Federation | None = None, source: str = "<job spec>"
+    ) -> Spec:
+        """Re-validate a spec carried in a job message (against this party's federation)."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"{source}: invalid JSON: {exc}") from None
+        return parse_spec(data, source, federation)
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def load_spec(path: str | Path, federation: Federation | None = None) -> Spec:
+    """Read and validate a spec file; every problem raises a UserError.
+
+    With a ``federation`` the threshold is resolved from it and checked against its number
+    of computing parties and sites; without one those checks wait until a federation is
+    known (``threshold`` is then None unless the file sets it).
+    """
+    return parse_spec(read_yaml_mapping(path), str(path), federation)
+
+
+def parse_spec(
+    data: object, source: str | Path = "<spec>", federation: Federation | None = None
+) -> Spec:
+    """Validate already-parsed data (a spec built in code, or one from a job message)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a spec must be a mapping of keys to values")
+    try:
+        raw = _SpecFile.model_validate(data)
+    except ValidationError as exc:
+        error = user_error_from_validation(source, exc, _SpecFile)
+        raise UserError("\n".join(map(_suggest_key, str(error).splitlines()))) from None
+    problems: list[tuple[str, str]] = []
+    spec = _resolve(raw, federation, problems)
+    if problems:
+        raise UserError("\n".join(f"{source}: {field}: {message}" for field, message in problems))
+    assert spec is not None
+    return spec
+
+
+_UNKNOWN_KEY = re.compile(
+    r"(?P<head>.*?(?P<key>[^.: ]+): unknown key) \(allowed here: (?P<keys>[^)]*)\)"
+)
+
+
+def _suggest_key(line: str) -> str:
+    """Add "did you mean" to an unknown-key line when an allowed key is close."""
+    match = _UNKNOWN_KEY.fullmatch(line)
+    if not match:
+        return line
+    close = difflib.get_close_matches(match["key"], match["keys"].split(", "), n=1)
+    if not close:
+        return line
+    return f"{match['head']} (did you mean {close[0]!r}? allowed here: {match['keys']})"
+
+
+def _resolve(
+    raw: _SpecFile, federation: Federation | None, problems: list[tuple[str, str]]
+) -> Spec | None:
+    """Fill defaults by protocol and apply the cross-field and federation rules."""
+    protocol = raw.protocol
+    given = raw.model_fields_set
+
+    def problem(field: str, message: str) -> None:
+        problems.append((field, message))
+
+    # fields a protocol does not use
+    if protocol != "gwas":
+        for key in _GWAS_ONLY:
+            if key in given:
+                problem(key, f"only protocol gwas uses {key}; drop it (protocol is {protocol})")
+    if protocol == "gwas" and "inputs" in given:
+        problem(
+            "inputs",
+            "gwas reads each site's PLINK files, not named inputs: drop inputs "
+            "(name the phenotype with pheno and covariates with covar)",
+        )
+    if protocol == "gwas" and raw.dp is not None:
+        problem("dp", "differential privacy is offered for protocols sum and fedavg only; drop dp")
+    if protocol != "fedavg" and raw.rounds not in (None, 1):
+        problem(
+            "rounds",
+            f"{raw.rounds}: only protocol fedavg runs several rounds; drop rounds",
+        )
+
+    # inputs
+    inputs: tuple[str, ...] | None = None
+    if protocol == "sum":
+        if raw.inputs is None:
+            problem(
+                "inputs",
+                "required for protocol sum: list the columns (or .npz/.npy arrays) to add up, "
+                "e.g. inputs: [age, bmi]",
+            )
+        elif not raw.inputs:
+            problem("inputs", "empty: list at least one column or array to add up")
+        else:
+            inputs = tuple(raw.inputs)
+    elif protocol == "fedavg" and raw.inputs is not None:
+        if not raw.inputs:
+            problem(
+                "inputs",
+                "empty: list the model arrays to average, or drop inputs to average every "
+                f"array of the site's .npz except {NUM_EXAMPLES}",
+            )
+        elif NUM_EXAMPLES in raw.inputs:
+            problem(
+                "inputs",
+                f"{NUM_EXAMPLES} is each site's weight and is always sent: remove it from inputs",
+            )
+        else:
+            inputs = tuple(raw.inputs)
+
+    # scheme and threshold
+    scheme = raw.scheme or "shamir"
+    if protocol in MULTIPLYING_PROTOCOLS and scheme == "additive":
+        problem("scheme", f"{protocol} multiplies shares; use scheme: shamir")
+    threshold = _resolve_threshold(raw, scheme, federation, problem)
+
+    # sites
+    min_sites = raw.min_sites if raw.min_sites is not None else DEFAULT_MIN_SITES
+    if federation is not None and min_sites > len(federation.sites):
+        problem(
+            "min_sites",
+            f"{min_sites} is more than the {len(federation.sites)} sites of federation "
+            f"{federation.name!r}: lower min_sites or add sites to the federation",
+        )
+
+    reveal = _resolve_reveal(raw.reveal, protocol, problem)
+
+    # encoding
+    encoding = raw.encoding or Encoding()
+    if encoding.total_bits > MAX_ENCODING_BITS:
+        problem(
+            "encoding",
+            f"frac_bits + int_bits = {encoding.frac_bits} + {encoding.int_bits} = "
+            f"{encoding.total_bits} is more than {MAX_ENCODING_BITS}: the parties add the "
+            f"sites' values in {_FAST_FIELD}, where a signed sum must stay below 2^60 for "
+            "sums of many sites; lower int_bits or frac_bits",
+        )
+    elif federation is not None and protocol != "gwas":
+        fit = encoding.max_summands
+        if len(federation.sites) > fit:
+            problem(
+                "encoding",
+                f"frac_bits + int_bits = {encoding.total_bits} lets sums of at most {fit} sites "
+                f"fit in {_FAST_FIELD}, but federation {federation.name!r} has "
+                f"{len(federation.sites)} sites; lower int_bits or frac_bits",
+            )
+
+    # timing
+    rounds = raw.rounds or 1
+    timeout = raw.timeout if raw.timeout is not None else DEFAULT_TIMEOUT
+    round_timeout = raw.round_timeout if raw.round_timeout is not None else DEFAULT_ROUND_TIMEOUT
+    if round_timeout > timeout:
+        problem(
+            "round_timeout",
+            f"{round_timeout:g} s is longer than the whole job's timeout ({timeout:g} s): "
+            "lower round_timeout or raise timeout",
+        )
+
+    # gwas
+    tests: tuple[str, ...] = ()
+    covar: tuple[str, ...] = ()
+    filters: Filters | None = None
+    if protocol == "gwas":
+        tests = tuple(raw.tests) if raw.tests is not None else ("assoc",)
+        if not tests:
+            problem("tests", f"empty: list at least one of {', '.join(GWAS_TESTS)}")
+        case_control = [t for t in tests if t in ("model", "logistic")]
+        if "linear" in tests and case_control:
+            problem(
+                "tests",
+                f"linear needs a quantitative phenotype and {', '.join(case_control)} a "
+                "case/control one: a spec has one phenotype, so split it into two specs",
+            )
+        covar = tuple(raw.covar or ())
+        if covar and not {"linear", "logistic"} & set(tests):
+            problem(
+                "covar",
+                "covariates are used by the linear and logistic tests only: add one of them "
+                "to tests or drop covar",
+            )
+        filters = raw.filters or Filters()
+
+    if problems:
+        return None
+    return Spec(
+        name=raw.name,
+        protocol=protocol,  # type: ignore[arg-type]  # checked by _one_of(PROTOCOLS)
+        inputs=inputs,
+        scheme=scheme,  # type: ignore[arg-type]
+        threshold=threshold,
+        min_sites=min_sites,
+        reveal=reveal,
+        deliver=raw.deliver or "analyst",  # type: ignore[arg-type]
+        compact=True if raw.compact is None else raw.compact,
+        encoding=encoding,
+        rounds=rounds,
+        round_timeout=float(round_timeout),
+        timeout=float(timeout),
+        dp=raw.dp if protocol != "gwas" else None,
+        tests=tests,
+        pheno=raw.pheno if protocol == "gwas" else None,
+        covar=covar,
+        filters=filters,
+    )
+
+
+def _resolve_threshold(
+    raw: _SpecFile,
+    scheme: str,
+    federation: Federation | None,
+    problem: Callable[[str, str], None],
+) -> int | None:
+    if federation is None:
+        return raw.threshold
+    n = len(federation.parties)
+    if scheme == "additive":
+        if raw.threshold is not None and raw.threshold != n - 1:
+            problem(
+                "threshold",
+                f"{raw.threshold}: additive sharing always tolerates N-1 = {n - 1} colluding "
+                f"parties (federation {federation.name!r} has {n}); drop the threshold key",
+            )
+        return n - 1
+    t = raw.threshold if raw.threshold is not None else federation.threshold
+    origin = "" if raw.threshold is not None else " (the federation's default)"
+    if t >= n:
+        problem(
+            "threshold",
+            f"{t} must be below the number of computing parties ({n}): privacy needs one "
+            f"party outside any coalition of t; set threshold: {n - 1} or lower",
+        )
+    elif raw.protocol in MULTIPLYING_PROTOCOLS and n < 2 * t + 1:
+        problem(
+            "threshold",
+            f"{t}{origin} needs at least {2 * t + 1} computing parties for protocol "
+            f"{raw.protocol}, federation has {n} (Shamir multiplication needs N >= 2t+1): "
+            f"set threshold: {(n - 1) // 2} or lower, or add computing parties",
+        )
+    return t
+
+
+def _resolve_reveal(
+    value: list[str] | None, protocol: str, problem: Callable[[str, str], None]
+) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_REVEAL[protocol]
+    items = list(value)
+    allowed = REVEALS[protocol]
+    bad = [item for item in items if item not in allowed]
+    if bad:
+        problem(
+            "reveal",
+            f"{', '.join(repr(b) for b in bad)}: protocol {protocol} can reveal only "
+            f"{', '.join(allowed)}",
+        )
+    elif not items:
+        problem("reveal", f"empty: nothing would be opened; list some of {', '.join(allowed)}")
+    elif protocol == "gwas" and len(items) != 1:
+        problem(
+            "reveal",
+            "gwas reveals either statistics (test results only) or aggregates (the summed "
+            "counts and matrices, from which statistics follow): choose one",
+        )
+    return tuple(item for item in allowed if item in items)  # canonical order

@@ -1,0 +1,100 @@
+"""``smpc local`` end to end (real processes, embedded broker) against NumPy on the pooled data.
+
+Reals: each site's local sum is encoded with f = 24 fractional bits, so each
+errs by at most 2^-25; M sites add up to M·2^-25 < 1e-6 for M < 33, which the
+tolerance 1e-6·max(1, |x|) covers. Integers are exact.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from smpc.analyst import JobFailed, _open
+from smpc.errors import UserError
+from smpc.field import FAST
+from smpc.local import run_local
+from smpc.messages import Job, JobInput
+from smpc.sharing import split
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _sites(tmp_path, rng, sizes=(40, 25, 61)):
+    sites, tables = {}, {}
+    for i, n in enumerate(sizes):
+        age = rng.integers(18, 95, size=n)
+        bmi = np.round(rng.normal(26, 4, size=n), 2)
+        lines = ["age,bmi"] + [
+            f"{a},{'' if (i == 1 and j % 7 == 3) else b}"
+            for j, (a, b) in enumerate(zip(age, bmi, strict=True))
+        ]
+        path = tmp_path / f"site{i}.csv"
+        path.write_text("\n".join(lines) + "\n")
+        bmi = np.where([(i == 1 and j % 7 == 3) for j in range(n)], np.nan, bmi)
+        sites[f"site{i}"], tables[f"site{i}"] = path, (age, bmi)
+    return sites, tables
+
+
+@pytest.mark.parametrize(
+    ("parties", "threshold", "scheme"),
+    [(2, 1, "additive"), (3, 1, "shamir"), (3, 2, "additive"), (5, 2, "shamir")],
+)
+def test_secure_sum_count_mean_equal_numpy(tmp_path, parties, threshold, scheme):
+    sites, tables = _sites(tmp_path, np.random.default_rng(parties * 10 + threshold))
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text(f"name: cohort\nprotocol: sum\ninputs: [age, bmi]\nscheme: {scheme}\n")
+    run_local(spec, sites, tmp_path / "out", parties=parties, threshold=threshold)
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    ages = np.concatenate([t[0] for t in tables.values()])
+    bmis = np.concatenate([t[1] for t in tables.values()])
+    assert result["age"]["sum"] == int(ages.sum())  # exact
+    assert result["age"]["count"] == len(ages)
+    assert result["bmi"]["count"] == int((~np.isnan(bmis)).sum())  # missing cells left out
+    expected = {"sum": np.nansum(bmis), "mean": np.nanmean(bmis)}
+    for stat, value in expected.items():
+        assert abs(result["bmi"][stat] - value) <= 1e-6 * max(1.0, abs(value))
+    assert abs(result["age"]["mean"] - ages.mean()) <= 1e-9
+
+
+def test_fedavg_weighted_average_equals_numpy(tmp_path):
+    rng = np.random.default_rng(5)
+    sites, models = {}, []
+    for i, n in enumerate((10, 250, 37)):
+        model = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3)}
+        np.savez(tmp_path / f"s{i}.npz", num_examples=n, **model)
+        sites[f"s{i}"] = tmp_path / f"s{i}.npz"
+        models.append((n, model))
+    spec = tmp_path / "round.yaml"
+    spec.write_text("name: round\nprotocol: fedavg\n")
+    run_local(spec, sites, tmp_path / "out", parties=3, threshold=1)
+    with np.load(tmp_path / "out" / "model.npz") as got:
+        total = sum(n for n, _ in models)
+        for name in ("w", "b"):
+            want = sum(n * m[name].astype(np.float64) for n, m in models) / total
+            assert got[name].shape == want.shape
+            assert np.abs(got[name] - want).max() <= 1e-6
+
+
+def test_too_few_sites_is_a_clear_error_and_opens_nothing(tmp_path):
+    sites, _ = _sites(tmp_path, np.random.default_rng(1))
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text("name: cohort\nprotocol: sum\ninputs: [age]\nmin_sites: 4\n")
+    with pytest.raises(UserError, match="min_sites"):
+        run_local(spec, sites, tmp_path / "out", parties=3, threshold=1)
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_tampered_result_share_is_detected():
+    job = Job(
+        id="j", inputs=(JobInput(name="x.sum", frac_bits=0, int_bits=30),), t=1, n=3,
+        modulus=FAST.modulus, analyst="analyst", close=("a", "b"),
+    )  # fmt: skip
+    secret = FAST.from_int(np.arange(4))
+    shares = {s.party: s.expand(FAST, (4,)) for s in split(secret, FAST, 3, 1)}
+    assert _open(shares, job, job.inputs[0]).tolist() == [0, 1, 2, 3]
+    shares[2] = FAST.add(shares[2], FAST.from_int(np.array([0, 0, 1, 0])))
+    with pytest.raises(JobFailed, match="tampered"):
+        _open(shares, job, job.inputs[0])
