@@ -58,6 +58,17 @@ def build_job(spec: Any, kit: Kit, federation: Federation, *, job_id: str | None
     """The job a linear-protocol spec asks the federation for."""
     from smpc.protocols.linear import job_inputs
 
+    if spec.protocol not in ("sum", "fedavg"):
+        raise UserError(f"protocol {spec.protocol!r} is not available yet in this version")
+    if spec.deliver != "analyst":
+        raise UserError(
+            f"{spec.name}: deliver: {spec.deliver} (opening inside MPyC) is not available yet "
+            "in this version; use deliver: analyst"
+        )
+    if spec.dp is not None:
+        raise UserError(f"{spec.name}: dp is not available yet in this version; remove the dp key")
+    if spec.rounds != 1:
+        raise UserError(f"{spec.name}: multi-round training is not available yet; use rounds: 1")
     n = len(federation.parties)
     t = spec.threshold if spec.scheme == "shamir" else n - 1
     return Job(

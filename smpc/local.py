@@ -98,8 +98,6 @@ def run_local(
 
         first = next(iter(sites.values()))
         spec = spec.model_copy(update={"inputs": fedavg_parameter_names(Path(first))})
-    if spec.protocol == "gwas":
-        raise UserError("protocol gwas is not available yet in this version")
     keys = workdir / "keys"
     init_keys(federation_file, keys)
     kits = keys / "kits"

@@ -53,6 +53,10 @@ class Policy(BaseModel):
     protocols: tuple[str, ...] = ("sum", "fedavg", "gwas")  # allowed protocols
     min_threshold: int = 0  # refuse jobs whose collusion threshold is lower
     min_sites: int = 1  # refuse jobs that may open results of fewer sites
+    # Disclosure control, on the record counts sites declare in their signed headers:
+    min_records: int = 0  # refuse a site's share summarising fewer records
+    min_cell: int = 0  # refuse to compute a result over fewer records in all
+    refuse_differencing: bool = True  # refuse a site set one site away from an earlier job's
 
 
 class PartyConfig(BaseModel):
@@ -197,6 +201,9 @@ class PartyService:
         if missing:
             reason = f"this party lacks shares of the agreed sites: {', '.join(missing)}"
             return self._failed(job, reason)
+        disclosure = self._disclosure_problem(job, shares)
+        if disclosure:
+            return self._failed(job, disclosure)
         results = []
         analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)
         for spec in job.inputs:
@@ -221,6 +228,36 @@ class PartyService:
         self.store.set_job_status(job.id, "done")
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), outputs=len(results))
         return JobReply(self._status(job.id, "done", sites=job.close), tuple(results))
+
+    def _disclosure_problem(self, job: Job, shares: dict) -> str:
+        """Minimum cell count and differencing, before anything is computed."""
+        first = job.inputs[0].name
+        records = [
+            ShareHeader.from_json(shares[(first, site)].header.encode()).meta.get("records")
+            for site in job.close
+        ]
+        if self.policy.min_cell:
+            total = sum(r for r in records if isinstance(r, int))
+            if total < self.policy.min_cell:
+                return (
+                    f"the agreed sites declare {total} records in all, fewer than this party's "
+                    f"minimum cell count {self.policy.min_cell}"
+                )
+        if self.policy.refuse_differencing:
+            inputs = {i.name for i in job.inputs}
+            for earlier in self.store.jobs():
+                if earlier.id == job.id or earlier.status != "done":
+                    continue
+                other = verify_job(earlier.message, self.kit.directory)[1]
+                if other.protocol != job.protocol or {i.name for i in other.inputs} != inputs:
+                    continue
+                if len(set(other.close or ()) ^ set(job.close)) == 1:
+                    (site,) = set(other.close or ()) ^ set(job.close)
+                    return (
+                        f"its sites differ from job {other.id} on the same inputs by one site "
+                        f"({site}): the two results together would reveal that site's data"
+                    )
+        return ""
 
     def _failed(self, job: Job, reason: str) -> JobReply:
         self.store.set_job_status(job.id, "failed")
@@ -277,7 +314,7 @@ class PartyService:
         except EnvelopeError as exc:
             return rejected(str(exc))
         header = share.header
-        problem = header_problem(header, job)
+        problem = header_problem(header, job) or self._too_few_records(header)
         if problem:
             return rejected(problem, header.digest)
         try:
@@ -299,6 +336,17 @@ class PartyService:
             digest=header.digest, envelope_id=eid, status="stored",
         )  # fmt: skip
         return Reply(header.site, ack, self._sign(ack))
+
+    def _too_few_records(self, header: ShareHeader) -> str:
+        records = header.meta.get("records")
+        if self.policy.min_records and (
+            not isinstance(records, int) or records < self.policy.min_records
+        ):
+            return (
+                f"site {header.site} declares {records} records, fewer than this party's "
+                f"minimum of {self.policy.min_records} per site"
+            )
+        return ""
 
     def _reply_rejected(self, reason: str, *, route: Route, envelope: str, digest: str) -> Reply:
         self._reject(reason, job=route.job, input=route.input, site=route.site)

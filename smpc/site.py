@@ -72,9 +72,14 @@ async def fetch_job(conn: Connection, topics: Topics, kit: Kit, job_id: str, tim
 
 
 def seal_inputs(
-    kit: Kit, job: Job, inputs: Mapping[str, np.ndarray]
+    kit: Kit, job: Job, inputs: Mapping[str, np.ndarray], records: int | None = None
 ) -> dict[tuple[str, int], bytes]:
-    """One envelope per (input, party), as the job prescribes."""
+    """One envelope per (input, party), as the job prescribes.
+
+    ``records``, the number of records behind the inputs, is declared in every
+    envelope header (signed, visible to the parties only) so that parties can
+    apply their disclosure rules (minimum records per site, minimum cell count).
+    """
     missing = [spec.name for spec in job.inputs if spec.name not in inputs]
     if missing:
         raise UploadFailed(f"job {job.id} asks for inputs this site did not provide: {missing}")
@@ -97,21 +102,31 @@ def seal_inputs(
             signer=kit.signing_key,
             scheme=job.scheme,
             compact=job.compact,
+            meta={} if records is None else {"records": int(records)},
         )
         for party, envelope in enumerate(sealed):
             envelopes[(spec.name, party)] = bytes(envelope)
     return envelopes
 
 
-def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class SiteData:
+    """What a site shares for a job: the arrays, and how many records they summarise."""
+
+    arrays: Mapping[str, np.ndarray]
+    records: int | None = None
+
+
+def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], SiteData]:
     """Inputs computed from a site's data file by the job's protocol (its local statistics)."""
 
-    def compute(job: Job) -> dict[str, np.ndarray]:
-        from smpc.protocols.linear import site_statistics
+    def compute(job: Job) -> SiteData:
+        from smpc.protocols.linear import declared_records, site_statistics
         from smpc.spec.protocol import parse_spec
 
         spec = parse_spec(job.spec, f"job {job.id}", federation)
-        return site_statistics(spec, source)
+        stats = site_statistics(spec, source)
+        return SiteData(stats, declared_records(spec, stats))
 
     return compute
 
@@ -120,7 +135,7 @@ async def upload(
     kit: Kit,
     federation: Federation,
     job_id: str,
-    inputs: Mapping[str, np.ndarray] | Callable[[Job], Mapping[str, np.ndarray]],
+    inputs: Mapping[str, np.ndarray] | Callable[[Job], SiteData],
     *,
     timeout: float = 120.0,
     resend_after: float = 10.0,
@@ -137,7 +152,8 @@ async def upload(
         job = await fetch_job(conn, topics, kit, job_id, timeout)
         if job.close is not None:
             raise UploadFailed(f"job {job.id} is closed: uploads are no longer accepted")
-        envelopes = seal_inputs(kit, job, inputs(job) if callable(inputs) else inputs)
+        data = inputs(job) if callable(inputs) else SiteData(inputs)
+        envelopes = seal_inputs(kit, job, data.arrays, data.records)
         expected = {key: envelope_id(env) for key, env in envelopes.items()}
         pending = set(envelopes)
         refused: dict[tuple[str, int], str] = {}

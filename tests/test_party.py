@@ -11,6 +11,7 @@ from smpc.keys import load_kit
 from smpc.messages import Job, JobInput, MessageError, sign, verify_ack
 from smpc.packaging import seal_shares
 from smpc.party import PartyService
+from smpc.sharing import reconstruct
 from smpc.spec.federation import load_federation
 from smpc.store import PartyStore
 
@@ -175,3 +176,101 @@ def _envelope_ack():
     from smpc.messages import Ack
 
     return Ack(job="j", input="x", site="oslo", party=1, digest="", envelope_id="", status="stored")
+
+
+# -- policy and disclosure control ------------------------------------------------------------
+
+
+def _policy_party(kits, tmp_path, **policy):
+    from smpc.party import Policy
+
+    kit = kits["beta"]
+    return PartyService(
+        kit, load_federation(kit.federation_file), PartyStore(tmp_path / "beta"), Policy(**policy)
+    )
+
+
+def _status(reply, kits):
+    from smpc.messages import verify_status
+
+    return verify_status(reply.status, kits["alpha"].directory)[1]
+
+
+def test_policy_refusals_reach_the_analyst_with_the_reason(kits, tmp_path):
+    party = _policy_party(kits, tmp_path, protocols=("sum",), min_threshold=2, min_sites=3)
+    status = _status(party.handle_job(_publish(_job(protocol="fedavg"), kits)), kits)
+    assert status.state == "refused" and "protocol 'fedavg' is not allowed" in status.reason
+    status = _status(party.handle_job(_publish(_job(), kits)), kits)
+    assert (
+        status.state == "refused" and "threshold 1 is below this party's minimum 2" in status.reason
+    )
+    party = _policy_party(kits, tmp_path / "b", min_sites=3)
+    status = _status(party.handle_job(_publish(_job(min_sites=2), kits)), kits)
+    assert "min_sites 2 is below this party's minimum 3" in status.reason
+    assert party.store.jobs() == []
+
+
+def test_site_with_too_few_records_is_refused(kits, tmp_path):
+    party = _policy_party(kits, tmp_path, min_records=10)
+    party.handle_job(_publish(_job(), kits))
+    _rejected(party, _envelopes(kits, meta={"records": 9})[1], "declares 9 records, fewer than")
+    assert party.handle_upload(_envelopes(kits, meta={"records": 10})[1]).ack.status == "stored"
+
+
+def _closed(party, kits, job_id, sites, records=50):
+    job = _job(id=job_id)
+    party.handle_job(_publish(job, kits))
+    for site in sites:
+        reply = party.handle_upload(
+            _envelopes(kits, site, job=job_id, meta={"records": records})[1]
+        )
+        assert reply.ack.status == "stored"
+    return _status(party.handle_job(_publish(job.model_copy(update={"close": sites}), kits)), kits)
+
+
+def test_minimum_cell_count_blocks_the_result(kits, tmp_path):
+    party = _policy_party(kits, tmp_path, min_cell=120)
+    status = _closed(party, kits, "small", ("oslo", "bergen"))
+    assert status.state == "failed" and "100 records in all, fewer than" in status.reason
+    assert _closed(party, kits, "big", ("oslo", "bergen", "tromso")).state == "done"
+
+
+def test_site_sets_one_site_apart_are_refused(kits, tmp_path):
+    party = _policy_party(kits, tmp_path)
+    assert _closed(party, kits, "all", ("bergen", "oslo", "tromso")).state == "done"
+    status = _closed(party, kits, "but-one", ("bergen", "oslo"))
+    assert status.state == "failed" and "differ from job all" in status.reason
+    assert "(tromso)" in status.reason
+
+
+def test_closed_job_yields_result_shares_that_reconstruct(kits, tmp_path):
+    from smpc.envelope import open_envelope
+
+    sites = ("oslo", "bergen")
+    services = []
+    for name in ("alpha", "beta", "gamma"):
+        kit = kits[name]
+        services.append(
+            PartyService(kit, load_federation(kit.federation_file), PartyStore(tmp_path / name))
+        )
+    job = _job(id="sum-2")
+    data = {s: np.arange(6.0) * (k + 1) for k, s in enumerate(sites)}
+    for service in services:
+        service.handle_job(_publish(job, kits))
+    for site in sites:
+        envelopes = _envelopes(kits, site, values=data[site], job="sum-2")
+        for i, service in enumerate(services):
+            assert service.handle_upload(envelopes[i]).ack.status == "stored"
+    closed = _publish(job.model_copy(update={"close": sites}), kits)
+    analyst = kits["analyst"]
+    party_keys = {p: analyst.directory.verify_key(p) for p in analyst.directory.parties}
+    shares = {}
+    for i, service in enumerate(services):
+        reply = service.handle_job(closed)
+        assert _status(reply, kits).state == "done"
+        ((name, envelope),) = reply.results
+        opened = open_envelope(envelope, analyst.encryption_key, party_keys)
+        assert (name, opened.header.site, opened.header.party) == ("x", service.kit.name, i)
+        shares[i] = FAST.from_bytes(opened.body, opened.header.shape)
+    total = ENCODING.decode(reconstruct(shares, FAST, 1), FAST)
+    assert np.abs(total - sum(data.values())).max() <= 2 * 2.0**-17

@@ -91,6 +91,13 @@ def site_statistics(spec: Any, source: Path) -> dict[str, np.ndarray]:
     raise UserError(f"protocol {spec.protocol!r} is not a linear protocol")
 
 
+def declared_records(spec: Any, stats: dict[str, np.ndarray]) -> int:
+    """How many records a site's statistics summarise (declared to the parties)."""
+    if spec.protocol == "sum":
+        return max(int(np.max(stats[f"{name}.count"], initial=0)) for name in spec.inputs)
+    return int(stats["num_examples"])
+
+
 def finalize(spec: Any, opened: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
     """Turn the opened pooled statistics into the output files; return the summary."""
     out.mkdir(parents=True, exist_ok=True)
