@@ -670,8 +670,90 @@ def _amqtt_broker_class() -> type:
     from amqtt.errors import AMQTTError, MQTTError
     from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
     from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+    from amqtt.session import OUTGOING, OutgoingApplicationMessage
 
     original_init_from_connect = BrokerProtocolHandler.init_from_connect.__func__
+
+    class SmpcHandler(BrokerProtocolHandler):
+        """amqtt's broker side of one connection; a QoS 1 message stays in flight until
+        its PUBACK.
+
+        amqtt gave up on an outgoing QoS 1 message after 5 s without PUBACK and when the
+        connection closed, and forgot it: a persistent session lost whatever the client
+        had not acknowledged yet (our clients acknowledge when they consume a message).
+        Here it stays in the session's ``inflight_out`` until acknowledged, and the next
+        connection of that session sends it again (DUP), as MQTT 3.1.1 asks. Resending
+        and queued messages are sent in the background: amqtt waited for their PUBACKs
+        before handling the client's SUBSCRIBE, which such a client only sends before it
+        starts consuming.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._closing = False
+            self._background: set[asyncio.Task[Any]] = set()
+
+        async def stop(self) -> None:
+            self._closing = True  # before amqtt cancels the PUBACK waiters
+            await super().stop()
+
+        def _spawn(self, coro: Any) -> None:
+            task = asyncio.ensure_future(coro)
+            self._background.add(task)
+            task.add_done_callback(self._reap)
+
+        def _reap(self, task: asyncio.Task[Any]) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("delivery to %s failed: %r", self._client_id, task.exception())
+
+        @property
+        def _client_id(self) -> str | None:
+            return self.session.client_id if self.session is not None else None
+
+        def publish_nowait(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
+            """Send in the background; a QoS 1/2 message is in flight from now on."""
+            packet_id = self.session.next_packet_id if qos else None
+            message = OutgoingApplicationMessage(packet_id, topic, qos, data, retain)
+            if packet_id is not None:
+                self.session.inflight_out[packet_id] = message
+            self._spawn(self._handle_message_flow(message))
+
+        async def _retry_deliveries(self) -> None:
+            session = self.session
+            for message in [*session.inflight_in.values(), *session.inflight_out.values()]:
+                self._spawn(self._handle_message_flow(message))
+
+        async def _handle_qos1_message_flow(self, app_message: Any) -> None:
+            if app_message.direction != OUTGOING:
+                await super()._handle_qos1_message_flow(app_message)
+                return
+            session, packet_id = self.session, app_message.packet_id
+            session.inflight_out[packet_id] = app_message
+            acknowledged = False
+            try:
+                if self._closing:
+                    return  # for the next connection of the session
+                resend = app_message.publish_packet is not None
+                packet = app_message.build_publish_packet(dup=resend)
+                await self._send_packet(packet)
+                app_message.publish_packet = packet
+                if self._closing:
+                    return
+                waiter = asyncio.get_running_loop().create_future()
+                self._puback_waiters[packet_id] = waiter
+                try:
+                    # no timeout: MQTT resends only on a new connection (cancelled by stop)
+                    app_message.puback_packet = await waiter
+                finally:
+                    if self._puback_waiters.get(packet_id) is waiter:
+                        del self._puback_waiters[packet_id]
+                acknowledged = True
+            finally:
+                if (acknowledged or session.clean_session) and (
+                    session.inflight_out.get(packet_id) is app_message
+                ):
+                    del session.inflight_out[packet_id]
 
     async def init_from_connect(cls: Any, reader: Any, writer: Any, plugins_manager: Any, **kw):
         name = _peer_name(writer.get_ssl_info())
@@ -680,7 +762,7 @@ def _amqtt_broker_class() -> type:
                 await writer.close()
             raise AMQTTError("no client certificate of the federation CA: connection closed")
         handler, session = await original_init_from_connect(
-            cls, reader, writer, plugins_manager, **kw
+            SmpcHandler, reader, writer, plugins_manager, **kw
         )
         if not _client_id_allowed(session.client_id, name):
             # refuse before amqtt deletes or takes over the session of that client id
@@ -688,6 +770,10 @@ def _amqtt_broker_class() -> type:
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
                 await writer.close()
             raise MQTTError(f"{name} may not use client id {session.client_id!r}")
+        # amqtt copies the CONNECT's user name into an existing session *before* it
+        # authenticates the client; with the client's (here: none) the ACL refused every
+        # message routed to that session meanwhile, and amqtt dropped it silently.
+        session.username = name
         return handler, session
 
     BrokerProtocolHandler.init_from_connect = classmethod(init_from_connect)  # type: ignore[method-assign]
@@ -720,24 +806,28 @@ def _amqtt_broker_class() -> type:
             if not ours:
                 return  # amqtt calls this with every client's filters on reconnect
             qos = ours[0]
-            handler = self._get_handler(session)
-            if handler is None:
-                return
-            tasks = []
             for topic, retained in list(self._retained_messages.items()):
                 if not self._matches(topic, topic_filter):
                     continue
                 if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
                     continue
-                tasks.append(
-                    asyncio.ensure_future(
-                        handler.mqtt_publish(
-                            retained.topic, retained.data, min(qos, retained.qos or qos), True
-                        )
-                    )
+                handler = self._get_handler(session)
+                if handler is None:
+                    return
+                handler.publish_nowait(
+                    retained.topic, retained.data, min(qos, retained.qos or qos), True
                 )
-            if tasks:
-                await asyncio.wait(tasks)
+
+        async def _publish_session_retained_messages(self, session: Any) -> None:
+            # what was queued while the session was offline (amqtt waited for every
+            # PUBACK here, before handling anything else the client sent)
+            handler = self._get_handler(session)
+            if handler is None:
+                return
+            queue = session.retained_messages
+            while not queue.empty():
+                queued = queue.get_nowait()
+                handler.publish_nowait(queued.topic, queued.data, queued.qos, True)
 
     return SmpcBroker
 

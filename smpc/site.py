@@ -187,6 +187,7 @@ async def upload(
                 pass
             if pending and time.monotonic() >= next_resend:
                 await send(pending)
+                resend_after *= 2  # back off: a busy party is slow, not gone
                 next_resend = time.monotonic() + resend_after
     report.seconds = time.monotonic() - started
     if refused or pending:

@@ -181,6 +181,10 @@ class PartyStore:
             )
         return "stored"
 
+    def share(self, job: str, input: str, site: str) -> StoredShare | None:
+        """The stored share of one (job, input, site), if any."""
+        return next((s for s in self.shares(job) if (s.input, s.site) == (input, site)), None)
+
     def shares(self, job: str | None = None) -> list[StoredShare]:
         query = (
             "SELECT job, input, site, digest, envelope_id, seed, size, header, stored FROM shares"

@@ -109,6 +109,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from smpc.errors import UserError
@@ -409,11 +410,39 @@ class _Pending:
     size: int = 0
     hasher: Any = field(default_factory=hashlib.sha256)
     hashed: int = 0  # chunks 0..hashed-1 are in the hasher
+    spool: int | None = None  # file descriptor: chunks live on disk, not in ``chunks``
+    spool_path: Path | None = None
+    present: set[int] = field(default_factory=set)
+
+    def store(self, index: int, data: memoryview) -> None:
+        if self.spool is None:
+            self.chunks[index] = data
+        else:
+            os.pwrite(self.spool, data, index * self.header.chunk_size)
+        self.present.add(index)
+
+    def chunk(self, index: int) -> bytes | memoryview:
+        if self.spool is None:
+            return self.chunks[index]
+        return os.pread(self.spool, self.header.chunk_length(index), index * self.header.chunk_size)
 
     def advance_hash(self) -> None:
-        while self.hashed in self.chunks:
-            self.hasher.update(self.chunks[self.hashed])
+        while self.hashed in self.present:
+            self.hasher.update(self.chunk(self.hashed))
             self.hashed += 1
+
+    def body(self) -> bytes:
+        if self.spool is None:
+            return b"".join(self.chunks[i] for i in range(self.header.count))
+        return os.pread(self.spool, self.header.total, 0)
+
+    def discard(self) -> None:
+        """Close and delete the spool file, if any."""
+        if self.spool is not None:
+            os.close(self.spool)
+            self.spool = None
+            if self.spool_path is not None:
+                self.spool_path.unlink(missing_ok=True)
 
 
 class Reassembler:
@@ -422,6 +451,11 @@ class Reassembler:
     ``add`` returns a :class:`Message` when a body completes and verifies, else None.
     Limits: ``max_body`` per body; ``max_pending_bytes`` and ``max_pending_sets`` for all
     incomplete bodies together; ``pending_ttl`` seconds without a new chunk.
+
+    With ``spool_dir``, an incomplete body of at least ``spool_threshold`` bytes keeps
+    its chunks in a file there instead of in memory: a party receiving ten 80 MB
+    uploads at once then holds one body in memory at a time, not ten. Spooled bytes
+    count against ``max_pending_bytes`` like the others (it bounds disk use too).
     """
 
     def __init__(
@@ -433,7 +467,15 @@ class Reassembler:
         pending_ttl: float = DEFAULT_PENDING_TTL,
         remember: int = 4096,
         clock: Callable[[], float] = time.monotonic,
+        spool_dir: Path | None = None,
+        spool_threshold: int = 8 << 20,
     ) -> None:
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self.spool_threshold = spool_threshold
+        if self.spool_dir is not None:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.spool_dir.glob("*.part"):  # left by a crash: re-sent anyway
+                stale.unlink()
         self.max_body = max_body
         self.max_pending_bytes = max_pending_bytes
         self.max_pending_sets = max_pending_sets
@@ -459,6 +501,7 @@ class Reassembler:
         log.warning("dropped a message on %s: %s", topic, reason)
 
     def _forget(self, key: tuple[str, bytes]) -> _Pending:
+        """Remove a pending set; the caller reads its body (if complete) and discards it."""
         entry = self._pending.pop(key)
         self._pending_bytes -= entry.size
         left = self._bytes_by_topic[entry.topic] - entry.size
@@ -488,10 +531,10 @@ class Reassembler:
             key, entry = next(iter(self._pending.items()))
             if now - entry.updated <= self.pending_ttl:
                 break
-            self._forget(key)
+            self._forget(key).discard()
             self._drop(
                 entry.topic,
-                f"incomplete body ({len(entry.chunks)}/{entry.header.count} chunks) "
+                f"incomplete body ({len(entry.present)}/{entry.header.count} chunks) "
                 f"timed out after {now - entry.updated:.0f} s without a new chunk",
             )
 
@@ -504,9 +547,10 @@ class Reassembler:
             topic = max(self._bytes_by_topic, key=self._bytes_by_topic.__getitem__)
             key = next(k for k in self._pending if k[0] == topic)
             entry = self._forget(key)
+            entry.discard()
             self._drop(
                 topic,
-                f"incomplete body ({len(entry.chunks)}/{entry.header.count} chunks, "
+                f"incomplete body ({len(entry.present)}/{entry.header.count} chunks, "
                 f"{entry.size} bytes) evicted: incomplete bodies exceed "
                 f"{self.max_pending_bytes} bytes or {self.max_pending_sets} sets",
             )
@@ -536,6 +580,9 @@ class Reassembler:
         entry = self._pending.get(key)
         if entry is None:
             entry = _Pending(topic, header, now, now)
+            if self.spool_dir is not None and header.total >= self.spool_threshold:
+                entry.spool_path = self.spool_dir / f"{header.message_id.hex()}.part"
+                entry.spool = os.open(entry.spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             self._pending[key] = entry
         else:
             first = entry.header
@@ -545,27 +592,29 @@ class Reassembler:
                 header.total,
                 header.digest,
             ):
-                self._forget(key)
+                self._forget(key).discard()
                 self._drop(topic, "chunks of one message id disagree on count, size or digest")
                 return None
-            if header.index in entry.chunks:
+            if header.index in entry.present:
                 log.debug("duplicate chunk %d of a pending body on %s", header.index, topic)
                 return None
             entry.updated = now
             self._pending.move_to_end(key)
-        entry.chunks[header.index] = data
+        entry.store(header.index, data)
         entry.size += len(data)
         self._pending_bytes += len(data)
         self._bytes_by_topic[topic] = self._bytes_by_topic.get(topic, 0) + len(data)
         entry.advance_hash()
-        if len(entry.chunks) == header.count:
+        if len(entry.present) == header.count:
             self._forget(key)
             self._mark_done(key)
-            if entry.hasher.digest() != header.digest:
-                self._drop(topic, f"SHA-256 mismatch for a body of {header.total} bytes")
-                return None
-            body = b"".join(entry.chunks[i] for i in range(header.count))
-            return Message(topic, body, False)
+            try:
+                if entry.hasher.digest() != header.digest:
+                    self._drop(topic, f"SHA-256 mismatch for a body of {header.total} bytes")
+                    return None
+                return Message(topic, entry.body(), False)
+            finally:
+                entry.discard()
         self._enforce_limits()
         return None
 
@@ -650,6 +699,7 @@ class Connection:
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         max_pending_sets: int = DEFAULT_MAX_PENDING_SETS,
         pending_ttl: float = DEFAULT_PENDING_TTL,
+        spool_dir: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not _CLIENT_ID.fullmatch(client_id):
@@ -673,6 +723,7 @@ class Connection:
             "max_pending_bytes": max_pending_bytes,
             "max_pending_sets": max_pending_sets,
             "pending_ttl": pending_ttl,
+            "spool_dir": spool_dir,
         }
         self.reassembler = Reassembler(**self._reassembler_args)
         self._client: aiomqtt.Client | None = None
