@@ -108,7 +108,7 @@ class JobReply:
     """What to publish after handling a job message: a status, and result envelopes."""
 
     status: bytes | None
-    results: tuple[tuple[str, bytes], ...] = ()  # (output name, envelope to the analyst)
+    results: tuple[tuple[str, bytes | bytearray], ...] = ()  # (output, envelope to the analyst)
 
 
 class PartyService:
@@ -208,24 +208,25 @@ class PartyService:
         results = []
         analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)
         for spec in job.inputs:
-            values = [
-                InputShare(ShareHeader.from_json(shares[(spec.name, site)].header.encode()),
-                           self.store.read_share(shares[(spec.name, site)])).values()
-                for site in job.close
-            ]  # fmt: skip
-            shapes = {v.shape for v in values}
-            if len(shapes) != 1:
-                return self._failed(
-                    job, f"sites sent {spec.name!r} in different shapes {sorted(shapes)}"
-                )
-            total = field.sum(values)
+            total = None  # a running sum: one site's share in memory at a time
+            for site in job.close:
+                stored = shares[(spec.name, site)]
+                header = ShareHeader.from_json(stored.header.encode())
+                values = InputShare(header, self.store.read_share(stored)).values()
+                if total is not None and values.shape != total.shape:
+                    shapes = f"{values.shape} and {total.shape}"
+                    return self._failed(
+                        job, f"sites sent {spec.name!r} in different shapes {shapes}"
+                    )
+                total = values.copy() if total is None else field.add(total, values)
+                del values
             header = ShareHeader(
                 job=job.id, input=spec.name, site=self.kit.name, party=self.index,
                 scheme=job.scheme, t=job.t, n=job.n, modulus=job.modulus,
                 frac_bits=spec.frac_bits, dtype=field.dtype_tag, shape=total.shape,
             )  # fmt: skip
             envelope = seal(header, field.to_bytes(total), analyst_key, self.kit.signing_key)
-            results.append((spec.name, bytes(envelope)))
+            results.append((spec.name, envelope))
         self.store.set_job_status(job.id, "done")
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), outputs=len(results))
         return JobReply(self._status(job.id, "done", sites=job.close), tuple(results))
