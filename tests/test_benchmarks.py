@@ -1,0 +1,42 @@
+"""Every benchmark runs in its --quick form and ends with one JSON line of its figures.
+
+Only the form is checked here (timings are never pass/fail); the figures themselves
+are in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.brokers import requires_mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = {
+    "share_encrypt": {"seconds", "mb_per_s", "ratio_vs_np_save", "peak_rss_mb"},
+    "upload": {"seconds", "plain_seconds", "ratio_vs_plain"},
+    "fedavg": {"seconds", "peak_rss_mb", "ratio_vs_plain", "ratio_vs_numpy"},
+}
+
+
+@requires_mosquitto
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_quick_run_prints_its_figures_last(name):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) >= 2  # progress first
+    figures = json.loads(lines[-1])
+    assert CASES[name] <= set(figures)
+    assert all(figures[key] > 0 for key in CASES[name])
