@@ -26,14 +26,13 @@ def _keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _party_serve(args: argparse.Namespace) -> int:
+def _daemon(serve, config) -> int:
+    """Run ``serve(config, stop)`` until SIGTERM or SIGINT sets ``stop``."""
     import asyncio
 
     from smpc import log
     from smpc.aio import stop_on_signals
-    from smpc.party import load_party_config, serve
 
-    config = load_party_config(Path(args.config))
     log.setup(config.log_level)
 
     async def main() -> None:
@@ -43,6 +42,12 @@ def _party_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _party_serve(args: argparse.Namespace) -> int:
+    from smpc.party import load_party_config, serve
+
+    return _daemon(serve, load_party_config(Path(args.config)))
 
 
 def _party_status(args: argparse.Namespace) -> int:
@@ -106,22 +111,9 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _site_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from smpc import log
-    from smpc.aio import stop_on_signals
     from smpc.site import load_site_config, serve
 
-    config = load_site_config(Path(args.config))
-    log.setup(config.log_level)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        await serve(config, stop)
-
-    asyncio.run(main())
-    return 0
+    return _daemon(serve, load_site_config(Path(args.config)))
 
 
 def _run(args: argparse.Namespace) -> int:
