@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from smpc.envelope import EnvelopeError, open_envelope
 from smpc.errors import UserError
 from smpc.field import FAST, field_for
 from smpc.keys import Kit
-from smpc.messages import Job, MessageError, sign, verify_status
+from smpc.messages import Job, MessageError, encode_model, sign, verify_status
 from smpc.sharing import inconsistent_shares, reconstruct
 from smpc.spec.federation import Federation
 from smpc.transport import Connection, Topics
@@ -54,8 +55,25 @@ async def publish_job(kit: Kit, federation: Federation, job: Job) -> bytes:
     return message
 
 
-def build_job(spec: Any, kit: Kit, federation: Federation, *, job_id: str | None = None) -> Job:
-    """The job a linear-protocol spec asks the federation for."""
+def new_job_id(spec: Any) -> str:
+    """``<name>-<stamp>-<random>``; room is left for a round suffix ``-r<k>``."""
+    return f"{spec.name[:36]}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def build_job(
+    spec: Any,
+    kit: Kit,
+    federation: Federation,
+    *,
+    job_id: str | None = None,
+    round: int = 0,
+    model: dict[str, np.ndarray] | None = None,
+) -> Job:
+    """The job a linear-protocol spec asks the federation for.
+
+    For multi-round training (:func:`smpc.fl.train`) ``round`` is the round index and
+    ``model`` the previous round's global model, sent to every site in the clear.
+    """
     from smpc.protocols.linear import job_inputs
 
     if spec.protocol not in ("sum", "fedavg"):
@@ -67,12 +85,10 @@ def build_job(spec: Any, kit: Kit, federation: Federation, *, job_id: str | None
         )
     if spec.dp is not None:
         raise UserError(f"{spec.name}: dp is not available yet in this version; remove the dp key")
-    if spec.rounds != 1:
-        raise UserError(f"{spec.name}: multi-round training is not available yet; use rounds: 1")
     n = len(federation.parties)
     t = spec.threshold if spec.scheme == "shamir" else n - 1
     return Job(
-        id=job_id or f"{spec.name}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(2)}",
+        id=job_id or new_job_id(spec),
         protocol=spec.protocol,
         inputs=job_inputs(spec),
         scheme=spec.scheme,
@@ -84,6 +100,8 @@ def build_job(spec: Any, kit: Kit, federation: Federation, *, job_id: str | None
         analyst=kit.name,
         deliver=spec.deliver,
         spec=spec.to_dict(),
+        round=round,
+        model=None if model is None else encode_model(model),
     )
 
 
@@ -115,7 +133,8 @@ async def run_job(
         log.event(logger, "job-published", job=job.id, protocol=job.protocol)
         holding: dict[int, set[str]] = {}
         results: dict[str, dict[int, np.ndarray]] = {}
-        messages = conn.messages()
+        messages = aiter(conn.messages())
+        reading: asyncio.Future | None = None
         closed: Job | None = None
         deadline = time.monotonic() + upload_window
         final = time.monotonic() + timeout
@@ -162,17 +181,24 @@ async def run_job(
                     raise JobFailed(
                         f"job {job.id}: no result from {', '.join(missing)} within {timeout:g} s"
                     )
-                try:
-                    async with asyncio.timeout(max(wait, 0.01)):
-                        message = await anext(aiter(messages))
-                except TimeoutError:
+                # One pending read, kept across timeouts: cancelling a read of the message
+                # generator would end it (and every later read would find it exhausted).
+                if reading is None:
+                    reading = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait({reading}, timeout=max(wait, 0.01))
+                if not done:
                     continue
+                message, reading = reading.result(), None
                 kind, _ = topics.parse(message.topic)
                 if kind == "status":
                     _take_status(message.body, directory, job, holding)
                 elif kind == "result" and closed is not None:
                     _take_result(message.body, kit, closed, results)
         finally:
+            if reading is not None:
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reading
             await conn.clear_retained(topics.job(job.id))
     opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.inputs}
     return Outcome(closed, closed.close, opened)

@@ -682,16 +682,17 @@ def _amqtt_broker_class() -> type:
         connection closed, and forgot it: a persistent session lost whatever the client
         had not acknowledged yet (our clients acknowledge when they consume a message).
         Here it stays in the session's ``inflight_out`` until acknowledged, and the next
-        connection of that session sends it again (DUP), as MQTT 3.1.1 asks. Resending
-        and queued messages are sent in the background: amqtt waited for their PUBACKs
-        before handling the client's SUBSCRIBE, which such a client only sends before it
-        starts consuming.
+        connection of that session sends it again (DUP), as MQTT 3.1.1 asks. Every
+        publish goes on in the background: amqtt also waited for the PUBACKs of resent
+        and queued messages before it handled the client's SUBSCRIBE, which such a
+        client sends before it starts consuming.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._closing = False
             self._background: set[asyncio.Task[Any]] = set()
+            self.taken_over = False  # a newer connection of the same session replaced it
 
         async def stop(self) -> None:
             self._closing = True  # before amqtt cancels the PUBACK waiters
@@ -718,6 +719,13 @@ def _amqtt_broker_class() -> type:
             if packet_id is not None:
                 self.session.inflight_out[packet_id] = message
             self._spawn(self._handle_message_flow(message))
+
+        async def mqtt_publish(
+            self, topic: str, data: bytes, qos: int | None, retain: bool, *args: Any, **kw: Any
+        ) -> None:
+            # amqtt's routing waits for this (a task per message, reaped in order): no
+            # need to keep a task and the message per unacknowledged message around there
+            self.publish_nowait(topic, data, qos or 0, retain)
 
         async def _retry_deliveries(self) -> None:
             session = self.session
@@ -784,6 +792,13 @@ def _amqtt_broker_class() -> type:
         ) -> None:
             # an existing session keeps the old connection's TLS object otherwise
             client_session.ssl_object = writer.get_ssl_info()
+            current = self._sessions.get(client_session.client_id)
+            if (
+                current is not None
+                and current[0] is client_session
+                and client_session.transitions.is_connected()
+            ):
+                current[1].taken_over = True  # amqtt closes it below (take-over)
             await super()._handle_client_session(reader, writer, client_session, *args, **kwargs)
 
         async def _handle_disconnect(
@@ -796,6 +811,11 @@ def _amqtt_broker_class() -> type:
                 delivered = asyncio.get_running_loop().create_future()
                 delivered.set_result(queue.get_nowait())
                 await self._handle_message_delivery(client_session, handler, delivered)
+            if getattr(handler, "taken_over", False):
+                # amqtt marked the session offline here, after the new connection of the
+                # session was set up: messages then waited for the next reconnect
+                await self._stop_handler(handler)
+                return
             await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
         async def _publish_retained_messages_for_subscription(

@@ -129,13 +129,21 @@ def _run(args: argparse.Namespace) -> int:
     kit = load_kit(Path(args.kit))
     federation = load_federation(Path(args.federation) if args.federation else kit.federation_file)
     spec = load_spec(Path(args.spec), federation)
+    out = Path(args.out or spec.name)
+    if spec.rounds > 1:
+        from smpc.fl import train
+
+        print(f"{spec.name}: {spec.rounds} rounds of fedavg over {len(federation.site_names)} "
+              f"sites, {len(federation.parties)} parties")  # fmt: skip
+        _, history = asyncio.run(train(kit, federation, spec, out=out))
+        print(f"{spec.name}: {len(history)} rounds; model in {out}/model.npz")
+        return 0
     job = build_job(spec, kit, federation)
     print(f"job {job.id}: {spec.protocol} over {len(federation.site_names)} sites, "
           f"{len(federation.parties)} parties, t={job.t} ({job.scheme})")  # fmt: skip
     outcome = asyncio.run(
         run_job(kit, federation, job, upload_window=args.wait, timeout=spec.timeout)
     )
-    out = Path(args.out or spec.name)
     write_outputs(spec, outcome, out)
     print(
         f"job {job.id}: {len(outcome.sites)} sites ({', '.join(outcome.sites)}); results in {out}/"
@@ -147,11 +155,14 @@ def _local(args: argparse.Namespace) -> int:
     from smpc.inputs import parse_assignment
     from smpc.local import run_local
 
-    sites = dict(parse_assignment(a) for a in args.site)
+    sites = dict(
+        parse_assignment(a) if "=" in a or not args.trainer else (a, None) for a in args.site
+    )
     spec, _ = run_local(
-        Path(args.spec), {k: Path(v) for k, v in sites.items()}, Path(args.out),
-        parties=args.parties, threshold=args.threshold,
-        workdir=Path(args.workdir) if args.workdir else None,
+        Path(args.spec), {k: None if v is None else Path(v) for k, v in sites.items()},
+        Path(args.out), parties=args.parties, threshold=args.threshold,
+        workdir=Path(args.workdir) if args.workdir else None, trainer=args.trainer,
+        initial_model=Path(args.initial_model) if args.initial_model else None,
     )  # fmt: skip
     print(f"{spec.name}: {spec.protocol} over {len(sites)} sites with {args.parties} parties "
           f"(t={args.threshold}); results in {args.out}/")  # fmt: skip
@@ -259,8 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--spec", required=True, help="protocol spec file")
     local.add_argument(
         "--site", action="append", required=True, metavar="NAME=PATH",
-        help="a site and its data file (.csv, .npy or .npz); repeat per site",
+        help="a site and its data file (.csv, .npy or .npz); repeat per site; with "
+        "--trainer, NAME alone (or NAME=PATH, given to the trainer as data=PATH)",
     )  # fmt: skip
+    local.add_argument(
+        "--trainer", metavar="MODULE:FUNCTION",
+        help="fedavg training: every site runs `smpc site serve` with this trainer "
+        "(module:function or file.py:function) for every round of the spec",
+    )  # fmt: skip
+    local.add_argument("--initial-model", metavar="PATH.npz", help="round 0's global model")
     local.add_argument("--out", required=True, help="output directory")
     local.add_argument("--workdir", help="keep keys, stores and logs here")
     local.set_defaults(func=_local)

@@ -4,6 +4,10 @@ Keys in a work directory, the embedded broker (amqtt, TLS), N ``smpc party
 serve`` daemons, one ``smpc upload`` process per site and the analyst (this
 process) running the spec: the same code paths as a distributed deployment,
 on 127.0.0.1.
+
+With a trainer (``--trainer module:function``, see :mod:`smpc.fl`) every site
+runs ``smpc site serve`` with that trainer instead of one upload, and the
+analyst runs every round of the spec (:func:`smpc.fl.train`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from smpc.analyst import build_job, run_job, write_outputs
@@ -64,36 +69,95 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30
             break
         time.sleep(0.05)
     tail = path.read_text(errors="replace")[-2000:] if path.exists() else ""
-    raise UserError(f"a party daemon did not start ({path}):\n{tail}")
+    raise UserError(f"a daemon did not start ({path}):\n{tail}")
+
+
+def _site_serve(
+    workdir: Path, kits: Path, site: str, trainer: str, data: Path | None
+) -> subprocess.Popen:
+    """``smpc site serve`` for one site, answering every round with ``trainer``."""
+    config = workdir / f"{site}.yaml"
+    module, _, function = trainer.rpartition(":")
+    if module.endswith(".py"):  # the config resolves relative paths against its own folder
+        trainer = f"{Path(module).resolve()}:{function}"
+    doc: dict[str, Any] = {
+        "kit": str(kits / site),
+        "trainer": trainer,
+        "state": str(workdir / f"{site}.answered"),
+    }
+    if data is not None:
+        doc["trainer_args"] = {"data": str(Path(data).resolve())}
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with open(workdir / f"{site}.log", "ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "smpc.cli", "site", "serve", "--config", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=Path.cwd(),
+        )
+
+
+def _train(analyst, federation, spec, out: Path, initial_model: Path | None) -> dict[str, Any]:
+    from smpc.fl import train
+
+    model = None
+    if initial_model is not None:
+        with np.load(initial_model, allow_pickle=False) as archive:
+            model = {k: archive[k] for k in archive.files if k != "num_examples"}
+    _, history = asyncio.run(train(analyst, federation, spec, initial_model=model, out=out))
+    return {"rounds": history}
 
 
 def run_local(
     spec_path: Path,
-    sites: dict[str, Path],
+    sites: dict[str, Path | None],
     out: Path,
     *,
     parties: int = 3,
     threshold: int = 1,
     workdir: Path | None = None,
     timeout: float = 300.0,
+    trainer: str | None = None,
+    initial_model: Path | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Run ``spec_path`` over the sites' files; write the results into ``out``."""
+    """Run ``spec_path`` over the sites' files; write the results into ``out``.
+
+    With ``trainer`` (``module:function`` or ``file.py:function``), every site runs
+    ``smpc site serve`` with that trainer (given ``site=NAME``, and ``data=PATH``
+    when the site has a path) and the analyst trains for ``spec.rounds`` rounds,
+    starting from ``initial_model`` (an .npz) if given.
+    """
     if not sites:
         raise UserError("smpc local needs at least one --site NAME=PATH")
     for name, path in sites.items():
-        if not Path(path).exists():
+        if path is None and trainer is None:
+            raise UserError(f"--site {name}: give its data file, --site {name}=PATH")
+        if path is not None and not Path(path).exists():
             raise UserError(f"--site {name}={path}: no such file")
+    if initial_model is not None and not Path(initial_model).exists():
+        raise UserError(f"--initial-model {initial_model}: no such file")
+    if trainer is not None:
+        from smpc.fl import load_trainer
+
+        load_trainer(trainer)  # a typo fails here, not in every site's log
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="smpc-local-") as tmp:
             return run_local(
                 spec_path, sites, out, parties=parties, threshold=threshold,
-                workdir=Path(tmp), timeout=timeout,
+                workdir=Path(tmp), timeout=timeout, trainer=trainer, initial_model=initial_model,
             )  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     federation_file = _federation(workdir, parties, threshold, list(sites))
     federation = load_federation(federation_file)
     spec = load_spec(spec_path, federation)
-    if spec.protocol == "fedavg" and not spec.inputs:
+    if spec.rounds > 1 and trainer is None:
+        raise UserError(
+            f"{spec.name}: rounds: {spec.rounds} needs a trainer (--trainer module:function) "
+            "that trains each site's model on the previous round's global model"
+        )
+    if trainer is not None and spec.protocol != "fedavg":
+        raise UserError(f"{spec.name}: --trainer runs fedavg specs, not {spec.protocol}")
+    if spec.protocol == "fedavg" and not spec.inputs and trainer is None:
         from smpc.protocols.linear import fedavg_parameter_names
 
         first = next(iter(sites.values()))
@@ -131,6 +195,11 @@ def run_local(
                 procs.append(proc)
                 _wait_for(log_path, "event=party-connected", proc)
             analyst = load_kit(kits / "analyst")
+            if trainer is not None:
+                for site, path in sites.items():
+                    procs.append(_site_serve(workdir, kits, site, trainer, path))
+                    _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
+                return spec, _train(analyst, federation, spec, out, initial_model)
             job = build_job(spec, analyst, federation)
 
             async def analyst_and_sites():

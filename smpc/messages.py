@@ -19,14 +19,24 @@ sites it waits for, or its deadline passes, the analyst publishes the job again
 with ``close`` naming the agreed sites, which every party must hold; then the
 parties compute and send their result shares (``done``), or say why not
 (``failed``).
+
+A round of multi-round training is one job (``<run>-r<k>``) whose ``round`` is k
+and whose ``model`` carries the previous round's global model (None in round 0
+unless the analyst starts from a model): an ``.npz`` archive, base64 in the
+signed JSON. That model is public to every site and party. It must fit in
+:data:`MAX_MODEL_BYTES` (4 MiB): a job message is one MQTT message, retained,
+stored by every party and re-sent when the job closes, so larger models would
+need a channel of their own (e.g. a signed download), which this version lacks.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 from typing import Any, Literal
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,6 +49,7 @@ Kind = Literal["job", "ack", "status"]
 _CONTEXT = b"smpc signed message v1\x00"
 _ROLE_OF_KIND = {"job": "analyst", "ack": "party", "status": "party"}
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+MAX_MODEL_BYTES = 4 * 1024 * 1024  # the .npz of a global model carried in a job message
 INPUT_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"  # e.g. "age.sum": input "age", statistic "sum"
 
 
@@ -75,6 +86,9 @@ class Job(_Strict):
     deliver: Literal["analyst", "parties"] = "analyst"
     spec: dict[str, Any] = Field(default_factory=dict)  # the protocol spec, as the analyst ran it
     close: tuple[str, ...] | None = None  # set when the analyst closes uploads: the agreed sites
+    round: int = Field(default=0, ge=0)  # multi-round training: this job's round index
+    # The previous round's global model (public): base64 of an .npz, at most MAX_MODEL_BYTES.
+    model: str | None = Field(default=None, max_length=4 * ((MAX_MODEL_BYTES + 2) // 3))
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
@@ -88,6 +102,30 @@ class Job(_Strict):
 
     def input(self, name: str) -> JobInput | None:
         return next((i for i in self.inputs if i.name == name), None)
+
+
+def encode_model(arrays: dict[str, np.ndarray]) -> str:
+    """A model as carried in a job: base64 of an uncompressed .npz (no pickles)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    data = buffer.getvalue()
+    if len(data) > MAX_MODEL_BYTES:
+        raise UserError(
+            f"the global model is {len(data) / 2**20:.1f} MiB as .npz; a job message carries "
+            f"at most {MAX_MODEL_BYTES / 2**20:g} MiB (larger models need another channel, "
+            "not available in this version)"
+        )
+    return base64.b64encode(data).decode()
+
+
+def decode_model(text: str) -> dict[str, np.ndarray]:
+    """The arrays of a job's ``model``; a malformed one is a MessageError."""
+    try:
+        data = base64.b64decode(text, validate=True)
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except Exception as exc:  # any decoding problem means a malformed message
+        raise MessageError(f"the job's model is not a base64 .npz: {exc}") from None
 
 
 class Ack(_Strict):

@@ -253,6 +253,10 @@ class PartyService:
                 other = verify_job(earlier.message, self.kit.directory)[1]
                 if other.protocol != job.protocol or {i.name for i in other.inputs} != inputs:
                     continue
+                if other.model != job.model:
+                    # Training rounds start from different global models: subtracting two
+                    # rounds' results does not isolate one site's update.
+                    continue
                 if len(set(other.close or ()) ^ set(job.close)) == 1:
                     (site,) = set(other.close or ()) ^ set(job.close)
                     return (

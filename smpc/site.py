@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -134,14 +135,21 @@ def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], Sit
 async def upload(
     kit: Kit,
     federation: Federation,
-    job_id: str,
+    job_id: str | Job,
     inputs: Mapping[str, np.ndarray] | Callable[[Job], SiteData],
     *,
     timeout: float = 120.0,
     resend_after: float = 10.0,
     progress: bool = False,
 ) -> UploadReport:
-    """Share the inputs for a job and wait until every party has stored them."""
+    """Share the inputs for a job and wait until every party has stored them.
+
+    ``job_id`` is a job id (the signed job is fetched from the broker, where the
+    analyst retains it while the job is open) or a job already received and
+    verified (``smpc site serve``), which the site answers without fetching it again.
+    """
+    known = job_id if isinstance(job_id, Job) else None
+    job_id = known.id if known is not None else job_id
     topics = Topics(federation.name)
     started = time.monotonic()
     report = UploadReport(job=job_id, site=kit.name)
@@ -149,7 +157,7 @@ async def upload(
     # A clean session of its own, next to a running `smpc site serve` of the same site.
     async with Connection.from_kit(kit, federation, suffix=f"up-{job_id}") as conn:
         await conn.subscribe(topics.acks_for(kit.name))
-        job = await fetch_job(conn, topics, kit, job_id, timeout)
+        job = known or await fetch_job(conn, topics, kit, job_id, timeout)
         if job.close is not None:
             raise UploadFailed(f"job {job.id} is closed: uploads are no longer accepted")
         data = inputs(job) if callable(inputs) else SiteData(inputs)
@@ -225,13 +233,26 @@ def _take_ack(data, kit, job, expected, pending, refused, report) -> None:
 
 
 class SiteConfig(BaseModel):
-    """``parties/<site>.yaml``: a site's kit and which local file feeds which input name."""
+    """``parties/<site>.yaml``: a site's kit and what it answers jobs with.
+
+    - ``inputs``: which local file feeds which input name (jobs naming those inputs);
+    - ``data``: a data file the job's protocol computes its statistics from (sum,
+      one-round fedavg from an .npz);
+    - ``trainer``: ``module:function`` or ``file.py:function`` called on every fedavg
+      job (every round of multi-round training) with the job's global model and round
+      index; it returns the local model and its number of examples (:mod:`smpc.fl`).
+      ``trainer_args`` are passed to it as keyword arguments, and ``site=NAME`` when
+      it takes a ``site`` argument.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kit: Path
     federation: Path | None = None
-    inputs: dict[str, str]
+    inputs: dict[str, str] = {}
+    data: Path | None = None
+    trainer: str | None = None
+    trainer_args: dict[str, Any] = {}
     state: Path | None = None  # where answered job ids are kept (default: next to the config)
     log_level: str = "info"
 
@@ -251,10 +272,18 @@ def load_site_config(path: Path) -> SiteConfig:
         name: (src if Path(src.split(":")[0]).is_absolute() else str(base / src))
         for name, src in config.inputs.items()
     }
+    if not (config.inputs or config.data or config.trainer):
+        raise UserError(f"{path}: give inputs, data or trainer: what this site answers jobs with")
+    trainer = config.trainer
+    if trainer and trainer.rpartition(":")[0].endswith(".py"):
+        module, _, function = trainer.rpartition(":")
+        trainer = f"{module if Path(module).is_absolute() else base / module}:{function}"
     return config.model_copy(
         update={
             "kit": resolve(config.kit),
             "federation": resolve(config.federation),
+            "data": resolve(config.data),
+            "trainer": trainer,
             "state": resolve(config.state) or base / f".{Path(path).stem}.answered",
             "inputs": inputs,
         }
@@ -262,27 +291,52 @@ def load_site_config(path: Path) -> SiteConfig:
 
 
 async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
-    """Answer every job that asks for inputs this site has, once each, until ``stop``."""
+    """Answer every open job this site can answer, once each, until ``stop``.
+
+    A fedavg job goes to the trainer when one is configured (every round of
+    multi-round training is a job of its own); otherwise the job's protocol reads
+    ``data``, or the job's inputs are read from ``inputs``.
+    """
+    from smpc.fl import answer_round, load_trainer
+
     kit = load_kit(config.kit)
     federation = load_federation(config.federation or kit.federation_file)
     topics = Topics(federation.name)
     answered = set(config.state.read_text().split()) if config.state.exists() else set()
+    trainer = (
+        load_trainer(config.trainer, site=kit.name, args=config.trainer_args)
+        if config.trainer
+        else None
+    )
+    from_data = protocol_inputs(config.data, federation) if config.data else None
     async with Connection.from_kit(kit, federation) as conn:
         await conn.subscribe(topics.jobs())
-        log.event(logger, "site-serving", site=kit.name, inputs=",".join(config.inputs))
+        log.event(
+            logger, "site-serving", site=kit.name, inputs=",".join(config.inputs) or None,
+            data=config.data, trainer=config.trainer,
+        )  # fmt: skip
         async for message in until(conn.messages(), stop):
+            if not message.body:
+                continue  # a retained job cleared by the analyst
             try:
                 _, job = verify_job(message.body, kit.directory)
             except MessageError as exc:
                 log.event(logger, "job-ignored", logging.WARNING, reason=exc)
                 continue
-            if job.id in answered or not all(s.name in config.inputs for s in job.inputs):
+            if job.id in answered or job.close is not None:
                 continue
             if job.sites is not None and kit.name not in job.sites:
                 continue
             try:
-                data = {s.name: read_input(config.inputs[s.name], s.name) for s in job.inputs}
-                await upload(kit, federation, job.id, data)
+                if trainer is not None and job.protocol == "fedavg":
+                    await answer_round(kit, federation, job, trainer)
+                elif from_data is not None:
+                    await upload(kit, federation, job, from_data)
+                elif config.inputs and all(s.name in config.inputs for s in job.inputs):
+                    data = {s.name: read_input(config.inputs[s.name], s.name) for s in job.inputs}
+                    await upload(kit, federation, job, data)
+                else:
+                    continue
             except UserError as exc:
                 log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=exc)
                 continue

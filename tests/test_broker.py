@@ -437,6 +437,65 @@ def test_embedded_persistent_session(keys_dir: Path, amqtt_broker: EmbeddedBroke
 
 
 @pytest.mark.timeout(60)
+def test_embedded_persistent_session_reconnecting(
+    keys_dir: Path, amqtt_broker: EmbeddedBroker
+) -> None:
+    """Nothing is lost for a persistent session that reconnects while a site uploads to
+    it and that never consumes (acknowledges) a message until its last connection.
+
+    amqtt lost what it routed to the session while the session was reconnecting (its
+    user name was reset until authentication, so the ACL refused it) and what the
+    client had not acknowledged when a connection closed."""
+    bodies = [random.Random(100 + i).randbytes(MIB) for i in range(8)]
+
+    async def scenario() -> tuple[int, list[Message]]:
+        async with connect(amqtt_broker, keys_dir, "gamma", client_id="gamma.re") as party:
+            await party.subscribe(T.uploads_for("gamma"))
+
+        async def upload() -> None:
+            async with connect(
+                amqtt_broker, keys_dir, "tromso", client_id="tromso.re", max_chunk=64 * 1024
+            ) as site:
+                for body in bodies:
+                    await site.publish_body(T.upload("tromso", "gamma"), body)
+
+        uploading = asyncio.create_task(upload())
+        reconnects = 0
+        while not uploading.done():
+            async with connect(amqtt_broker, keys_dir, "gamma", client_id="gamma.re"):
+                reconnects += 1
+        await uploading
+        async with connect(amqtt_broker, keys_dir, "gamma", client_id="gamma.re") as party:
+            return reconnects, await _collect(party, 20, count=len(bodies))
+
+    reconnects, got = _run(scenario())
+    assert reconnects >= 1
+    assert sorted(m.body for m in got) == sorted(bodies)
+
+
+@pytest.mark.timeout(60)
+def test_embedded_session_take_over(keys_dir: Path, amqtt_broker: EmbeddedBroker) -> None:
+    """A connection that takes over a still-open one of the same persistent session gets
+    what is published next at once (amqtt marked the session offline when it closed the
+    old connection, so messages waited for the next reconnect)."""
+
+    async def scenario() -> tuple[list[Message], list[Message]]:
+        async with connect(amqtt_broker, keys_dir, "beta", client_id="beta.tk") as old:
+            await old.subscribe(T.uploads_for("beta"))
+            async with connect(amqtt_broker, keys_dir, "beta", client_id="beta.tk") as new:
+                async with connect(amqtt_broker, keys_dir, "oslo", client_id="oslo.tk") as site:
+                    await site.publish(T.upload("oslo", "beta"), b"after the take-over")
+                live = await _collect(new, 10, count=1)
+        async with connect(amqtt_broker, keys_dir, "beta", client_id="beta.tk") as again:
+            later = await _collect(again, 1)
+        return live, later
+
+    live, later = _run(scenario())
+    assert [m.body for m in live] == [b"after the take-over"]
+    assert later == []
+
+
+@pytest.mark.timeout(60)
 def test_embedded_refuses_invalid_clients(
     keys_dir: Path, tmp_path: Path, amqtt_broker: EmbeddedBroker
 ) -> None:

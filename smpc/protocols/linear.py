@@ -81,14 +81,26 @@ def site_statistics(spec: Any, source: Path) -> dict[str, np.ndarray]:
             n = archive["num_examples"]
             if n.size != 1 or not float(n) >= 0 or float(n) != int(n):
                 raise UserError(f"{source}: num_examples must be one non-negative integer")
-            n = int(n)
-            stats = {"num_examples": np.array(n, dtype=np.int64)}
-            for name in spec.inputs:
-                if name not in archive:
-                    raise UserError(f"{source}: no parameter array {name!r}")
-                stats[f"{name}.weighted"] = archive[name].astype(np.float64) * n
-        return stats
+            return fedavg_statistics(spec.inputs, archive, int(n), str(source))
     raise UserError(f"protocol {spec.protocol!r} is not a linear protocol")
+
+
+def fedavg_statistics(
+    names: Any, arrays: Any, num_examples: int, source: str
+) -> dict[str, np.ndarray]:
+    """What a site shares for fedavg: ``num_examples · array`` per parameter, and the count."""
+    n = int(num_examples)
+    if n < 0:
+        raise UserError(f"{source}: num_examples must be one non-negative integer")
+    stats = {"num_examples": np.array(n, dtype=np.int64)}
+    for name in names:
+        if name not in arrays:
+            raise UserError(f"{source}: no parameter array {name!r}")
+        value = np.asarray(arrays[name])
+        if value.dtype.kind not in "biuf" or not np.all(np.isfinite(value)):
+            raise UserError(f"{source}: parameter {name!r} must be finite numbers")
+        stats[f"{name}.weighted"] = value.astype(np.float64) * n
+    return stats
 
 
 def declared_records(spec: Any, stats: dict[str, np.ndarray]) -> int:
@@ -115,14 +127,19 @@ def finalize(spec: Any, opened: dict[str, np.ndarray], out: Path) -> dict[str, A
             }
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
-    n = int(opened["num_examples"])
-    if n <= 0:
-        raise UserError("fedavg: the sites reported no training examples")
-    model = {name: opened[f"{name}.weighted"] / n for name in spec.inputs}
+    model, n = fedavg_model(spec, opened)
     np.savez(out / "model.npz", **model)
     summary = {"num_examples": n, "arrays": {k: list(v.shape) for k, v in model.items()}}
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def fedavg_model(spec: Any, opened: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """The weighted average of the sites' models, and the total number of examples."""
+    n = int(opened["num_examples"])
+    if n <= 0:
+        raise UserError("fedavg: the sites reported no training examples")
+    return {name: opened[f"{name}.weighted"] / n for name in spec.inputs}, n
 
 
 def _value(value: np.ndarray, path: Path) -> Any:
