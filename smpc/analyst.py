@@ -34,7 +34,7 @@ from smpc.envelope import EnvelopeError, open_envelope
 from smpc.errors import UserError
 from smpc.field import FAST, field_for
 from smpc.keys import Kit
-from smpc.messages import Job, MessageError, encode_model, sign, verify_status
+from smpc.messages import Job, MessageError, encode_model, sign, verify_result, verify_status
 from smpc.sharing import inconsistent_shares, reconstruct
 from smpc.spec.federation import Federation
 from smpc.transport import Connection, Topics
@@ -78,11 +78,6 @@ def build_job(
 
     if spec.protocol not in ("sum", "fedavg"):
         raise UserError(f"protocol {spec.protocol!r} is not available yet in this version")
-    if spec.deliver != "analyst":
-        raise UserError(
-            f"{spec.name}: deliver: {spec.deliver} (opening inside MPyC) is not available yet "
-            "in this version; use deliver: analyst"
-        )
     if spec.dp is not None:
         raise UserError(f"{spec.name}: dp is not available yet in this version; remove the dp key")
     n = len(federation.parties)
@@ -221,6 +216,16 @@ def _take_status(data: bytes, directory, job: Job, holding: dict[int, set[str]])
 def _take_result(
     data: bytes, kit: Kit, job: Job, results: dict[str, dict[int, np.ndarray]]
 ) -> None:
+    if job.deliver == "parties":  # outputs opened inside MPyC, signed by each party
+        try:
+            _, result = verify_result(data, kit.directory)
+        except MessageError as exc:
+            raise JobFailed(f"job {job.id}: a party's result was refused: {exc}") from None
+        if result.job == job.id:
+            for name, output in result.outputs.items():
+                values = np.array(output.values, dtype=object).reshape(output.shape)
+                results.setdefault(name, {})[result.party] = values
+        return
     party_keys = {p: kit.directory.verify_key(p) for p in kit.directory.parties}
     try:
         opened = open_envelope(data, kit.encryption_key, party_keys)
@@ -235,6 +240,15 @@ def _take_result(
 
 def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:
     field = field_for(job.modulus)
+    if job.deliver == "parties":  # opened values: every party must report the same
+        first = shares[min(shares)]
+        differ = [i for i, v in shares.items() if not np.array_equal(v, first)]
+        if differ:
+            raise JobFailed(
+                f"job {job.id}: parties disagree on the opened {spec.name!r} "
+                f"(parties {differ} differ from party {min(shares)}); nothing written"
+            )
+        return FixedPoint(spec.frac_bits, spec.int_bits).decode(field.from_int(first), field)
     if job.scheme == "shamir":
         bad = inconsistent_shares(shares, field, job.t)
         if bad:

@@ -53,6 +53,16 @@ handled:
   authentication; fixed here by checking certificate and client id first;
 - a reconnecting persistent session kept the *previous* connection's TLS object, so
   plugins saw the old certificate; fixed here (refreshed on every connection);
+- a reconnecting persistent session had the user name of the new CONNECT (none here)
+  until amqtt had authenticated the client, so the ACL refused whatever was routed to
+  that session meanwhile and amqtt dropped it silently (a party reconnecting during an
+  upload lost chunks); fixed here (the certificate's name from the start);
+- an outgoing QoS 1 message was given up after 5 s without PUBACK and when the
+  connection closed: a persistent session lost whatever its client had not
+  acknowledged yet (our clients acknowledge a message when they consume it); fixed
+  here (in flight until acknowledged; the session's next connection resends it);
+- a connection taking over a still-open one of the same persistent session was marked
+  offline when the old one closed, so messages waited for the next reconnect; fixed;
 - QoS 1 publishes are acknowledged when queued inside amqtt, and whatever was still
   queued when the publisher disconnected was silently dropped (a site that published
   and left lost the end of its upload); fixed here (routed before the disconnect);
@@ -539,6 +549,11 @@ class EmbeddedBroker(_LocalBroker):
 
     Client certificates are checked after the handshake, not during it (see the module
     docstring). Writes ``amqtt.json`` into ``workdir`` and logs to ``workdir/amqtt.log``.
+
+    Persistent sessions (``clean_session=0``): what is published for a session while it
+    is offline or reconnecting, and what its client had not acknowledged when a
+    connection closed, is delivered by its next connection (possibly again, with DUP).
+    In memory only: lost when the broker stops.
     """
 
     name = "amqtt"

@@ -45,9 +45,9 @@ from smpc.errors import UserError
 from smpc.keys import Directory
 from smpc.sharing import SCHEMES, Scheme
 
-Kind = Literal["job", "ack", "status"]
+Kind = Literal["job", "ack", "status", "result"]
 _CONTEXT = b"smpc signed message v1\x00"
-_ROLE_OF_KIND = {"job": "analyst", "ack": "party", "status": "party"}
+_ROLE_OF_KIND = {"job": "analyst", "ack": "party", "status": "party", "result": "party"}
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_MODEL_BYTES = 4 * 1024 * 1024  # the .npz of a global model carried in a job message
 INPUT_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"  # e.g. "age.sum": input "age", statistic "sum"
@@ -151,6 +151,19 @@ class Status(_Strict):
     reason: str = ""
 
 
+class OpenedOutput(_Strict):
+    shape: tuple[int, ...]
+    values: tuple[int, ...]  # the opened field elements, centred (signed integers)
+
+
+class PartyResult(_Strict):
+    """``deliver: parties``: the outputs a party opened inside MPyC, signed by it."""
+
+    job: str
+    party: int
+    outputs: dict[str, OpenedOutput]
+
+
 def _canonical(kind: str, signer: str, payload: dict) -> bytes:
     doc = {"kind": kind, "signer": signer, "payload": payload}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -209,6 +222,17 @@ def verify_status(data: bytes, directory: Directory) -> tuple[str, Status]:
     if directory.party_index(signer) != status.party:
         raise MessageError(f"status signed by {signer!r} speaks for party {status.party}")
     return signer, status
+
+
+def verify_result(data: bytes, directory: Directory) -> tuple[str, PartyResult]:
+    signer, payload = verify(data, "result", directory)
+    try:
+        result = PartyResult.model_validate(payload)
+    except ValidationError as exc:
+        raise MessageError(f"result from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
+    if directory.party_index(signer) != result.party:
+        raise MessageError(f"result signed by {signer!r} speaks for party {result.party}")
+    return signer, result
 
 
 def verify_ack(data: bytes, directory: Directory) -> tuple[str, Ack]:

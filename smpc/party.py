@@ -20,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
+import json
 import logging
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +33,20 @@ from smpc import log
 from smpc.aio import until
 from smpc.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route, seal
 from smpc.errors import UserError
-from smpc.field import field_for
+from smpc.field import MERSENNE61, field_for
 from smpc.keys import Kit, load_kit
-from smpc.messages import Ack, Job, MessageError, Status, sign, verify_job
+from smpc.messages import (
+    Ack,
+    Job,
+    MessageError,
+    OpenedOutput,
+    PartyResult,
+    Status,
+    sign,
+    verify_job,
+)
+from smpc.mpc.launch import session_command
+from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
 from smpc.packaging import InputShare, open_share
 from smpc.spec.federation import (
     Federation,
@@ -105,10 +119,15 @@ class Reply:
 
 @dataclass(frozen=True)
 class JobReply:
-    """What to publish after handling a job message: a status, and result envelopes."""
+    """What to publish after handling a job message: a status, and result envelopes.
+
+    ``session`` is set for ``deliver: parties``: the MPyC session this party must run
+    (with the others) to open the outputs, before it can publish its result.
+    """
 
     status: bytes | None
     results: tuple[tuple[str, bytes | bytearray], ...] = ()  # (output, envelope to the analyst)
+    session: SessionTask | None = None
 
 
 class PartyService:
@@ -205,6 +224,8 @@ class PartyService:
         disclosure = self._disclosure_problem(job, shares)
         if disclosure:
             return self._failed(job, disclosure)
+        if job.deliver == "parties":
+            return JobReply(None, session=self.session_task(job, shares))
         results = []
         analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)
         for spec in job.inputs:
@@ -264,6 +285,81 @@ class PartyService:
                         f"({site}): the two results together would reveal that site's data"
                     )
         return ""
+
+    def session_task(self, job: Job, shares: dict) -> SessionTask:
+        """The MPyC task opening the sum of the agreed sites' shares of every output."""
+        bits = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)
+        return SessionTask(
+            job=job.id,
+            party=self.index,
+            sectype=SecType(kind="int", bit_length=bits, prime=job.modulus),
+            scheme=job.scheme,
+            inputs=[
+                TaskInput(
+                    name=spec.name,
+                    shape=ShareHeader.from_json(
+                        shares[(spec.name, job.close[0])].header.encode()
+                    ).shape,
+                    shares=[
+                        ShareRef(
+                            site=site,
+                            path=shares[(spec.name, site)].path.resolve(),
+                            seed=shares[(spec.name, site)].seed,
+                        )
+                        for site in job.close
+                    ],
+                )
+                for spec in job.inputs
+            ],
+        )
+
+    def session_addresses(self, job: Job) -> list[tuple[str, int]]:
+        """Every party's host and the port it listens on for this job.
+
+        Each party takes the port at the same offset of its own range, derived from
+        the job id, so all parties agree without another message.
+        """
+        offset = int.from_bytes(hashlib.sha256(job.id.encode()).digest()[:8], "big")
+        return [
+            (p.host, p.mpyc_ports.low + offset % len(p.mpyc_ports)) for p in self.federation.parties
+        ]
+
+    def run_session(self, job: Job, task: SessionTask, timeout: float = 120.0) -> JobReply:
+        """Run this party's MPyC session (blocking) and sign what it opened."""
+        workdir = self.store.root / "sessions" / job.id
+        workdir.mkdir(parents=True, exist_ok=True)
+        task_path, result_path = workdir / "task.json", workdir / "result.json"
+        task.write(task_path)
+        cmd = session_command(
+            kit=self.kit.path.resolve(), task=task_path, result=result_path,
+            addresses=self.session_addresses(job), index=self.index,
+            threshold=0 if job.scheme == "additive" else job.t, timeout=timeout,
+        )  # fmt: skip
+        log.event(
+            logger, "session-start", job=job.id, port=self.session_addresses(job)[self.index][1]
+        )
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * timeout)
+        except subprocess.TimeoutExpired:
+            return self._failed(job, f"MPyC session did not finish within {2 * timeout:g} s")
+        if run.returncode != 0:
+            lines = run.stderr.strip().splitlines()
+            return self._failed(
+                job, f"MPyC session failed: {lines[-1] if lines else run.returncode}"
+            )
+        opened = json.loads(result_path.read_text())["outputs"]
+        result = PartyResult(
+            job=job.id,
+            party=self.index,
+            outputs={
+                name: OpenedOutput(shape=tuple(o["shape"]), values=tuple(o["values"]))
+                for name, o in opened.items()
+            },
+        )
+        self.store.set_job_status(job.id, "done")
+        log.event(logger, "job-computed", job=job.id, sites=len(job.close), opened="mpyc")
+        message = sign("result", result, self.kit.name, self.kit.signing_key)
+        return JobReply(self._status(job.id, "done", sites=job.close), (("", message),))
 
     def _failed(self, job: Job, reason: str) -> JobReply:
         self.store.set_job_status(job.id, "failed")
@@ -477,6 +573,9 @@ async def _dispatch(service: PartyService, topics: Topics, conn: Connection, mes
         if answer is None:
             return
         job_id = topics.parse(message.topic).fields["job"]
+        if answer.session is not None:  # deliver: parties — open inside MPyC first
+            job = service.job(job_id)
+            answer = await asyncio.to_thread(service.run_session, job, answer.session)
         for _, envelope in answer.results:
             await conn.publish_body(topics.result(job_id, name), envelope)
         if answer.status is not None:

@@ -98,3 +98,31 @@ def test_tampered_result_share_is_detected():
     shares[2] = FAST.add(shares[2], FAST.from_int(np.array([0, 0, 1, 0])))
     with pytest.raises(JobFailed, match="tampered"):
         _open(shares, job, job.inputs[0])
+
+
+@pytest.mark.parametrize(("parties", "scheme"), [(2, "additive"), (3, "shamir")])
+def test_deliver_parties_opens_inside_mpyc_over_tls(tmp_path, parties, scheme):
+    """The parties run an MPyC session (party-CA TLS) and each signs what it opened."""
+    sites, tables = _sites(tmp_path, np.random.default_rng(parties))
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text(
+        f"name: cohort\nprotocol: sum\ninputs: [age]\nscheme: {scheme}\ndeliver: parties\n"
+    )
+    run_local(spec, sites, tmp_path / "out", parties=parties, threshold=1, workdir=tmp_path / "w")
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    ages = np.concatenate([t[0] for t in tables.values()])
+    assert result["age"]["sum"] == int(ages.sum()) and result["age"]["count"] == len(ages)
+    logs = [(tmp_path / "w" / f"party{i}.log").read_text() for i in range(parties)]
+    assert all("event=session-start" in log and "opened=mpyc" in log for log in logs)
+
+
+def test_parties_reporting_different_opened_values_are_detected():
+    job = Job(
+        id="j", inputs=(JobInput(name="x.sum", frac_bits=0, int_bits=30),), t=1, n=3,
+        modulus=FAST.modulus, analyst="analyst", close=("a", "b"), deliver="parties",
+    )  # fmt: skip
+    same = {i: np.array([1, 2], dtype=object) for i in range(3)}
+    assert _open(same, job, job.inputs[0]).tolist() == [1, 2]
+    same[1] = np.array([1, 3], dtype=object)
+    with pytest.raises(JobFailed, match=r"parties disagree .*parties \[1\]"):
+        _open(same, job, job.inputs[0])

@@ -73,6 +73,9 @@ class SessionTask(_Strict):
     sectype: SecType
     inputs: list[TaskInput] = Field(min_length=1)
     compute: Literal["sum"] = "sum"
+    # Shamir shares open with MPyC's output(); additive shares (run with -T 0) are
+    # opened by exchanging every party's summed share over the MPyC links.
+    scheme: Literal["shamir", "additive"] = "shamir"
 
     def write(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2))
