@@ -705,13 +705,35 @@ def _amqtt_broker_class() -> type:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._closing = False
+            self._closing = False  # the connection is gone or going: no more publishes
             self._background: set[asyncio.Task[Any]] = set()
+            self._sending: set[int] = set()  # packet ids being sent on this connection
+            self._publishing = asyncio.Lock()
             self.taken_over = False  # a newer connection of the same session replaced it
 
         async def stop(self) -> None:
             self._closing = True  # before amqtt cancels the PUBACK waiters
             await super().stop()
+
+        async def handle_connection_closed(self) -> None:
+            self._closing = True
+            await super().handle_connection_closed()
+
+        def _gone(self) -> bool:
+            writer = getattr(self.writer, "_writer", None)  # amqtt's StreamWriterAdapter
+            transport = getattr(writer, "transport", None)
+            return self._closing or (transport is not None and transport.is_closing())
+
+        async def _send_publish(self, packet: Any) -> bool:
+            """Send unless the connection is gone (checked in turn, not when queued)."""
+            async with self._publishing:
+                if self._gone():
+                    return False
+                await self._send_packet(packet)
+                # let a failed write close the transport before the next publish is
+                # written (each would log "socket.send() raised exception")
+                await asyncio.sleep(0)
+                return True
 
         def _spawn(self, coro: Any) -> None:
             task = asyncio.ensure_future(coro)
@@ -753,13 +775,15 @@ def _amqtt_broker_class() -> type:
                 return
             session, packet_id = self.session, app_message.packet_id
             session.inflight_out[packet_id] = app_message
+            if packet_id in self._sending:
+                return  # a resend of what this connection is sending already
+            self._sending.add(packet_id)
             acknowledged = False
             try:
-                if self._closing:
-                    return  # for the next connection of the session
                 resend = app_message.publish_packet is not None
                 packet = app_message.build_publish_packet(dup=resend)
-                await self._send_packet(packet)
+                if not await self._send_publish(packet):
+                    return  # for the next connection of the session
                 app_message.publish_packet = packet
                 if self._closing:
                     return
@@ -773,6 +797,7 @@ def _amqtt_broker_class() -> type:
                         del self._puback_waiters[packet_id]
                 acknowledged = True
             finally:
+                self._sending.discard(packet_id)
                 if (acknowledged or session.clean_session) and (
                     session.inflight_out.get(packet_id) is app_message
                 ):
