@@ -78,8 +78,6 @@ def build_job(
 
     if spec.protocol not in ("sum", "fedavg"):
         raise UserError(f"protocol {spec.protocol!r} is not available yet in this version")
-    if spec.dp is not None:
-        raise UserError(f"{spec.name}: dp is not available yet in this version; remove the dp key")
     n = len(federation.parties)
     t = spec.threshold if spec.scheme == "shamir" else n - 1
     return Job(
@@ -264,6 +262,8 @@ def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:
 
 
 def write_outputs(spec: Any, outcome: Outcome, out: Path) -> dict[str, Any]:
-    from smpc.protocols.linear import finalize
+    from smpc.protocols.linear import finalize, noise_summary
 
-    return finalize(spec, outcome.opened, out)
+    job = outcome.job
+    dp = None if spec.dp is None else noise_summary(spec, outcome.opened, job.n, job.t)
+    return finalize(spec, outcome.opened, out, sites=len(outcome.sites), dp=dp)

@@ -123,7 +123,10 @@ def local_update(job: Job, trainer: Trainer, site: str):
             f"got {type(result).__name__}"
         ) from None
     names = [i.name.removesuffix(".weighted") for i in job.inputs if i.name != "num_examples"]
-    stats = fedavg_statistics(names, arrays, num_examples, f"site {site}, trainer of {job.id}")
+    clip = (job.spec.get("dp") or {}).get("clip")
+    stats = fedavg_statistics(
+        names, arrays, num_examples, f"site {site}, trainer of {job.id}", clip=clip, base=model
+    )
     return SiteData(stats, num_examples)
 
 
@@ -164,7 +167,7 @@ async def train(
     ``out/history.json`` (per round: job, sites, total examples, seconds).
     """
     from smpc.analyst import build_job, new_job_id, run_job
-    from smpc.protocols.linear import fedavg_model
+    from smpc.protocols.linear import fedavg_model, noise_summary
 
     if spec.protocol != "fedavg":
         raise UserError(f"{spec.name}: multi-round training needs protocol fedavg")
@@ -189,7 +192,7 @@ async def train(
             )
         except UserError as exc:
             raise type(exc)(f"round {k + 1} of {spec.rounds}: {exc}") from None
-        model, examples = fedavg_model(spec, outcome.opened)
+        model, examples = fedavg_model(spec, outcome.opened, sites=len(outcome.sites), base=model)
         entry = {
             "round": k,
             "job": job.id,
@@ -206,5 +209,7 @@ async def train(
     if out is not None:
         np.savez(out / "model.npz", **model)
         summary = {"rounds": history, "arrays": {k: list(v.shape) for k, v in model.items()}}
+        if spec.dp is not None:  # the accountant covers all rounds of the run
+            summary["dp"] = noise_summary(spec, outcome.opened, job.n, job.t)
         (out / "history.json").write_text(json.dumps(summary, indent=2) + "\n")
     return model, history

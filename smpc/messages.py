@@ -67,6 +67,7 @@ class JobInput(_Strict):
     name: str = Field(pattern=INPUT_RE)
     frac_bits: int = Field(ge=0, le=64)
     int_bits: int = Field(ge=1, le=200)
+    noised: bool = False  # dp: the parties add noise before it is opened (smpc.dp)
 
 
 class Job(_Strict):

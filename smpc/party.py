@@ -27,10 +27,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from smpc import log
 from smpc.aio import until
+from smpc.dp import NoisePlan, skellam
+from smpc.dp import plan as noise_plan
 from smpc.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route, seal
 from smpc.errors import UserError
 from smpc.field import MERSENNE61, field_for
@@ -54,6 +57,7 @@ from smpc.spec.federation import (
     read_yaml_mapping,
     user_error_from_validation,
 )
+from smpc.spec.protocol import parse_spec
 from smpc.store import PartyStore, ShareConflict
 from smpc.transport import Connection, Topics, TransportError
 
@@ -210,8 +214,7 @@ class PartyService:
 
     def compute(self, job: Job) -> JobReply:
         """Sum the shares of the agreed sites per input; seal each sum to the analyst."""
-        field = field_for(job.modulus)
-        shares = {(s.input, s.site): s for s in self.store.shares(job.id)}
+        shares = self._held(job)
         missing = [
             f"{i.name}@{site}"
             for site in job.close
@@ -224,8 +227,54 @@ class PartyService:
         disclosure = self._disclosure_problem(job, shares)
         if disclosure:
             return self._failed(job, disclosure)
-        if job.deliver == "parties":
-            return JobReply(None, session=self.session_task(job, shares))
+        try:
+            noise = self.noise_plan(job, shares)
+        except UserError as exc:
+            return self._failed(job, str(exc))
+        if job.deliver == "parties" or (noise is not None and job.scheme == "shamir"):
+            # Shamir noise is an MPyC input of every party, so it needs a session even
+            # when the analyst opens the result.
+            return JobReply(None, session=self.session_task(job, shares, noise))
+        own_noise = None if noise is None else {
+            i.name: skellam(noise.per_party, self._shape(job, shares, i.name))
+            for i in job.inputs if i.noised
+        }  # fmt: skip
+        return self.seal_results(job, shares, own_noise)
+
+    def _held(self, job: Job) -> dict:
+        """This party's stored shares of ``job`` by (input, site)."""
+        return {(s.input, s.site): s for s in self.store.shares(job.id)}
+
+    def _shape(self, job: Job, shares: dict, name: str) -> tuple[int, ...]:
+        return ShareHeader.from_json(shares[(name, job.close[0])].header.encode()).shape
+
+    def noise_plan(self, job: Job, shares: dict) -> NoisePlan | None:
+        """The dp noise this party adds for ``job``, or None without dp (smpc.dp)."""
+        dp = job.spec.get("dp")
+        if not dp:
+            return None
+        spec = parse_spec(job.spec, f"job {job.id}", self.federation)
+        noised = [i for i in job.inputs if i.noised]
+        plan = noise_plan(
+            spec.dp,
+            [self._shape(job, shares, i.name) for i in noised],
+            parties=job.n,
+            threshold=job.t,
+            frac_bits=noised[0].frac_bits if noised else 0,
+            compositions=spec.rounds,
+        )
+        log.event(logger, "dp-noise", job=job.id, mu=plan.mu, per_party=plan.per_party)
+        return plan
+
+    def seal_results(
+        self, job: Job, shares: dict, noise: dict[str, np.ndarray] | None = None
+    ) -> JobReply:
+        """Sum the agreed sites' shares per input, add this party's noise share, seal.
+
+        ``noise`` maps a noised input to this party's share of the noise: its own draw
+        (additive) or its share of every party's MPyC-shared draw (Shamir).
+        """
+        field = field_for(job.modulus)
         results = []
         analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)
         for spec in job.inputs:
@@ -241,6 +290,8 @@ class PartyService:
                     )
                 total = values.copy() if total is None else field.add(total, values)
                 del values
+            if noise and spec.name in noise:
+                total = field.add(total, field.from_int(noise[spec.name]))
             header = ShareHeader(
                 job=job.id, input=spec.name, site=self.kit.name, party=self.index,
                 scheme=job.scheme, t=job.t, n=job.n, modulus=job.modulus,
@@ -286,14 +337,21 @@ class PartyService:
                     )
         return ""
 
-    def session_task(self, job: Job, shares: dict) -> SessionTask:
-        """The MPyC task opening the sum of the agreed sites' shares of every output."""
+    def session_task(self, job: Job, shares: dict, noise: NoisePlan | None = None) -> SessionTask:
+        """The MPyC task opening the sum of the agreed sites' shares of every output.
+
+        With dp noise and ``deliver: analyst`` the session only shares the noise: it
+        returns this party's noise shares, which :meth:`seal_results` adds.
+        """
         bits = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)
         return SessionTask(
             job=job.id,
             party=self.index,
             sectype=SecType(kind="int", bit_length=bits, prime=job.modulus),
             scheme=job.scheme,
+            compute="noise" if noise is not None and job.deliver == "analyst" else "sum",
+            noise_mu=0.0 if noise is None else noise.per_party,
+            noised=[i.name for i in job.inputs if i.noised] if noise is not None else [],
             inputs=[
                 TaskInput(
                     name=spec.name,
@@ -347,6 +405,13 @@ class PartyService:
             return self._failed(
                 job, f"MPyC session failed: {lines[-1] if lines else run.returncode}"
             )
+        if task.compute == "noise":
+            noise = json.loads(result_path.read_text())["noise"]
+            noise_shares = {name: np.load(workdir / file) for name, file in noise.items()}
+            reply = self.seal_results(job, self._held(job), noise_shares)
+            for file in noise.values():
+                (workdir / file).unlink(missing_ok=True)
+            return reply
         opened = json.loads(result_path.read_text())["outputs"]
         result = PartyResult(
             job=job.id,

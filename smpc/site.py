@@ -33,7 +33,7 @@ from smpc.errors import UserError
 from smpc.field import field_for
 from smpc.inputs import read_input
 from smpc.keys import Kit, load_kit
-from smpc.messages import Job, MessageError, verify_ack, verify_job
+from smpc.messages import Job, MessageError, decode_model, verify_ack, verify_job
 from smpc.packaging import seal_shares
 from smpc.spec.federation import (
     Federation,
@@ -126,7 +126,8 @@ def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], Sit
         from smpc.spec.protocol import parse_spec
 
         spec = parse_spec(job.spec, f"job {job.id}", federation)
-        stats = site_statistics(spec, source)
+        base = None if job.model is None else decode_model(job.model)
+        stats = site_statistics(spec, source, base)
         return SiteData(stats, declared_records(spec, stats))
 
     return compute

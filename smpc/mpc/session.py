@@ -47,6 +47,7 @@ from cryptography.exceptions import InvalidSignature
 from mpyc import asyncoro
 from mpyc.runtime import mpc  # parses and strips MPyC's own options from sys.argv
 
+from smpc.dp import skellam
 from smpc.errors import UserError
 from smpc.field import PrimeField
 from smpc.keys import mpyc_party_index
@@ -133,7 +134,7 @@ def load_input(spec: TaskInput, field: PrimeField) -> np.ndarray:
     return total
 
 
-async def run_task(task: SessionTask, timeout: float) -> dict:
+async def run_task(task: SessionTask, timeout: float, file_dir: Path) -> dict:
     """Connect to the other parties, compute the task, open the outputs."""
     try:
         await asyncio.wait_for(mpc.start(), timeout)
@@ -151,9 +152,23 @@ async def run_task(task: SessionTask, timeout: float) -> dict:
         stype = mpc.SecFxp(sectype.bit_length, sectype.frac_bits, p=sectype.prime)
     if stype.field.modulus != field.modulus:
         raise SessionError(f"MPyC chose modulus {stype.field.modulus}, shares use {field.modulus}")
-    outputs = {}
+    outputs: dict = {}
+    noise_files: dict[str, str] = {}
     for spec in task.inputs:
+        if task.compute == "noise":
+            if spec.name in task.noised:
+                share = await noise_share(task, stype, field, spec.shape)
+                file = f"noise-{mpc.pid}-{len(noise_files)}.npy"
+                np.save(file_dir / file, share)
+                noise_files[spec.name] = file
+            continue
         values = load_input(spec, field)
+        if spec.name in task.noised:
+            if task.scheme == "additive":  # this party's own draw is its share of the noise
+                own = skellam(task.noise_mu, spec.shape)
+                values = field.add(values, field.from_int(own))
+            else:
+                values = field.add(values, await noise_share(task, stype, field, spec.shape))
         if task.scheme == "additive":
             # Every party sends its summed share to every other over the party-CA TLS
             # links; the sum of all N is the secret.
@@ -180,7 +195,26 @@ async def run_task(task: SessionTask, timeout: float) -> dict:
             "values": [int(v) for v in np.asarray(signed, dtype=object).reshape(-1)],
         }
     await mpc.shutdown()
+    if task.compute == "noise":
+        return {"job": task.job, "party": mpc.pid, "noise": noise_files}
     return {"job": task.job, "party": mpc.pid, "outputs": outputs}
+
+
+async def noise_share(task: SessionTask, stype, field: PrimeField, shape) -> np.ndarray:
+    """This party's Shamir share of the sum of every party's Skellam draw (smpc.dp).
+
+    Each party inputs its own draw; MPyC shares it with a random polynomial of degree
+    t, party i holding the evaluation at i+1 like the sites' shares, so the sum of the
+    inputs adds to the summed site shares and opens with them.
+    """
+    own = skellam(task.noise_mu, shape)
+    secure = stype.array(stype.field.array(np.asarray(own, dtype=object) % field.modulus))
+    inputs = mpc.input(secure, senders=list(range(len(mpc.parties))))
+    total = inputs[0]
+    for other in inputs[1:]:
+        total = total + other
+    share = await mpc.gather(total)
+    return field.from_int(np.asarray(share.value, dtype=object).reshape(shape))
 
 
 def main() -> int:
@@ -202,7 +236,7 @@ def main() -> int:
     if len(mpc.parties) > 1:
         _bind_listening_socket(args.bind or mpc.parties[mpc.pid].host)
     try:
-        result = mpc.run(run_task(task, args.timeout))
+        result = mpc.run(run_task(task, args.timeout, result_path.parent))
     except SessionError as exc:
         print(f"session: job {task.job}: {exc}", file=sys.stderr)
         return 1

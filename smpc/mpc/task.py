@@ -72,7 +72,11 @@ class SessionTask(_Strict):
     party: int = Field(ge=0)
     sectype: SecType
     inputs: list[TaskInput] = Field(min_length=1)
-    compute: Literal["sum"] = "sum"
+    # "sum" opens every input's sum; "noise" opens nothing and returns this party's
+    # shares of the dp noise all parties input (deliver: analyst, see smpc.dp).
+    compute: Literal["sum", "noise"] = "sum"
+    noise_mu: float = Field(default=0.0, ge=0)  # Skellam parameter each party draws
+    noised: list[str] = Field(default_factory=list)  # inputs that get the noise
     # Shamir shares open with MPyC's output(); additive shares (run with -T 0) are
     # opened by exchanging every party's summed share over the MPyC links.
     scheme: Literal["shamir", "additive"] = "shamir"

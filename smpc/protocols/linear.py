@@ -23,11 +23,14 @@ per site. The parties see only shares.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from smpc.dp import clip_rows, clip_update
+from smpc.dp import plan as dp_plan
 from smpc.errors import UserError
 from smpc.inputs import read_input
 from smpc.messages import JobInput
@@ -39,16 +42,19 @@ LARGE = 10_000  # arrays with more elements go to .npy files next to result.json
 def job_inputs(spec: Any) -> tuple[JobInput, ...]:
     """The shared arrays every site uploads for this spec."""
     f, b = spec.encoding.frac_bits, spec.encoding.int_bits
+    dp = spec.dp is not None  # the sums get noise; counts and weights stay exact
     if spec.protocol == "sum":
         out = []
         for name in spec.inputs:
-            out += [JobInput(name=f"{name}.sum", frac_bits=f, int_bits=b)]
+            out += [JobInput(name=f"{name}.sum", frac_bits=f, int_bits=b, noised=dp)]
             out += [JobInput(name=f"{name}.count", frac_bits=0, int_bits=COUNT_BITS)]
         return tuple(out)
     if spec.protocol == "fedavg":
         if not spec.inputs:
             raise UserError("fedavg: the job needs the parameter names (spec key inputs)")
-        weighted = [JobInput(name=f"{a}.weighted", frac_bits=f, int_bits=b) for a in spec.inputs]
+        weighted = [
+            JobInput(name=f"{a}.weighted", frac_bits=f, int_bits=b, noised=dp) for a in spec.inputs
+        ]
         return (*weighted, JobInput(name="num_examples", frac_bits=0, int_bits=COUNT_BITS))
     raise UserError(f"protocol {spec.protocol!r} is not a linear protocol")
 
@@ -59,9 +65,16 @@ def fedavg_parameter_names(path: Path) -> tuple[str, ...]:
         return tuple(sorted(k for k in archive if k != "num_examples"))
 
 
-def site_statistics(spec: Any, source: Path) -> dict[str, np.ndarray]:
-    """A site's local sufficient statistics for the spec, from its data file."""
+def site_statistics(
+    spec: Any, source: Path, base: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """A site's local sufficient statistics for the spec, from its data file.
+
+    ``base`` is the round's global model (fedavg): with dp the site shares its clipped
+    update from it (:mod:`smpc.dp`).
+    """
     source = Path(source)
+    clip = None if spec.dp is None else spec.dp.clip
     if spec.protocol == "sum":
         stats = {}
         for name in spec.inputs:
@@ -69,7 +82,10 @@ def site_statistics(spec: Any, source: Path) -> dict[str, np.ndarray]:
             if values.ndim == 0:
                 values = values.reshape(1)
             present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
-            stats[f"{name}.sum"] = np.where(present, values, 0).sum(axis=0)
+            values = np.where(present, values, 0)
+            if clip is not None:  # one record moves the sum by at most clip (L2)
+                values = clip_rows(values, clip)
+            stats[f"{name}.sum"] = values.sum(axis=0)
             stats[f"{name}.count"] = present.sum(axis=0).astype(np.int64)
         return stats
     if spec.protocol == "fedavg":
@@ -81,25 +97,46 @@ def site_statistics(spec: Any, source: Path) -> dict[str, np.ndarray]:
             n = archive["num_examples"]
             if n.size != 1 or not float(n) >= 0 or float(n) != int(n):
                 raise UserError(f"{source}: num_examples must be one non-negative integer")
-            return fedavg_statistics(spec.inputs, archive, int(n), str(source))
+            return fedavg_statistics(
+                spec.inputs, archive, int(n), str(source), clip=clip, base=base
+            )
     raise UserError(f"protocol {spec.protocol!r} is not a linear protocol")
 
 
 def fedavg_statistics(
-    names: Any, arrays: Any, num_examples: int, source: str
+    names: Any,
+    arrays: Any,
+    num_examples: int,
+    source: str,
+    *,
+    clip: float | None = None,
+    base: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """What a site shares for fedavg: ``num_examples · array`` per parameter, and the count."""
+    """What a site shares for fedavg: ``num_examples · array`` per parameter, and the count.
+
+    With dp (``clip``) every site weighs 1 and shares its update from the global model
+    ``base`` (the model itself in a first round), clipped to L2 norm ``clip``.
+    """
     n = int(num_examples)
     if n < 0:
         raise UserError(f"{source}: num_examples must be one non-negative integer")
     stats = {"num_examples": np.array(n, dtype=np.int64)}
+    values = {}
     for name in names:
         if name not in arrays:
             raise UserError(f"{source}: no parameter array {name!r}")
         value = np.asarray(arrays[name])
         if value.dtype.kind not in "biuf" or not np.all(np.isfinite(value)):
             raise UserError(f"{source}: parameter {name!r} must be finite numbers")
-        stats[f"{name}.weighted"] = value.astype(np.float64) * n
+        values[name] = value
+    if clip is None:
+        for name, value in values.items():
+            stats[f"{name}.weighted"] = value.astype(np.float64) * n
+        return stats
+    if base is not None:
+        values = {k: v - np.asarray(base[k], np.float64) for k, v in values.items()}
+    for name, value in clip_update(values, clip).items():
+        stats[f"{name}.weighted"] = value
     return stats
 
 
@@ -110,9 +147,35 @@ def declared_records(spec: Any, stats: dict[str, np.ndarray]) -> int:
     return int(stats["num_examples"])
 
 
-def finalize(spec: Any, opened: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
-    """Turn the opened pooled statistics into the output files; return the summary."""
+def noise_summary(spec: Any, opened: dict[str, np.ndarray], parties: int, t: int) -> dict:
+    """The dp guarantee and noise of the opened outputs, for result.json."""
+    noised = [v for i, v in opened.items() if i.endswith((".sum", ".weighted"))]
+    plan = dp_plan(
+        spec.dp,
+        [np.shape(v) for v in noised],
+        parties=parties,
+        threshold=t,
+        frac_bits=spec.encoding.frac_bits,
+        compositions=spec.rounds,
+    )
+    return plan.summary()
+
+
+def finalize(
+    spec: Any,
+    opened: dict[str, np.ndarray],
+    out: Path,
+    *,
+    sites: int | None = None,
+    dp: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Turn the opened pooled statistics into the output files; return the summary.
+
+    ``sites`` is the number of sites in the result (dp fedavg averages over sites);
+    ``dp`` the noise summary (:func:`noise_summary`) that result.json reports.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    extra = {} if dp is None else {"dp": dp}
     if spec.protocol == "sum":
         result: dict[str, Any] = {}
         for name in spec.inputs:
@@ -125,21 +188,39 @@ def finalize(spec: Any, opened: dict[str, np.ndarray], out: Path) -> dict[str, A
                 for stat, value in stats.items()
                 if stat in spec.reveal
             }
+        result.update(extra)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
-    model, n = fedavg_model(spec, opened)
+    model, n = fedavg_model(spec, opened, sites=sites)
     np.savez(out / "model.npz", **model)
-    summary = {"num_examples": n, "arrays": {k: list(v.shape) for k, v in model.items()}}
+    summary = {"num_examples": n, "arrays": {k: list(v.shape) for k, v in model.items()}, **extra}
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def fedavg_model(spec: Any, opened: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    """The weighted average of the sites' models, and the total number of examples."""
+def fedavg_model(
+    spec: Any,
+    opened: dict[str, np.ndarray],
+    *,
+    sites: int | None = None,
+    base: Mapping[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """The weighted average of the sites' models, and the total number of examples.
+
+    With dp the sites' (noised, clipped) updates are averaged over the ``sites`` and
+    added to the round's global model ``base``.
+    """
     n = int(opened["num_examples"])
     if n <= 0:
         raise UserError("fedavg: the sites reported no training examples")
-    return {name: opened[f"{name}.weighted"] / n for name in spec.inputs}, n
+    if spec.dp is None:
+        return {name: opened[f"{name}.weighted"] / n for name in spec.inputs}, n
+    if not sites:
+        raise UserError("fedavg with dp: the number of sites in the result is needed")
+    model = {name: opened[f"{name}.weighted"] / sites for name in spec.inputs}
+    if base is not None:
+        model = {k: np.asarray(base[k], np.float64) + v for k, v in model.items()}
+    return model, n
 
 
 def _value(value: np.ndarray, path: Path) -> Any:

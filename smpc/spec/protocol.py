@@ -26,7 +26,7 @@ Markdown so the README can copy it):
 | | gwas: `statistics` | `statistics` or `aggregates` |
 | `deliver` | `analyst` | `analyst`, `parties` |
 | `compact` | `true` (compact seed shares) | `true`, `false` (full shares) |
-| `encoding` | `{frac_bits: 24, int_bits: 30}` | `frac_bits + int_bits <= 59` |
+| `encoding` | `{frac_bits: 24, int_bits: 30}` (dp: see below) | `frac_bits + int_bits <= 59` |
 | `rounds` | `1` | `>= 1`; more than 1 for fedavg only |
 | `round_timeout` | `300` (seconds) | `> 0`, at most `timeout` |
 | `timeout` | `600` (seconds, whole job) | `> 0` |
@@ -51,9 +51,11 @@ Decisions worth knowing:
   2^60 in magnitude: ``frac_bits + int_bits <= 59`` is what lets at least two sites be
   added, and against a federation the sum over all its sites must fit (58 bits: 4
   sites, 54 bits (the default): 64 sites).
-- ``dp``: the parties add noise calibrated to ``epsilon`` (and ``delta`` if given:
-  Gaussian mechanism; without it Laplace, pure epsilon-DP) after each value (sum) or each
-  site's model update (fedavg) was clipped to ``clip`` by its site. Not offered for gwas.
+- ``dp``: the parties add Skellam noise calibrated to ``epsilon`` and ``delta``
+  (default 1e-6) over all rounds, after each record (sum) or each site's model update
+  (fedavg) was clipped to L2 norm ``clip`` by its site (:mod:`smpc.dp`); counts and
+  ``num_examples`` stay exact. Its default encoding has ``20 - ceil(log2(clip))``
+  fractional bits, so the noise stays within what can be drawn exactly. Not for gwas.
 - gwas reads each site's PLINK files (genotypes, ``.fam`` phenotype, covariate file);
   ``tests`` follow PLINK 1.9 (``--assoc``, ``--model``, ``--hardy``, ``--freq``,
   ``--missing``, ``--linear``, ``--logistic``); ``linear`` (quantitative phenotype) does
@@ -94,6 +96,7 @@ from pydantic import (
     ValidationError,
 )
 
+from smpc.dp import default_frac_bits
 from smpc.errors import UserError
 from smpc.spec.federation import Federation, read_yaml_mapping, user_error_from_validation
 
@@ -451,7 +454,9 @@ def _resolve(
     reveal = _resolve_reveal(raw.reveal, protocol, problem)
 
     # encoding
-    encoding = raw.encoding or Encoding()
+    encoding = raw.encoding or (
+        Encoding(frac_bits=default_frac_bits(raw.dp.clip)) if raw.dp else Encoding()
+    )
     if encoding.total_bits > MAX_ENCODING_BITS:
         problem(
             "encoding",
