@@ -278,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fedavg training: every site runs `smpc site serve` with this trainer "
         "(module:function or file.py:function) for every round of the spec",
     )  # fmt: skip
-    local.add_argument("--initial-model", metavar="PATH.npz", help="round 0's global model")
+    local.add_argument(
+        "--initial-model", metavar="PATH", help="round 0's global model (.npz, .safetensors, .pt)"
+    )
     local.add_argument("--out", required=True, help="output directory")
     local.add_argument("--workdir", help="keep keys, stores and logs here")
     local.set_defaults(func=_local)

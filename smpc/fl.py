@@ -167,6 +167,7 @@ async def train(
     ``out/history.json`` (per round: job, sites, total examples, seconds).
     """
     from smpc.analyst import build_job, new_job_id, run_job
+    from smpc.modelfile import write_model
     from smpc.protocols.linear import fedavg_model, noise_summary
 
     if spec.protocol != "fedavg":
@@ -208,6 +209,7 @@ async def train(
             on_round(k, entry)
     if out is not None:
         np.savez(out / "model.npz", **model)
+        write_model(out / "model.safetensors", model)
         summary = {"rounds": history, "arrays": {k: list(v.shape) for k, v in model.items()}}
         if spec.dp is not None:  # the accountant covers all rounds of the run
             summary["dp"] = noise_summary(spec, outcome.opened, job.n, job.t)

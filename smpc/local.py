@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from smpc.analyst import build_job, run_job, write_outputs
@@ -99,11 +98,9 @@ def _site_serve(
 
 def _train(analyst, federation, spec, out: Path, initial_model: Path | None) -> dict[str, Any]:
     from smpc.fl import train
+    from smpc.modelfile import read_model
 
-    model = None
-    if initial_model is not None:
-        with np.load(initial_model, allow_pickle=False) as archive:
-            model = {k: archive[k] for k in archive.files if k != "num_examples"}
+    model = None if initial_model is None else read_model(initial_model)[0]
     _, history = asyncio.run(train(analyst, federation, spec, initial_model=model, out=out))
     return {"rounds": history}
 

@@ -310,3 +310,64 @@ def test_site_serve_answers_a_new_job_once(keys_dir, tmp_path):
     assert site.returncode == 0
     assert (tmp_path / "oslo.answered").read_text().split() == ["job-s"]
     _check_stores(tmp_path, {"oslo": data["oslo"]}, "job-s")
+
+
+TRAINER = '''
+import numpy as np
+
+TARGETS = {"oslo": 1.0, "bergen": -2.0, "tromso": 5.0}
+SIZES = {"oslo": 10, "bergen": 30, "tromso": 60}
+
+
+def train(model, round, site):
+    w = np.zeros(4) if model is None else model["w"]
+    return {"w": w + 0.5 * (TARGETS[site] - w) + round}, SIZES[site]
+'''
+
+
+def test_smpc_run_trains_several_rounds_with_site_serve(keys_dir, tmp_path):
+    """``smpc run`` with rounds: 3 against party daemons and three ``smpc site serve``."""
+    trainer = tmp_path / "steps.py"
+    trainer.write_text(TRAINER)
+    spec = tmp_path / "steps.yaml"
+    spec.write_text("name: steps\nprotocol: fedavg\ninputs: [w]\nrounds: 3\nround_timeout: 60\n")
+    procs = []
+    with _broker(keys_dir, tmp_path):
+        try:
+            procs = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+            for site in ("oslo", "bergen", "tromso"):
+                config = tmp_path / f"{site}-site.yaml"
+                config.write_text(
+                    f"kit: {keys_dir / 'kits' / site}\ntrainer: {trainer}:train\n"
+                    f"state: {tmp_path / (site + '.answered')}\n"
+                )
+                log = open(tmp_path / f"{site}-site.log", "ab")  # noqa: SIM115
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "smpc.cli", "site", "serve", "--config", str(config)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                proc.log_path = tmp_path / f"{site}-site.log"
+                procs.append(proc)
+            for i, proc in enumerate(procs):
+                _wait_for_log(proc, "event=party-connected" if i < 3 else "event=site-serving")
+            analyst = ["--kit", str(keys_dir / "kits" / "analyst"), "--out", str(tmp_path / "out")]
+            run = subprocess.run(
+                [sys.executable, "-m", "smpc.cli", "run", str(spec), *analyst],
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+        finally:
+            _stop(procs)
+    assert run.returncode == 0, run.stderr
+    targets = {"oslo": 1.0, "bergen": -2.0, "tromso": 5.0}
+    sizes = {"oslo": 10, "bergen": 30, "tromso": 60}
+    w = np.zeros(4)
+    for k in range(3):
+        local = {s: w + 0.5 * (targets[s] - w) + k for s in targets}
+        w = sum(sizes[s] * local[s] for s in targets) / sum(sizes.values())
+    with np.load(tmp_path / "out" / "model.npz") as got:
+        assert np.abs(got["w"] - w).max() <= 1e-6
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert [r["sites"] for r in history["rounds"]] == [["bergen", "oslo", "tromso"]] * 3

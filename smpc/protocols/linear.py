@@ -34,6 +34,7 @@ from smpc.dp import plan as dp_plan
 from smpc.errors import UserError
 from smpc.inputs import read_input
 from smpc.messages import JobInput
+from smpc.modelfile import read_model, write_model
 
 COUNT_BITS = 40  # record counts below 2^40
 LARGE = 10_000  # arrays with more elements go to .npy files next to result.json
@@ -60,9 +61,8 @@ def job_inputs(spec: Any) -> tuple[JobInput, ...]:
 
 
 def fedavg_parameter_names(path: Path) -> tuple[str, ...]:
-    """The parameter arrays of a site's .npz (everything but num_examples)."""
-    with np.load(path, allow_pickle=False) as archive:
-        return tuple(sorted(k for k in archive if k != "num_examples"))
+    """The parameter arrays of a site's model file (everything but num_examples)."""
+    return tuple(sorted(read_model(path)[0]))
 
 
 def site_statistics(
@@ -89,17 +89,10 @@ def site_statistics(
             stats[f"{name}.count"] = present.sum(axis=0).astype(np.int64)
         return stats
     if spec.protocol == "fedavg":
-        if source.suffix != ".npz":
-            raise UserError(f"fedavg: {source} is not an .npz of model parameters")
-        with np.load(source, allow_pickle=False) as archive:
-            if "num_examples" not in archive:
-                raise UserError(f"{source}: no scalar num_examples (the site's weight)")
-            n = archive["num_examples"]
-            if n.size != 1 or not float(n) >= 0 or float(n) != int(n):
-                raise UserError(f"{source}: num_examples must be one non-negative integer")
-            return fedavg_statistics(
-                spec.inputs, archive, int(n), str(source), clip=clip, base=base
-            )
+        arrays, n = read_model(source)  # .npz, .safetensors or a PyTorch state dict
+        if n is None:
+            raise UserError(f"{source}: no scalar num_examples (the site's weight)")
+        return fedavg_statistics(spec.inputs, arrays, n, str(source), clip=clip, base=base)
     raise UserError(f"protocol {spec.protocol!r} is not a linear protocol")
 
 
@@ -193,6 +186,7 @@ def finalize(
         return result
     model, n = fedavg_model(spec, opened, sites=sites)
     np.savez(out / "model.npz", **model)
+    write_model(out / "model.safetensors", model)
     summary = {"num_examples": n, "arrays": {k: list(v.shape) for k, v in model.items()}, **extra}
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
