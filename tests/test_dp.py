@@ -40,9 +40,7 @@ def test_skellam_is_close_to_the_gaussian_mechanism_for_large_noise():
     sens = dp.sensitivity([(1,)], clip=1.0, frac_bits=24)
     mu = dp.calibrate(1.0, 1e-6, sens, 1)
     sigma2 = 2 * mu
-    gaussian = min(
-        a * sens.l2**2 / (2 * sigma2) + math.log(1e6) / (a - 1) for a in dp.ORDERS
-    )
+    gaussian = min(a * sens.l2**2 / (2 * sigma2) + math.log(1e6) / (a - 1) for a in dp.ORDERS)
     assert gaussian == pytest.approx(1.0, rel=0.02)
 
 
@@ -143,3 +141,39 @@ def test_fedavg_with_dp_averages_clipped_updates_over_sites(tmp_path):
     with np.load(tmp_path / "out" / "model.npz") as got:
         noise = (got["w"] - np.mean(models, axis=0)) * 3  # the sum's noise, not the mean's
     _noise_check(noise, summary["dp"]["noise_std"])
+
+
+TRAINER = """
+import numpy as np
+
+
+def train(model, round, site):
+    w = np.zeros(3000) if model is None else model["w"]
+    return {"w": w + 0.25}, 10
+"""
+
+
+@pytest.mark.timeout(240)
+def test_training_rounds_share_one_budget(tmp_path):
+    """Two dp rounds: each update (0.25 per value) is clipped; the budget covers both."""
+    (tmp_path / "steps.py").write_text(TRAINER)
+    spec = tmp_path / "steps.yaml"
+    spec.write_text(
+        "name: steps\nprotocol: fedavg\ninputs: [w]\nrounds: 2\n"
+        "dp: {epsilon: 4.0, delta: 1.0e-5, clip: 5.0}\n"
+    )
+    sites = {"s0": None, "s1": None, "s2": None}
+    run_local(spec, sites, tmp_path / "out", trainer=f"{tmp_path / 'steps.py'}:train")
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert history["dp"]["rounds"] == 2
+    assert history["dp"]["epsilon"] <= 4.0
+    one_round = dp.plan(
+        DP(epsilon=4.0, delta=1e-5, clip=5.0), [(3000,)], parties=3, threshold=1,
+        frac_bits=dp.default_frac_bits(5.0),
+    )  # fmt: skip
+    assert history["dp"]["noise_std"] > 1.3 * one_round.std  # about sqrt(2) more noise
+    update_norm = 0.25 * math.sqrt(3000)  # 13.7: clipped to 5 at every site
+    with np.load(tmp_path / "out" / "model.npz") as got:
+        # two rounds of the clipped update averaged over 3 sites, plus each round's noise
+        noise = (got["w"] - 2 * 0.25 * 5.0 / update_norm) * 3 / math.sqrt(2)
+    _noise_check(noise, history["dp"]["noise_std"])
