@@ -142,3 +142,30 @@ def _position(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...] | int:
     """A flat index as the position a user would write (row, column, ...)."""
     pos = np.unravel_index(int(flat_index), shape)
     return int(pos[0]) if len(pos) == 1 else tuple(int(i) for i in pos)
+
+
+WORD_BYTES = 7  # 56-bit words: below every field modulus the protocols use
+
+
+def bytes_to_words(data: bytes) -> np.ndarray:
+    """Bytes as int64 words of 7 bytes each, the byte length first: bytes as an input.
+
+    Public metadata (a site's variant table) travels as an input with t = 0; the words
+    fit any field of more than 56 bits and a 57-bit integer encoding.
+    """
+    padded = data + bytes(-len(data) % WORD_BYTES)
+    groups = np.frombuffer(padded, dtype=np.uint8).reshape(-1, WORD_BYTES)
+    words = np.zeros((len(groups), 8), dtype=np.uint8)
+    words[:, :WORD_BYTES] = groups
+    return np.concatenate([[len(data)], words.view("<u8").ravel().astype(np.int64)])
+
+
+def words_to_bytes(words: np.ndarray) -> bytes:
+    """Inverse of :func:`bytes_to_words`; ValueError if the words are not such an array."""
+    words = np.asarray(words).astype(np.int64).ravel()
+    if words.size == 0 or not 0 <= words[0] <= WORD_BYTES * (words.size - 1):
+        raise ValueError("not a byte array in words: bad length")
+    if (words[1:] < 0).any() or (words[1:] >= 1 << (8 * WORD_BYTES)).any():
+        raise ValueError("not a byte array in words: a word is out of range")
+    raw = words[1:].astype("<u8").view(np.uint8).reshape(-1, 8)[:, :WORD_BYTES]
+    return raw.tobytes()[: int(words[0])]

@@ -68,6 +68,10 @@ class JobInput(_Strict):
     frac_bits: int = Field(ge=0, le=64)
     int_bits: int = Field(ge=1, le=200)
     noised: bool = False  # dp: the parties add noise before it is opened (smpc.dp)
+    # Public metadata a protocol needs at every party (a GWAS site's variant table):
+    # shared with t = 0, so every party's "share" is the value itself. Encrypted to
+    # each party like any share; never secret from the parties.
+    public: bool = False
 
 
 class Job(_Strict):

@@ -556,8 +556,8 @@ def header_problem(header: ShareHeader, job: Job) -> str:
     if spec is None:
         return f"job {job.id} has no input {header.input!r}"
     expected = {
-        "scheme": job.scheme,
-        "t": job.t,
+        "scheme": "shamir" if spec.public else job.scheme,
+        "t": 0 if spec.public else job.t,
         "n": job.n,
         "modulus": job.modulus,
         "frac_bits": spec.frac_bits,

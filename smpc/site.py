@@ -98,10 +98,10 @@ def seal_inputs(
             job=job.id,
             input=spec.name,
             site=kit.name,
-            t=job.t,
+            t=0 if spec.public else job.t,
             recipients=recipients,
             signer=kit.signing_key,
-            scheme=job.scheme,
+            scheme="shamir" if spec.public else job.scheme,
             compact=job.compact,
             meta={} if records is None else {"records": int(records)},
         )

@@ -295,3 +295,17 @@ def test_field_too_small_for_sum_is_refused():
     FixedPoint(24, 30).check_field(FAST, terms=10)
     with pytest.raises(EncodingError, match="cannot hold sums of 1000 values"):
         FixedPoint(24, 30).check_field(FAST, terms=1000)
+
+
+@given(data=st.binary(max_size=300), t=st.integers(0, 2))
+@settings(max_examples=60, deadline=None)
+def test_bytes_travel_as_words_through_sharing(data, t):
+    """Public metadata: bytes → 56-bit words → encoded, shared, reconstructed → bytes."""
+    from smpc.encoding import bytes_to_words, words_to_bytes
+
+    words = bytes_to_words(data)
+    encoding = FixedPoint(0, 57)
+    shares = split(encoding.encode(words, FAST), FAST, n=5, t=t)
+    values = {s.party: s.expand(FAST, words.shape) for s in shares[2 : t + 3]}
+    got = encoding.decode(reconstruct(values, FAST, t), FAST)
+    assert words_to_bytes(got) == data

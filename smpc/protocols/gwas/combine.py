@@ -1,0 +1,68 @@
+"""Party side of a GWAS: put every site's shares in one variant order and orientation.
+
+A site shares its local statistics in its own fileset's variant order and allele
+orientation (its A1 is its local minor allele), together with its variant table as a
+public input (``variants``, shared with t = 0: every party reads it, the broker does
+not). Every party runs the same deterministic :func:`smpc.protocols.gwas.align.align`
+on the agreed sites' tables and then rearranges each site's *shares* into the
+reference order and orientation before adding them. That needs no communication:
+taking rows is a permutation, and flipping a variant's alleles (g' = 2 - g) is a linear
+map with integer coefficients, and both commute with Shamir sharing.
+
+What is flipped, for a variant whose site orientation is the reverse of the reference:
+
+- genotype counts ``(V, 3, 2, 4)``: genotype classes 0 (two copies of A1) and 2 swap;
+- cross products of x = [1, g, c_1..c_k] with y: x' = T x where T replaces g by
+  2·1 - g, so ``xtx' = T xtx Tᵀ``, ``xty' = T xty`` and ``yty`` is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smpc.field import PrimeField
+
+GENOTYPE_FLIP = np.array([2, 1, 0, 3])
+"""Genotype class order after swapping A1 and A2: hom A1 <-> hom A2; het, missing stay."""
+
+
+def take_counts(share: np.ndarray, index: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """A site's count shares ``(V_site, 3, 2, 4)`` in reference order and orientation."""
+    out = share[index]
+    out[flip] = out[flip][..., GENOTYPE_FLIP]
+    return out
+
+
+def flip_genotype_row(field: PrimeField, a: np.ndarray, axis: int) -> np.ndarray:
+    """Apply T along ``axis`` of ``a`` (field elements): entry 1 becomes 2·entry0 - entry1."""
+    a = np.moveaxis(a.copy(), axis, -1)
+    a[..., 1] = field.sub(field.mul_const(a[..., 0], 2), a[..., 1])
+    return np.moveaxis(a, -1, axis)
+
+
+def take_cross_products(
+    field: PrimeField,
+    xtx: np.ndarray,
+    xty: np.ndarray,
+    index: np.ndarray,
+    flip: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A site's ``xtx (V_site, p, p)`` and ``xty (V_site, p)`` shares, aligned."""
+    xtx, xty = xtx[index], xty[index]
+    if flip.any():
+        f = np.flatnonzero(flip)
+        xtx[f] = flip_genotype_row(field, flip_genotype_row(field, xtx[f], 1), 2)
+        xty[f] = flip_genotype_row(field, xty[f], 1)
+    return xtx, xty
+
+
+def flip_cross_products_real(
+    xtx: np.ndarray, xty: np.ndarray, flip: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same map on opened (real) statistics: the pooled A1 choice after pooling."""
+    xtx, xty = np.array(xtx, dtype=np.float64), np.array(xty, dtype=np.float64)
+    t = np.eye(xtx.shape[-1])
+    t[1, 0], t[1, 1] = 2.0, -1.0
+    xtx[flip] = t @ xtx[flip] @ t.T
+    xty[flip] = xty[flip] @ t.T
+    return xtx, xty
