@@ -161,7 +161,7 @@ async def run_job(
                 if (
                     closed is not None
                     and all(len(r) == len(parties) for r in results.values())
-                    and len(results) == len(job.inputs)
+                    and len(results) == len(job.delivered)
                 ):
                     break
                 wait = (deadline if closed is None else final) - time.monotonic()
@@ -193,7 +193,7 @@ async def run_job(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reading
             await conn.clear_retained(topics.job(job.id))
-    opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.inputs}
+    opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.delivered}
     return Outcome(closed, closed.close, opened)
 
 

@@ -94,6 +94,9 @@ class Job(_Strict):
     round: int = Field(default=0, ge=0)  # multi-round training: this job's round index
     # The previous round's global model (public): base64 of an .npz, at most MAX_MODEL_BYTES.
     model: str | None = Field(default=None, max_length=4 * ((MAX_MODEL_BYTES + 2) // 3))
+    # What the parties deliver when it is not the summed inputs themselves (a GWAS
+    # delivers its sites' statistics aligned into one variant order, and the alignment).
+    outputs: tuple[JobInput, ...] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
@@ -107,6 +110,11 @@ class Job(_Strict):
 
     def input(self, name: str) -> JobInput | None:
         return next((i for i in self.inputs if i.name == name), None)
+
+    @property
+    def delivered(self) -> tuple[JobInput, ...]:
+        """The outputs each party delivers: ``outputs``, or one sum per input."""
+        return self.outputs if self.outputs is not None else self.inputs
 
 
 def encode_model(arrays: dict[str, np.ndarray]) -> str:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import subprocess
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from smpc.keys import Kit, load_kit
 from smpc.messages import (
     Ack,
     Job,
+    JobInput,
     MessageError,
     OpenedOutput,
     PartyResult,
@@ -58,7 +60,7 @@ from smpc.spec.federation import (
     user_error_from_validation,
 )
 from smpc.spec.protocol import parse_spec
-from smpc.store import PartyStore, ShareConflict
+from smpc.store import PartyStore, ShareConflict, StoredShare
 from smpc.transport import Connection, Topics, TransportError
 
 logger = logging.getLogger("smpc.party")
@@ -275,30 +277,47 @@ class PartyService:
         (additive) or its share of every party's MPyC-shared draw (Shamir).
         """
         field = field_for(job.modulus)
-        results = []
+
+        def totals() -> Iterator[tuple[JobInput, np.ndarray]]:
+            for spec in job.inputs:
+                total = None  # a running sum: one site's share in memory at a time
+                for site in job.close:
+                    values = self.share_values(shares[(spec.name, site)])
+                    if total is not None and values.shape != total.shape:
+                        shapes = f"{values.shape} and {total.shape}"
+                        raise UserError(f"sites sent {spec.name!r} in different shapes {shapes}")
+                    total = values.copy() if total is None else field.add(total, values)
+                    del values
+                if noise and spec.name in noise:
+                    total = field.add(total, field.from_int(noise[spec.name]))
+                yield spec, total
+
+        return self.seal_outputs(job, totals())
+
+    def share_values(self, stored: StoredShare) -> np.ndarray:
+        """A stored share as field elements (a seed expanded)."""
+        header = ShareHeader.from_json(stored.header.encode())
+        return InputShare(header, self.store.read_share(stored)).values()
+
+    def seal_outputs(
+        self, job: Job, outputs: Iterable[tuple[JobInput, np.ndarray]]
+    ) -> JobReply:
+        """Seal this party's share of every output to the analyst (one at a time)."""
+        field = field_for(job.modulus)
         analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)
-        for spec in job.inputs:
-            total = None  # a running sum: one site's share in memory at a time
-            for site in job.close:
-                stored = shares[(spec.name, site)]
-                header = ShareHeader.from_json(stored.header.encode())
-                values = InputShare(header, self.store.read_share(stored)).values()
-                if total is not None and values.shape != total.shape:
-                    shapes = f"{values.shape} and {total.shape}"
-                    return self._failed(
-                        job, f"sites sent {spec.name!r} in different shapes {shapes}"
-                    )
-                total = values.copy() if total is None else field.add(total, values)
-                del values
-            if noise and spec.name in noise:
-                total = field.add(total, field.from_int(noise[spec.name]))
-            header = ShareHeader(
-                job=job.id, input=spec.name, site=self.kit.name, party=self.index,
-                scheme=job.scheme, t=job.t, n=job.n, modulus=job.modulus,
-                frac_bits=spec.frac_bits, dtype=field.dtype_tag, shape=total.shape,
-            )  # fmt: skip
-            envelope = seal(header, field.to_bytes(total), analyst_key, self.kit.signing_key)
-            results.append((spec.name, envelope))
+        results = []
+        try:
+            for spec, total in outputs:
+                header = ShareHeader(
+                    job=job.id, input=spec.name, site=self.kit.name, party=self.index,
+                    scheme=job.scheme, t=job.t, n=job.n, modulus=job.modulus,
+                    frac_bits=spec.frac_bits, dtype=field.dtype_tag, shape=total.shape,
+                )  # fmt: skip
+                body = field.to_bytes(total)
+                results.append((spec.name, seal(header, body, analyst_key, self.kit.signing_key)))
+                del total, body
+        except UserError as exc:
+            return self._failed(job, str(exc))
         self.store.set_job_status(job.id, "done")
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), outputs=len(results))
         return JobReply(self._status(job.id, "done", sites=job.close), tuple(results))
