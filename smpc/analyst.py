@@ -76,14 +76,27 @@ def build_job(
     """
     from smpc.protocols.linear import job_inputs
 
-    if spec.protocol not in ("sum", "fedavg"):
-        raise UserError(f"protocol {spec.protocol!r} is not available yet in this version")
+    outputs = None
+    if spec.protocol == "gwas":
+        from smpc.protocols.gwas.protocol import job_parts
+
+        if "aggregates" not in spec.reveal:
+            raise UserError(
+                f"{spec.name}: reveal: statistics (the statistics computed inside MPyC) is not "
+                "available yet in this version; use reveal: aggregates"
+            )
+        if "logistic" in spec.tests:
+            raise UserError(f"{spec.name}: the logistic test is not available yet in this version")
+        inputs, outputs = job_parts(spec)
+    else:
+        inputs = job_inputs(spec)
     n = len(federation.parties)
     t = spec.threshold if spec.scheme == "shamir" else n - 1
     return Job(
         id=job_id or new_job_id(spec),
         protocol=spec.protocol,
-        inputs=job_inputs(spec),
+        inputs=inputs,
+        outputs=outputs,
         scheme=spec.scheme,
         t=t,
         n=n,
@@ -151,7 +164,10 @@ async def run_job(
                             f"({', '.join(sorted(agreed)) or 'none'}), fewer than min_sites "
                             f"{job.min_sites}; nothing was opened"
                         )
-                    closed = job.model_copy(update={"close": tuple(sorted(agreed))})
+                    # in the federation's order: a GWAS pools its sites in that order
+                    order = job.sites or federation.site_names
+                    close = tuple(s for s in order if s in agreed)
+                    closed = job.model_copy(update={"close": close})
                     await conn.publish(
                         topics.job(job.id),
                         sign("job", closed, kit.name, kit.signing_key),
@@ -264,6 +280,10 @@ def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:
 def write_outputs(spec: Any, outcome: Outcome, out: Path) -> dict[str, Any]:
     from smpc.protocols.linear import finalize, noise_summary
 
+    if spec.protocol == "gwas":
+        from smpc.protocols.gwas.protocol import finalize as gwas_finalize
+
+        return gwas_finalize(spec, outcome.opened, out)
     job = outcome.job
     dp = None if spec.dp is None else noise_summary(spec, outcome.opened, job.n, job.t)
     return finalize(spec, outcome.opened, out, sites=len(outcome.sites), dp=dp)

@@ -20,6 +20,13 @@ import numpy as np
 
 from smpc.errors import UserError
 
+GENOTYPE_SUFFIXES = (".bed", ".pgen", ".vcf", ".vcf.gz")
+
+
+def data_exists(path: Path) -> bool:
+    """A data file, or the prefix of a genotype fileset (PREFIX.bed, .pgen, .vcf[.gz])."""
+    return path.exists() or any(Path(f"{path}{s}").exists() for s in GENOTYPE_SUFFIXES)
+
 
 def parse_assignment(text: str) -> tuple[str, str]:
     """``NAME=SOURCE`` into its two parts, with a clear error otherwise."""

@@ -27,6 +27,7 @@ import yaml
 from smpc.analyst import build_job, run_job, write_outputs
 from smpc.broker import EmbeddedBroker
 from smpc.errors import UserError
+from smpc.inputs import data_exists
 from smpc.keys import init_keys, load_broker_kit, load_kit
 from smpc.spec.federation import load_federation
 from smpc.spec.protocol import load_spec
@@ -129,8 +130,8 @@ def run_local(
     for name, path in sites.items():
         if path is None and trainer is None:
             raise UserError(f"--site {name}: give its data file, --site {name}=PATH")
-        if path is not None and not Path(path).exists():
-            raise UserError(f"--site {name}={path}: no such file")
+        if path is not None and not data_exists(Path(path)):
+            raise UserError(f"--site {name}={path}: no such file (or genotype fileset prefix)")
     if initial_model is not None and not Path(initial_model).exists():
         raise UserError(f"--initial-model {initial_model}: no such file")
     if trainer is not None:

@@ -229,6 +229,8 @@ class PartyService:
         disclosure = self._disclosure_problem(job, shares)
         if disclosure:
             return self._failed(job, disclosure)
+        if job.protocol == "gwas":
+            return self.compute_gwas(job, shares)
         try:
             noise = self.noise_plan(job, shares)
         except UserError as exc:
@@ -242,6 +244,24 @@ class PartyService:
             for i in job.inputs if i.noised
         }  # fmt: skip
         return self.seal_results(job, shares, own_noise)
+
+    def compute_gwas(self, job: Job, shares: dict) -> JobReply:
+        """Align the sites' GWAS statistics on shares, add them, seal (smpc.protocols.gwas)."""
+        from smpc.protocols.gwas.protocol import combine
+
+        field = field_for(job.modulus)
+
+        def share_of(name: str, site: str) -> np.ndarray:
+            return self.share_values(shares[(name, site)])
+
+        def outputs() -> Iterator[tuple[JobInput, np.ndarray]]:
+            try:
+                yield from combine(job, field, share_of)
+            except (ValueError, KeyError, IndexError) as exc:
+                logger.exception("job %s: the sites' statistics do not combine", job.id)
+                raise UserError(f"the sites' statistics do not combine: {exc}") from None
+
+        return self.seal_outputs(job, outputs())
 
     def _held(self, job: Job) -> dict:
         """This party's stored shares of ``job`` by (input, site)."""
@@ -299,9 +319,7 @@ class PartyService:
         header = ShareHeader.from_json(stored.header.encode())
         return InputShare(header, self.store.read_share(stored)).values()
 
-    def seal_outputs(
-        self, job: Job, outputs: Iterable[tuple[JobInput, np.ndarray]]
-    ) -> JobReply:
+    def seal_outputs(self, job: Job, outputs: Iterable[tuple[JobInput, np.ndarray]]) -> JobReply:
         """Seal this party's share of every output to the analyst (one at a time)."""
         field = field_for(job.modulus)
         analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)

@@ -126,6 +126,11 @@ def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], Sit
         from smpc.spec.protocol import parse_spec
 
         spec = parse_spec(job.spec, f"job {job.id}", federation)
+        if spec.protocol == "gwas":
+            from smpc.protocols.gwas.protocol import site_statistics as gwas_statistics
+
+            arrays, samples = gwas_statistics(spec, source)
+            return SiteData(arrays, samples)
         base = None if job.model is None else decode_model(job.model)
         stats = site_statistics(spec, source, base)
         return SiteData(stats, declared_records(spec, stats))

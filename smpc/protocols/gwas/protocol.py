@@ -1,0 +1,364 @@
+"""A GWAS as one job: what sites share, what parties combine, what the analyst writes.
+
+**Sites** (:func:`site_statistics`) read their fileset (``--site NAME=PREFIX``), and share,
+in their own variant order and allele orientation:
+
+- ``site`` — public (t = 0, every party reads it; the broker sees ciphertext): the
+  variant table (CHR, SNP, CM, BP, A1, A2 as in its .bim) and whether its phenotype is
+  case/control or quantitative. Variant identities are not patient data; an allele
+  ``0`` tells that no sample of the site carries it, which PLINK's own .bim tells too.
+- ``counts`` — genotype counts per variant × phenotype class × founder × genotype
+  (:mod:`.counts`), integers;
+- ``linear.*`` — per-variant cross products of x = [1, g, covariates] and y over the
+  samples with a call, a phenotype and every covariate (:mod:`.regression`), in fixed
+  point with :data:`CROSS_FRAC_BITS` fractional bits (``linear`` in ``tests``);
+- ``qt.*`` — the same without covariates for ``assoc`` on a quantitative phenotype.
+
+**Parties** (:func:`combine`) align the sites' tables (:mod:`.align`), rearrange each
+site's shares into the reference order and orientation (:mod:`.combine`) and add them.
+With ``reveal: aggregates`` each party seals its share of the pooled statistics and the
+alignment to the analyst.
+
+**The analyst** (:func:`finalize`) reconstructs, takes A1 as the founders' minor allele
+as PLINK 1.9 does, applies the quality-control filters and writes PLINK 1.9's files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smpc.encoding import bytes_to_words, words_to_bytes
+from smpc.errors import UserError
+from smpc.field import PrimeField
+from smpc.messages import JobInput
+
+logger = logging.getLogger("smpc.gwas")
+
+COUNT_BITS = 40
+CROSS_FRAC_BITS = 16
+"""Cross products travel as round(v·2^16): a site's sum errs by at most 2^-17."""
+CROSS_INT_BITS = 40
+PUBLIC_BITS = 57
+TABLE_COLUMNS = ("chrom", "snp", "cm", "bp", "a1", "a2")
+CHUNK = 2000  # variants per chunk at the sites
+
+
+def quantitative_tests(spec: Any) -> bool:
+    """Whether the spec needs a quantitative phenotype's statistics."""
+    return "linear" in spec.tests or ("assoc" in spec.tests and spec.pheno is not None)
+
+
+def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
+    """The inputs every site shares and the outputs every party delivers."""
+    public = JobInput(name="site", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
+    counts = JobInput(name="counts", frac_bits=0, int_bits=COUNT_BITS)
+    cross = []
+    groups = (["linear"] if "linear" in spec.tests else []) + (
+        ["qt"] if "assoc" in spec.tests and spec.pheno is not None else []
+    )
+    for group in groups:
+        for part in ("xtx", "xty", "yty"):
+            cross.append(
+                JobInput(name=f"{group}.{part}", frac_bits=CROSS_FRAC_BITS, int_bits=CROSS_INT_BITS)
+            )
+    inputs = (public, counts, *cross)
+    alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
+    return inputs, (alignment, counts, *cross)
+
+
+# --- site side ------------------------------------------------------------------------
+
+
+def site_statistics(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int]:
+    """A site's shared arrays for a GWAS spec, and its number of samples."""
+    from smpc.protocols.gwas.align import site_counts
+    from smpc.protocols.gwas.regression import linear_site_stats
+    from smpc.protocols.gwas.sitedata import iter_chunks, open_site, read_covar, read_pheno
+
+    site = open_site(prefix)
+    samples = site.samples
+    n_variants = len(site.variants.snp)
+    if spec.pheno is None:
+        pheno = _fam_phenotype(np.asarray(samples.phenotype, dtype=np.float64))
+    else:
+        pheno = read_pheno(prefix, spec.pheno, samples)
+    binary = _is_case_control(pheno)
+    pheno_class = np.full(len(pheno), 2, dtype=np.int64)  # missing phenotype
+    if binary:
+        pheno_class[pheno == 1] = 0
+        pheno_class[pheno == 2] = 1
+    else:
+        pheno_class[~np.isnan(pheno)] = 0  # quantitative: one class with a value
+    founder = np.asarray(samples.founder, dtype=bool)
+    covar = (
+        read_covar(prefix, list(spec.covar), samples) if spec.covar else np.zeros((len(pheno), 0))
+    )
+    groups: dict[str, np.ndarray | None] = {}
+    if "linear" in spec.tests:
+        groups["linear"] = covar
+    if "assoc" in spec.tests and spec.pheno is not None:
+        groups["qt"] = None
+    counts = np.zeros((n_variants, 3, 2, 4), dtype=np.int64)
+    cross = {
+        g: {
+            "xtx": np.zeros((n_variants, _width(c), _width(c))),
+            "xty": np.zeros((n_variants, _width(c))),
+            "yty": np.zeros(n_variants),
+        }
+        for g, c in groups.items()
+    }
+    no_flip = np.zeros(CHUNK, dtype=bool)
+    for idx, chunk in iter_chunks(site, np.arange(n_variants), CHUNK):
+        counts[idx] = site_counts(chunk, no_flip[: len(idx)], pheno_class, founder)
+        for group, c in groups.items():
+            stats = linear_site_stats(chunk, c, pheno)
+            cross[group]["xtx"][idx] = stats.xtx
+            cross[group]["xty"][idx] = stats.xty
+            cross[group]["yty"][idx] = stats.yty
+    info = {
+        "variants": _table_text(site.variants),
+        "phenotype": "case/control" if binary else "quantitative",
+    }
+    arrays = {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}
+    for group, parts in cross.items():
+        for part, value in parts.items():
+            arrays[f"{group}.{part}"] = value
+    return arrays, len(pheno)
+
+
+def _width(covar: np.ndarray | None) -> int:
+    """Columns of x = [1, g, covariates]."""
+    return 2 + (0 if covar is None else covar.shape[1])
+
+
+def _fam_phenotype(values: np.ndarray) -> np.ndarray:
+    """The .fam phenotype with PLINK's missing codes (0, -9) as NaN."""
+    out = values.astype(np.float64)
+    out[(out == 0) | (out == -9)] = np.nan
+    return out
+
+
+def _is_case_control(pheno: np.ndarray) -> bool:
+    """PLINK 1.9: a phenotype is case/control when every value present is 1 or 2."""
+    present = pheno[~np.isnan(pheno)]
+    return bool(np.isin(present, (1.0, 2.0)).all())
+
+
+def _table_text(variants: Any) -> str:
+    """A variant table as tab-separated text, one variant per line."""
+    columns = [np.asarray(_column(variants, c)).astype(str) for c in TABLE_COLUMNS]
+    return "\n".join("\t".join(row) for row in zip(*columns, strict=True))
+
+
+def _column(variants: Any, name: str) -> Any:
+    return variants[name] if isinstance(variants, Mapping) else getattr(variants, name)
+
+
+def parse_table(text: str) -> dict[str, np.ndarray]:
+    """Inverse of :func:`_table_text`."""
+    rows = [line.split("\t") for line in text.splitlines() if line]
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(TABLE_COLUMNS)
+    table = {c: np.asarray(v, dtype=str) for c, v in zip(TABLE_COLUMNS, cols, strict=True)}
+    table["bp"] = table["bp"].astype(np.int64) if rows else np.zeros(0, np.int64)
+    return table
+
+
+# --- party side -----------------------------------------------------------------------
+
+
+def combine(
+    job: Any,
+    field: PrimeField,
+    share_of: Callable[[str, str], np.ndarray],
+) -> Iterator[tuple[JobInput, np.ndarray]]:
+    """This party's shares of the pooled, aligned statistics, output by output.
+
+    ``share_of(input, site)`` gives this party's share of a site's input as field
+    elements. Raises UserError when the sites cannot be combined (e.g. one site's
+    phenotype is case/control and another's quantitative).
+    """
+    from smpc.protocols.gwas.align import align
+    from smpc.protocols.gwas.combine import take_counts, take_cross_products
+    from smpc.protocols.gwas.sitedata import VariantTable
+
+    sites = list(job.close)
+    infos = {s: json.loads(words_to_bytes(field.to_signed(share_of("site", s)))) for s in sites}
+    kinds = {info["phenotype"] for info in infos.values()}
+    if len(kinds) > 1:
+        raise UserError(
+            "sites disagree on the phenotype: "
+            + ", ".join(f"{s}: {infos[s]['phenotype']}" for s in sites)
+        )
+    tables = [VariantTable(**parse_table(infos[s]["variants"])) for s in sites]
+    alignment = align(tables, sites)
+    outputs = {o.name: o for o in job.delivered}
+    reference = alignment.variants
+    summary = {
+        "variants": _table_text(reference),
+        "excluded": [list(map(str, row)) for row in alignment.excluded],
+        "phenotype": kinds.pop(),
+        "sites": sites,
+    }
+    yield outputs["alignment"], field.from_int(bytes_to_words(json.dumps(summary).encode()))
+    total = None
+    for k, s in enumerate(sites):
+        part = take_counts(share_of("counts", s), alignment.index[k], alignment.flip[k])
+        total = part if total is None else field.add(total, part)
+    yield outputs["counts"], total
+    for group in ("linear", "qt"):
+        if f"{group}.xtx" not in outputs:
+            continue
+        sums: dict[str, np.ndarray] = {}
+        for k, s in enumerate(sites):
+            index, flip = alignment.index[k], alignment.flip[k]
+            xtx, xty = take_cross_products(
+                field, share_of(f"{group}.xtx", s), share_of(f"{group}.xty", s), index, flip
+            )
+            parts = {"xtx": xtx, "xty": xty, "yty": share_of(f"{group}.yty", s)[index]}
+            for name, value in parts.items():
+                sums[name] = value if name not in sums else field.add(sums[name], value)
+        for name in ("xtx", "xty", "yty"):
+            yield outputs[f"{group}.{name}"], sums[name]
+
+
+# --- analyst side ---------------------------------------------------------------------
+
+
+def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str, Any]:
+    """Write PLINK 1.9's files for the spec's tests from the opened pooled statistics.
+
+    The orientation follows PLINK on the merged fileset: its merge first writes each
+    variant's alleles by pooled allele counts (:func:`.align.pooled_bim_swap`), then
+    PLINK makes A1 the founders' minor allele (ties keep the merged .bim). Reports sit
+    where PLINK writes them: ``freq`` and ``missing`` on every variant, ``hardy`` after
+    ``--geno``, the association tests after all filters.
+    """
+    from smpc.protocols.gwas import counts as count_tests
+    from smpc.protocols.gwas import qc, regression
+    from smpc.protocols.gwas.align import pooled_bim_swap, write_excluded
+    from smpc.protocols.gwas.combine import flip_cross_products_real
+    from smpc.protocols.gwas.plink_format import plink_maxsnp
+    from smpc.protocols.gwas.plots import inflation, manhattan, qq
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = json.loads(words_to_bytes(np.asarray(opened["alignment"]).astype(np.int64)))
+    variants = parse_table(summary["variants"])
+    quantitative = summary["phenotype"] == "quantitative"
+    write_excluded(out / f"{spec.name}.excluded", summary["excluded"])  # from .align
+    for row in summary["excluded"]:
+        logger.info("excluded %s", " ".join(row))
+    counts = np.rint(np.asarray(opened["counts"], dtype=np.float64)).astype(np.int64)
+    merged = pooled_bim_swap(counts)
+    counts = qc.swap_alleles(counts, merged)
+    swap = qc.minor_allele_swap(counts)
+    counts = qc.swap_alleles(counts, swap)
+    flip = merged ^ swap  # relative to the reference orientation the sites were aligned to
+    variants["a1"], variants["a2"] = (
+        np.where(flip, variants["a2"], variants["a1"]),
+        np.where(flip, variants["a1"], variants["a2"]),
+    )
+    cross = {}
+    for group in ("linear", "qt"):
+        if f"{group}.xtx" in opened:
+            xtx, xty = flip_cross_products_real(
+                opened[f"{group}.xtx"], opened[f"{group}.xty"], flip
+            )
+            cross[group] = regression.LinearStats(
+                n=np.rint(xtx[:, 0, 0]).astype(np.int64),
+                xtx=xtx,
+                xty=xty,
+                yty=np.asarray(opened[f"{group}.yty"], dtype=np.float64),
+            )
+    width = plink_maxsnp(variants["snp"])  # PLINK sizes SNP columns before filtering
+    f = spec.filters
+    masks = qc.qc_filters(
+        counts,
+        maf=f.maf if f else None,
+        geno=f.geno if f else None,
+        hwe=f.hwe if f else None,
+        quantitative=quantitative,
+    )
+    keep = masks["geno"] & masks["hwe"] & masks["maf"]
+    name = out / spec.name
+
+    def subset(mask: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[mask] for k, v in variants.items()}
+
+    written, p_values = [], None
+    for test in spec.tests:
+        if test == "freq":
+            written.append(f"{spec.name}.frq")
+            qc.write_frq(f"{name}.frq", variants, counts, swapped=swap, snp_width=width)
+        elif test == "missing":
+            written.append(f"{spec.name}.lmiss")
+            qc.write_lmiss(f"{name}.lmiss", variants, counts, snp_width=width)
+        elif test == "hardy":
+            g = masks["geno"]
+            written.append(f"{spec.name}.hwe")
+            qc.write_hwe(
+                f"{name}.hwe", subset(g), counts[g],
+                quantitative=quantitative, swapped=swap[g], snp_width=width,
+            )  # fmt: skip
+    kept = subset(keep)
+    for test in spec.tests:
+        if test == "assoc" and quantitative:
+            stats = cross["qt"]
+            table = count_tests.write_qassoc(
+                f"{name}.qassoc", kept, _qt_stats(stats, keep), snp_width=width
+            )
+            written.append(f"{spec.name}.qassoc")
+            p_values = table["P"]
+        elif test == "assoc":
+            table = count_tests.write_assoc(f"{name}.assoc", kept, counts[keep], snp_width=width)
+            written.append(f"{spec.name}.assoc")
+            p_values = table["P"]
+        elif test == "model":
+            count_tests.write_model(f"{name}.model", kept, counts[keep], snp_width=width)
+            written.append(f"{spec.name}.model")
+        elif test == "linear":
+            stats = cross["linear"]
+            result = regression.linear_from_stats(
+                regression.LinearStats(
+                    stats.n[keep], stats.xtx[keep], stats.xty[keep], stats.yty[keep]
+                )
+            )
+            regression.write_linear(f"{name}.assoc.linear", kept, result)
+            written.append(f"{spec.name}.assoc.linear")
+            p_values = np.where(result["ok"], result["P"], np.nan)
+    lam = None
+    if p_values is not None and len(p_values):
+        manhattan(
+            out / f"{spec.name}.manhattan.png", kept["chrom"], kept["bp"], p_values, spec.name
+        )
+        qq(out / f"{spec.name}.qq.png", p_values, spec.name)
+        written += [f"{spec.name}.manhattan.png", f"{spec.name}.qq.png"]
+        lam = inflation(p_values)
+    result_json = {
+        "variants": len(variants["snp"]),
+        "excluded": len(summary["excluded"]),
+        "filtered": int((~keep).sum()),
+        "sites": summary["sites"],
+        "lambda": None if lam is None or not np.isfinite(lam) else round(lam, 4),
+        "files": written,
+    }
+    (out / "result.json").write_text(json.dumps(result_json, indent=2) + "\n")
+    return result_json
+
+
+def _qt_stats(stats: Any, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The quantitative ``--assoc`` sums from the [1, g] cross products."""
+    xtx, xty = stats.xtx[keep], stats.xty[keep]
+    return {
+        "n": np.rint(xtx[:, 0, 0]),
+        "sum_g": xtx[:, 0, 1],
+        "sum_gg": xtx[:, 1, 1],
+        "sum_y": xty[:, 0],
+        "sum_yy": stats.yty[keep],
+        "sum_gy": xty[:, 1],
+    }
