@@ -10,8 +10,11 @@ in their own variant order and allele orientation:
 - ``counts`` — genotype counts per variant × phenotype class × founder × genotype
   (:mod:`.counts`), integers;
 - ``linear.*`` — per-variant cross products of x = [1, g, covariates] and y over the
-  samples with a call, a phenotype and every covariate (:mod:`.regression`), in fixed
-  point with :data:`CROSS_FRAC_BITS` fractional bits (``linear`` in ``tests``);
+  samples with a call, a phenotype and every covariate (:mod:`.regression`), each real
+  as two integers, ``.hi`` = floor(v) and ``.lo`` = round((v - floor v)·2^32), so the
+  pooled sums are exact to 2^-33 per site while every word stays within GF(2^61 - 1)'s
+  fast field (one 16-bit fixed point changed PLINK's 4th printed digit where a
+  regression cancels); ``linear`` in ``tests``;
 - ``qt.*`` — the same without covariates for ``assoc`` on a quantitative phenotype.
 
 **Parties** (:func:`combine`) align the sites' tables (:mod:`.align`), rearrange each
@@ -41,9 +44,10 @@ from smpc.messages import JobInput
 logger = logging.getLogger("smpc.gwas")
 
 COUNT_BITS = 40
-CROSS_FRAC_BITS = 16
-"""Cross products travel as round(v·2^16): a site's sum errs by at most 2^-17."""
-CROSS_INT_BITS = 40
+LIMB_BITS = 32
+"""Cross products travel as hi = floor(v) and lo = round((v - hi)·2^32): exact to 2^-33."""
+CROSS_INT_BITS = 40  # |floor(v)| < 2^40 per site
+CROSS_PARTS = ("xtx", "xty", "yty")
 PUBLIC_BITS = 57
 TABLE_COLUMNS = ("chrom", "snp", "cm", "bp", "a1", "a2")
 CHUNK = 2000  # variants per chunk at the sites
@@ -63,10 +67,9 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
         ["qt"] if "assoc" in spec.tests and spec.pheno is not None else []
     )
     for group in groups:
-        for part in ("xtx", "xty", "yty"):
-            cross.append(
-                JobInput(name=f"{group}.{part}", frac_bits=CROSS_FRAC_BITS, int_bits=CROSS_INT_BITS)
-            )
+        for part in CROSS_PARTS:
+            cross.append(JobInput(name=f"{group}.{part}.hi", frac_bits=0, int_bits=CROSS_INT_BITS))
+            cross.append(JobInput(name=f"{group}.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1))
     inputs = (public, counts, *cross)
     alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
     return inputs, (alignment, counts, *cross)
@@ -128,8 +131,21 @@ def site_statistics(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int
     arrays = {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}
     for group, parts in cross.items():
         for part, value in parts.items():
-            arrays[f"{group}.{part}"] = value
+            hi, lo = split_limbs(value)
+            arrays[f"{group}.{part}.hi"], arrays[f"{group}.{part}.lo"] = hi, lo
     return arrays, len(pheno)
+
+
+def split_limbs(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A real array as integers hi = floor(v), lo = round((v - hi)·2^32) (exact split)."""
+    hi = np.floor(value)
+    lo = np.rint((value - hi) * 2.0**LIMB_BITS)  # v - floor(v) is exact in float64
+    return hi.astype(np.int64), lo.astype(np.int64)
+
+
+def join_limbs(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Pooled hi and lo sums back to reals."""
+    return np.asarray(hi, dtype=np.float64) + np.asarray(lo, dtype=np.float64) * 2.0**-LIMB_BITS
 
 
 def _width(covar: np.ndarray | None) -> int:
@@ -212,19 +228,24 @@ def combine(
         total = part if total is None else field.add(total, part)
     yield outputs["counts"], total
     for group in ("linear", "qt"):
-        if f"{group}.xtx" not in outputs:
-            continue
-        sums: dict[str, np.ndarray] = {}
-        for k, s in enumerate(sites):
-            index, flip = alignment.index[k], alignment.flip[k]
-            xtx, xty = take_cross_products(
-                field, share_of(f"{group}.xtx", s), share_of(f"{group}.xty", s), index, flip
-            )
-            parts = {"xtx": xtx, "xty": xty, "yty": share_of(f"{group}.yty", s)[index]}
-            for name, value in parts.items():
-                sums[name] = value if name not in sums else field.add(sums[name], value)
-        for name in ("xtx", "xty", "yty"):
-            yield outputs[f"{group}.{name}"], sums[name]
+        for limb in ("hi", "lo"):
+            if f"{group}.xtx.{limb}" not in outputs:
+                continue
+            sums: dict[str, np.ndarray] = {}
+            for k, s in enumerate(sites):
+                index, flip = alignment.index[k], alignment.flip[k]
+                xtx, xty = take_cross_products(
+                    field,
+                    share_of(f"{group}.xtx.{limb}", s),
+                    share_of(f"{group}.xty.{limb}", s),
+                    index,
+                    flip,
+                )
+                parts = {"xtx": xtx, "xty": xty, "yty": share_of(f"{group}.yty.{limb}", s)[index]}
+                for name, value in parts.items():
+                    sums[name] = value if name not in sums else field.add(sums[name], value)
+            for name in CROSS_PARTS:
+                yield outputs[f"{group}.{name}.{limb}"], sums[name]
 
 
 # --- analyst side ---------------------------------------------------------------------
@@ -265,15 +286,17 @@ def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str
     )
     cross = {}
     for group in ("linear", "qt"):
-        if f"{group}.xtx" in opened:
-            xtx, xty = flip_cross_products_real(
-                opened[f"{group}.xtx"], opened[f"{group}.xty"], flip
-            )
+        if f"{group}.xtx.hi" in opened:
+            real = {
+                part: join_limbs(opened[f"{group}.{part}.hi"], opened[f"{group}.{part}.lo"])
+                for part in CROSS_PARTS
+            }
+            xtx, xty = flip_cross_products_real(real["xtx"], real["xty"], flip)
             cross[group] = regression.LinearStats(
                 n=np.rint(xtx[:, 0, 0]).astype(np.int64),
                 xtx=xtx,
                 xty=xty,
-                yty=np.asarray(opened[f"{group}.yty"], dtype=np.float64),
+                yty=real["yty"],
             )
     width = plink_maxsnp(variants["snp"])  # PLINK sizes SNP columns before filtering
     f = spec.filters
