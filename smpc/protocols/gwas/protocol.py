@@ -351,7 +351,7 @@ def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str
                     stats.n[keep], stats.xtx[keep], stats.xty[keep], stats.yty[keep]
                 )
             )
-            regression.write_linear(f"{name}.assoc.linear", kept, result)
+            regression.write_linear(f"{name}.assoc.linear", kept, result, snp_width=width)
             written.append(f"{spec.name}.assoc.linear")
             p_values = np.where(result["ok"], result["P"], np.nan)
     lam = None

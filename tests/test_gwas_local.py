@@ -1,0 +1,127 @@
+"""GWAS end to end through ``smpc local`` against PLINK 1.9 on the pooled data.
+
+A fresh simulated cohort (:mod:`smpc.protocols.gwas.simulate`): 3 sites of unequal
+size, each fileset written by its own ``plink --make-bed`` (so each site's A1 is its
+local minor allele), one site's variants shuffled, missing calls, missing phenotypes,
+covariates, a quantitative trait, and variants absent at a site, with mismatched alleles,
+on a flipped strand, duplicated or on chrX. PLINK 1.9 runs on POOLED (the merge in site
+order of the variants that survive alignment), and every column of every output must
+match: identical strings and NA cells, numbers within one unit of PLINK's last printed
+digit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from smpc.local import run_local
+from smpc.protocols.gwas.simulate import simulate_cohort
+
+pytestmark = pytest.mark.timeout(300)
+
+PLINK = "plink1.9"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    if shutil.which(PLINK) is None:
+        pytest.fail("plink1.9 is not installed (tests/run.sh installs the Debian package)")
+    return simulate_cohort(tmp_path_factory.mktemp("cohort"), 700, 1200, 3, seed=11)
+
+
+def _plink(cohort, out: Path, *flags: str) -> Path:
+    subprocess.run(
+        [PLINK, "--bfile", str(cohort.pooled), "--allow-no-sex", *flags, "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def _unit(token: str) -> Decimal:
+    """One unit of the last printed digit of a number as PLINK printed it."""
+    mantissa, _, exponent = token.lower().partition("e")
+    digits = mantissa.split(".")[1] if "." in mantissa else ""
+    return Decimal(1).scaleb(-len(digits) + int(exponent or 0))
+
+
+def _number(token: str) -> Decimal | None:
+    try:
+        value = Decimal(token)
+    except ArithmeticError:
+        return None
+    return value if value.is_finite() else None
+
+
+def assert_same_table(ours: Path, plink: Path) -> None:
+    """Token by token: strings identical, numbers within one unit of PLINK's last digit."""
+    mine, theirs = ours.read_text().splitlines(), plink.read_text().splitlines()
+    assert len(mine) == len(theirs), f"{ours.name}: {len(mine)} lines, PLINK {len(theirs)}"
+    for line, (a, b) in enumerate(zip(mine, theirs, strict=True), 1):
+        ta, tb = a.split(), b.split()
+        assert len(ta) == len(tb), f"{ours.name}:{line}: {a!r} vs PLINK {b!r}"
+        for x, y in zip(ta, tb, strict=True):
+            nx, ny = _number(x), _number(y)
+            if nx is None or ny is None:
+                assert x == y, f"{ours.name}:{line}: {x!r} vs PLINK {y!r} in {b!r}"
+            else:
+                assert abs(nx - ny) <= _unit(y), f"{ours.name}:{line}: {x} vs PLINK {y}"
+
+
+def _run(cohort, tmp_path: Path, spec: str) -> Path:
+    (tmp_path / "spec.yaml").write_text(spec)
+    sites = {s: cohort.prefixes[s] for s in cohort.sites}
+    run_local(tmp_path / "spec.yaml", sites, tmp_path / "out", parties=3, threshold=1)
+    return tmp_path / "out"
+
+
+def test_case_control_reports_equal_plink(cohort, tmp_path):
+    out = _run(
+        cohort,
+        tmp_path,
+        "name: cc\nprotocol: gwas\ntests: [assoc, model, hardy, freq, missing]\n"
+        "reveal: aggregates\n",
+    )
+    for flag, ext in [
+        ("--assoc", "assoc"),
+        ("--model", "model"),
+        ("--hardy", "hwe"),
+        ("--freq", "frq"),
+        ("--missing", "lmiss"),
+    ]:
+        plink = _plink(cohort, tmp_path / f"plink-{ext}", flag)
+        assert_same_table(out / f"cc.{ext}", plink.with_suffix(f".{ext}"))
+    excluded = (out / "cc.excluded").read_text().splitlines()
+    assert excluded[0].split("\t") == ["SNP", "CHR", "REASON"]
+    assert {row.split("\t")[0] for row in excluded[1:]} == set(cohort.excluded)
+    result = json.loads((out / "result.json").read_text())
+    assert result["sites"] == cohort.sites  # pooled in site order, as POOLED
+    assert (out / "cc.manhattan.png").stat().st_size > 0
+    assert (out / "cc.qq.png").stat().st_size > 0
+
+
+def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, tmp_path):
+    out = _run(
+        cohort,
+        tmp_path,
+        "name: qt\nprotocol: gwas\ntests: [linear, assoc, freq, hardy]\npheno: QT\n"
+        "covar: [AGE, SEX2]\nreveal: aggregates\nfilters: {maf: 0.02, geno: 0.03, hwe: 1.0e-4}\n",
+    )
+    pooled = cohort.pooled
+    common = ["--pheno", f"{pooled}.pheno", "--pheno-name", "QT"]
+    filters = ["--maf", "0.02", "--geno", "0.03", "--hwe", "1e-4"]
+    covar = ["--covar", f"{pooled}.cov", "--covar-name", "AGE,SEX2"]
+    linear = _plink(cohort, tmp_path / "pl", *common, *filters, *covar, "--linear", "hide-covar")
+    assert_same_table(out / "qt.assoc.linear", linear.with_suffix(".assoc.linear"))
+    qassoc = _plink(cohort, tmp_path / "pq", *common, *filters, "--assoc")
+    assert_same_table(out / "qt.qassoc", qassoc.with_suffix(".qassoc"))
+    reports = _plink(cohort, tmp_path / "pr", *common, *filters, "--freq", "--hardy")
+    assert_same_table(out / "qt.frq", reports.with_suffix(".frq"))
+    assert_same_table(out / "qt.hwe", reports.with_suffix(".hwe"))
+    assert json.loads((out / "result.json").read_text())["filtered"] > 0
