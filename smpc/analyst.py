@@ -77,16 +77,25 @@ def build_job(
     from smpc.protocols.linear import job_inputs
 
     outputs = None
+    deliver = spec.deliver
     if spec.protocol == "gwas":
         from smpc.protocols.gwas.protocol import job_parts
 
-        if "aggregates" not in spec.reveal:
-            raise UserError(
-                f"{spec.name}: reveal: statistics (the statistics computed inside MPyC) is not "
-                "available yet in this version; use reveal: aggregates"
-            )
         if "logistic" in spec.tests:
             raise UserError(f"{spec.name}: the logistic test is not available yet in this version")
+        if "statistics" in spec.reveal:
+            unsupported = [t for t in spec.tests if t == "linear"]
+            if spec.pheno is not None and "assoc" in spec.tests:
+                unsupported.append("assoc with pheno (a quantitative trait)")
+            if spec.filters and spec.filters.model_dump(exclude_none=True):
+                unsupported.append("filters")
+            if unsupported:
+                raise UserError(
+                    f"{spec.name}: with reveal: statistics this version computes assoc, model, "
+                    f"hardy, freq and missing inside MPyC, not {', '.join(unsupported)}; "
+                    "use reveal: aggregates for those"
+                )
+            deliver = "parties"  # opened inside MPyC, signed by every party
         inputs, outputs = job_parts(spec)
     else:
         inputs = job_inputs(spec)
@@ -104,7 +113,7 @@ def build_job(
         compact=spec.compact,
         min_sites=spec.min_sites,
         analyst=kit.name,
-        deliver=spec.deliver,
+        deliver=deliver,
         spec=spec.to_dict(),
         round=round,
         model=None if model is None else encode_model(model),
@@ -262,6 +271,8 @@ def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:
                 f"job {job.id}: parties disagree on the opened {spec.name!r} "
                 f"(parties {differ} differ from party {min(shares)}); nothing written"
             )
+        if job.protocol == "gwas":  # exact integers (fractions' parts), never fixed point
+            return first
         return FixedPoint(spec.frac_bits, spec.int_bits).decode(field.from_int(first), field)
     if job.scheme == "shamir":
         bad = inconsistent_shares(shares, field, job.t)

@@ -339,14 +339,24 @@ def field_for(modulus: int) -> PrimeField:
     return BigPrimeField(modulus)
 
 
+def blum_prime(bits: int) -> int:
+    """The largest prime p < 2^bits with p % 4 == 3: MPyC's ``find_prime_root(bits, n=2)``.
+
+    Computed here with gmpy2 because importing even ``mpyc.finfields`` starts MPyC's
+    runtime, which parses this process's command line (DESIGN.md).
+    """
+    import gmpy2
+
+    p = gmpy2.prev_prime(1 << bits)
+    while p % 4 != 3:
+        p = gmpy2.prev_prime(p)
+    return int(p)
+
+
 def mpyc_modulus(bit_length: int, frac_bits: int = 0, *, sec_param: int = 30) -> int:
     """The prime MPyC 0.11 uses for ``SecInt(l)`` / ``SecFxp(l, f)``.
 
     Mirrors ``mpyc.sectypes._pfield``: the largest Blum prime below
     2^(l + f + k + 2) for statistical security parameter k (MPyC's default 30).
-    Only ``mpyc.finfields`` is imported, which does not start a runtime.
     """
-    from mpyc.finfields import find_prime_root
-
-    p, _, _ = find_prime_root(bit_length + frac_bits + sec_param + 2, n=2)
-    return int(p)
+    return blum_prime(bit_length + frac_bits + sec_param + 2)

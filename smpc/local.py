@@ -144,6 +144,7 @@ def run_local(
                 spec_path, sites, out, parties=parties, threshold=threshold,
                 workdir=Path(tmp), timeout=timeout, trainer=trainer, initial_model=initial_model,
             )  # fmt: skip
+    workdir = Path(workdir).resolve()  # daemons run in other directories
     workdir.mkdir(parents=True, exist_ok=True)
     federation_file = _federation(workdir, parties, threshold, list(sites))
     federation = load_federation(federation_file)

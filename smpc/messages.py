@@ -72,6 +72,7 @@ class JobInput(_Strict):
     # shared with t = 0, so every party's "share" is the value itself. Encrypted to
     # each party like any share; never secret from the parties.
     public: bool = False
+    modulus: int | None = None  # a field of its own (default: the job's modulus)
 
 
 class Job(_Strict):

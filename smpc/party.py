@@ -51,7 +51,7 @@ from smpc.messages import (
     verify_job,
 )
 from smpc.mpc.launch import session_command
-from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
+from smpc.mpc.task import GwasSession, SecType, SessionTask, ShareRef, TaskInput
 from smpc.packaging import InputShare, open_share
 from smpc.spec.federation import (
     Federation,
@@ -246,22 +246,61 @@ class PartyService:
         return self.seal_results(job, shares, own_noise)
 
     def compute_gwas(self, job: Job, shares: dict) -> JobReply:
-        """Align the sites' GWAS statistics on shares, add them, seal (smpc.protocols.gwas)."""
-        from smpc.protocols.gwas.protocol import combine
+        """Align the sites' GWAS statistics on shares and add them (smpc.protocols.gwas).
+
+        ``reveal: aggregates`` seals the pooled statistics to the analyst; ``statistics``
+        hands them to this party's MPyC session, which opens only the printed values.
+        """
+        from smpc.protocols.gwas.protocol import combine, statistics_mode
 
         field = field_for(job.modulus)
+        spec = parse_spec(job.spec, f"job {job.id}", self.federation)
 
         def share_of(name: str, site: str) -> np.ndarray:
             return self.share_values(shares[(name, site)])
 
-        def outputs() -> Iterator[tuple[JobInput, np.ndarray]]:
+        def pooled() -> Iterator[tuple[str, np.ndarray]]:
             try:
                 yield from combine(job, field, share_of)
             except (ValueError, KeyError, IndexError) as exc:
                 logger.exception("job %s: the sites' statistics do not combine", job.id)
                 raise UserError(f"the sites' statistics do not combine: {exc}") from None
 
-        return self.seal_outputs(job, outputs())
+        if not statistics_mode(spec):
+            outputs = {o.name: o for o in job.delivered}
+            return self.seal_outputs(job, ((outputs[n], v) for n, v in pooled()))
+        workdir = self.store.root / "sessions" / job.id
+        workdir.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        try:
+            for name, values in pooled():
+                arrays[name] = values
+        except UserError as exc:
+            return self._failed(job, str(exc))
+        np.save(workdir / "alignment.npy", field.to_signed(arrays["alignment"]))
+        (workdir / "counts.bin").write_bytes(field.to_bytes(arrays["counts"].reshape(-1, 24)))
+        alleles = job.input("alleles")
+        if alleles is not None:
+            big = field_for(alleles.modulus)
+            (workdir / "alleles.bin").write_bytes(big.to_bytes(arrays["alleles"]))
+        from smpc.protocols.gwas.protocol import assoc_modulus
+
+        modulus, bits = assoc_modulus() if alleles is not None else (None, None)
+        task = SessionTask(
+            job=job.id,
+            party=self.index,
+            sectype=SecType(kind="int", bit_length=MERSENNE61.bit_length() - 32, prime=job.modulus),
+            compute="gwas",
+            gwas=GwasSession(
+                variants=int(arrays["counts"].shape[0]),
+                tests=list(spec.tests),
+                counts="counts.bin",
+                alleles="alleles.bin" if alleles is not None else None,
+                assoc_modulus=modulus,
+                assoc_field_bits=bits,
+            ),
+        )
+        return JobReply(None, session=task)
 
     def _held(self, job: Job) -> dict:
         """This party's stored shares of ``job`` by (input, site)."""
@@ -434,9 +473,10 @@ class PartyService:
             logger, "session-start", job=job.id, port=self.session_addresses(job)[self.index][1]
         )
         try:
-            run = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * timeout)
+            limit = max(2 * timeout, float(job.spec.get("timeout", 0)))  # the job's own limit
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
-            return self._failed(job, f"MPyC session did not finish within {2 * timeout:g} s")
+            return self._failed(job, f"MPyC session did not finish within {limit:g} s")
         if run.returncode != 0:
             lines = run.stderr.strip().splitlines()
             return self._failed(
@@ -450,6 +490,9 @@ class PartyService:
                 (workdir / file).unlink(missing_ok=True)
             return reply
         opened = json.loads(result_path.read_text())["outputs"]
+        if task.compute == "gwas":  # the alignment is public: every party computed the same
+            words = np.load(workdir / "alignment.npy")
+            opened["alignment"] = {"shape": list(words.shape), "values": words.tolist()}
         result = PartyResult(
             job=job.id,
             party=self.index,
@@ -596,9 +639,9 @@ def header_problem(header: ShareHeader, job: Job) -> str:
         "scheme": "shamir" if spec.public else job.scheme,
         "t": 0 if spec.public else job.t,
         "n": job.n,
-        "modulus": job.modulus,
+        "modulus": spec.modulus or job.modulus,
         "frac_bits": spec.frac_bits,
-        "dtype": field_for(job.modulus).dtype_tag,
+        "dtype": field_for(spec.modulus or job.modulus).dtype_tag,
     }
     for name, want in expected.items():
         got = getattr(header, name)

@@ -94,7 +94,7 @@ def seal_inputs(
         sealed = seal_shares(
             inputs[spec.name],
             FixedPoint(spec.frac_bits, spec.int_bits),
-            field_,
+            field_ if spec.modulus is None else field_for(spec.modulus),
             job=job.id,
             input=spec.name,
             site=kit.name,

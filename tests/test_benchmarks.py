@@ -21,6 +21,16 @@ CASES = {
     "share_encrypt": {"seconds", "mb_per_s", "ratio_vs_np_save", "peak_rss_mb"},
     "upload": {"seconds", "plain_seconds", "ratio_vs_plain"},
     "fedavg": {"seconds", "peak_rss_mb", "ratio_vs_plain", "ratio_vs_numpy"},
+    "gwas": {
+        "assoc_seconds",
+        "assoc_ratio_vs_plink",
+        "linear_seconds",
+        "linear_ratio_vs_plink",
+        "linear_aggregates_ratio_vs_plink",
+        "peak_rss_mb",
+        "plink_assoc_seconds",
+        "plink_linear_seconds",
+    },
 }
 
 

@@ -65,16 +65,28 @@ class TaskInput(_Strict):
     shares: list[ShareRef] = Field(min_length=1)
 
 
+class GwasSession(_Strict):
+    """A GWAS's pooled, aligned shares (files in the session directory) and its tests."""
+
+    variants: int = Field(ge=0)
+    tests: list[str]
+    counts: str  # (V, 3, 2, 4) genotype counts, GF(2^61 - 1) little-endian words
+    alleles: str | None = None  # (V, 4) case/control allele counts in the assoc field
+    assoc_modulus: int | None = None
+    assoc_field_bits: int | None = None
+
+
 class SessionTask(_Strict):
     """Everything a session process needs besides its MPyC command line."""
 
     job: str
     party: int = Field(ge=0)
     sectype: SecType
-    inputs: list[TaskInput] = Field(min_length=1)
+    inputs: list[TaskInput] = Field(default_factory=list)
     # "sum" opens every input's sum; "noise" opens nothing and returns this party's
     # shares of the dp noise all parties input (deliver: analyst, see smpc.dp).
-    compute: Literal["sum", "noise"] = "sum"
+    compute: Literal["sum", "noise", "gwas"] = "sum"
+    gwas: GwasSession | None = None  # compute "gwas": smpc.protocols.gwas.session
     noise_mu: float = Field(default=0.0, ge=0)  # Skellam parameter each party draws
     noised: list[str] = Field(default_factory=list)  # inputs that get the noise
     # Shamir shares open with MPyC's output(); additive shares (run with -T 0) are

@@ -378,14 +378,17 @@ def write_assoc(
     counts: np.ndarray,
     snp_width: int | None = None,
     output_min_p: float = 0.0,
+    table: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Write ``.assoc`` exactly as ``plink1.9 --assoc`` (case/control); returns the table.
 
     ``snp_width`` defaults to PLINK's rule over ``variants.snp`` (pass it when PLINK
-    saw more variants than are written).
+    saw more variants than are written). ``table`` (F_A, F_U, CHISQ, P, OR) replaces
+    the one computed from ``counts`` when the statistics were computed elsewhere
+    (inside MPyC); ``counts`` is then unused.
     """
     v = as_variants(variants)
-    t = assoc_table(counts)
+    t = dict(table) if table is not None else assoc_table(counts)
     cols = [
         ("CHR", 4),
         ("SNP", _snp_width(v, snp_width)),

@@ -38,7 +38,7 @@ import numpy as np
 
 from smpc.encoding import bytes_to_words, words_to_bytes
 from smpc.errors import UserError
-from smpc.field import PrimeField
+from smpc.field import PrimeField, field_for
 from smpc.messages import JobInput
 
 logger = logging.getLogger("smpc.gwas")
@@ -48,6 +48,11 @@ LIMB_BITS = 32
 """Cross products travel as hi = floor(v) and lo = round((v - hi)·2^32): exact to 2^-33."""
 CROSS_INT_BITS = 40  # |floor(v)| < 2^40 per site
 CROSS_PARTS = ("xtx", "xty", "yty")
+RATIOS = ("f_a", "f_u", "chisq", "or")
+TEST_EXTENSION = {
+    "assoc": "assoc", "model": "model", "hardy": "hwe", "freq": "frq", "missing": "lmiss",
+    "linear": "assoc.linear", "logistic": "assoc.logistic",
+}  # fmt: skip  # the .assoc columns opened as exact fractions
 PUBLIC_BITS = 57
 TABLE_COLUMNS = ("chrom", "snp", "cm", "bp", "a1", "a2")
 CHUNK = 2000  # variants per chunk at the sites
@@ -58,10 +63,31 @@ def quantitative_tests(spec: Any) -> bool:
     return "linear" in spec.tests or ("assoc" in spec.tests and spec.pheno is not None)
 
 
+def statistics_mode(spec: Any) -> bool:
+    """``reveal: statistics``: the statistics are computed and opened inside MPyC."""
+    return "statistics" in spec.reveal
+
+
+def assoc_modulus() -> tuple[int, int]:
+    """The prime field of the sites' allele counts for a secure ``assoc``, and its bits."""
+    from smpc.protocols.gwas.secure import assoc_field_bits, field_prime
+    from smpc.protocols.gwas.session import MAX_ALLELES
+
+    bits = assoc_field_bits(MAX_ALLELES)
+    return field_prime(bits), bits
+
+
 def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
     """The inputs every site shares and the outputs every party delivers."""
     public = JobInput(name="site", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
     counts = JobInput(name="counts", frac_bits=0, int_bits=COUNT_BITS)
+    alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
+    if statistics_mode(spec):
+        inputs = [public, counts]
+        if "assoc" in spec.tests:
+            modulus, _ = assoc_modulus()
+            inputs.append(JobInput(name="alleles", frac_bits=0, int_bits=40, modulus=modulus))
+        return tuple(inputs), (alignment, *statistics_outputs(spec))
     cross = []
     groups = (["linear"] if "linear" in spec.tests else []) + (
         ["qt"] if "assoc" in spec.tests and spec.pheno is not None else []
@@ -71,8 +97,22 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
             cross.append(JobInput(name=f"{group}.{part}.hi", frac_bits=0, int_bits=CROSS_INT_BITS))
             cross.append(JobInput(name=f"{group}.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1))
     inputs = (public, counts, *cross)
-    alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
     return inputs, (alignment, counts, *cross)
+
+
+def statistics_outputs(spec: Any) -> list[JobInput]:
+    """What the parties open with ``reveal: statistics`` (:mod:`.session`)."""
+    names = ["a1.merge", "a1.swap"]
+    for test, opened in (
+        ("model", ["model.counts"]),
+        ("hardy", ["hardy.counts"]),
+        ("freq", ["freq.alleles"]),
+        ("missing", ["missing.counts"]),
+        ("assoc", [f"assoc.{s}.{p}" for s in RATIOS for p in ("num", "den")]),
+    ):
+        if test in spec.tests:
+            names += opened
+    return [JobInput(name=n, frac_bits=0, int_bits=200) for n in names]
 
 
 # --- site side ------------------------------------------------------------------------
@@ -129,11 +169,21 @@ def site_statistics(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int
         "phenotype": "case/control" if binary else "quantitative",
     }
     arrays = {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}
+    if statistics_mode(spec) and "assoc" in spec.tests:
+        arrays["alleles"] = case_control_alleles(counts)
     for group, parts in cross.items():
         for part, value in parts.items():
             hi, lo = split_limbs(value)
             arrays[f"{group}.{part}.hi"], arrays[f"{group}.{part}.lo"] = hi, lo
     return arrays, len(pheno)
+
+
+def case_control_alleles(counts: np.ndarray) -> np.ndarray:
+    """Per variant: case A1 alleles, case called alleles, control A1, control called."""
+    every = counts.sum(axis=2)  # founders and non-founders
+    a1 = 2 * every[:, :, 0] + every[:, :, 1]
+    called = a1 + every[:, :, 1] + 2 * every[:, :, 2]
+    return np.stack([a1[:, 1], called[:, 1], a1[:, 0], called[:, 0]], axis=1)
 
 
 def split_limbs(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,12 +242,12 @@ def combine(
     job: Any,
     field: PrimeField,
     share_of: Callable[[str, str], np.ndarray],
-) -> Iterator[tuple[JobInput, np.ndarray]]:
-    """This party's shares of the pooled, aligned statistics, output by output.
+) -> Iterator[tuple[str, np.ndarray]]:
+    """This party's shares of the pooled, aligned statistics: (name, shares), one by one.
 
     ``share_of(input, site)`` gives this party's share of a site's input as field
     elements. Raises UserError when the sites cannot be combined (e.g. one site's
-    phenotype is case/control and another's quantitative).
+    phenotype is case/control and another's quantitative). ``alignment`` comes first.
     """
     from smpc.protocols.gwas.align import align
     from smpc.protocols.gwas.combine import take_counts, take_cross_products
@@ -213,7 +263,7 @@ def combine(
         )
     tables = [VariantTable(**parse_table(infos[s]["variants"])) for s in sites]
     alignment = align(tables, sites)
-    outputs = {o.name: o for o in job.delivered}
+    inputs = {i.name: i for i in job.inputs}
     reference = alignment.variants
     summary = {
         "variants": _table_text(reference),
@@ -221,15 +271,25 @@ def combine(
         "phenotype": kinds.pop(),
         "sites": sites,
     }
-    yield outputs["alignment"], field.from_int(bytes_to_words(json.dumps(summary).encode()))
+    yield "alignment", field.from_int(bytes_to_words(json.dumps(summary).encode()))
     total = None
     for k, s in enumerate(sites):
         part = take_counts(share_of("counts", s), alignment.index[k], alignment.flip[k])
         total = part if total is None else field.add(total, part)
-    yield outputs["counts"], total
+    yield "counts", total
+    if "alleles" in inputs:  # a field of its own; a flip turns A1 counts into A2 counts
+        big = field_for(inputs["alleles"].modulus)
+        pooled = None
+        for k, s in enumerate(sites):
+            part = share_of("alleles", s)[alignment.index[k]]
+            f = np.flatnonzero(alignment.flip[k])
+            part[f, 0] = big.sub(part[f, 1], part[f, 0])
+            part[f, 2] = big.sub(part[f, 3], part[f, 2])
+            pooled = part if pooled is None else big.add(pooled, part)
+        yield "alleles", pooled
     for group in ("linear", "qt"):
         for limb in ("hi", "lo"):
-            if f"{group}.xtx.{limb}" not in outputs:
+            if f"{group}.xtx.{limb}" not in inputs:
                 continue
             sums: dict[str, np.ndarray] = {}
             for k, s in enumerate(sites):
@@ -245,7 +305,7 @@ def combine(
                 for name, value in parts.items():
                     sums[name] = value if name not in sums else field.add(sums[name], value)
             for name in CROSS_PARTS:
-                yield outputs[f"{group}.{name}.{limb}"], sums[name]
+                yield f"{group}.{name}.{limb}", sums[name]
 
 
 # --- analyst side ---------------------------------------------------------------------
@@ -274,6 +334,8 @@ def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str
     write_excluded(out / f"{spec.name}.excluded", summary["excluded"])  # from .align
     for row in summary["excluded"]:
         logger.info("excluded %s", " ".join(row))
+    if "a1.merge" in opened:
+        return _finalize_statistics(spec, opened, out, summary, variants)
     counts = np.rint(np.asarray(opened["counts"], dtype=np.float64)).astype(np.int64)
     merged = pooled_bim_swap(counts)
     counts = qc.swap_alleles(counts, merged)
@@ -367,11 +429,121 @@ def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str
         "excluded": len(summary["excluded"]),
         "filtered": int((~keep).sum()),
         "sites": summary["sites"],
+        "reveal": "aggregates",
         "lambda": None if lam is None or not np.isfinite(lam) else round(lam, 4),
         "files": written,
     }
     (out / "result.json").write_text(json.dumps(result_json, indent=2) + "\n")
     return result_json
+
+
+def _finalize_statistics(
+    spec: Any,
+    opened: Mapping[str, np.ndarray],
+    out: Path,
+    summary: dict[str, Any],
+    variants: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """PLINK's files from what the parties opened inside MPyC (:mod:`.session`).
+
+    Each report is written by the same writer as in aggregates mode, from a count
+    tensor that holds exactly the opened counts that report prints (and zeros
+    elsewhere), oriented by the opened A1 bits; ``.assoc`` from the opened fractions.
+    """
+    from smpc.protocols.gwas import counts as count_tests
+    from smpc.protocols.gwas import qc
+    from smpc.protocols.gwas.plink_format import plink_maxsnp
+    from smpc.protocols.gwas.plots import inflation, manhattan, qq
+    from smpc.protocols.gwas.secure import Ratio
+
+    merge = np.asarray(opened["a1.merge"]).astype(bool)
+    swap = np.asarray(opened["a1.swap"]).astype(bool)
+    flip = merge ^ swap
+    variants["a1"], variants["a2"] = (
+        np.where(flip, variants["a2"], variants["a1"]),
+        np.where(flip, variants["a1"], variants["a2"]),
+    )
+    v = len(variants["snp"])
+    width = plink_maxsnp(variants["snp"])
+    name = out / spec.name
+
+    def oriented(fill: Any) -> np.ndarray:
+        """A reference-orientation tensor filled by ``fill``, in PLINK's orientation."""
+        tensor = np.zeros((v, 3, 2, 4), dtype=np.int64)
+        fill(tensor)
+        return qc.swap_alleles(qc.swap_alleles(tensor, merge), swap)
+
+    def ints(key: str) -> np.ndarray:
+        return np.asarray(opened[key]).astype(np.int64)
+
+    written, p_values = [], None
+    for test in spec.tests:
+        path = f"{name}.{TEST_EXTENSION[test]}"
+        if test == "freq":
+            a1, called = ints("freq.alleles").T
+
+            def fill_freq(t: np.ndarray, a1: np.ndarray = a1, called: np.ndarray = called) -> None:
+                t[:, 0, 1, 0], t[:, 0, 1, 1] = a1 // 2, a1 % 2  # any genotypes with these
+                t[:, 0, 1, 2] = called // 2 - a1 // 2 - a1 % 2  # allele counts print alike
+
+            qc.write_frq(path, variants, oriented(fill_freq), swapped=swap, snp_width=width)
+        elif test == "missing":
+            missing, samples = ints("missing.counts").T
+
+            def fill_missing(t: np.ndarray, m: np.ndarray = missing, n: np.ndarray = samples):
+                t[:, 0, 1, 3], t[:, 0, 1, 0] = m, n - m
+
+            qc.write_lmiss(path, variants, oriented(fill_missing), snp_width=width)
+        elif test == "hardy":
+            hardy = ints("hardy.counts").reshape(v, 3, 3)
+
+            def fill_hardy(t: np.ndarray, h: np.ndarray = hardy) -> None:
+                t[:, :, 1, :3] = h
+
+            qc.write_hwe(path, variants, oriented(fill_hardy), swapped=swap, snp_width=width)
+        elif test == "model":
+            model = ints("model.counts").reshape(v, 2, 3)
+
+            def fill_model(t: np.ndarray, m: np.ndarray = model) -> None:
+                t[:, :2, 1, :3] = m
+
+            count_tests.write_model(path, variants, oriented(fill_model), snp_width=width)
+        elif test == "assoc":
+            ratios = {
+                r: Ratio(
+                    np.asarray(opened[f"assoc.{r}.num"], dtype=object).reshape(-1),
+                    np.asarray(opened[f"assoc.{r}.den"], dtype=object).reshape(-1),
+                ).to_float()
+                for r in RATIOS
+            }
+            table = {
+                "F_A": ratios["f_a"],
+                "F_U": ratios["f_u"],
+                "CHISQ": ratios["chisq"],
+                "P": count_tests.chiprob_p(ratios["chisq"], 1.0),
+                "OR": ratios["or"],
+            }
+            count_tests.write_assoc(path, variants, None, snp_width=width, table=table)
+            p_values = table["P"]
+        written.append(Path(path).name)
+    lam = None
+    if p_values is not None and len(p_values):
+        manhattan(out / f"{spec.name}.manhattan.png", variants["chrom"], variants["bp"], p_values,
+                  spec.name)  # fmt: skip
+        qq(out / f"{spec.name}.qq.png", p_values, spec.name)
+        written += [f"{spec.name}.manhattan.png", f"{spec.name}.qq.png"]
+        lam = inflation(p_values)
+    result = {
+        "variants": v,
+        "excluded": len(summary["excluded"]),
+        "filtered": 0,
+        "sites": summary["sites"],
+        "reveal": "statistics",
+        "lambda": None if lam is None or not np.isfinite(lam) else round(lam, 4),
+        "files": written,
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _qt_stats(stats: Any, keep: np.ndarray) -> dict[str, np.ndarray]:

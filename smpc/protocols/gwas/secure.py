@@ -222,14 +222,12 @@ def field_prime(field_bits: int, value_bits: int = 32, sec_param: int = SEC_PARA
     """The prime of :func:`secint_for`, without a runtime: the sites share in this field.
 
     MPyC's own choice for a ``max(field_bits, value_bits + k + 2)``-bit prime field (the
-    largest Blum prime below that power of two); only ``mpyc.finfields`` is imported,
-    which starts no runtime. Use it as ``SecType(kind="int", bit_length=value_bits,
-    prime=field_prime(...))``.
+    largest Blum prime below that power of two), computed without importing MPyC. Use it
+    as ``SecType(kind="int", bit_length=value_bits, prime=field_prime(...))``.
     """
-    from mpyc.finfields import find_prime_root
+    from smpc.field import blum_prime
 
-    p, _, _ = find_prime_root(max(field_bits, value_bits + sec_param + 2), n=2)
-    return int(p)
+    return blum_prime(max(field_bits, value_bits + sec_param + 2))
 
 
 def secint_for(mpc: Any, field_bits: int, value_bits: int = 32) -> type:

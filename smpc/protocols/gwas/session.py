@@ -1,0 +1,124 @@
+"""The parties' MPyC part of a GWAS with ``reveal: statistics`` (runs in the session process).
+
+Every party enters its shares of the pooled, aligned statistics (:func:`.protocol.combine`):
+the genotype count tensor in GF(2^61 - 1) and, for ``assoc``, the case/control allele
+counts in a prime field wide enough for the chi-square's ratio (:mod:`.secure`). What
+is opened, to every party (which sign it for the analyst):
+
+- the A1 choice: per variant three comparison bits, all at once — pooled A1 alleles
+  over half the called alleles (PLINK's merge order), and the founders' A1 alleles
+  above / below half (PLINK's minor allele). PLINK prints the resulting A1; the bits
+  add whether a founder frequency is exactly 0.5.
+- ``assoc``: F_A, F_U, CHISQ and OR as exact fractions, opened without their numerators
+  and denominators (:func:`.secure.secure_assoc`); P follows from CHISQ.
+- ``model``: the case and control genotype counts, which ``.model`` prints;
+- ``hardy``: the founders' genotype counts per phenotype class, which ``.hwe`` prints;
+- ``freq``: the founders' A1 alleles and called alleles (MAF and NCHROBS);
+- ``missing``: each variant's missing calls and samples (N_MISS, N_GENO).
+
+Nothing else of the pooled data is opened: no per-site value, no cross product, no count
+a requested test does not print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smpc.field import FAST, MERSENNE61, field_for
+
+FAST_BITS = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)
+MAX_ALLELES = 1 << 21
+"""Called alleles per variant the secure statistics are sized for (a million samples)."""
+
+
+def _cell(cls: int, founder: int, genotype: int) -> int:
+    """Column of a (V, 3, 2, 4) count tensor flattened to (V, 24)."""
+    return (cls * 2 + founder) * 4 + genotype
+
+
+async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, Any]]:
+    """Open the spec's statistics from this party's shares; ``{name: {shape, values}}``."""
+    from smpc.protocols.gwas.secure import secint_for, secure_assoc
+
+    gwas = task.gwas
+    v = gwas.variants
+    fast = mpc.SecInt(FAST_BITS, p=MERSENNE61)
+    counts = FAST.from_bytes((workdir / gwas.counts).read_bytes(), (v, 24))
+    c = fast.array(fast.field.array(np.asarray(counts, dtype=object)))
+
+    def total(cells: list[int]) -> Any:
+        out = c[:, cells[0]]
+        for j in cells[1:]:
+            out = out + c[:, j]
+        return out
+
+    def alleles(classes: range, founders: range) -> tuple[Any, Any]:
+        hom = [_cell(k, f, 0) for k in classes for f in founders]
+        het = [_cell(k, f, 1) for k in classes for f in founders]
+        other = [_cell(k, f, 2) for k in classes for f in founders]
+        a1 = total(hom) * 2 + total(het)
+        return a1, a1 + total(het) + total(other) * 2
+
+    every, founders = range(3), range(2)
+    all_a1, all_called = alleles(every, founders)
+    f_a1, f_called = alleles(every, range(1, 2))
+    diffs = mpc.np_concatenate([all_called - all_a1 * 2, f_called - f_a1 * 2, f_a1 * 2 - f_called])
+    bits = await mpc.output(mpc.np_sgn(diffs, l=MAX_ALLELES.bit_length() + 1, LT=True))
+    bits = np.asarray(bits, dtype=np.int64).reshape(3, v).astype(bool)
+    merge = bits[0]  # the merged .bim has A1 and A2 swapped
+    swap = np.where(merge, bits[2], bits[1])  # then PLINK makes the founders' minor A1
+    out: dict[str, dict[str, Any]] = {
+        "a1.merge": _result(merge.astype(np.int64)),
+        "a1.swap": _result(swap.astype(np.int64)),
+    }
+    views = {
+        "model": [_cell(k, f, g) for k in (0, 1) for g in range(3) for f in founders],
+        "hardy": [_cell(k, 1, g) for k in every for g in range(3)],
+        "missing": [_cell(k, f, 3) for k in every for f in founders],
+    }
+    if "model" in gwas.tests:  # (V, 2, 3): summed over founder status
+        cells = views["model"]
+        opened = [await mpc.output(total(cells[i : i + 2])) for i in range(0, len(cells), 2)]
+        out["model.counts"] = _result(np.stack(opened, axis=1).reshape(v, 2, 3))
+    if "hardy" in gwas.tests:  # (V, 3, 3): founders
+        opened = [await mpc.output(c[:, j]) for j in views["hardy"]]
+        out["hardy.counts"] = _result(np.stack(opened, axis=1).reshape(v, 3, 3))
+    if "freq" in gwas.tests:  # (V, 2): founders' A1 alleles and called alleles
+        opened = [await mpc.output(x) for x in (f_a1, f_called)]
+        out["freq.alleles"] = _result(np.stack(opened, axis=1))
+    if "missing" in gwas.tests:  # (V, 2): missing calls and samples
+        missing = total(views["missing"])
+        samples = total(list(range(24)))
+        opened = [await mpc.output(x) for x in (missing, samples)]
+        out["missing.counts"] = _result(np.stack(opened, axis=1))
+    if "assoc" in gwas.tests:
+        big = secint_for(mpc, gwas.assoc_field_bits)
+        if big.field.modulus != gwas.assoc_modulus:
+            raise ValueError("the assoc field differs from the one the sites shared in")
+        field = field_for(gwas.assoc_modulus)
+        shares = field.from_bytes((workdir / gwas.alleles).read_bytes(), (v, 4))
+        a = big.array(big.field.array(np.asarray(shares, dtype=object)))
+        result = await secure_assoc(
+            mpc, a[:, 0], a[:, 1], a[:, 2], a[:, 3], swap=merge ^ swap, max_alleles=MAX_ALLELES
+        )
+        for name, ratio in (
+            ("f_a", result.f_a),
+            ("f_u", result.f_u),
+            ("chisq", result.chisq),
+            ("or", result.odds_ratio),
+        ):
+            out[f"assoc.{name}.num"] = _result(ratio.num)
+            out[f"assoc.{name}.den"] = _result(ratio.den)
+    return out
+
+
+def _result(values: np.ndarray) -> dict[str, Any]:
+    values = np.asarray(values)
+    return {
+        "shape": list(values.shape),
+        "frac_bits": 0,
+        "values": [int(x) for x in values.reshape(-1).tolist()],
+    }
