@@ -81,10 +81,8 @@ def build_job(
     if spec.protocol == "gwas":
         from smpc.protocols.gwas.protocol import job_parts
 
-        if "logistic" in spec.tests:
-            raise UserError(f"{spec.name}: the logistic test is not available yet in this version")
         if "statistics" in spec.reveal:
-            unsupported = [t for t in spec.tests if t == "linear"]
+            unsupported = [t for t in spec.tests if t in ("linear", "logistic")]
             if spec.pheno is not None and "assoc" in spec.tests:
                 unsupported.append("assoc with pheno (a quantitative trait)")
             if spec.filters and spec.filters.model_dump(exclude_none=True):
@@ -96,7 +94,12 @@ def build_job(
                     "use reveal: aggregates for those"
                 )
             deliver = "parties"  # opened inside MPyC, signed by every party
-        inputs, outputs = job_parts(spec)
+        if round > 0:  # a Newton round of the logistic test (smpc.protocols.gwas.logistic)
+            from smpc.protocols.gwas.logistic import round_inputs
+
+            inputs = round_inputs()
+        else:
+            inputs, outputs = job_parts(spec)
     else:
         inputs = job_inputs(spec)
     n = len(federation.parties)
@@ -125,6 +128,21 @@ class Outcome:
     job: Job
     sites: tuple[str, ...]
     opened: dict[str, np.ndarray]
+
+
+def logistic_rounds(
+    kit: Kit, federation: Federation, spec: Any, outcome: Outcome, *, timeout: float
+) -> Any:
+    """The Newton rounds of a GWAS's ``logistic`` test after its first job (or None)."""
+    if spec.protocol != "gwas" or "logistic" not in spec.tests:
+        return None
+    from smpc.protocols.gwas.logistic import run_rounds
+    from smpc.protocols.gwas.protocol import analysed_variants
+
+    return run_rounds(
+        kit, federation, spec, analysed_variants(spec, outcome.opened),
+        run_id=outcome.job.id, upload_window=timeout / 2, timeout=timeout,
+    )  # fmt: skip
 
 
 async def run_job(
@@ -288,13 +306,16 @@ def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:
     return FixedPoint(spec.frac_bits, spec.int_bits).decode(secret, field)
 
 
-def write_outputs(spec: Any, outcome: Outcome, out: Path) -> dict[str, Any]:
+def write_outputs(
+    spec: Any, outcome: Outcome, out: Path, *, logistic: Any = None
+) -> dict[str, Any]:
+    """The result files of a finished job (``logistic``: a GWAS's Newton fit)."""
     from smpc.protocols.linear import finalize, noise_summary
 
     if spec.protocol == "gwas":
         from smpc.protocols.gwas.protocol import finalize as gwas_finalize
 
-        return gwas_finalize(spec, outcome.opened, out)
+        return gwas_finalize(spec, outcome.opened, out, logistic=logistic)
     job = outcome.job
     dp = None if spec.dp is None else noise_summary(spec, outcome.opened, job.n, job.t)
     return finalize(spec, outcome.opened, out, sites=len(outcome.sites), dp=dp)

@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from smpc import log
-    from smpc.analyst import build_job, run_job, write_outputs
+    from smpc.analyst import build_job, logistic_rounds, run_job, write_outputs
     from smpc.keys import load_kit
     from smpc.spec.federation import load_federation
     from smpc.spec.protocol import load_spec
@@ -144,7 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     outcome = asyncio.run(
         run_job(kit, federation, job, upload_window=args.wait, timeout=spec.timeout)
     )
-    write_outputs(spec, outcome, out)
+    logistic = logistic_rounds(kit, federation, spec, outcome, timeout=spec.timeout)
+    write_outputs(spec, outcome, out, logistic=logistic)
     print(
         f"job {job.id}: {len(outcome.sites)} sites ({', '.join(outcome.sites)}); results in {out}/"
     )

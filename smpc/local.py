@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from smpc.analyst import build_job, run_job, write_outputs
+from smpc.analyst import build_job, logistic_rounds, run_job, write_outputs
 from smpc.broker import EmbeddedBroker
 from smpc.errors import UserError
 from smpc.inputs import data_exists
@@ -73,19 +73,20 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30
 
 
 def _site_serve(
-    workdir: Path, kits: Path, site: str, trainer: str, data: Path | None
+    workdir: Path, kits: Path, site: str, trainer: str | None, data: Path | None
 ) -> subprocess.Popen:
-    """``smpc site serve`` for one site, answering every round with ``trainer``."""
+    """``smpc site serve`` for one site, answering every round with ``trainer`` (or, with
+    no trainer, with the job's protocol on ``data``: a GWAS's Newton rounds)."""
     config = workdir / f"{site}.yaml"
-    module, _, function = trainer.rpartition(":")
-    if module.endswith(".py"):  # the config resolves relative paths against its own folder
-        trainer = f"{Path(module).resolve()}:{function}"
-    doc: dict[str, Any] = {
-        "kit": str(kits / site),
-        "trainer": trainer,
-        "state": str(workdir / f"{site}.answered"),
-    }
-    if data is not None:
+    doc: dict[str, Any] = {"kit": str(kits / site), "state": str(workdir / f"{site}.answered")}
+    if trainer is None:
+        doc["data"] = str(Path(data).resolve())
+    else:
+        module, _, function = trainer.rpartition(":")
+        if module.endswith(".py"):  # the config resolves relative paths against its own folder
+            trainer = f"{Path(module).resolve()}:{function}"
+        doc["trainer"] = trainer
+    if trainer is not None and data is not None:
         doc["trainer_args"] = {"data": str(Path(data).resolve())}
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     with open(workdir / f"{site}.log", "ab") as log_file:
@@ -200,6 +201,16 @@ def run_local(
                     _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
                 return spec, _train(analyst, federation, spec, out, initial_model)
             job = build_job(spec, analyst, federation)
+            if spec.protocol == "gwas" and "logistic" in spec.tests:
+                # several rounds: every site answers each one as `smpc site serve`
+                for site, path in sites.items():
+                    procs.append(_site_serve(workdir, kits, site, None, path))
+                    _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
+                outcome = asyncio.run(
+                    run_job(analyst, federation, job, upload_window=timeout / 2, timeout=timeout)
+                )
+                fit = logistic_rounds(analyst, federation, spec, outcome, timeout=timeout)
+                return spec, write_outputs(spec, outcome, out, logistic=fit)
 
             async def analyst_and_sites():
                 running = asyncio.create_task(

@@ -229,8 +229,8 @@ class PartyService:
         disclosure = self._disclosure_problem(job, shares)
         if disclosure:
             return self._failed(job, disclosure)
-        if job.protocol == "gwas":
-            return self.compute_gwas(job, shares)
+        if job.protocol == "gwas" and job.input("site") is not None:
+            return self.compute_gwas(job, shares)  # else a Newton round: plain sums
         try:
             noise = self.noise_plan(job, shares)
         except UserError as exc:

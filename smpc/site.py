@@ -126,6 +126,11 @@ def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], Sit
         from smpc.spec.protocol import parse_spec
 
         spec = parse_spec(job.spec, f"job {job.id}", federation)
+        if spec.protocol == "gwas" and job.round > 0:
+            from smpc.protocols.gwas.logistic import site_round
+
+            arrays, samples = site_round(spec, source, decode_model(job.model))
+            return SiteData(arrays, samples)
         if spec.protocol == "gwas":
             from smpc.protocols.gwas.protocol import site_statistics as gwas_statistics
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -311,37 +312,34 @@ def combine(
 # --- analyst side ---------------------------------------------------------------------
 
 
-def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str, Any]:
-    """Write PLINK 1.9's files for the spec's tests from the opened pooled statistics.
+@dataclass
+class Pooled:
+    """The opened aggregates in PLINK's orientation, with the quality-control masks."""
 
-    The orientation follows PLINK on the merged fileset: its merge first writes each
-    variant's alleles by pooled allele counts (:func:`.align.pooled_bim_swap`), then
-    PLINK makes A1 the founders' minor allele (ties keep the merged .bim). Reports sit
-    where PLINK writes them: ``freq`` and ``missing`` on every variant, ``hardy`` after
-    ``--geno``, the association tests after all filters.
-    """
-    from smpc.protocols.gwas import counts as count_tests
+    variants: dict[str, np.ndarray]
+    counts: np.ndarray
+    swap: np.ndarray  # minor-allele swap relative to the merged .bim
+    cross: dict[str, Any]
+    masks: dict[str, np.ndarray]
+    keep: np.ndarray  # passes every filter: what the association tests analyse
+
+
+def _orient(
+    spec: Any, opened: Mapping[str, np.ndarray], variants: dict[str, np.ndarray], quantitative: bool
+) -> Pooled:
+    """Orientation as PLINK on the merged fileset: the merge's allele order by pooled
+    allele counts (:func:`.align.pooled_bim_swap`), then A1 = the founders' minor allele."""
     from smpc.protocols.gwas import qc, regression
-    from smpc.protocols.gwas.align import pooled_bim_swap, write_excluded
+    from smpc.protocols.gwas.align import pooled_bim_swap
     from smpc.protocols.gwas.combine import flip_cross_products_real
-    from smpc.protocols.gwas.plink_format import plink_maxsnp
-    from smpc.protocols.gwas.plots import inflation, manhattan, qq
 
-    out.mkdir(parents=True, exist_ok=True)
-    summary = json.loads(words_to_bytes(np.asarray(opened["alignment"]).astype(np.int64)))
-    variants = parse_table(summary["variants"])
-    quantitative = summary["phenotype"] == "quantitative"
-    write_excluded(out / f"{spec.name}.excluded", summary["excluded"])  # from .align
-    for row in summary["excluded"]:
-        logger.info("excluded %s", " ".join(row))
-    if "a1.merge" in opened:
-        return _finalize_statistics(spec, opened, out, summary, variants)
     counts = np.rint(np.asarray(opened["counts"], dtype=np.float64)).astype(np.int64)
     merged = pooled_bim_swap(counts)
     counts = qc.swap_alleles(counts, merged)
     swap = qc.minor_allele_swap(counts)
     counts = qc.swap_alleles(counts, swap)
     flip = merged ^ swap  # relative to the reference orientation the sites were aligned to
+    variants = dict(variants)
     variants["a1"], variants["a2"] = (
         np.where(flip, variants["a2"], variants["a1"]),
         np.where(flip, variants["a1"], variants["a2"]),
@@ -355,12 +353,8 @@ def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str
             }
             xtx, xty = flip_cross_products_real(real["xtx"], real["xty"], flip)
             cross[group] = regression.LinearStats(
-                n=np.rint(xtx[:, 0, 0]).astype(np.int64),
-                xtx=xtx,
-                xty=xty,
-                yty=real["yty"],
+                n=np.rint(xtx[:, 0, 0]).astype(np.int64), xtx=xtx, xty=xty, yty=real["yty"]
             )
-    width = plink_maxsnp(variants["snp"])  # PLINK sizes SNP columns before filtering
     f = spec.filters
     masks = qc.qc_filters(
         counts,
@@ -370,6 +364,52 @@ def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str
         quantitative=quantitative,
     )
     keep = masks["geno"] & masks["hwe"] & masks["maf"]
+    return Pooled(variants, counts, swap, cross, masks, keep)
+
+
+def analysed_variants(spec: Any, opened: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The variants the association tests analyse (after filters), in PLINK's orientation."""
+    summary = json.loads(words_to_bytes(np.asarray(opened["alignment"]).astype(np.int64)))
+    quantitative = summary["phenotype"] == "quantitative"
+    pooled = _orient(spec, opened, parse_table(summary["variants"]), quantitative)
+    return {k: v[pooled.keep] for k, v in pooled.variants.items()}
+
+
+def finalize(
+    spec: Any,
+    opened: Mapping[str, np.ndarray],
+    out: Path,
+    *,
+    logistic: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Write PLINK 1.9's files for the spec's tests from the opened pooled statistics.
+
+    The orientation follows PLINK on the merged fileset: its merge first writes each
+    variant's alleles by pooled allele counts (:func:`.align.pooled_bim_swap`), then
+    PLINK makes A1 the founders' minor allele (ties keep the merged .bim). Reports sit
+    where PLINK writes them: ``freq`` and ``missing`` on every variant, ``hardy`` after
+    ``--geno``, the association tests after all filters. ``logistic`` is the fit of the
+    Newton rounds (:func:`.logistic.run_rounds`) over :func:`analysed_variants`.
+    """
+    from smpc.protocols.gwas import counts as count_tests
+    from smpc.protocols.gwas import qc, regression
+    from smpc.protocols.gwas.align import write_excluded
+    from smpc.protocols.gwas.plink_format import plink_maxsnp
+    from smpc.protocols.gwas.plots import inflation, manhattan, qq
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = json.loads(words_to_bytes(np.asarray(opened["alignment"]).astype(np.int64)))
+    variants = parse_table(summary["variants"])
+    quantitative = summary["phenotype"] == "quantitative"
+    write_excluded(out / f"{spec.name}.excluded", summary["excluded"])  # from .align
+    for row in summary["excluded"]:
+        logger.info("excluded %s", " ".join(row))
+    if "a1.merge" in opened:
+        return _finalize_statistics(spec, opened, out, summary, variants)
+    pooled = _orient(spec, opened, variants, quantitative)
+    variants, counts, swap, cross = pooled.variants, pooled.counts, pooled.swap, pooled.cross
+    masks, keep = pooled.masks, pooled.keep
+    width = plink_maxsnp(variants["snp"])  # PLINK sizes SNP columns before filtering
     name = out / spec.name
 
     def subset(mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -416,6 +456,10 @@ def finalize(spec: Any, opened: Mapping[str, np.ndarray], out: Path) -> dict[str
             regression.write_linear(f"{name}.assoc.linear", kept, result, snp_width=width)
             written.append(f"{spec.name}.assoc.linear")
             p_values = np.where(result["ok"], result["P"], np.nan)
+        elif test == "logistic" and logistic is not None:
+            regression.write_logistic(f"{name}.assoc.logistic", kept, logistic, snp_width=width)
+            written.append(f"{spec.name}.assoc.logistic")
+            p_values = np.where(logistic["ok"], logistic["P"], np.nan)
     lam = None
     if p_values is not None and len(p_values):
         manhattan(
