@@ -395,7 +395,6 @@ def finalize(
     from smpc.protocols.gwas import qc, regression
     from smpc.protocols.gwas.align import write_excluded
     from smpc.protocols.gwas.plink_format import plink_maxsnp
-    from smpc.protocols.gwas.plots import inflation, manhattan, qq
 
     out.mkdir(parents=True, exist_ok=True)
     summary = json.loads(words_to_bytes(np.asarray(opened["alignment"]).astype(np.int64)))
@@ -460,25 +459,11 @@ def finalize(
             regression.write_logistic(f"{name}.assoc.logistic", kept, logistic, snp_width=width)
             written.append(f"{spec.name}.assoc.logistic")
             p_values = np.where(logistic["ok"], logistic["P"], np.nan)
-    lam = None
-    if p_values is not None and len(p_values):
-        manhattan(
-            out / f"{spec.name}.manhattan.png", kept["chrom"], kept["bp"], p_values, spec.name
-        )
-        qq(out / f"{spec.name}.qq.png", p_values, spec.name)
-        written += [f"{spec.name}.manhattan.png", f"{spec.name}.qq.png"]
-        lam = inflation(p_values)
-    result_json = {
-        "variants": len(variants["snp"]),
-        "excluded": len(summary["excluded"]),
-        "filtered": int((~keep).sum()),
-        "sites": summary["sites"],
-        "reveal": "aggregates",
-        "lambda": None if lam is None or not np.isfinite(lam) else round(lam, 4),
-        "files": written,
-    }
-    (out / "result.json").write_text(json.dumps(result_json, indent=2) + "\n")
-    return result_json
+    return _summarise(
+        spec, out, kept, p_values, written,
+        variants=len(variants["snp"]), excluded=len(summary["excluded"]),
+        filtered=int((~keep).sum()), sites=summary["sites"], reveal="aggregates",
+    )  # fmt: skip
 
 
 def _finalize_statistics(
@@ -497,7 +482,6 @@ def _finalize_statistics(
     from smpc.protocols.gwas import counts as count_tests
     from smpc.protocols.gwas import qc
     from smpc.protocols.gwas.plink_format import plink_maxsnp
-    from smpc.protocols.gwas.plots import inflation, manhattan, qq
     from smpc.protocols.gwas.secure import Ratio
 
     merge = np.asarray(opened["a1.merge"]).astype(bool)
@@ -570,19 +554,33 @@ def _finalize_statistics(
             count_tests.write_assoc(path, variants, None, snp_width=width, table=table)
             p_values = table["P"]
         written.append(Path(path).name)
+    return _summarise(
+        spec, out, variants, p_values, written,
+        variants=v, excluded=len(summary["excluded"]), filtered=0, sites=summary["sites"],
+        reveal="statistics",
+    )  # fmt: skip
+
+
+def _summarise(
+    spec: Any,
+    out: Path,
+    tested: Mapping[str, np.ndarray],
+    p_values: np.ndarray | None,
+    written: list[str],
+    **facts: Any,
+) -> dict[str, Any]:
+    """Manhattan and QQ plots of the association test's P, then ``result.json``."""
+    from smpc.protocols.gwas.plots import inflation, manhattan, qq
+
     lam = None
     if p_values is not None and len(p_values):
-        manhattan(out / f"{spec.name}.manhattan.png", variants["chrom"], variants["bp"], p_values,
-                  spec.name)  # fmt: skip
-        qq(out / f"{spec.name}.qq.png", p_values, spec.name)
-        written += [f"{spec.name}.manhattan.png", f"{spec.name}.qq.png"]
+        title = spec.name
+        manhattan(out / f"{title}.manhattan.png", tested["chrom"], tested["bp"], p_values, title)
+        qq(out / f"{title}.qq.png", p_values, title)
+        written = [*written, f"{title}.manhattan.png", f"{title}.qq.png"]
         lam = inflation(p_values)
     result = {
-        "variants": v,
-        "excluded": len(summary["excluded"]),
-        "filtered": 0,
-        "sites": summary["sites"],
-        "reveal": "statistics",
+        **facts,
         "lambda": None if lam is None or not np.isfinite(lam) else round(lam, 4),
         "files": written,
     }
