@@ -85,8 +85,8 @@ def build_job(
             unsupported = [t for t in spec.tests if t in ("linear", "logistic")]
             if spec.pheno is not None and "assoc" in spec.tests:
                 unsupported.append("assoc with pheno (a quantitative trait)")
-            if spec.filters and spec.filters.model_dump(exclude_none=True):
-                unsupported.append("filters")
+            if spec.filters and (spec.filters.hwe is not None or spec.filters.mind is not None):
+                unsupported.append("the hwe and mind filters")
             if unsupported:
                 raise UserError(
                     f"{spec.name}: with reveal: statistics this version computes assoc, model, "
@@ -204,8 +204,14 @@ async def run_job(
                 if (
                     closed is not None
                     and all(len(r) == len(parties) for r in results.values())
-                    and len(results) == len(job.delivered)
+                    and len(results) >= len(job.delivered)
                 ):
+                    unexpected = set(results) - {o.name for o in job.delivered}
+                    if unexpected:
+                        raise JobFailed(
+                            f"job {job.id}: parties delivered outputs the job does not name: "
+                            f"{', '.join(sorted(unexpected))}; nothing written"
+                        )
                     break
                 wait = (deadline if closed is None else final) - time.monotonic()
                 if closed is not None and wait <= 0:

@@ -298,6 +298,8 @@ class PartyService:
                 alleles="alleles.bin" if alleles is not None else None,
                 assoc_modulus=modulus,
                 assoc_field_bits=bits,
+                geno=spec.filters.geno if spec.filters else None,
+                maf=spec.filters.maf if spec.filters else None,
             ),
         )
         return JobReply(None, session=task)

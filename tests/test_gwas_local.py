@@ -114,16 +114,27 @@ def test_case_control_reports_equal_plink(cohort, tmp_path):
     assert (out / "cc.qq.png").stat().st_size > 0
 
 
-def test_statistics_opened_inside_mpyc_equal_plink(cohort, tmp_path):
+def test_statistics_opened_inside_mpyc_with_secure_filters_equal_plink(cohort, tmp_path):
     """The default ``reveal: statistics``: the parties compute and open inside MPyC."""
-    out = _run(cohort, tmp_path, "name: cs\nprotocol: gwas\ntests: [assoc, model, hardy]\n")
-    plink = _plink(cohort, tmp_path / "plink", "--assoc")
-    assert_same_table(out / "cs.assoc", plink.with_suffix(".assoc"))
-    plink = _plink(cohort, tmp_path / "plink", "--model")
-    assert_same_table(out / "cs.model", plink.with_suffix(".model"))
-    plink = _plink(cohort, tmp_path / "plink", "--hardy")
-    assert_same_table(out / "cs.hwe", plink.with_suffix(".hwe"))
-    assert json.loads((out / "result.json").read_text())["reveal"] == "statistics"
+    out = _run(
+        cohort,
+        tmp_path,
+        "name: cs\nprotocol: gwas\ntests: [assoc, model, hardy, freq, missing]\n"
+        "filters: {maf: 0.02, geno: 0.03}\n",
+    )
+    filters = ["--maf", "0.02", "--geno", "0.03"]
+    for flag, ext in [
+        ("--assoc", "assoc"),
+        ("--model", "model"),
+        ("--hardy", "hwe"),
+        ("--freq", "frq"),
+        ("--missing", "lmiss"),
+    ]:
+        plink = _plink(cohort, tmp_path / f"plink-{ext}", flag, *filters)
+        assert_same_table(out / f"cs.{ext}", plink.with_suffix(f".{ext}"))
+    result = json.loads((out / "result.json").read_text())
+    assert result["reveal"] == "statistics"
+    assert result["filtered"] > 0
 
 
 def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, tmp_path):

@@ -74,6 +74,8 @@ class GwasSession(_Strict):
     alleles: str | None = None  # (V, 4) case/control allele counts in the assoc field
     assoc_modulus: int | None = None
     assoc_field_bits: int | None = None
+    geno: float | None = None  # filters computed inside MPyC
+    maf: float | None = None
 
 
 class SessionTask(_Strict):

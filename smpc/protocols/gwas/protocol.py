@@ -104,6 +104,8 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
 def statistics_outputs(spec: Any) -> list[JobInput]:
     """What the parties open with ``reveal: statistics`` (:mod:`.session`)."""
     names = ["a1.merge", "a1.swap"]
+    if spec.filters and (spec.filters.geno is not None or spec.filters.maf is not None):
+        names += ["filter.geno", "filter.maf"]
     for test, opened in (
         ("model", ["model.counts"]),
         ("hardy", ["hardy.counts"]),
@@ -494,12 +496,16 @@ def _finalize_statistics(
     v = len(variants["snp"])
     width = plink_maxsnp(variants["snp"])
     name = out / spec.name
+    everything = np.ones(v, dtype=bool)
+    geno = np.asarray(opened.get("filter.geno", everything)).astype(bool)
+    keep = geno & np.asarray(opened.get("filter.maf", everything)).astype(bool)
+    kept = {k: x[keep] for k, x in variants.items()}
 
-    def oriented(fill: Any) -> np.ndarray:
-        """A reference-orientation tensor filled by ``fill``, in PLINK's orientation."""
-        tensor = np.zeros((v, 3, 2, 4), dtype=np.int64)
+    def oriented(fill: Any, rows: np.ndarray = everything) -> np.ndarray:
+        """A reference-orientation tensor of ``rows`` filled by ``fill``, oriented as PLINK."""
+        tensor = np.zeros((int(rows.sum()), 3, 2, 4), dtype=np.int64)
         fill(tensor)
-        return qc.swap_alleles(qc.swap_alleles(tensor, merge), swap)
+        return qc.swap_alleles(qc.swap_alleles(tensor, merge[rows]), swap[rows])
 
     def ints(key: str) -> np.ndarray:
         return np.asarray(opened[key]).astype(np.int64)
@@ -523,19 +529,21 @@ def _finalize_statistics(
 
             qc.write_lmiss(path, variants, oriented(fill_missing), snp_width=width)
         elif test == "hardy":
-            hardy = ints("hardy.counts").reshape(v, 3, 3)
+            hardy = ints("hardy.counts").reshape(-1, 3, 3)
 
             def fill_hardy(t: np.ndarray, h: np.ndarray = hardy) -> None:
                 t[:, :, 1, :3] = h
 
-            qc.write_hwe(path, variants, oriented(fill_hardy), swapped=swap, snp_width=width)
+            counts = oriented(fill_hardy, geno)
+            subset = {k: x[geno] for k, x in variants.items()}
+            qc.write_hwe(path, subset, counts, swapped=swap[geno], snp_width=width)
         elif test == "model":
-            model = ints("model.counts").reshape(v, 2, 3)
+            model = ints("model.counts").reshape(-1, 2, 3)
 
             def fill_model(t: np.ndarray, m: np.ndarray = model) -> None:
                 t[:, :2, 1, :3] = m
 
-            count_tests.write_model(path, variants, oriented(fill_model), snp_width=width)
+            count_tests.write_model(path, kept, oriented(fill_model, keep), snp_width=width)
         elif test == "assoc":
             ratios = {
                 r: Ratio(
@@ -551,12 +559,13 @@ def _finalize_statistics(
                 "P": count_tests.chiprob_p(ratios["chisq"], 1.0),
                 "OR": ratios["or"],
             }
-            count_tests.write_assoc(path, variants, None, snp_width=width, table=table)
+            count_tests.write_assoc(path, kept, None, snp_width=width, table=table)
             p_values = table["P"]
         written.append(Path(path).name)
     return _summarise(
-        spec, out, variants, p_values, written,
-        variants=v, excluded=len(summary["excluded"]), filtered=0, sites=summary["sites"],
+        spec, out, kept, p_values, written,
+        variants=v, excluded=len(summary["excluded"]), filtered=int((~keep).sum()),
+        sites=summary["sites"],
         reveal="statistics",
     )  # fmt: skip
 

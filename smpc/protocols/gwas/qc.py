@@ -588,3 +588,17 @@ def write_hwe(
     with open(path, "w", encoding="ascii", newline="\n") as f:
         f.write(text)
     return Path(path)
+
+
+def geno_min_called(samples: int, geno: float) -> int:
+    """The fewest called samples a variant needs to pass ``--geno`` (PLINK's comparison).
+
+    ``--geno`` keeps a variant unless ``called * (1/N) < (1 - g)(1 - 2^-44)`` in double
+    precision (a rate above 1 - 2^-35 counting as 1); that holds for a prefix of the
+    called counts, so the secure filter compares the called count with this bound.
+    """
+    called = np.arange(samples + 1, dtype=np.float64)
+    rate = called * (1.0 / float(samples)) if samples else np.zeros(1)
+    rate = np.where(rate > 1 - SMALLISH_EPSILON, 1.0, rate)
+    passing = np.flatnonzero(~(rate < (1.0 - geno) * (1 - SMALL_EPSILON)))
+    return int(passing[0]) if passing.size else samples + 1

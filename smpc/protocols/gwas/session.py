@@ -74,18 +74,27 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
         "a1.merge": _result(merge.astype(np.int64)),
         "a1.swap": _result(swap.astype(np.int64)),
     }
+    keep_geno = keep = np.ones(v, dtype=bool)
+    if gwas.geno is not None or gwas.maf is not None:
+        keep_geno, keep_maf = await _filters(mpc, gwas, c, total, f_a1, f_called)
+        keep = keep_geno & keep_maf
+        out["filter.geno"] = _result(keep_geno.astype(np.int64))
+        out["filter.maf"] = _result(keep_maf.astype(np.int64))
     views = {
         "model": [_cell(k, f, g) for k in (0, 1) for g in range(3) for f in founders],
         "hardy": [_cell(k, 1, g) for k in every for g in range(3)],
         "missing": [_cell(k, f, 3) for k in every for f in founders],
     }
-    if "model" in gwas.tests:  # (V, 2, 3): summed over founder status
+    rows_all, rows_geno = np.flatnonzero(keep), np.flatnonzero(keep_geno)
+    if "model" in gwas.tests:  # (V kept, 2, 3): summed over founder status
         cells = views["model"]
-        opened = [await mpc.output(total(cells[i : i + 2])) for i in range(0, len(cells), 2)]
-        out["model.counts"] = _result(np.stack(opened, axis=1).reshape(v, 2, 3))
-    if "hardy" in gwas.tests:  # (V, 3, 3): founders
-        opened = [await mpc.output(c[:, j]) for j in views["hardy"]]
-        out["hardy.counts"] = _result(np.stack(opened, axis=1).reshape(v, 3, 3))
+        opened = [
+            await mpc.output(total(cells[i : i + 2])[rows_all]) for i in range(0, len(cells), 2)
+        ]
+        out["model.counts"] = _result(np.stack(opened, axis=1).reshape(-1, 2, 3))
+    if "hardy" in gwas.tests:  # (V passing --geno, 3, 3): founders
+        opened = [await mpc.output(c[rows_geno, j]) for j in views["hardy"]]
+        out["hardy.counts"] = _result(np.stack(opened, axis=1).reshape(-1, 3, 3))
     if "freq" in gwas.tests:  # (V, 2): founders' A1 alleles and called alleles
         opened = [await mpc.output(x) for x in (f_a1, f_called)]
         out["freq.alleles"] = _result(np.stack(opened, axis=1))
@@ -100,9 +109,15 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
             raise ValueError("the assoc field differs from the one the sites shared in")
         field = field_for(gwas.assoc_modulus)
         shares = field.from_bytes((workdir / gwas.alleles).read_bytes(), (v, 4))
-        a = big.array(big.field.array(np.asarray(shares, dtype=object)))
+        a = big.array(big.field.array(np.asarray(shares[rows_all], dtype=object)))
         result = await secure_assoc(
-            mpc, a[:, 0], a[:, 1], a[:, 2], a[:, 3], swap=merge ^ swap, max_alleles=MAX_ALLELES
+            mpc,
+            a[:, 0],
+            a[:, 1],
+            a[:, 2],
+            a[:, 3],
+            swap=(merge ^ swap)[rows_all],
+            max_alleles=MAX_ALLELES,
         )
         for name, ratio in (
             ("f_a", result.f_a),
@@ -113,6 +128,50 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
             out[f"assoc.{name}.num"] = _result(ratio.num)
             out[f"assoc.{name}.den"] = _result(ratio.den)
     return out
+
+
+async def _filters(
+    mpc: Any, gwas: Any, c: Any, total: Any, f_a1: Any, f_called: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``--geno`` and ``--maf`` as PLINK 1.9 decides them, opening only the pass bits.
+
+    geno: a variant's called samples against the fewest that pass
+    (:func:`.qc.geno_min_called`; the number of samples is public, ``.lmiss`` prints it).
+    maf: the founders' minor allele frequency below m = P/Q (the decimal given) is
+    ``Q·a1 < P·called`` or ``Q·(called - a1) < P·called``; PLINK's 2^-44 slack decides
+    only exact equality, which is "keep" both ways. Both in GF(2^61 - 1), so Q times
+    the called alleles must stay below 2^27.
+    """
+    from fractions import Fraction
+
+    from smpc.protocols.gwas.qc import geno_min_called
+
+    samples_all = total(list(range(24)))
+    n = int(np.asarray(await mpc.output(samples_all[:1]))[0]) if gwas.variants else 0
+    keep_geno = np.ones(gwas.variants, dtype=bool)
+    keep_maf = np.ones(gwas.variants, dtype=bool)
+    width = FAST_BITS
+    if gwas.geno is not None and gwas.variants:
+        missing = total([_cell(k, f, 3) for k in range(3) for f in range(2)])
+        least = geno_min_called(n, gwas.geno)
+        short = mpc.np_sgn((samples_all - missing) - least, l=width, LT=True)
+        keep_geno = ~np.asarray(await mpc.output(short), dtype=np.int64).astype(bool)
+    if gwas.maf is not None and gwas.variants:
+        p, q = Fraction(str(gwas.maf)).as_integer_ratio()
+        if q * 2 * n >= 1 << 27:
+            raise ValueError(
+                f"maf {gwas.maf} over {n} samples needs more than GF(2^61 - 1)'s comparisons "
+                "allow; use reveal: aggregates"
+            )
+        below = mpc.np_sgn(
+            mpc.np_concatenate([f_a1 * q - f_called * p, (f_called - f_a1) * q - f_called * p]),
+            l=width,
+            LT=True,
+        )
+        b1, b2 = below[: gwas.variants], below[gwas.variants :]
+        rare = await mpc.output(b1 + b2 - b1 * b2)
+        keep_maf = ~np.asarray(rare, dtype=np.int64).astype(bool)
+    return keep_geno, keep_maf
 
 
 def _result(values: np.ndarray) -> dict[str, Any]:
