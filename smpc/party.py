@@ -293,6 +293,7 @@ class PartyService:
             compute="gwas",
             gwas=GwasSession(
                 variants=int(arrays["counts"].shape[0]),
+                samples=self._declared_records(job, shares),
                 tests=list(spec.tests),
                 counts="counts.bin",
                 alleles="alleles.bin" if alleles is not None else None,
@@ -303,6 +304,15 @@ class PartyService:
             ),
         )
         return JobReply(None, session=task)
+
+    def _declared_records(self, job: Job, shares: dict) -> int:
+        """The records the agreed sites declare in all (their envelope headers)."""
+        first = job.inputs[0].name
+        records = [
+            ShareHeader.from_json(shares[(first, site)].header.encode()).meta.get("records", 0)
+            for site in job.close
+        ]
+        return sum(r for r in records if isinstance(r, int))
 
     def _held(self, job: Job) -> dict:
         """This party's stored shares of ``job`` by (input, site)."""

@@ -69,6 +69,7 @@ class GwasSession(_Strict):
     """A GWAS's pooled, aligned shares (files in the session directory) and its tests."""
 
     variants: int = Field(ge=0)
+    samples: int = Field(default=0, ge=0)  # what the agreed sites declare, in all
     tests: list[str]
     counts: str  # (V, 3, 2, 4) genotype counts, GF(2^61 - 1) little-endian words
     alleles: str | None = None  # (V, 4) case/control allele counts in the assoc field

@@ -5,10 +5,10 @@ the genotype count tensor in GF(2^61 - 1) and, for ``assoc``, the case/control a
 counts in a prime field wide enough for the chi-square's ratio (:mod:`.secure`). What
 is opened, to every party (which sign it for the analyst):
 
-- the A1 choice: per variant three comparison bits, all at once — pooled A1 alleles
-  over half the called alleles (PLINK's merge order), and the founders' A1 alleles
-  above / below half (PLINK's minor allele). PLINK prints the resulting A1; the bits
-  add whether a founder frequency is exactly 0.5.
+- the A1 choice: per variant the sign of the founders' called alleles minus twice their
+  A1 alleles (PLINK makes A1 the founders' minor allele, which it prints); only where
+  that is 0 (frequency exactly 1/2, or nothing called) also whether the pooled A1
+  alleles exceed half the called ones, the order of PLINK's merged .bim.
 - ``assoc``: F_A, F_U, CHISQ and OR as exact fractions, opened without their numerators
   and denominators (:func:`.secure.secure_assoc`); P follows from CHISQ.
 - ``model``: the case and control genotype counts, which ``.model`` prints;
@@ -65,18 +65,23 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     every, founders = range(3), range(2)
     all_a1, all_called = alleles(every, founders)
     f_a1, f_called = alleles(every, range(1, 2))
-    diffs = mpc.np_concatenate([all_called - all_a1 * 2, f_called - f_a1 * 2, f_a1 * 2 - f_called])
-    bits = await mpc.output(mpc.np_sgn(diffs, l=MAX_ALLELES.bit_length() + 1, LT=True))
-    bits = np.asarray(bits, dtype=np.int64).reshape(3, v).astype(bool)
-    merge = bits[0]  # the merged .bim has A1 and A2 swapped
-    swap = np.where(merge, bits[2], bits[1])  # then PLINK makes the founders' minor A1
+    width = (2 * max(gwas.samples, 1)).bit_length() + 1  # |called - 2·a1| <= 2·samples
+    # PLINK makes A1 the founders' minor allele; only where the founders' A1 frequency is
+    # exactly 1/2 (or nothing was called) does the merged .bim's order decide, which
+    # compares the pooled A1 alleles with half the called ones: opened for those only.
+    founder_sign = await _signs(mpc, f_called - f_a1 * 2, width)  # -1: A1 is the major
+    tie = np.flatnonzero(founder_sign == 0)
+    merge = np.zeros(v, dtype=bool)
+    if tie.size:
+        merge[tie] = await _signs(mpc, (all_called - all_a1 * 2)[tie], width, lt=True)
+    swap = (founder_sign < 0) ^ merge  # relative to the merged .bim, as PLINK swaps
     out: dict[str, dict[str, Any]] = {
         "a1.merge": _result(merge.astype(np.int64)),
         "a1.swap": _result(swap.astype(np.int64)),
     }
     keep_geno = keep = np.ones(v, dtype=bool)
     if gwas.geno is not None or gwas.maf is not None:
-        keep_geno, keep_maf = await _filters(mpc, gwas, c, total, f_a1, f_called)
+        keep_geno, keep_maf = await _filters(mpc, gwas, total, f_a1, f_called, founder_sign)
         keep = keep_geno & keep_maf
         out["filter.geno"] = _result(keep_geno.astype(np.int64))
         out["filter.maf"] = _result(keep_maf.astype(np.int64))
@@ -130,47 +135,56 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     return out
 
 
+COMPARISON_BATCH = 20_000
+"""Values per secure comparison call: MPyC holds about 24 random bits per value as Python
+integers in object arrays (~12 KB per value), so a batch bounds the session's memory."""
+
+
+async def _signs(mpc: Any, x: Any, width: int, *, lt: bool = False) -> np.ndarray:
+    """Opened signs (-1, 0, 1) of a secure array, or with ``lt`` the bits x < 0, in batches."""
+    out = []
+    for start in range(0, len(x), COMPARISON_BATCH):
+        part = x[start : start + COMPARISON_BATCH]
+        sign = mpc.np_sgn(part, l=width, LT=lt)
+        out.append(np.asarray(await mpc.output(sign), dtype=np.int64).reshape(-1))
+    result = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    return result.astype(bool) if lt else result
+
+
 async def _filters(
-    mpc: Any, gwas: Any, c: Any, total: Any, f_a1: Any, f_called: Any
+    mpc: Any, gwas: Any, total: Any, f_a1: Any, f_called: Any, founder_sign: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """``--geno`` and ``--maf`` as PLINK 1.9 decides them, opening only the pass bits.
 
     geno: a variant's called samples against the fewest that pass
-    (:func:`.qc.geno_min_called`; the number of samples is public, ``.lmiss`` prints it).
-    maf: the founders' minor allele frequency below m = P/Q (the decimal given) is
-    ``Q·a1 < P·called`` or ``Q·(called - a1) < P·called``; PLINK's 2^-44 slack decides
-    only exact equality, which is "keep" both ways. Both in GF(2^61 - 1), so Q times
-    the called alleles must stay below 2^27.
+    (:func:`.qc.geno_min_called`; the number of samples is what the sites declare).
+    maf: with the founders' minor allele known (the A1 choice is public), a variant is
+    rare when ``Q·minor < P·called`` for ``maf`` = P/Q as written; PLINK's 2^-44 slack
+    decides only exact equality, which keeps the variant both ways.
     """
     from fractions import Fraction
 
     from smpc.protocols.gwas.qc import geno_min_called
 
-    samples_all = total(list(range(24)))
-    n = int(np.asarray(await mpc.output(samples_all[:1]))[0]) if gwas.variants else 0
+    n = gwas.samples
     keep_geno = np.ones(gwas.variants, dtype=bool)
     keep_maf = np.ones(gwas.variants, dtype=bool)
-    width = FAST_BITS
     if gwas.geno is not None and gwas.variants:
         missing = total([_cell(k, f, 3) for k in range(3) for f in range(2)])
         least = geno_min_called(n, gwas.geno)
-        short = mpc.np_sgn((samples_all - missing) - least, l=width, LT=True)
-        keep_geno = ~np.asarray(await mpc.output(short), dtype=np.int64).astype(bool)
+        called = total(list(range(24))) - missing
+        keep_geno = ~await _signs(mpc, called - least, (n + 1).bit_length() + 1, lt=True)
     if gwas.maf is not None and gwas.variants:
         p, q = Fraction(str(gwas.maf)).as_integer_ratio()
-        if q * 2 * n >= 1 << 27:
+        width = (2 * q * max(n, 1)).bit_length() + 1
+        if width > FAST_BITS:
             raise ValueError(
                 f"maf {gwas.maf} over {n} samples needs more than GF(2^61 - 1)'s comparisons "
                 "allow; use reveal: aggregates"
             )
-        below = mpc.np_sgn(
-            mpc.np_concatenate([f_a1 * q - f_called * p, (f_called - f_a1) * q - f_called * p]),
-            l=width,
-            LT=True,
-        )
-        b1, b2 = below[: gwas.variants], below[gwas.variants :]
-        rare = await mpc.output(b1 + b2 - b1 * b2)
-        keep_maf = ~np.asarray(rare, dtype=np.int64).astype(bool)
+        a2_minor = founder_sign < 0  # the reference A1 is the founders' major allele
+        minor = f_a1 + (f_called - f_a1 * 2) * a2_minor.astype(np.int64)
+        keep_maf = ~await _signs(mpc, minor * q - f_called * p, width, lt=True)
     return keep_geno, keep_maf
 
 
