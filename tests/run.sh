@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests start as real processes: the production MQTT broker.
-APT_PACKAGES=(mosquitto plink1.9)
+# Debian packages the tests start as real processes: the production MQTT broker, and
+# PLINK 1.9 (the reference GWAS results) and PLINK 2 (writes .pgen/.vcf test filesets).
+APT_PACKAGES=(mosquitto plink1.9 plink2)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
