@@ -170,3 +170,31 @@ def test_logistic_by_newton_rounds_through_the_sites_equals_plink(cohort, tmp_pa
     assert_same_table(
         out / "lg.assoc.logistic", plink.with_suffix(".assoc.logistic"), single_precision=True
     )
+
+
+def test_a_site_in_pgen_format_gives_the_same_results(cohort, tmp_path):
+    """One site as PLINK 2 .pgen/.pvar/.psam (written by plink2): the same files.
+
+    (A VCF carries no parents and no phenotype, so a VCF site is compared on its
+    genotypes in tests/test_gwas_sitedata.py instead.)
+    """
+    if shutil.which("plink2") is None:
+        pytest.fail("plink2 is not installed (tests/run.sh installs the Debian package)")
+    site = cohort.sites[-1]  # stored in plink's own order, as plink2 expects
+    prefixes = dict(cohort.prefixes)
+    out = tmp_path / site
+    subprocess.run(
+        ["plink2", "--bfile", str(prefixes[site]), "--make-pgen", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    for ext in ("pheno", "cov"):  # the extra phenotype and covariate files stay
+        shutil.copy(f"{prefixes[site]}.{ext}", f"{out}.{ext}")
+    prefixes[site] = out
+    (tmp_path / "spec.yaml").write_text(
+        "name: fm\nprotocol: gwas\ntests: [assoc, freq]\nreveal: aggregates\n"
+    )
+    run_local(tmp_path / "spec.yaml", prefixes, tmp_path / "out", parties=3, threshold=1)
+    for flag, ext in [("--assoc", "assoc"), ("--freq", "frq")]:
+        plink = _plink(cohort, tmp_path / f"plink-{ext}", flag)
+        assert_same_table(tmp_path / "out" / f"fm.{ext}", plink.with_suffix(f".{ext}"))
