@@ -35,6 +35,7 @@ from smpc import log
 from smpc.aio import until
 from smpc.dp import NoisePlan, skellam
 from smpc.dp import plan as noise_plan
+from smpc.encoding import words_to_bytes
 from smpc.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route, seal
 from smpc.errors import UserError
 from smpc.field import MERSENNE61, field_for
@@ -277,6 +278,13 @@ class PartyService:
                 arrays[name] = values
         except UserError as exc:
             return self._failed(job, str(exc))
+        summary = json.loads(words_to_bytes(field.to_signed(arrays["alignment"])))
+        if summary["phenotype"] != "case/control" and {"assoc", "model"} & set(spec.tests):
+            return self._failed(
+                job,
+                "the sites' phenotype is quantitative: assoc on a quantitative trait runs with "
+                "reveal: aggregates in this version, and model needs case/control status",
+            )
         np.save(workdir / "alignment.npy", field.to_signed(arrays["alignment"]))
         (workdir / "counts.bin").write_bytes(field.to_bytes(arrays["counts"].reshape(-1, 24)))
         alleles = job.input("alleles")

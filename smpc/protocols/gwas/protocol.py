@@ -405,6 +405,11 @@ def finalize(
     write_excluded(out / f"{spec.name}.excluded", summary["excluded"])  # from .align
     for row in summary["excluded"]:
         logger.info("excluded %s", " ".join(row))
+    if quantitative and {"model", "logistic"} & set(spec.tests):
+        raise UserError(
+            f"{spec.name}: model and logistic need a case/control phenotype (1/2); the sites' "
+            "phenotype is quantitative (use linear, or assoc for .qassoc)"
+        )
     if "a1.merge" in opened:
         return _finalize_statistics(spec, opened, out, summary, variants)
     pooled = _orient(spec, opened, variants, quantitative)
