@@ -119,9 +119,9 @@ class Job(_Strict):
 
 
 def encode_model(arrays: dict[str, np.ndarray]) -> str:
-    """A model as carried in a job: base64 of an uncompressed .npz (no pickles)."""
+    """A model as carried in a job: base64 of a compressed .npz (no pickles)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    np.savez_compressed(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
     data = buffer.getvalue()
     if len(data) > MAX_MODEL_BYTES:
         raise UserError(

@@ -55,7 +55,7 @@ def round_model(variants: dict[str, np.ndarray], beta: np.ndarray) -> dict[str, 
         "snp": text("snp"),
         "a1": text("a1"),
         "a2": text("a2"),
-        "beta": np.asarray(beta, dtype=np.float64),
+        "beta": np.asarray(beta, dtype=np.float32),  # PLINK 1.9 fits in single precision
     }
 
 
@@ -87,7 +87,7 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
             raise UserError(f"{prefix}: the job names variants this site lacks: {missing[:5]}")
         index = np.array([rows[s] for s in snps], dtype=np.int64)
         flip = site.variants.a2[index] == a1  # this site counts the pooled A2
-        beta = model["beta"]
+        beta = np.asarray(model["beta"], dtype=np.float64)
         v, p = beta.shape
         n = np.zeros(v, dtype=np.int64)
         grad, hess = np.zeros((v, p)), np.zeros((v, p, p))
