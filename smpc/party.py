@@ -309,6 +309,8 @@ class PartyService:
                 assoc_field_bits=bits,
                 geno=spec.filters.geno if spec.filters else None,
                 maf=spec.filters.maf if spec.filters else None,
+                hwe=spec.filters.hwe if spec.filters else None,
+                quantitative=summary["phenotype"] != "case/control",
             ),
         )
         return JobReply(None, session=task)

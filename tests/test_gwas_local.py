@@ -120,9 +120,9 @@ def test_statistics_opened_inside_mpyc_with_secure_filters_equal_plink(cohort, t
         cohort,
         tmp_path,
         "name: cs\nprotocol: gwas\ntests: [assoc, model, hardy, freq, missing]\n"
-        "filters: {maf: 0.02, geno: 0.03}\n",
+        "filters: {maf: 0.02, geno: 0.03, hwe: 1.0e-3}\n",
     )
-    filters = ["--maf", "0.02", "--geno", "0.03"]
+    filters = ["--maf", "0.02", "--geno", "0.03", "--hwe", "1e-3"]
     for flag, ext in [
         ("--assoc", "assoc"),
         ("--model", "model"),

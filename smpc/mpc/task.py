@@ -77,6 +77,8 @@ class GwasSession(_Strict):
     assoc_field_bits: int | None = None
     geno: float | None = None  # filters computed inside MPyC
     maf: float | None = None
+    hwe: float | None = None  # needs hardy: on the counts .hwe prints
+    quantitative: bool = False
 
 
 class SessionTask(_Strict):

@@ -106,6 +106,8 @@ def statistics_outputs(spec: Any) -> list[JobInput]:
     names = ["a1.merge", "a1.swap"]
     if spec.filters and (spec.filters.geno is not None or spec.filters.maf is not None):
         names += ["filter.geno", "filter.maf"]
+    if spec.filters and spec.filters.hwe is not None:
+        names += ["filter.hwe"]
     for test, opened in (
         ("model", ["model.counts"]),
         ("hardy", ["hardy.counts"]),
@@ -504,6 +506,7 @@ def _finalize_statistics(
     everything = np.ones(v, dtype=bool)
     geno = np.asarray(opened.get("filter.geno", everything)).astype(bool)
     keep = geno & np.asarray(opened.get("filter.maf", everything)).astype(bool)
+    keep &= np.asarray(opened.get("filter.hwe", everything)).astype(bool)
     kept = {k: x[keep] for k, x in variants.items()}
 
     def oriented(fill: Any, rows: np.ndarray = everything) -> np.ndarray:

@@ -90,16 +90,23 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
         "hardy": [_cell(k, 1, g) for k in every for g in range(3)],
         "missing": [_cell(k, f, 3) for k in every for f in founders],
     }
-    rows_all, rows_geno = np.flatnonzero(keep), np.flatnonzero(keep_geno)
+    rows_geno = np.flatnonzero(keep_geno)
+    if "hardy" in gwas.tests:  # (V passing --geno, 3, 3): founders
+        opened = [await mpc.output(c[rows_geno, j]) for j in views["hardy"]]
+        hardy = np.stack(opened, axis=1).astype(np.int64).reshape(-1, 3, 3)
+        out["hardy.counts"] = _result(hardy)
+        if gwas.hwe is not None:  # the counts --hwe tests are among those .hwe prints
+            keep_hwe = np.ones(v, dtype=bool)
+            keep_hwe[rows_geno] = await _hwe_pass(mpc, gwas, total, hardy)
+            keep &= keep_hwe
+            out["filter.hwe"] = _result(keep_hwe.astype(np.int64))
+    rows_all = np.flatnonzero(keep)
     if "model" in gwas.tests:  # (V kept, 2, 3): summed over founder status
         cells = views["model"]
         opened = [
             await mpc.output(total(cells[i : i + 2])[rows_all]) for i in range(0, len(cells), 2)
         ]
         out["model.counts"] = _result(np.stack(opened, axis=1).reshape(-1, 2, 3))
-    if "hardy" in gwas.tests:  # (V passing --geno, 3, 3): founders
-        opened = [await mpc.output(c[rows_geno, j]) for j in views["hardy"]]
-        out["hardy.counts"] = _result(np.stack(opened, axis=1).reshape(-1, 3, 3))
     if "freq" in gwas.tests:  # (V, 2): founders' A1 alleles and called alleles
         opened = [await mpc.output(x) for x in (f_a1, f_called)]
         out["freq.alleles"] = _result(np.stack(opened, axis=1))
@@ -149,6 +156,24 @@ async def _signs(mpc: Any, x: Any, width: int, *, lt: bool = False) -> np.ndarra
         out.append(np.asarray(await mpc.output(sign), dtype=np.int64).reshape(-1))
     result = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
     return result.astype(bool) if lt else result
+
+
+async def _hwe_pass(mpc: Any, gwas: Any, total: Any, hardy: np.ndarray) -> np.ndarray:
+    """``--hwe`` on the opened founder genotype counts, as :func:`.qc.qc_filters` decides.
+
+    PLINK tests the founder controls when the data are case/control with at least one
+    control, else all founders; whether there is a control is one more opened number
+    (the controls with a call at the first variant, or none).
+    """
+    from smpc.protocols.gwas.qc import SMALL_EPSILON, hwe_pvalues
+
+    group = hardy.sum(axis=1)  # all founders
+    if not gwas.quantitative and gwas.variants:
+        controls = total([_cell(0, f, g) for f in range(2) for g in range(4)])
+        if int(np.asarray(await mpc.output(controls[:1]))[0]) > 0:
+            group = hardy[:, 0, :]
+    p = hwe_pvalues(group[:, 0], group[:, 1], group[:, 2])
+    return ~(p < gwas.hwe * (1 - SMALL_EPSILON))
 
 
 async def _filters(
