@@ -68,6 +68,7 @@ def build_job(
     job_id: str | None = None,
     round: int = 0,
     model: dict[str, np.ndarray] | None = None,
+    preliminary: bool = False,
 ) -> Job:
     """The job a linear-protocol spec asks the federation for.
 
@@ -85,8 +86,6 @@ def build_job(
             unsupported = [t for t in spec.tests if t in ("linear", "logistic")]
             if spec.pheno is not None and "assoc" in spec.tests:
                 unsupported.append("assoc with pheno (a quantitative trait)")
-            if spec.filters and spec.filters.mind is not None:
-                unsupported.append("the mind filter")
             if spec.filters and spec.filters.hwe is not None and "hardy" not in spec.tests:
                 unsupported.append("the hwe filter without hardy (it tests the counts .hwe prints)")
             if unsupported:
@@ -96,10 +95,17 @@ def build_job(
                     "use reveal: aggregates for those"
                 )
             deliver = "parties"  # opened inside MPyC, signed by every party
+        if "logistic" in spec.tests and spec.filters and spec.filters.mind is not None:
+            raise UserError(f"{spec.name}: filters: mind with logistic is not available yet")
         if round > 0:  # a Newton round of the logistic test (smpc.protocols.gwas.logistic)
             from smpc.protocols.gwas.logistic import round_inputs
 
             inputs = round_inputs()
+        elif preliminary:  # filters: {mind} first needs the variants every site has
+            from smpc.protocols.gwas.protocol import alignment_parts
+
+            inputs, outputs = alignment_parts()
+            deliver = "analyst"
         else:
             inputs, outputs = job_parts(spec)
     else:
@@ -145,6 +151,27 @@ def logistic_rounds(
         kit, federation, spec, analysed_variants(spec, outcome.opened),
         run_id=outcome.job.id, upload_window=timeout / 2, timeout=timeout,
     )  # fmt: skip
+
+
+def run_gwas(
+    kit: Kit, federation: Federation, spec: Any, *, upload_window: float, timeout: float
+) -> Outcome:
+    """A GWAS's jobs before its Newton rounds (blocking): with ``filters: {mind}`` first a
+    job that only aligns the sites' variant tables, then the job whose model names the
+    analysed variants (each site drops its samples missing too many of them)."""
+    model = None
+    mind = spec.filters is not None and spec.filters.mind is not None
+    if mind:
+        from smpc.protocols.gwas.protocol import analysed_ids
+
+        first = build_job(spec, kit, federation, preliminary=True)
+        aligned = asyncio.run(
+            run_job(kit, federation, first, upload_window=upload_window, timeout=timeout)
+        )
+        ids = analysed_ids(aligned.opened)
+        model = {"snp": np.char.encode(np.asarray(ids).astype(str), "utf-8")}
+    job = build_job(spec, kit, federation, model=model)
+    return asyncio.run(run_job(kit, federation, job, upload_window=upload_window, timeout=timeout))
 
 
 async def run_job(

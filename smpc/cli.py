@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from smpc import log
-    from smpc.analyst import build_job, logistic_rounds, run_job, write_outputs
+    from smpc.analyst import build_job, logistic_rounds, run_gwas, run_job, write_outputs
     from smpc.keys import load_kit
     from smpc.spec.federation import load_federation
     from smpc.spec.protocol import load_spec
@@ -138,14 +138,22 @@ def _run(args: argparse.Namespace) -> int:
         _, history = asyncio.run(train(kit, federation, spec, out=out))
         print(f"{spec.name}: {len(history)} rounds; model in {out}/model.npz")
         return 0
+    if spec.protocol == "gwas":
+        print(f"{spec.name}: gwas over {len(federation.site_names)} sites, "
+              f"{len(federation.parties)} parties")  # fmt: skip
+        outcome = run_gwas(kit, federation, spec, upload_window=args.wait, timeout=spec.timeout)
+        logistic = logistic_rounds(kit, federation, spec, outcome, timeout=spec.timeout)
+        write_outputs(spec, outcome, out, logistic=logistic)
+        sites = ", ".join(outcome.sites)
+        print(f"{spec.name}: {len(outcome.sites)} sites ({sites}); results in {out}/")
+        return 0
     job = build_job(spec, kit, federation)
     print(f"job {job.id}: {spec.protocol} over {len(federation.site_names)} sites, "
           f"{len(federation.parties)} parties, t={job.t} ({job.scheme})")  # fmt: skip
     outcome = asyncio.run(
         run_job(kit, federation, job, upload_window=args.wait, timeout=spec.timeout)
     )
-    logistic = logistic_rounds(kit, federation, spec, outcome, timeout=spec.timeout)
-    write_outputs(spec, outcome, out, logistic=logistic)
+    write_outputs(spec, outcome, out)
     print(
         f"job {job.id}: {len(outcome.sites)} sites ({', '.join(outcome.sites)}); results in {out}/"
     )

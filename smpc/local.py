@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from smpc.analyst import build_job, logistic_rounds, run_job, write_outputs
+from smpc.analyst import build_job, logistic_rounds, run_gwas, run_job, write_outputs
 from smpc.broker import EmbeddedBroker
 from smpc.errors import UserError
 from smpc.inputs import data_exists
@@ -213,17 +213,18 @@ def run_local(
                     procs.append(_site_serve(workdir, kits, site, trainer, path))
                     _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
                 return spec, _train(analyst, federation, spec, out, initial_model)
-            job = build_job(spec, analyst, federation)
-            if spec.protocol == "gwas" and "logistic" in spec.tests:
-                # several rounds: every site answers each one as `smpc site serve`
+            mind = spec.filters is not None and spec.filters.mind is not None
+            if spec.protocol == "gwas" and ("logistic" in spec.tests or mind):
+                # several jobs: every site answers each one as `smpc site serve`
                 for site, path in sites.items():
                     procs.append(_site_serve(workdir, kits, site, None, path))
                     _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
-                outcome = asyncio.run(
-                    run_job(analyst, federation, job, upload_window=timeout / 2, timeout=timeout)
+                outcome = run_gwas(
+                    analyst, federation, spec, upload_window=timeout / 2, timeout=timeout
                 )
                 fit = logistic_rounds(analyst, federation, spec, outcome, timeout=timeout)
                 return spec, write_outputs(spec, outcome, out, logistic=fit)
+            job = build_job(spec, analyst, federation)
 
             async def analyst_and_sites():
                 running = asyncio.create_task(

@@ -267,7 +267,7 @@ class PartyService:
                 logger.exception("job %s: the sites' statistics do not combine", job.id)
                 raise UserError(f"the sites' statistics do not combine: {exc}") from None
 
-        if not statistics_mode(spec):
+        if not statistics_mode(spec) or job.input("counts") is None:
             outputs = {o.name: o for o in job.delivered}
             return self.seal_outputs(job, ((outputs[n], v) for n, v in pooled()))
         workdir = self.store.root / "sessions" / job.id

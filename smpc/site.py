@@ -134,7 +134,10 @@ def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], Sit
         if spec.protocol == "gwas":
             from smpc.protocols.gwas.protocol import site_statistics as gwas_statistics
 
-            arrays, samples = gwas_statistics(spec, source)
+            model = None if job.model is None else decode_model(job.model)
+            analysed = None if model is None else np.char.decode(model["snp"], "utf-8")
+            table_only = job.input("counts") is None  # the alignment job of filters: mind
+            arrays, samples = gwas_statistics(spec, source, analysed, table_only=table_only)
             return SiteData(arrays, samples)
         base = None if job.model is None else decode_model(job.model)
         stats = site_statistics(spec, source, base)

@@ -120,9 +120,9 @@ def test_statistics_opened_inside_mpyc_with_secure_filters_equal_plink(cohort, t
         cohort,
         tmp_path,
         "name: cs\nprotocol: gwas\ntests: [assoc, model, hardy, freq, missing]\n"
-        "filters: {maf: 0.02, geno: 0.03, hwe: 1.0e-3}\n",
+        "filters: {maf: 0.02, geno: 0.03, hwe: 1.0e-3, mind: 0.02}\n",
     )
-    filters = ["--maf", "0.02", "--geno", "0.03", "--hwe", "1e-3"]
+    filters = ["--maf", "0.02", "--geno", "0.03", "--hwe", "1e-3", "--mind", "0.02"]
     for flag, ext in [
         ("--assoc", "assoc"),
         ("--model", "model"),
@@ -142,11 +142,12 @@ def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, t
         cohort,
         tmp_path,
         "name: qt\nprotocol: gwas\ntests: [linear, assoc, freq, hardy]\npheno: QT\n"
-        "covar: [AGE, SEX2]\nreveal: aggregates\nfilters: {maf: 0.02, geno: 0.03, hwe: 1.0e-4}\n",
+        "covar: [AGE, SEX2]\nreveal: aggregates\n"
+        "filters: {maf: 0.02, geno: 0.03, hwe: 1.0e-4, mind: 0.02}\n",
     )
     pooled = cohort.pooled
     common = ["--pheno", f"{pooled}.pheno", "--pheno-name", "QT"]
-    filters = ["--maf", "0.02", "--geno", "0.03", "--hwe", "1e-4"]
+    filters = ["--maf", "0.02", "--geno", "0.03", "--hwe", "1e-4", "--mind", "0.02"]
     covar = ["--covar", f"{pooled}.cov", "--covar-name", "AGE,SEX2"]
     linear = _plink(cohort, tmp_path / "pl", *common, *filters, *covar, "--linear", "hide-covar")
     assert_same_table(out / "qt.assoc.linear", linear.with_suffix(".assoc.linear"))

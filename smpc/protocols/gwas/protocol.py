@@ -101,6 +101,19 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
     return inputs, (alignment, counts, *cross)
 
 
+def alignment_parts() -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
+    """The preliminary job of ``filters: {mind}``: variant tables in, alignment out."""
+    public = JobInput(name="site", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
+    alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
+    return (public,), (alignment,)
+
+
+def analysed_ids(opened: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The IDs of the variants every site has, from an opened alignment."""
+    summary = json.loads(words_to_bytes(np.asarray(opened["alignment"]).astype(np.int64)))
+    return parse_table(summary["variants"])["snp"]
+
+
 def statistics_outputs(spec: Any) -> list[JobInput]:
     """What the parties open with ``reveal: statistics`` (:mod:`.session`)."""
     names = ["a1.merge", "a1.swap"]
@@ -123,15 +136,51 @@ def statistics_outputs(spec: Any) -> list[JobInput]:
 # --- site side ------------------------------------------------------------------------
 
 
-def site_statistics(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int]:
-    """A site's shared arrays for a GWAS spec, and its number of samples."""
+def site_statistics(
+    spec: Any, prefix: Path, analysed: np.ndarray | None = None, *, table_only: bool = False
+) -> tuple[dict[str, np.ndarray], int]:
+    """A site's shared arrays for a GWAS spec, and its number of samples.
+
+    ``analysed`` (the IDs of the variants every site has, from the job) is needed for
+    ``filters: {mind}``: PLINK drops a sample whose missing calls over all variants
+    exceed the bound before anything else, so each site drops its own such samples.
+    ``table_only``: just the public ``site`` input (the preliminary alignment job).
+    """
+    from smpc.protocols.gwas.sitedata import open_site
+
+    with open_site(prefix) as site:
+        return _site_statistics(spec, prefix, site, analysed, table_only)
+
+
+def mind_keep(site: Any, analysed: np.ndarray, mind: float) -> np.ndarray:
+    """Samples passing PLINK 1.9's ``--mind``: missing calls <= int(mind·V·(1 + 2^-44))."""
+    from smpc.protocols.gwas.sitedata import iter_chunks
+
+    rows = {snp: i for i, snp in enumerate(site.variants.snp)}
+    absent = [snp for snp in analysed if snp not in rows]
+    if absent:
+        raise UserError(f"the job's analysed variants include some this site lacks: {absent[:5]}")
+    index = np.sort(np.array([rows[snp] for snp in analysed], dtype=np.int64))
+    missing = np.zeros(site.n_samples, dtype=np.int64)
+    for _, chunk in iter_chunks(site, index, CHUNK):
+        missing += np.count_nonzero(chunk < 0, axis=1)
+    return missing <= int(mind * len(index) * (1 + 2.0**-44))
+
+
+def _site_statistics(
+    spec: Any, prefix: Path, site: Any, analysed: np.ndarray | None, table_only: bool
+) -> tuple[dict[str, np.ndarray], int]:
     from smpc.protocols.gwas.align import site_counts
     from smpc.protocols.gwas.regression import linear_site_stats
-    from smpc.protocols.gwas.sitedata import iter_chunks, open_site, read_covar, read_pheno
+    from smpc.protocols.gwas.sitedata import iter_chunks, read_covar, read_pheno
 
-    site = open_site(prefix)
     samples = site.samples
     n_variants = len(site.variants.snp)
+    keep = np.ones(site.n_samples, dtype=bool)
+    if spec.filters is not None and spec.filters.mind is not None and not table_only:
+        if analysed is None:
+            raise UserError("filters: mind needs the analysed variants in the job")
+        keep = mind_keep(site, analysed, spec.filters.mind)
     if spec.pheno is None:
         pheno = _fam_phenotype(np.asarray(samples.phenotype, dtype=np.float64))
     else:
@@ -143,10 +192,17 @@ def site_statistics(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int
         pheno_class[pheno == 2] = 1
     else:
         pheno_class[~np.isnan(pheno)] = 0  # quantitative: one class with a value
+    if table_only:
+        info = {
+            "variants": _table_text(site.variants),
+            "phenotype": "case/control" if binary else "quantitative",
+        }
+        return {"site": bytes_to_words(json.dumps(info).encode())}, int(keep.sum())
     founder = np.asarray(samples.founder, dtype=bool)
     covar = (
         read_covar(prefix, list(spec.covar), samples) if spec.covar else np.zeros((len(pheno), 0))
     )
+    pheno, pheno_class, founder, covar = pheno[keep], pheno_class[keep], founder[keep], covar[keep]
     groups: dict[str, np.ndarray | None] = {}
     if "linear" in spec.tests:
         groups["linear"] = covar
@@ -163,6 +219,8 @@ def site_statistics(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int
     }
     no_flip = np.zeros(CHUNK, dtype=bool)
     for idx, chunk in iter_chunks(site, np.arange(n_variants), CHUNK):
+        if not keep.all():
+            chunk = chunk[keep]
         counts[idx] = site_counts(chunk, no_flip[: len(idx)], pheno_class, founder)
         for group, c in groups.items():
             stats = linear_site_stats(chunk, c, pheno)
@@ -277,6 +335,8 @@ def combine(
         "sites": sites,
     }
     yield "alignment", field.from_int(bytes_to_words(json.dumps(summary).encode()))
+    if "counts" not in inputs:  # the preliminary job of filters: {mind}: alignment only
+        return
     total = None
     for k, s in enumerate(sites):
         part = take_counts(share_of("counts", s), alignment.index[k], alignment.flip[k])
