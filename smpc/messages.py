@@ -227,26 +227,24 @@ def verify_job(data: bytes, directory: Directory) -> tuple[str, Job]:
         raise MessageError(f"job from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
 
 
-def verify_status(data: bytes, directory: Directory) -> tuple[str, Status]:
-    signer, payload = verify(data, "status", directory)
+def _verify_party_message(data: bytes, kind: str, model: type, directory: Directory):
+    """A message a party signs about itself: valid, and its ``party`` is the signer's."""
+    signer, payload = verify(data, kind, directory)
     try:
-        status = Status.model_validate(payload)
+        message = model.model_validate(payload)
     except ValidationError as exc:
-        raise MessageError(f"status from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
-    if directory.party_index(signer) != status.party:
-        raise MessageError(f"status signed by {signer!r} speaks for party {status.party}")
-    return signer, status
+        raise MessageError(f"{kind} from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
+    if directory.party_index(signer) != message.party:
+        raise MessageError(f"{kind} signed by {signer!r} speaks for party {message.party}")
+    return signer, message
+
+
+def verify_status(data: bytes, directory: Directory) -> tuple[str, Status]:
+    return _verify_party_message(data, "status", Status, directory)
 
 
 def verify_result(data: bytes, directory: Directory) -> tuple[str, PartyResult]:
-    signer, payload = verify(data, "result", directory)
-    try:
-        result = PartyResult.model_validate(payload)
-    except ValidationError as exc:
-        raise MessageError(f"result from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
-    if directory.party_index(signer) != result.party:
-        raise MessageError(f"result signed by {signer!r} speaks for party {result.party}")
-    return signer, result
+    return _verify_party_message(data, "result", PartyResult, directory)
 
 
 def verify_ack(data: bytes, directory: Directory) -> tuple[str, Ack]:

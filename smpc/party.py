@@ -403,13 +403,8 @@ class PartyService:
 
     def _disclosure_problem(self, job: Job, shares: dict) -> str:
         """Minimum cell count and differencing, before anything is computed."""
-        first = job.inputs[0].name
-        records = [
-            ShareHeader.from_json(shares[(first, site)].header.encode()).meta.get("records")
-            for site in job.close
-        ]
         if self.policy.min_cell:
-            total = sum(r for r in records if isinstance(r, int))
+            total = self._declared_records(job, shares)
             if total < self.policy.min_cell:
                 return (
                     f"the agreed sites declare {total} records in all, fewer than this party's "

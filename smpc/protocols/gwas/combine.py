@@ -54,15 +54,3 @@ def take_cross_products(
         xtx[f] = flip_genotype_row(field, flip_genotype_row(field, xtx[f], 1), 2)
         xty[f] = flip_genotype_row(field, xty[f], 1)
     return xtx, xty
-
-
-def flip_cross_products_real(
-    xtx: np.ndarray, xty: np.ndarray, flip: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The same map on opened (real) statistics: the pooled A1 choice after pooling."""
-    xtx, xty = np.array(xtx, dtype=np.float64), np.array(xty, dtype=np.float64)
-    t = np.eye(xtx.shape[-1])
-    t[1, 0], t[1, 1] = 2.0, -1.0
-    xtx[flip] = t @ xtx[flip] @ t.T
-    xty[flip] = xty[flip] @ t.T
-    return xtx, xty

@@ -65,18 +65,14 @@ def _text(values: np.ndarray) -> np.ndarray:
 
 def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[dict, int]:
     """A site's shares of one Newton round at the model's coefficients."""
-    from smpc.protocols.gwas.protocol import CHUNK, _fam_phenotype, split_limbs
+    from smpc.protocols.gwas.protocol import CHUNK, is_case_control, phenotype, split_limbs
     from smpc.protocols.gwas.regression import flip_genotypes, logistic_site_stats
-    from smpc.protocols.gwas.sitedata import iter_chunks, open_site, read_covar, read_pheno
+    from smpc.protocols.gwas.sitedata import iter_chunks, open_site, read_covar
 
     with open_site(prefix) as site:
         samples = site.samples
-        if spec.pheno is None:
-            pheno = _fam_phenotype(np.asarray(samples.phenotype, dtype=np.float64))
-        else:
-            pheno = read_pheno(prefix, spec.pheno, samples)
-        present = pheno[~np.isnan(pheno)]
-        if not np.isin(present, (1.0, 2.0)).all():
+        pheno = phenotype(spec, prefix, samples)
+        if not is_case_control(pheno):
             raise UserError(f"{prefix}: logistic needs a case/control phenotype (1/2)")
         y = pheno - 1.0  # 0 control, 1 case, NaN missing
         covar = read_covar(prefix, list(spec.covar), samples) if spec.covar else None

@@ -172,7 +172,7 @@ def _site_statistics(
 ) -> tuple[dict[str, np.ndarray], int]:
     from smpc.protocols.gwas.align import site_counts
     from smpc.protocols.gwas.regression import linear_site_stats
-    from smpc.protocols.gwas.sitedata import iter_chunks, read_covar, read_pheno
+    from smpc.protocols.gwas.sitedata import iter_chunks, read_covar
 
     samples = site.samples
     n_variants = len(site.variants.snp)
@@ -181,11 +181,8 @@ def _site_statistics(
         if analysed is None:
             raise UserError("filters: mind needs the analysed variants in the job")
         keep = mind_keep(site, analysed, spec.filters.mind)
-    if spec.pheno is None:
-        pheno = _fam_phenotype(np.asarray(samples.phenotype, dtype=np.float64))
-    else:
-        pheno = read_pheno(prefix, spec.pheno, samples)
-    binary = _is_case_control(pheno)
+    pheno = phenotype(spec, prefix, samples)
+    binary = is_case_control(pheno)
     pheno_class = np.full(len(pheno), 2, dtype=np.int64)  # missing phenotype
     if binary:
         pheno_class[pheno == 1] = 0
@@ -266,14 +263,27 @@ def _width(covar: np.ndarray | None) -> int:
     return 2 + (0 if covar is None else covar.shape[1])
 
 
-def _fam_phenotype(values: np.ndarray) -> np.ndarray:
-    """The .fam phenotype with PLINK's missing codes (0, -9) as NaN."""
-    out = values.astype(np.float64)
+def phenotype(spec: Any, prefix: Path, samples: Any) -> np.ndarray:
+    """The spec's phenotype per sample (NaN missing): a column of PREFIX.pheno, or the
+    .fam phenotype with PLINK's missing codes (0, -9) as NaN."""
+    from smpc.protocols.gwas.sitedata import read_pheno
+
+    if spec.pheno is not None:
+        return read_pheno(prefix, spec.pheno, samples)
+    out = np.asarray(samples.phenotype, dtype=np.float64).copy()
     out[(out == 0) | (out == -9)] = np.nan
     return out
 
 
-def _is_case_control(pheno: np.ndarray) -> bool:
+def flip_alleles(variants: Mapping[str, np.ndarray], flip: np.ndarray) -> dict[str, np.ndarray]:
+    """A variant table with A1 and A2 exchanged where ``flip``."""
+    out = dict(variants)
+    out["a1"] = np.where(flip, variants["a2"], variants["a1"])
+    out["a2"] = np.where(flip, variants["a1"], variants["a2"])
+    return out
+
+
+def is_case_control(pheno: np.ndarray) -> bool:
     """PLINK 1.9: a phenotype is case/control when every value present is 1 or 2."""
     present = pheno[~np.isnan(pheno)]
     return bool(np.isin(present, (1.0, 2.0)).all())
@@ -395,7 +405,6 @@ def _orient(
     allele counts (:func:`.align.pooled_bim_swap`), then A1 = the founders' minor allele."""
     from smpc.protocols.gwas import qc, regression
     from smpc.protocols.gwas.align import pooled_bim_swap
-    from smpc.protocols.gwas.combine import flip_cross_products_real
 
     counts = np.rint(np.asarray(opened["counts"], dtype=np.float64)).astype(np.int64)
     merged = pooled_bim_swap(counts)
@@ -403,11 +412,7 @@ def _orient(
     swap = qc.minor_allele_swap(counts)
     counts = qc.swap_alleles(counts, swap)
     flip = merged ^ swap  # relative to the reference orientation the sites were aligned to
-    variants = dict(variants)
-    variants["a1"], variants["a2"] = (
-        np.where(flip, variants["a2"], variants["a1"]),
-        np.where(flip, variants["a1"], variants["a2"]),
-    )
+    variants = flip_alleles(variants, flip)
     cross = {}
     for group in ("linear", "qt"):
         if f"{group}.xtx.hi" in opened:
@@ -415,10 +420,10 @@ def _orient(
                 part: join_limbs(opened[f"{group}.{part}.hi"], opened[f"{group}.{part}.lo"])
                 for part in CROSS_PARTS
             }
-            xtx, xty = flip_cross_products_real(real["xtx"], real["xty"], flip)
-            cross[group] = regression.LinearStats(
-                n=np.rint(xtx[:, 0, 0]).astype(np.int64), xtx=xtx, xty=xty, yty=real["yty"]
+            pooled = regression.LinearStats(
+                n=np.rint(real["xtx"][:, 0, 0]).astype(np.int64), **real
             )
+            cross[group] = regression.flip_linear_stats(pooled, flip)
     f = spec.filters
     masks = qc.qc_filters(
         counts,
@@ -556,10 +561,7 @@ def _finalize_statistics(
     merge = np.asarray(opened["a1.merge"]).astype(bool)
     swap = np.asarray(opened["a1.swap"]).astype(bool)
     flip = merge ^ swap
-    variants["a1"], variants["a2"] = (
-        np.where(flip, variants["a2"], variants["a1"]),
-        np.where(flip, variants["a1"], variants["a2"]),
-    )
+    variants = flip_alleles(variants, flip)
     v = len(variants["snp"])
     width = plink_maxsnp(variants["snp"])
     name = out / spec.name

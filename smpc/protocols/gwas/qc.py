@@ -327,10 +327,7 @@ def qc_filters(
     if geno is not None:
         allc = counts.sum(axis=(1, 2))
         n = int(allc[0].sum()) if counts.shape[0] else 0
-        called = allc[:, :3].sum(axis=1)
-        rate = called.astype(np.float64) * (1.0 / float(n)) if n else np.zeros(called.size)
-        rate = np.where(rate > 1 - SMALLISH_EPSILON, 1.0, rate)
-        masks["geno"] = ~(rate < (1.0 - geno) * (1 - SMALL_EPSILON))
+        masks["geno"] = allc[:, :3].sum(axis=1) >= geno_min_called(n, geno)
     if hwe is not None and hwe > 0:
         cts = _hwe_counts(counts, quantitative, hwe_include_nonctrl)
         p = hwe_pvalues(cts[:, 0], cts[:, 1], cts[:, 2], midp=hwe_midp)
@@ -595,7 +592,7 @@ def geno_min_called(samples: int, geno: float) -> int:
 
     ``--geno`` keeps a variant unless ``called * (1/N) < (1 - g)(1 - 2^-44)`` in double
     precision (a rate above 1 - 2^-35 counting as 1); that holds for a prefix of the
-    called counts, so the secure filter compares the called count with this bound.
+    called counts, so both the plaintext and the secure filter compare with this bound.
     """
     called = np.arange(samples + 1, dtype=np.float64)
     rate = called * (1.0 / float(samples)) if samples else np.zeros(1)
