@@ -83,15 +83,13 @@ def build_job(
         from smpc.protocols.gwas.protocol import job_parts
 
         if "statistics" in spec.reveal:
-            unsupported = [t for t in spec.tests if t in ("linear", "logistic")]
-            if spec.pheno is not None and "assoc" in spec.tests:
-                unsupported.append("assoc with pheno (a quantitative trait)")
+            unsupported = [t for t in spec.tests if t == "logistic"]
             if spec.filters and spec.filters.hwe is not None and "hardy" not in spec.tests:
                 unsupported.append("the hwe filter without hardy (it tests the counts .hwe prints)")
             if unsupported:
                 raise UserError(
                     f"{spec.name}: with reveal: statistics this version computes assoc, model, "
-                    f"hardy, freq and missing inside MPyC, not {', '.join(unsupported)}; "
+                    f"hardy, freq, missing and linear inside MPyC, not {', '.join(unsupported)}; "
                     "use reveal: aggregates for those"
                 )
             deliver = "parties"  # opened inside MPyC, signed by every party

@@ -279,19 +279,20 @@ class PartyService:
         except UserError as exc:
             return self._failed(job, str(exc))
         summary = json.loads(words_to_bytes(field.to_signed(arrays["alignment"])))
-        if summary["phenotype"] != "case/control" and {"assoc", "model"} & set(spec.tests):
-            return self._failed(
-                job,
-                "the sites' phenotype is quantitative: assoc on a quantitative trait runs with "
-                "reveal: aggregates in this version, and model needs case/control status",
-            )
+        quantitative = summary["phenotype"] != "case/control"
+        if quantitative and {"model", "logistic"} & set(spec.tests):
+            return self._failed(job, "model and logistic need a case/control phenotype (1/2)")
+        if quantitative and "assoc" in spec.tests and spec.pheno is None:
+            return self._failed(job, "assoc on a quantitative trait needs pheno: in the spec")
         np.save(workdir / "alignment.npy", field.to_signed(arrays["alignment"]))
         (workdir / "counts.bin").write_bytes(field.to_bytes(arrays["counts"].reshape(-1, 24)))
         alleles = job.input("alleles")
         if alleles is not None:
             big = field_for(alleles.modulus)
             (workdir / "alleles.bin").write_bytes(big.to_bytes(arrays["alleles"]))
-        from smpc.protocols.gwas.protocol import assoc_modulus
+        from smpc.protocols.gwas.protocol import assoc_modulus, regression_sessions
+
+        regression = regression_sessions(spec, job, arrays, workdir)
 
         modulus, bits = assoc_modulus() if alleles is not None else (None, None)
         task = SessionTask(
@@ -310,7 +311,8 @@ class PartyService:
                 geno=spec.filters.geno if spec.filters else None,
                 maf=spec.filters.maf if spec.filters else None,
                 hwe=spec.filters.hwe if spec.filters else None,
-                quantitative=summary["phenotype"] != "case/control",
+                quantitative=quantitative,
+                regression=regression,
             ),
         )
         return JobReply(None, session=task)

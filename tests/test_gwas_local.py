@@ -137,12 +137,14 @@ def test_statistics_opened_inside_mpyc_with_secure_filters_equal_plink(cohort, t
     assert result["filtered"] > 0
 
 
-def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, tmp_path):
+@pytest.mark.parametrize("reveal", ["aggregates", "statistics"])
+def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, tmp_path, reveal):
+    """With ``statistics`` the regressions run inside MPyC (exact fractions opened)."""
     out = _run(
         cohort,
         tmp_path,
         "name: qt\nprotocol: gwas\ntests: [linear, assoc, freq, hardy]\npheno: QT\n"
-        "covar: [AGE, SEX2]\nreveal: aggregates\n"
+        f"covar: [AGE, SEX2]\nreveal: {reveal}\n"
         "filters: {maf: 0.02, geno: 0.03, hwe: 1.0e-4, mind: 0.02}\n",
     )
     pooled = cohort.pooled
@@ -156,7 +158,9 @@ def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, t
     reports = _plink(cohort, tmp_path / "pr", *common, *filters, "--freq", "--hardy")
     assert_same_table(out / "qt.frq", reports.with_suffix(".frq"))
     assert_same_table(out / "qt.hwe", reports.with_suffix(".hwe"))
-    assert json.loads((out / "result.json").read_text())["filtered"] > 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["filtered"] > 0
+    assert result["reveal"] == reveal
 
 
 def test_logistic_by_newton_rounds_through_the_sites_equals_plink(cohort, tmp_path):

@@ -320,7 +320,7 @@ def test_site_serve_answers_a_new_job_once(keys_dir, tmp_path):
     _check_stores(tmp_path, {"oslo": data["oslo"]}, "job-s")
 
 
-TRAINER = '''
+TRAINER = """
 import numpy as np
 
 TARGETS = {"oslo": 1.0, "bergen": -2.0, "tromso": 5.0}
@@ -330,7 +330,7 @@ SIZES = {"oslo": 10, "bergen": 30, "tromso": 60}
 def train(model, round, site):
     w = np.zeros(4) if model is None else model["w"]
     return {"w": w + 0.5 * (TARGETS[site] - w) + round}, SIZES[site]
-'''
+"""
 
 
 def test_smpc_run_trains_several_rounds_with_site_serve(keys_dir, tmp_path):

@@ -65,6 +65,16 @@ class TaskInput(_Strict):
     shares: list[ShareRef] = Field(min_length=1)
 
 
+class RegressionSession(_Strict):
+    """A secure regression's pooled scaled cross products (:mod:`smpc.protocols.gwas.session`)."""
+
+    group: Literal["linear", "qt"]  # .assoc.linear, or the .qassoc of a quantitative assoc
+    k: int = Field(ge=2)  # columns of x = [1, g, covariates...]
+    modulus: int  # the field the sites shared them in
+    beta_scale_bits: int = Field(ge=0)  # BETA = opened ratio / 2^bits (y was scaled)
+    files: dict[str, str]  # xtx (V, k, k), xty (V, k), yty (V,): little-endian words
+
+
 class GwasSession(_Strict):
     """A GWAS's pooled, aligned shares (files in the session directory) and its tests."""
 
@@ -79,6 +89,7 @@ class GwasSession(_Strict):
     maf: float | None = None
     hwe: float | None = None  # needs hardy: on the counts .hwe prints
     quantitative: bool = False
+    regression: list[RegressionSession] = Field(default_factory=list)
 
 
 class SessionTask(_Strict):

@@ -495,13 +495,19 @@ def write_model(
 def write_qassoc(
     path: str | os.PathLike[str],
     variants: Variants | Mapping[str, Any],
-    qt_stats: Mapping[str, np.ndarray],
+    qt_stats: Mapping[str, np.ndarray] | None,
     snp_width: int | None = None,
     output_min_p: float = 0.0,
+    *,
+    table: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Write ``.qassoc`` exactly as ``plink1.9 --assoc`` with a quantitative trait."""
+    """Write ``.qassoc`` exactly as ``plink1.9 --assoc`` with a quantitative trait.
+
+    From the pooled sums ``qt_stats``, or from a finished ``table`` (the columns of
+    :func:`qassoc_table`, e.g. opened inside MPyC).
+    """
     v = as_variants(variants)
-    t = qassoc_table(qt_stats)
+    t = qassoc_table(qt_stats) if table is None else table
     n = t["NMISS"]
     fit = (n > 1) & np.isfinite(t["BETA"])
     has_p = (n > 1) & ~np.isnan(t["P"])

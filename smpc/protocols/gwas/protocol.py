@@ -49,6 +49,14 @@ LIMB_BITS = 32
 """Cross products travel as hi = floor(v) and lo = round((v - hi)·2^32): exact to 2^-33."""
 CROSS_INT_BITS = 40  # |floor(v)| < 2^40 per site
 CROSS_PARTS = ("xtx", "xty", "yty")
+REG_SCALE_BITS = 32
+"""With ``reveal: statistics`` covariates and the phenotype enter the cross products as
+x·2^32 (the intercept and the allele count unscaled), so every pooled entry is an
+integer, exact to 2^-33 of its sum as in aggregates mode (2^-17 moved PLINK's 4th digit
+of a t statistic near 0)."""
+REG_HI_BITS = 90  # hi = floor(entry·2^(scale_i + scale_j - 32)) < 2^20·2^32·2^32 per site
+REG_VALUE_BITS = 16  # |covariate|, |phenotype| < 2^16 with reveal: statistics
+REG_MAX_SAMPLES = 1 << 20  # samples the secure regressions are sized for
 RATIOS = ("f_a", "f_u", "chisq", "or")
 TEST_EXTENSION = {
     "assoc": "assoc", "model": "model", "hardy": "hwe", "freq": "frq", "missing": "lmiss",
@@ -78,25 +86,65 @@ def assoc_modulus() -> tuple[int, int]:
     return field_prime(bits), bits
 
 
+def regression_groups(spec: Any) -> dict[str, int]:
+    """The cross-product groups a spec needs, with their design width k = len(x)."""
+    groups = {}
+    if "linear" in spec.tests:
+        groups["linear"] = 2 + len(spec.covar)
+    if "assoc" in spec.tests and spec.pheno is not None:
+        groups["qt"] = 2
+    return groups
+
+
+def regression_field(k: int) -> tuple[int, Any]:
+    """The prime the sites share a width-``k`` regression's scaled cross products in, and
+    the bounds of what :func:`.secure.secure_linear` opens (:class:`.secure.LinearBounds`).
+
+    Sized for the worst case the sites enforce: REG_MAX_SAMPLES samples, covariates and
+    phenotype below 2^REG_VALUE_BITS scaled by 2^REG_SCALE_BITS. Four times the samples
+    cover the sites' rounding of each entry (by at most 1/2 per site, well below a
+    diagonal entry): the rounded matrix's determinant is at most that of the exact one
+    with every diagonal entry doubled.
+    """
+    from smpc.protocols.gwas.secure import field_prime, linear_bounds
+
+    scaled = 1 << (REG_SCALE_BITS + REG_VALUE_BITS)
+    bounds = linear_bounds(4 * REG_MAX_SAMPLES, [1, 2] + [scaled] * (k - 2), scaled)
+    return field_prime(bounds.field_bits), bounds
+
+
+def column_scale_bits(k: int) -> np.ndarray:
+    """Per column of x = [1, g, covariates...]: its scale's power of two (statistics mode)."""
+    return np.array([0, 0] + [REG_SCALE_BITS] * (k - 2), dtype=np.int64)
+
+
 def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
     """The inputs every site shares and the outputs every party delivers."""
     public = JobInput(name="site", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
     counts = JobInput(name="counts", frac_bits=0, int_bits=COUNT_BITS)
     alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
-    if statistics_mode(spec):
-        inputs = [public, counts]
-        if "assoc" in spec.tests:
+    statistics = statistics_mode(spec)
+    cross = []
+    for group, k in regression_groups(spec).items():
+        # statistics: scaled integers, hi = floor(v / 2^32) as exact floats, in a wide field
+        modulus, hi_bits = (
+            (regression_field(k)[0], REG_HI_BITS) if statistics else (None, CROSS_INT_BITS)
+        )
+        for part in CROSS_PARTS:
+            cross.append(
+                JobInput(name=f"{group}.{part}.hi", frac_bits=0, int_bits=hi_bits, modulus=modulus)
+            )
+            cross.append(
+                JobInput(
+                    name=f"{group}.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1, modulus=modulus
+                )
+            )
+    if statistics:
+        inputs = [public, counts, *cross]
+        if "assoc" in spec.tests:  # a case/control phenotype's (whichever the sites have)
             modulus, _ = assoc_modulus()
             inputs.append(JobInput(name="alleles", frac_bits=0, int_bits=40, modulus=modulus))
         return tuple(inputs), (alignment, *statistics_outputs(spec))
-    cross = []
-    groups = (["linear"] if "linear" in spec.tests else []) + (
-        ["qt"] if "assoc" in spec.tests and spec.pheno is not None else []
-    )
-    for group in groups:
-        for part in CROSS_PARTS:
-            cross.append(JobInput(name=f"{group}.{part}.hi", frac_bits=0, int_bits=CROSS_INT_BITS))
-            cross.append(JobInput(name=f"{group}.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1))
     inputs = (public, counts, *cross)
     return inputs, (alignment, counts, *cross)
 
@@ -126,10 +174,14 @@ def statistics_outputs(spec: Any) -> list[JobInput]:
         ("hardy", ["hardy.counts"]),
         ("freq", ["freq.alleles"]),
         ("missing", ["missing.counts"]),
-        ("assoc", [f"assoc.{s}.{p}" for s in RATIOS for p in ("num", "den")]),
     ):
         if test in spec.tests:
             names += opened
+    for group in regression_groups(spec):
+        ratios = ("beta", "t2") if group == "linear" else ("beta", "se2")
+        names += [f"{group}.nmiss"] + [f"{group}.{r}.{p}" for r in ratios for p in ("num", "den")]
+    if "assoc" in spec.tests:  # the .assoc or the .qassoc ratios are opened, the other empty
+        names += [f"assoc.{s}.{p}" for s in RATIOS for p in ("num", "den")]
     return [JobInput(name=n, frac_bits=0, int_bits=200) for n in names]
 
 
@@ -231,11 +283,49 @@ def _site_statistics(
     arrays = {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}
     if statistics_mode(spec) and "assoc" in spec.tests:
         arrays["alleles"] = case_control_alleles(counts)
+    if statistics_mode(spec) and groups:
+        _check_regression_values(prefix, spec, pheno, covar)
     for group, parts in cross.items():
+        if statistics_mode(spec):
+            parts = scale_cross_products(parts)
         for part, value in parts.items():
-            hi, lo = split_limbs(value)
+            hi, lo = split_limbs(value, wide=statistics_mode(spec))
             arrays[f"{group}.{part}.hi"], arrays[f"{group}.{part}.lo"] = hi, lo
     return arrays, len(pheno)
+
+
+def scale_cross_products(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cross products of the scaled columns (covariates and y times 2^16) over 2^32.
+
+    Powers of two scale float64 exactly, so :func:`split_limbs` of the result gives hi
+    and lo with hi·2^32 + lo = round(entry·2^(scale_i + scale_j)): the integers the
+    parties compute on (:mod:`.session`).
+    """
+    k = parts["xtx"].shape[-1]
+    col = 2.0 ** column_scale_bits(k).astype(np.float64)
+    y = 2.0**REG_SCALE_BITS
+    unit = 2.0**-LIMB_BITS
+    return {
+        "xtx": parts["xtx"] * (col[:, None] * col[None, :] * unit),
+        "xty": parts["xty"] * (col * (y * unit)),
+        "yty": parts["yty"] * (y * y * unit),
+    }
+
+
+def _check_regression_values(prefix: Path, spec: Any, pheno: np.ndarray, covar: np.ndarray) -> None:
+    """``reveal: statistics`` sizes its field for |values| < 2^16: refuse larger ones."""
+    bound = 2.0**REG_VALUE_BITS
+    named = [(spec.pheno or "phenotype", pheno)] + [
+        (c, covar[:, j]) for j, c in enumerate(spec.covar)
+    ]
+    for name, values in named:
+        big = np.abs(values) >= bound
+        if big.any():
+            raise UserError(
+                f"{prefix}: {name} has |value| {np.abs(values[big]).max():g} >= 2^{REG_VALUE_BITS}"
+                f"; reveal: statistics sizes its field for smaller values: rescale the column "
+                "or use reveal: aggregates"
+            )
 
 
 def case_control_alleles(counts: np.ndarray) -> np.ndarray:
@@ -246,11 +336,14 @@ def case_control_alleles(counts: np.ndarray) -> np.ndarray:
     return np.stack([a1[:, 1], called[:, 1], a1[:, 0], called[:, 0]], axis=1)
 
 
-def split_limbs(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A real array as integers hi = floor(v), lo = round((v - hi)·2^32) (exact split)."""
+def split_limbs(value: np.ndarray, *, wide: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A real array as integers hi = floor(v), lo = round((v - hi)·2^32) (exact split).
+
+    ``wide`` keeps hi as (integral) float64, exact beyond 2^63; it encodes as an integer.
+    """
     hi = np.floor(value)
     lo = np.rint((value - hi) * 2.0**LIMB_BITS)  # v - floor(v) is exact in float64
-    return hi.astype(np.int64), lo.astype(np.int64)
+    return (hi if wide else hi.astype(np.int64)), lo.astype(np.int64)
 
 
 def join_limbs(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -366,11 +459,13 @@ def combine(
         for limb in ("hi", "lo"):
             if f"{group}.xtx.{limb}" not in inputs:
                 continue
+            modulus = inputs[f"{group}.xtx.{limb}"].modulus
+            own = field if modulus is None else field_for(modulus)  # statistics: wide
             sums: dict[str, np.ndarray] = {}
             for k, s in enumerate(sites):
                 index, flip = alignment.index[k], alignment.flip[k]
                 xtx, xty = take_cross_products(
-                    field,
+                    own,
                     share_of(f"{group}.xtx.{limb}", s),
                     share_of(f"{group}.xty.{limb}", s),
                     index,
@@ -378,9 +473,40 @@ def combine(
                 )
                 parts = {"xtx": xtx, "xty": xty, "yty": share_of(f"{group}.yty.{limb}", s)[index]}
                 for name, value in parts.items():
-                    sums[name] = value if name not in sums else field.add(sums[name], value)
+                    sums[name] = value if name not in sums else own.add(sums[name], value)
             for name in CROSS_PARTS:
                 yield f"{group}.{name}.{limb}", sums[name]
+
+
+def regression_sessions(
+    spec: Any, job: Any, pooled: Mapping[str, np.ndarray], workdir: Path
+) -> list[Any]:
+    """Write the pooled scaled cross products for the MPyC session (``reveal: statistics``).
+
+    Each entry is hi·2^32 + lo of the pooled limbs, in the regression's own field; the
+    ``qt`` group only when the phenotype is quantitative (a case/control one has .assoc).
+    """
+    from smpc.mpc.task import RegressionSession
+
+    summary = json.loads(words_to_bytes(field_for(job.modulus).to_signed(pooled["alignment"])))
+    out = []
+    for group, k in regression_groups(spec).items():
+        if group == "qt" and summary["phenotype"] == "case/control":
+            continue
+        modulus = job.input(f"{group}.xtx.hi").modulus
+        big = field_for(modulus)
+        files = {}
+        for part in CROSS_PARTS:
+            hi, lo = pooled[f"{group}.{part}.hi"], pooled[f"{group}.{part}.lo"]
+            value = big.add(big.mul_const(hi, 1 << LIMB_BITS), lo)
+            files[part] = f"{group}.{part}.bin"
+            (workdir / files[part]).write_bytes(big.to_bytes(value.reshape(-1)))
+        out.append(
+            RegressionSession(
+                group=group, k=k, modulus=modulus, beta_scale_bits=REG_SCALE_BITS, files=files
+            )
+        )
+    return out
 
 
 # --- analyst side ---------------------------------------------------------------------
@@ -554,7 +680,7 @@ def _finalize_statistics(
     elsewhere), oriented by the opened A1 bits; ``.assoc`` from the opened fractions.
     """
     from smpc.protocols.gwas import counts as count_tests
-    from smpc.protocols.gwas import qc
+    from smpc.protocols.gwas import qc, regression
     from smpc.protocols.gwas.plink_format import plink_maxsnp
     from smpc.protocols.gwas.secure import Ratio
 
@@ -606,7 +732,10 @@ def _finalize_statistics(
 
             counts = oriented(fill_hardy, geno)
             subset = {k: x[geno] for k, x in variants.items()}
-            qc.write_hwe(path, subset, counts, swapped=swap[geno], snp_width=width)
+            qc.write_hwe(
+                path, subset, counts, swapped=swap[geno], snp_width=width,
+                quantitative=summary["phenotype"] == "quantitative",
+            )  # fmt: skip
         elif test == "model":
             model = ints("model.counts").reshape(-1, 2, 3)
 
@@ -614,6 +743,15 @@ def _finalize_statistics(
                 t[:, :2, 1, :3] = m
 
             count_tests.write_model(path, kept, oriented(fill_model, keep), snp_width=width)
+        elif test == "assoc" and "qt.nmiss" in opened:
+            path = f"{name}.qassoc"
+            table = _qassoc_from_ratios(opened)
+            count_tests.write_qassoc(path, kept, None, snp_width=width, table=table)
+            p_values = table["P"]
+        elif test == "linear":
+            result = _linear_from_ratios(opened, 2 + len(spec.covar))
+            regression.write_linear(path, kept, result, snp_width=width)
+            p_values = np.where(result["ok"], result["P"], np.nan)
         elif test == "assoc":
             ratios = {
                 r: Ratio(
@@ -638,6 +776,53 @@ def _finalize_statistics(
         sites=summary["sites"],
         reveal="statistics",
     )  # fmt: skip
+
+
+def _opened_ratio(opened: Mapping[str, np.ndarray], key: str) -> Any:
+    from smpc.protocols.gwas.secure import Ratio
+
+    return Ratio(
+        np.asarray(opened[f"{key}.num"], dtype=object).reshape(-1),
+        np.asarray(opened[f"{key}.den"], dtype=object).reshape(-1),
+    )
+
+
+def _linear_from_ratios(opened: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """``.assoc.linear``'s ADD columns from the opened NMISS, BETA and T² (:mod:`.session`).
+
+    NA where PLINK's regression has no solution: n <= k, a singular XᵀX or RSS = 0
+    (exactly: T²'s denominator is 0). STAT = sign(BETA)·√T², P two-sided with n − k df.
+    """
+    from smpc.protocols.gwas.regression import _t_two_sided
+
+    n = np.asarray(opened["linear.nmiss"]).astype(np.int64).reshape(-1)
+    beta = _opened_ratio(opened, "linear.beta").to_float()
+    t2 = _opened_ratio(opened, "linear.t2")
+    ok = (n > k) & ~t2.na & np.isfinite(beta)
+    with np.errstate(invalid="ignore"):
+        stat = np.where(ok, np.sign(beta) * np.sqrt(t2.to_float()), np.nan)
+        df = np.maximum(n - k, 1).astype(np.float64)
+        pval = np.where(ok, _t_two_sided(stat, df), np.nan)
+    beta = np.where(ok, beta, np.nan)
+    return {"NMISS": n, "BETA": beta, "STAT": stat, "P": pval, "ok": ok}
+
+
+def _qassoc_from_ratios(opened: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``.qassoc``'s columns from the opened NMISS, BETA and SE² (:mod:`.session`).
+
+    T = BETA/SE and R2 = T²/(T² + n − 2) (the simple regression's r²; 1 for a perfect
+    fit, SE = 0), P two-sided with n − 2 df, as :func:`.counts.qassoc_table`.
+    """
+    from smpc.protocols.gwas.counts import tprob
+
+    n = np.asarray(opened["qt.nmiss"]).astype(np.int64).reshape(-1)
+    beta = _opened_ratio(opened, "qt.beta").to_float()
+    se = np.sqrt(_opened_ratio(opened, "qt.se2").to_float())
+    df = (n - 2).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = beta / se
+        r2 = np.where(se == 0, 1.0, t * t / (t * t + df))
+    return {"NMISS": n, "BETA": beta, "SE": se, "R2": r2, "T": t, "P": tprob(t, df)}
 
 
 def _summarise(

@@ -136,8 +136,10 @@ class LinearResult:
 
     nmiss: np.ndarray  # int64: samples in the regression (PLINK prints it)
     beta: Ratio  # in the caller's units (``beta_scale`` applied); NA with t2
-    t2: Ratio  # squared t statistic; NA when det(XᵀX) = 0 or RSS = 0
+    t2: Ratio | None  # squared t statistic; NA when det(XᵀX) = 0 or RSS = 0
     n_params: int
+    se2: Ratio | None = None  # with ``se2=True`` instead of t2: BETA's squared standard
+    # error, NA (as BETA) only when det(XᵀX) = 0; in the caller's units
 
     @property
     def t(self) -> np.ndarray:
@@ -192,11 +194,17 @@ class LinearBounds:
     beta_den: int
     t2_num: int
     t2_den: int
+    se2_num: int = 0  # SE² = (C·det − b²)/(det²·(n − k)), scaled by the caller
+    se2_den: int = 0
 
     @property
     def field_bits(self) -> int:
         """Smallest prime bit length with which no opened ratio is ambiguous."""
-        need = max(2 * self.beta_num * self.beta_den, 2 * self.t2_num * self.t2_den)
+        need = max(
+            2 * self.beta_num * self.beta_den,
+            2 * self.t2_num * self.t2_den,
+            2 * self.se2_num * self.se2_den,
+        )
         return need.bit_length() + 1
 
 
@@ -214,8 +222,9 @@ def linear_bounds(
     d_z = n_max * y_bound * y_bound * math.prod(v for j, v in enumerate(s) if j != test_index)
     b = math.isqrt(d_x * d_z) + 1
     return LinearBounds(
-        n_max=n_max, beta_num=b, beta_den=d_x, t2_num=n_max * d_x * d_z, t2_den=d_x * d_z
-    )
+        n_max=n_max, beta_num=b, beta_den=d_x, t2_num=n_max * d_x * d_z, t2_den=d_x * d_z,
+        se2_num=d_x * d_z, se2_den=n_max * d_x * d_x,
+    )  # fmt: skip
 
 
 def field_prime(field_bits: int, value_bits: int = 32, sec_param: int = SEC_PARAM) -> int:
@@ -694,6 +703,7 @@ async def secure_linear(
     test_index: int = 1,
     beta_scale: Fraction | int = 1,
     swap: np.ndarray | None = None,
+    se2: bool = False,
 ) -> LinearResult:
     """PLINK ``--linear`` ADD statistics from secret integer cross products.
 
@@ -716,6 +726,10 @@ async def secure_linear(
     (index ``test_index``, unscaled allele counts next to an unscaled intercept in
     column 0) as g' = 2 − g where set: x' = T·x with T the identity but row t =
     (2, 0, .., −1, ..), so XᵀX' = T·XᵀX·Tᵀ and Xᵀy' = T·Xᵀy, on the shares.
+
+    ``se2`` opens BETA and its squared standard error SE² = (C·d − b²)/(d²·(n − k))
+    instead of T² (PLINK's quantitative ``--assoc`` prints SE; T = BETA/SE), both NA
+    exactly where d = 0; SE² is scaled by ``beta_scale``² like BETA².
     """
     nmiss = np.array(await _open_ints(mpc, n), dtype=np.int64)
     field, xtx_v = await _shares(mpc, xtx)
@@ -745,8 +759,12 @@ async def secure_linear(
         return await _reshare(mpc, field, local)
 
     det, b, gram_c = await _async_minors(linear_targets(k, test_index), entry, reshared)
-    t2_den, b2 = await _reshare(mpc, field, [gram_c * det - b * b, b * b])
     df = (nmiss.astype(object) - k) % p
+    if se2:
+        return await _open_beta_se2(
+            mpc, field, nmiss, det, b, gram_c, df, bounds, k, Fraction(beta_scale)
+        )
+    t2_den, b2 = await _reshare(mpc, field, [gram_c * det - b * b, b * b])
     if bounds is None:
         beta_num_b = beta_den_b = t2_num_b = t2_den_b = _balanced_bound(p)
     else:
@@ -764,6 +782,45 @@ async def secure_linear(
         g = np.gcd(num, den)
         beta_num[ok], beta_den[ok] = num // g, den // g
     return LinearResult(nmiss=nmiss, beta=Ratio(beta_num, beta_den), t2=t2, n_params=k)
+
+
+async def _open_beta_se2(
+    mpc: Any,
+    field: type,
+    nmiss: np.ndarray,
+    det: np.ndarray,
+    b: np.ndarray,
+    gram_c: np.ndarray,
+    df: np.ndarray,
+    bounds: LinearBounds | None,
+    k: int,
+    scale: Fraction,
+) -> LinearResult:
+    """BETA = b/d and SE² = (C·d − b²)/(d²·df) as fractions, scaled; NA where d = 0."""
+    p = field.order
+    rss_num, det2 = await _reshare(mpc, field, [gram_c * det - b * b, det * det])
+    if bounds is None:
+        beta_b = se2_b = (_balanced_bound(p), _balanced_bound(p))
+    else:
+        beta_b, se2_b = (bounds.beta_num, bounds.beta_den), (bounds.se2_num, bounds.se2_den)
+    beta = await _open_ratio_shares(mpc, field, b % p, det % p, *beta_b)
+    se2 = await _open_ratio_shares(mpc, field, rss_num % p, det2 * df % p, *se2_b)
+    return LinearResult(
+        nmiss=nmiss,
+        beta=_scaled(beta, scale),
+        t2=None,
+        n_params=k,
+        se2=_scaled(se2, scale * scale),
+    )
+
+
+def _scaled(r: Ratio, scale: Fraction) -> Ratio:
+    """``r`` times ``scale``, reduced (NA stays 0/0)."""
+    num = r.num * scale.numerator
+    den = r.den * scale.denominator
+    g = np.gcd(num, den)
+    g[g == 0] = 1
+    return Ratio(num // g, den // g)
 
 
 def _swap_allele(

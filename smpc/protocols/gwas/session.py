@@ -115,7 +115,12 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
         samples = total(list(range(24)))
         opened = [await mpc.output(x) for x in (missing, samples)]
         out["missing.counts"] = _result(np.stack(opened, axis=1))
-    if "assoc" in gwas.tests:
+    for reg in gwas.regression:
+        out.update(await _regression(mpc, reg, workdir, rows_all, (merge ^ swap)[rows_all]))
+    if "assoc" in gwas.tests and gwas.quantitative:  # .qassoc from the qt regression
+        for name in RATIO_NAMES:
+            out[f"assoc.{name}.num"] = out[f"assoc.{name}.den"] = _result(np.zeros(0, np.int64))
+    elif "assoc" in gwas.tests:
         big = secint_for(mpc, gwas.assoc_field_bits)
         if big.field.modulus != gwas.assoc_modulus:
             raise ValueError("the assoc field differs from the one the sites shared in")
@@ -131,7 +136,7 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
             swap=(merge ^ swap)[rows_all],
             max_alleles=MAX_ALLELES,
         )
-        for name, ratio in (
+        for name, ratio in (  # RATIO_NAMES
             ("f_a", result.f_a),
             ("f_u", result.f_u),
             ("chisq", result.chisq),
@@ -139,6 +144,51 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
         ):
             out[f"assoc.{name}.num"] = _result(ratio.num)
             out[f"assoc.{name}.den"] = _result(ratio.den)
+    return out
+
+
+RATIO_NAMES = ("f_a", "f_u", "chisq", "or")
+
+
+async def _regression(
+    mpc: Any, reg: Any, workdir: Path, rows: np.ndarray, swap: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """One secure regression (:func:`.secure.secure_linear`) on the variants ``rows``.
+
+    ``linear`` opens NMISS, BETA and T² (what ``.assoc.linear`` prints); ``qt`` (the
+    quantitative ``--assoc``) NMISS, BETA and SE², which .qassoc prints. The sites
+    scaled covariates and y by 2^``beta_scale_bits`` (the allele count not), so T² is
+    unchanged and BETA and SE are scaled back by that power of two.
+    """
+    from fractions import Fraction
+
+    from smpc.protocols.gwas.protocol import regression_field
+    from smpc.protocols.gwas.secure import secint_for, secure_linear
+
+    modulus, bounds = regression_field(reg.k)
+    big = secint_for(mpc, bounds.field_bits)
+    if big.field.modulus != modulus or modulus != reg.modulus:
+        raise ValueError(f"the {reg.group} field differs from the one the sites shared in")
+    field = field_for(modulus)
+    k = reg.k
+    shapes = {"xtx": (-1, k, k), "xty": (-1, k), "yty": (-1,)}
+    parts = {}
+    for part, shape in shapes.items():
+        flat = field.from_bytes((workdir / reg.files[part]).read_bytes(), (-1,))
+        values = np.asarray(flat, dtype=object).reshape(shape)[rows]
+        parts[part] = big.array(big.field.array(values))
+    n = parts["xtx"][:, 0, 0]  # the intercept column is unscaled: the sample count
+    result = await secure_linear(
+        mpc, n, parts["xtx"], parts["xty"], parts["yty"],
+        bounds=bounds, swap=swap, beta_scale=Fraction(1, 1 << reg.beta_scale_bits),
+        se2=reg.group == "qt",
+    )  # fmt: skip
+    g = reg.group
+    out = {f"{g}.nmiss": _result(result.nmiss.astype(np.int64))}
+    second = ("se2", result.se2) if g == "qt" else ("t2", result.t2)
+    for name, ratio in (("beta", result.beta), second):
+        out[f"{g}.{name}.num"] = _result(ratio.num)
+        out[f"{g}.{name}.den"] = _result(ratio.den)
     return out
 
 
