@@ -83,22 +83,24 @@ def build_job(
         from smpc.protocols.gwas.protocol import job_parts
 
         if "statistics" in spec.reveal:
-            unsupported = [t for t in spec.tests if t == "logistic"]
+            unsupported = []
             if spec.filters and spec.filters.hwe is not None and "hardy" not in spec.tests:
                 unsupported.append("the hwe filter without hardy (it tests the counts .hwe prints)")
             if unsupported:
                 raise UserError(
-                    f"{spec.name}: with reveal: statistics this version computes assoc, model, "
-                    f"hardy, freq, missing and linear inside MPyC, not {', '.join(unsupported)}; "
+                    f"{spec.name}: with reveal: statistics this version cannot compute "
+                    f"{', '.join(unsupported)}; "
                     "use reveal: aggregates for those"
                 )
             deliver = "parties"  # opened inside MPyC, signed by every party
         if "logistic" in spec.tests and spec.filters and spec.filters.mind is not None:
             raise UserError(f"{spec.name}: filters: mind with logistic is not available yet")
         if round > 0:  # a Newton round of the logistic test (smpc.protocols.gwas.logistic)
-            from smpc.protocols.gwas.logistic import round_inputs
+            from smpc.protocols.gwas.logistic import round_inputs, round_outputs
 
-            inputs = round_inputs()
+            inputs = round_inputs(spec)
+            if deliver == "parties":  # reveal: statistics: the step is computed in MPyC
+                outputs = round_outputs(spec)
         elif preliminary:  # filters: {mind} first needs the variants every site has
             from smpc.protocols.gwas.protocol import alignment_parts
 

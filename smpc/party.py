@@ -232,6 +232,8 @@ class PartyService:
             return self._failed(job, disclosure)
         if job.protocol == "gwas" and job.input("site") is not None:
             return self.compute_gwas(job, shares)  # else a Newton round: plain sums
+        if job.protocol == "gwas" and job.deliver == "parties":  # ... or its step in MPyC
+            return self.compute_newton(job, shares)
         try:
             noise = self.noise_plan(job, shares)
         except UserError as exc:
@@ -314,6 +316,27 @@ class PartyService:
                 quantitative=quantitative,
                 regression=regression,
             ),
+        )
+        return JobReply(None, session=task)
+
+    def compute_newton(self, job: Job, shares: dict) -> JobReply:
+        """A logistic Newton round with ``reveal: statistics``: add the sites' gradients and
+        Hessians and hand them to the MPyC session, which opens only the step."""
+        from smpc.protocols.gwas.logistic import pooled_round
+
+        workdir = self.store.root / "sessions" / job.id
+        workdir.mkdir(parents=True, exist_ok=True)
+
+        def share_of(name: str, site: str) -> np.ndarray:
+            return self.share_values(shares[(name, site)])
+
+        newton = pooled_round(job, share_of, workdir)
+        task = SessionTask(
+            job=job.id,
+            party=self.index,
+            sectype=SecType(kind="int", bit_length=MERSENNE61.bit_length() - 32, prime=job.modulus),
+            compute="newton",
+            newton=newton,
         )
         return JobReply(None, session=task)
 

@@ -163,11 +163,13 @@ def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, t
     assert result["reveal"] == reveal
 
 
-def test_logistic_by_newton_rounds_through_the_sites_equals_plink(cohort, tmp_path):
+@pytest.mark.parametrize("reveal", ["aggregates", "statistics"])
+def test_logistic_by_newton_rounds_through_the_sites_equals_plink(cohort, tmp_path, reveal):
+    """With ``statistics`` each round's step H⁻¹g is computed and opened inside MPyC."""
     out = _run(
         cohort,
         tmp_path,
-        "name: lg\nprotocol: gwas\ntests: [logistic]\ncovar: [AGE, SEX2]\nreveal: aggregates\n",
+        f"name: lg\nprotocol: gwas\ntests: [logistic]\ncovar: [AGE, SEX2]\nreveal: {reveal}\n",
     )
     pooled = cohort.pooled
     covar = ["--covar", f"{pooled}.cov", "--covar-name", "AGE,SEX2"]
@@ -175,6 +177,7 @@ def test_logistic_by_newton_rounds_through_the_sites_equals_plink(cohort, tmp_pa
     assert_same_table(
         out / "lg.assoc.logistic", plink.with_suffix(".assoc.logistic"), single_precision=True
     )
+    assert json.loads((out / "result.json").read_text())["reveal"] == reveal
 
 
 def test_a_site_in_pgen_format_gives_the_same_results(cohort, tmp_path):

@@ -181,6 +181,45 @@ def test_laplace_minors_match_numpy_determinants():
             assert c == round(np.linalg.det(m[np.ix_(others, others)].astype(float)))
 
 
+def test_newton_minors_give_the_step_and_variance_of_numpy():
+    """Cramer's rule on [H | g]: H⁻¹g and (H⁻¹)_tt, exactly, for every width and test column."""
+    rng = np.random.default_rng(11)
+    for k in range(2, 6):
+        for t in range(k):
+            x = rng.integers(-5, 6, size=(20, k)).astype(object)
+            x[:, 0] = 1
+            w = rng.integers(1, 4, size=20).astype(object)  # π(1 − π), scaled to integers
+            h = (x * w[:, None]).T @ x
+            g = x.T @ rng.integers(-3, 4, size=20).astype(object)
+            minors = secure.laplace_minors(
+                secure.newton_targets(k, t),
+                lambda i, j, h=h, g=g, k=k: g[i] if j == k else h[i, j],
+            )
+            det, numerators, cofactor = minors[0], minors[1 : k + 1], minors[k + 1]
+            hf = h.astype(float)
+            step = np.linalg.solve(hf, g.astype(float))
+            assert [float(Fraction(n, det)) for n in numerators] == pytest.approx(step, rel=1e-9)
+            assert float(Fraction(cofactor, det)) == pytest.approx(np.linalg.inv(hf)[t, t])
+
+
+def test_newton_bounds_hold_at_the_extremes():
+    rng = np.random.default_rng(4)
+    n, bx, scale_bits = 9, [1, 2, 5, 7], 3
+    bounds = secure.newton_bounds(n, bx, scale_bits)
+    for _ in range(200):
+        x = np.column_stack([rng.choice([-b, b], size=n) for b in bx]).astype(object)
+        x[:, 0] = 1
+        w = rng.integers(0, 2 ** (scale_bits - 2) + 1, size=n).astype(object)  # ≤ 2^s/4
+        h = (x * w[:, None]).T @ x
+        g = x.T @ rng.choice([-(2**scale_bits), 2**scale_bits], size=n).astype(object)
+        minors = secure.laplace_minors(
+            secure.newton_targets(4, 1), lambda i, j, h=h, g=g: g[i] if j == 4 else h[i, j]
+        )
+        assert 0 <= minors[0] <= bounds.det
+        assert all(abs(m) <= bounds.step_num for m in minors[1:5])
+        assert 0 <= minors[5] <= bounds.cofactor
+
+
 def test_linear_bounds_hold_at_the_extremes():
     rng = np.random.default_rng(3)
     n, bx, by = 9, [1, 2, 5, 7], 11

@@ -152,10 +152,11 @@ async def run_task(task: SessionTask, timeout: float, file_dir: Path) -> dict:
         stype = mpc.SecFxp(sectype.bit_length, sectype.frac_bits, p=sectype.prime)
     if stype.field.modulus != field.modulus:
         raise SessionError(f"MPyC chose modulus {stype.field.modulus}, shares use {field.modulus}")
-    if task.compute == "gwas":
-        from smpc.protocols.gwas.session import run_gwas
+    if task.compute in ("gwas", "newton"):
+        from smpc.protocols.gwas.session import run_gwas, run_newton
 
-        outputs = await run_gwas(mpc, task, file_dir)
+        run = run_gwas if task.compute == "gwas" else run_newton
+        outputs = await run(mpc, task, file_dir)
         await mpc.shutdown()
         return {"job": task.job, "party": mpc.pid, "outputs": outputs}
     outputs: dict = {}

@@ -92,6 +92,15 @@ class GwasSession(_Strict):
     regression: list[RegressionSession] = Field(default_factory=list)
 
 
+class NewtonSession(_Strict):
+    """A logistic Newton round's pooled shares (:func:`smpc.protocols.gwas.session.run_newton`)."""
+
+    variants: int = Field(ge=0)
+    k: int = Field(ge=2)
+    modulus: int  # the gradient's and Hessian's field
+    files: dict[str, str]  # n (V,) in the job's field; grad (V, k), hess (V, k, k)
+
+
 class SessionTask(_Strict):
     """Everything a session process needs besides its MPyC command line."""
 
@@ -101,8 +110,9 @@ class SessionTask(_Strict):
     inputs: list[TaskInput] = Field(default_factory=list)
     # "sum" opens every input's sum; "noise" opens nothing and returns this party's
     # shares of the dp noise all parties input (deliver: analyst, see smpc.dp).
-    compute: Literal["sum", "noise", "gwas"] = "sum"
+    compute: Literal["sum", "noise", "gwas", "newton"] = "sum"
     gwas: GwasSession | None = None  # compute "gwas": smpc.protocols.gwas.session
+    newton: NewtonSession | None = None  # compute "newton": a logistic round's step
     noise_mu: float = Field(default=0.0, ge=0)  # Skellam parameter each party draws
     noised: list[str] = Field(default_factory=list)  # inputs that get the noise
     # Shamir shares open with MPyC's output(); additive shares (run with -T 0) are

@@ -34,15 +34,49 @@ logger = logging.getLogger("smpc.gwas")
 PARTS = ("grad", "hess")
 
 
-def round_inputs() -> tuple[JobInput, ...]:
-    """What every site shares in a Newton round."""
-    from smpc.protocols.gwas.protocol import COUNT_BITS, CROSS_INT_BITS, LIMB_BITS
+def round_inputs(spec: Any) -> tuple[JobInput, ...]:
+    """What every site shares in a Newton round.
 
+    With ``reveal: statistics`` the gradient and Hessian go to a field of their own,
+    sized for :func:`.secure.secure_newton_step` (:func:`newton_field`).
+    """
+    from smpc.protocols.gwas.protocol import (
+        COUNT_BITS,
+        CROSS_INT_BITS,
+        LIMB_BITS,
+        statistics_mode,
+    )
+
+    modulus, hi_bits = None, CROSS_INT_BITS
+    if statistics_mode(spec):
+        modulus, hi_bits = newton_field(2 + len(spec.covar))[0], 62
     out = [JobInput(name="logistic.n", frac_bits=0, int_bits=COUNT_BITS)]
     for part in PARTS:
-        out.append(JobInput(name=f"logistic.{part}.hi", frac_bits=0, int_bits=CROSS_INT_BITS))
-        out.append(JobInput(name=f"logistic.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1))
+        out.append(
+            JobInput(name=f"logistic.{part}.hi", frac_bits=0, int_bits=hi_bits, modulus=modulus)
+        )
+        out.append(
+            JobInput(
+                name=f"logistic.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1, modulus=modulus
+            )
+        )
     return tuple(out)
+
+
+def round_outputs(spec: Any) -> tuple[JobInput, ...]:
+    """What the parties open in a Newton round with ``reveal: statistics`` (:mod:`.session`)."""
+    names = ["logistic.n"] + [f"logistic.{r}.{p}" for r in ("step", "var") for p in ("num", "den")]
+    return tuple(JobInput(name=n, frac_bits=0, int_bits=200) for n in names)
+
+
+def newton_field(k: int) -> tuple[int, Any]:
+    """The prime of a width-``k`` Newton round's shares and the bounds of its openings."""
+    from smpc.protocols.gwas.protocol import LIMB_BITS, REG_MAX_SAMPLES, REG_VALUE_BITS
+    from smpc.protocols.gwas.secure import field_prime, newton_bounds
+
+    cols = [1, 2] + [1 << REG_VALUE_BITS] * (k - 2)
+    bounds = newton_bounds(4 * REG_MAX_SAMPLES, cols, LIMB_BITS)
+    return field_prime(bounds.field_bits), bounds
 
 
 def round_model(variants: dict[str, np.ndarray], beta: np.ndarray) -> dict[str, np.ndarray]:
@@ -65,7 +99,14 @@ def _text(values: np.ndarray) -> np.ndarray:
 
 def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[dict, int]:
     """A site's shares of one Newton round at the model's coefficients."""
-    from smpc.protocols.gwas.protocol import CHUNK, is_case_control, phenotype, split_limbs
+    from smpc.protocols.gwas.protocol import (
+        CHUNK,
+        check_regression_values,
+        is_case_control,
+        phenotype,
+        split_limbs,
+        statistics_mode,
+    )
     from smpc.protocols.gwas.regression import flip_genotypes, logistic_site_stats
     from smpc.protocols.gwas.sitedata import iter_chunks, open_site, read_covar
 
@@ -76,6 +117,8 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
             raise UserError(f"{prefix}: logistic needs a case/control phenotype (1/2)")
         y = pheno - 1.0  # 0 control, 1 case, NaN missing
         covar = read_covar(prefix, list(spec.covar), samples) if spec.covar else None
+        if statistics_mode(spec) and covar is not None:
+            check_regression_values(prefix, spec, y, covar)
         rows = {snp: i for i, snp in enumerate(site.variants.snp)}
         snps, a1 = _text(model["snp"]), _text(model["a1"])
         missing = [s for s in snps if s not in rows]
@@ -111,7 +154,7 @@ def run_rounds(
 ) -> dict[str, np.ndarray]:
     """Fit every analysed variant by Newton rounds through the federation (blocking)."""
     from smpc.analyst import build_job, run_job
-    from smpc.protocols.gwas.protocol import join_limbs
+    from smpc.protocols.gwas.protocol import join_limbs, statistics_mode
     from smpc.protocols.gwas.regression import logistic_fit
 
     v, p = len(variants["snp"]), 2 + len(spec.covar)
@@ -131,10 +174,65 @@ def run_rounds(
         except UserError as exc:
             raise type(exc)(f"logistic round {rounds}: {exc}") from None
         opened = outcome.opened
+        logger.info("logistic round %d: %d variants", rounds, v)
+        n = np.rint(np.asarray(opened["logistic.n"], dtype=np.float64))
+        if secure:
+            return n, *opened_step(opened, v, p)
         grad, hess = (
             join_limbs(opened[f"logistic.{x}.hi"], opened[f"logistic.{x}.lo"]) for x in PARTS
         )
-        logger.info("logistic round %d: %d variants", rounds, v)
-        return np.rint(np.asarray(opened["logistic.n"], dtype=np.float64)), grad, hess
+        return n, grad, hess
 
-    return logistic_fit(evaluate, v, p)
+    secure = statistics_mode(spec)
+    return logistic_fit(evaluate, v, p, steps=secure)
+
+
+def opened_step(opened: Any, v: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Newton step H⁻¹g (V, p) and (H⁻¹)_tt (V,) a round opened (NaN where NA)."""
+    from smpc.protocols.gwas.protocol import LIMB_BITS
+    from smpc.protocols.gwas.secure import Ratio
+
+    def ratio(name: str) -> np.ndarray:
+        num = np.asarray(opened[f"logistic.{name}.num"], dtype=object).reshape(-1)
+        den = np.asarray(opened[f"logistic.{name}.den"], dtype=object).reshape(-1)
+        return Ratio(num, den).to_float()
+
+    step = ratio("step").reshape(v, p)
+    var = ratio("var") * 2.0**LIMB_BITS  # H was scaled by 2^32, so H⁻¹ by 2^-32
+    return step, var
+
+
+def pooled_round(job: Any, share_of: Any, workdir: Any) -> Any:
+    """A party's shares of a round's pooled n, gradient and Hessian, written for MPyC.
+
+    Each is the sum of the sites' shares; gradient and Hessian entries are hi·2^32 + lo
+    in their own field (:func:`newton_field`).
+    """
+    from smpc.field import field_for
+    from smpc.mpc.task import NewtonSession
+    from smpc.protocols.gwas.protocol import LIMB_BITS
+
+    def pooled(name: str) -> tuple[Any, np.ndarray]:
+        spec = job.input(name)
+        field = field_for(job.modulus if spec.modulus is None else spec.modulus)
+        total = None
+        for site in job.close:
+            part = share_of(name, site)
+            total = part if total is None else field.add(total, part)
+        return field, total
+
+    fast, n = pooled("logistic.n")
+    (workdir / "n.bin").write_bytes(fast.to_bytes(n.reshape(-1)))
+    files = {"n": "n.bin"}
+    sizes = {}
+    for part in PARTS:
+        big, hi = pooled(f"logistic.{part}.hi")
+        _, lo = pooled(f"logistic.{part}.lo")
+        value = big.add(big.mul_const(hi, 1 << LIMB_BITS), lo)
+        files[part], sizes[part] = f"{part}.bin", value.size
+        (workdir / files[part]).write_bytes(big.to_bytes(value.reshape(-1)))
+    v = int(n.size)
+    k = sizes["grad"] // max(v, 1)
+    if v and (sizes["grad"] != v * k or sizes["hess"] != v * k * k):
+        raise ValueError(f"a Newton round's shares have {sizes} values for {v} variants")
+    return NewtonSession(variants=v, k=max(k, 2), modulus=big.modulus, files=files)

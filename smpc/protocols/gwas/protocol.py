@@ -284,7 +284,7 @@ def _site_statistics(
     if statistics_mode(spec) and "assoc" in spec.tests:
         arrays["alleles"] = case_control_alleles(counts)
     if statistics_mode(spec) and groups:
-        _check_regression_values(prefix, spec, pheno, covar)
+        check_regression_values(prefix, spec, pheno, covar)
     for group, parts in cross.items():
         if statistics_mode(spec):
             parts = scale_cross_products(parts)
@@ -312,7 +312,7 @@ def scale_cross_products(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     }
 
 
-def _check_regression_values(prefix: Path, spec: Any, pheno: np.ndarray, covar: np.ndarray) -> None:
+def check_regression_values(prefix: Path, spec: Any, pheno: np.ndarray, covar: np.ndarray) -> None:
     """``reveal: statistics`` sizes its field for |values| < 2^16: refuse larger ones."""
     bound = 2.0**REG_VALUE_BITS
     named = [(spec.pheno or "phenotype", pheno)] + [
@@ -566,7 +566,11 @@ def analysed_variants(spec: Any, opened: Mapping[str, np.ndarray]) -> dict[str, 
     """The variants the association tests analyse (after filters), in PLINK's orientation."""
     summary = json.loads(words_to_bytes(np.asarray(opened["alignment"]).astype(np.int64)))
     quantitative = summary["phenotype"] == "quantitative"
-    pooled = _orient(spec, opened, parse_table(summary["variants"]), quantitative)
+    variants = parse_table(summary["variants"])
+    if "a1.merge" in opened:  # reveal: statistics
+        merge, swap, _, keep = _opened_masks(opened)
+        return {k: v[keep] for k, v in flip_alleles(variants, merge ^ swap).items()}
+    pooled = _orient(spec, opened, variants, quantitative)
     return {k: v[pooled.keep] for k, v in pooled.variants.items()}
 
 
@@ -604,7 +608,7 @@ def finalize(
             "phenotype is quantitative (use linear, or assoc for .qassoc)"
         )
     if "a1.merge" in opened:
-        return _finalize_statistics(spec, opened, out, summary, variants)
+        return _finalize_statistics(spec, opened, out, summary, variants, logistic)
     pooled = _orient(spec, opened, variants, quantitative)
     variants, counts, swap, cross = pooled.variants, pooled.counts, pooled.swap, pooled.cross
     masks, keep = pooled.masks, pooled.keep
@@ -672,6 +676,7 @@ def _finalize_statistics(
     out: Path,
     summary: dict[str, Any],
     variants: dict[str, np.ndarray],
+    logistic: Mapping[str, np.ndarray] | None,
 ) -> dict[str, Any]:
     """PLINK's files from what the parties opened inside MPyC (:mod:`.session`).
 
@@ -684,17 +689,12 @@ def _finalize_statistics(
     from smpc.protocols.gwas.plink_format import plink_maxsnp
     from smpc.protocols.gwas.secure import Ratio
 
-    merge = np.asarray(opened["a1.merge"]).astype(bool)
-    swap = np.asarray(opened["a1.swap"]).astype(bool)
-    flip = merge ^ swap
-    variants = flip_alleles(variants, flip)
+    merge, swap, geno, keep = _opened_masks(opened)
+    variants = flip_alleles(variants, merge ^ swap)
     v = len(variants["snp"])
     width = plink_maxsnp(variants["snp"])
     name = out / spec.name
     everything = np.ones(v, dtype=bool)
-    geno = np.asarray(opened.get("filter.geno", everything)).astype(bool)
-    keep = geno & np.asarray(opened.get("filter.maf", everything)).astype(bool)
-    keep &= np.asarray(opened.get("filter.hwe", everything)).astype(bool)
     kept = {k: x[keep] for k, x in variants.items()}
 
     def oriented(fill: Any, rows: np.ndarray = everything) -> np.ndarray:
@@ -748,6 +748,9 @@ def _finalize_statistics(
             table = _qassoc_from_ratios(opened)
             count_tests.write_qassoc(path, kept, None, snp_width=width, table=table)
             p_values = table["P"]
+        elif test == "logistic" and logistic is not None:
+            regression.write_logistic(path, kept, logistic, snp_width=width)
+            p_values = np.where(logistic["ok"], logistic["P"], np.nan)
         elif test == "linear":
             result = _linear_from_ratios(opened, 2 + len(spec.covar))
             regression.write_linear(path, kept, result, snp_width=width)
@@ -776,6 +779,17 @@ def _finalize_statistics(
         sites=summary["sites"],
         reveal="statistics",
     )  # fmt: skip
+
+
+def _opened_masks(opened: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """``reveal: statistics``: the opened A1 bits (merge, swap) and filter masks (geno, all)."""
+    merge = np.asarray(opened["a1.merge"]).astype(bool).reshape(-1)
+    swap = np.asarray(opened["a1.swap"]).astype(bool).reshape(-1)
+    everything = np.ones(merge.size, dtype=bool)
+    geno = np.asarray(opened.get("filter.geno", everything)).astype(bool).reshape(-1)
+    keep = geno & np.asarray(opened.get("filter.maf", everything)).astype(bool).reshape(-1)
+    keep &= np.asarray(opened.get("filter.hwe", everything)).astype(bool).reshape(-1)
+    return merge, swap, geno, keep
 
 
 def _opened_ratio(opened: Mapping[str, np.ndarray], key: str) -> Any:

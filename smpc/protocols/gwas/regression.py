@@ -596,8 +596,17 @@ def logistic_fit(
     evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
     V: int,
     p: int,
+    *,
+    steps: bool = False,
 ) -> dict[str, np.ndarray]:
     """PLINK 1.9's logistic Newton–Raphson with pooled sums from ``evaluate(beta)``.
+
+    With ``steps`` (``reveal: statistics``) ``evaluate`` returns ``(n, step, var)``
+    instead: the exact Newton step H⁻¹·Σ(y − π)x and (H⁻¹)_tt opened inside MPyC
+    (:func:`.secure.secure_newton_step`), NaN where H is singular. The iterations,
+    stopping and non-convergence rules are PLINK's, on the step rounded to single
+    precision; the checks that need H itself (its Cholesky pivots against float32
+    noise, the correlations of H⁻¹) are not evaluated: only the step is opened.
 
     ``evaluate(beta (V, p) float64)`` returns the pooled ``(n, grad, hess)`` (see
     :func:`logistic_site_stats`); one call is one round trip to the sites, and there are
@@ -608,6 +617,7 @@ def logistic_fit(
     """
     coef = np.zeros((V, p), dtype=_F32)
     ll_final = np.zeros((V, p, p), dtype=_F32)
+    var_final = np.full(V, np.nan)  # steps: (H⁻¹)_tt of the last iteration
     min_delta = np.full(V, 1e9, dtype=_F32)
     iterations = np.zeros(V, dtype=np.int64)
     min_ratio = np.full(V, np.inf)
@@ -627,19 +637,23 @@ def logistic_fit(
                     break
             a = np.flatnonzero(active)
             iterations[a] = iteration
-            h32 = np.asarray(hess, dtype=np.float64)[a].astype(_F32)
-            ll = _cholesky_f32(h32)
-            piv = np.diagonal(ll, axis1=1, axis2=2).astype(np.float64) ** 2
-            ratio = (piv / np.diagonal(h32, axis1=1, axis2=2)).min(axis=1)
-            min_ratio[a] = np.fmin(min_ratio[a], ratio)
-            # PLINK's gradient is Σ(π - y)x and it steps coef -= H⁻¹ grad
-            d = _solve_f32(ll, (-np.asarray(grad, dtype=np.float64)[a]).astype(_F32))
+            if steps:  # grad is the opened step H⁻¹·Σ(y - π)x, hess (H⁻¹)_tt
+                d = (-np.asarray(grad, dtype=np.float64)[a]).astype(_F32)
+                var_final[a] = np.asarray(hess, dtype=np.float64)[a]
+            else:
+                h32 = np.asarray(hess, dtype=np.float64)[a].astype(_F32)
+                ll = _cholesky_f32(h32)
+                piv = np.diagonal(ll, axis1=1, axis2=2).astype(np.float64) ** 2
+                ratio = (piv / np.diagonal(h32, axis1=1, axis2=2)).min(axis=1)
+                min_ratio[a] = np.fmin(min_ratio[a], ratio)
+                # PLINK's gradient is Σ(π - y)x and it steps coef -= H⁻¹ grad
+                d = _solve_f32(ll, (-np.asarray(grad, dtype=np.float64)[a]).astype(_F32))
+                ll_final[a] = ll
             delta = np.zeros(a.size, dtype=_F32)
             for j in range(p):
                 delta = delta + np.abs(d[:, j])
             new = coef[a] - d
             coef[a] = new
-            ll_final[a] = ll
             md = np.minimum(min_delta[a], delta)
             min_delta[a] = md
             maxabs = np.abs(new).max(axis=1)
@@ -670,20 +684,24 @@ def logistic_fit(
     # PLINK's float32 Hessian sums; PLINK's iterations are then driven by that noise and
     # almost always end in NA. Our float64 sums would "converge" instead, so follow PLINK.
     ok &= ~(min_ratio < np.sqrt(n_out) * _F32_NOISE)
-    # S = H⁻¹ from the last factor, column by column as PLINK (row i solves for e_i)
-    s = np.zeros((V, p, p), dtype=_F32)
     with np.errstate(all="ignore"):
-        for i in range(p):
-            e = np.zeros((V, p), dtype=_F32)
-            e[:, i] = 1.0
-            s[:, i, :] = _solve_f32(ll_final, e)
-        diag = np.diagonal(s, axis1=1, axis2=2)
-        d64 = diag[:, 1:].astype(np.float64)
-        ok &= ~((d64 < 1e-20) | ~np.isfinite(d64)).any(axis=1)
-        sqrt_diag = np.sqrt(diag).astype(_F32)
-        ok &= _s_check_f32(s, sqrt_diag)
+        if steps:
+            var = var_final
+            ok &= ~((var < 1e-20) | ~np.isfinite(var))
+        else:  # S = H⁻¹ from the last factor, column by column as PLINK (row i solves e_i)
+            s = np.zeros((V, p, p), dtype=_F32)
+            for i in range(p):
+                e = np.zeros((V, p), dtype=_F32)
+                e[:, i] = 1.0
+                s[:, i, :] = _solve_f32(ll_final, e)
+            diag = np.diagonal(s, axis1=1, axis2=2)
+            d64 = diag[:, 1:].astype(np.float64)
+            ok &= ~((d64 < 1e-20) | ~np.isfinite(d64)).any(axis=1)
+            sqrt_diag = np.sqrt(diag).astype(_F32)
+            ok &= _s_check_f32(s, sqrt_diag)
+            var = diag[:, 1].astype(np.float64)
         b1 = np.where(ok, coef[:, 1].astype(np.float64), np.nan)
-        se = np.where(ok, np.sqrt(diag[:, 1].astype(np.float64)), np.nan)
+        se = np.where(ok, np.sqrt(var), np.nan)
         z = b1 / se
         pval = np.where(ok, _chi2_1df(z), np.nan)
         odds = np.exp(b1)

@@ -69,18 +69,22 @@ __all__ = [
     "AssocResult",
     "LinearBounds",
     "LinearResult",
+    "NewtonBounds",
     "Ratio",
     "assoc_field_bits",
     "field_prime",
     "laplace_minors",
     "linear_bounds",
     "linear_targets",
+    "newton_bounds",
+    "newton_targets",
     "open_ratio",
     "rational_reconstruct",
     "secint_for",
     "secure_assoc",
     "secure_linear",
     "secure_minor_swap",
+    "secure_newton_step",
 ]
 
 
@@ -850,3 +854,101 @@ async def _async_minors(targets: Any, entry: Any, reshared: Any) -> list[Any]:
             local = steps.send(await reshared(local))
         except StopIteration as stop:
             return stop.value
+
+
+# --------------------------------------------------------------------------- logistic regression
+
+
+@dataclass(frozen=True)
+class NewtonBounds:
+    """Magnitude bounds of what :func:`secure_newton_step` opens, for a field size.
+
+    Columns |x_j| ≤ B_j, n samples, entries scaled by 2^s: Hessian entries
+    |H_ij| ≤ n·B_i·B_j·2^s/4 (π(1 − π) ≤ 1/4), gradient |g_i| ≤ n·B_i·2^s (|y − π| ≤ 1).
+    det(H) ≤ Π H_ii (H is a Gram matrix); a Cramer numerator, H with one column
+    replaced by g, is at most the product of its column norms (Hadamard); the cofactor
+    of the test column is a principal minor, at most the product of the other diagonals.
+    """
+
+    step_num: int
+    det: int
+    cofactor: int
+
+    @property
+    def field_bits(self) -> int:
+        need = max(2 * self.step_num * self.det, 2 * self.cofactor * self.det)
+        return need.bit_length() + 1
+
+
+def newton_bounds(
+    n_max: int, col_bounds: Sequence[int], scale_bits: int, test_index: int = 1
+) -> NewtonBounds:
+    """:class:`NewtonBounds` for design columns bounded by ``col_bounds``."""
+    scale = 1 << scale_bits
+    diag = [n_max * b * b * scale // 4 + 1 for b in col_bounds]
+    norm_b = math.isqrt(sum(b * b for b in col_bounds)) + 1
+    column = [n_max * b * norm_b * scale // 4 + 1 for b in col_bounds]
+    gradient = n_max * norm_b * scale + 1
+    step = max(math.prod(c for i, c in enumerate(column) if i != j) for j in range(len(column)))
+    det = math.prod(diag)
+    return NewtonBounds(step_num=step * gradient, det=det, cofactor=det // diag[test_index] + 1)
+
+
+def newton_targets(k: int, test_index: int = 1) -> list[tuple[list[int], list[int]]]:
+    """Minors of M = [H | g] (k × (k+1), g = column k): det(H), then for each j the
+    Cramer numerator det(H with column j replaced by g), then the cofactor of
+    ``test_index`` (H without that row and column). Rows in one order throughout, so
+    the expansions share every smaller minor."""
+    rows = list(range(k))
+    out = [(rows, rows)]
+    out += [(rows, [k if c == j else c for c in rows]) for j in range(k)]
+    others = [i for i in rows if i != test_index]
+    out.append((others, others))
+    return out
+
+
+async def secure_newton_step(
+    mpc: Any,
+    hess: Any,
+    grad: Any,
+    *,
+    bounds: NewtonBounds | None = None,
+    test_index: int = 1,
+) -> tuple[list[Ratio], Ratio]:
+    """One Newton step of logistic regression from secret Hessians and gradients.
+
+    Per variant ``hess`` (V, k, k) = Σπ(1 − π)xxᵀ and ``grad`` (V, k) = Σ(y − π)x, as
+    integers (the same power-of-two scale on both). Opens the step H⁻¹g, one exact
+    fraction per coefficient (Cramer's rule; the step is the change of the coefficient
+    vector, which is revealed anyway), and (H⁻¹)_tt = cofactor/det, the squared
+    standard error of the test coefficient at these coefficients times the scale. NA
+    (0/0) where det(H) = 0. Nothing else about H or g is opened.
+    """
+    field, h = await _shares(mpc, hess)
+    _, g = await _shares(mpc, grad)
+    p = field.order
+    k = h.shape[-1]
+    if bounds is not None and bounds.field_bits > p.bit_length():
+        raise ValueError(
+            f"field of {p.bit_length()} bits is too small for these Newton bounds: "
+            f"needs {bounds.field_bits} bits (see newton_bounds)"
+        )
+
+    def entry(i: int, j: int) -> np.ndarray:
+        if j == k:
+            return g[:, i]
+        i, j = min(i, j), max(i, j)  # H is symmetric: read one triangle only
+        return h[:, i, j]
+
+    async def reshared(local: list[np.ndarray]) -> list[np.ndarray]:
+        return await _reshare(mpc, field, local)
+
+    minors = await _async_minors(newton_targets(k, test_index), entry, reshared)
+    det, numerators, cofactor = minors[0], minors[1 : k + 1], minors[k + 1]
+    if bounds is None:
+        step_b = var_b = (_balanced_bound(p), _balanced_bound(p))
+    else:
+        step_b, var_b = (bounds.step_num, bounds.det), (bounds.cofactor, bounds.det)
+    steps = [await _open_ratio_shares(mpc, field, num % p, det % p, *step_b) for num in numerators]
+    var = await _open_ratio_shares(mpc, field, cofactor % p, det % p, *var_b)
+    return steps, var

@@ -192,6 +192,43 @@ async def _regression(
     return out
 
 
+async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, Any]]:
+    """A logistic Newton round with ``reveal: statistics``: open n, the step, (H⁻¹)_tt.
+
+    The step H⁻¹·Σ(y − π)x changes the coefficients the next round's job publishes; the
+    last round's (H⁻¹)_tt gives PLINK's SE. Nothing else of the pooled gradient and
+    Hessian is opened (:func:`.secure.secure_newton_step`).
+    """
+    from smpc.protocols.gwas.logistic import newton_field
+    from smpc.protocols.gwas.secure import secint_for, secure_newton_step
+
+    newton = task.newton
+    v, k = newton.variants, newton.k
+    modulus, bounds = newton_field(k)
+    big = secint_for(mpc, bounds.field_bits)
+    if big.field.modulus != modulus or modulus != newton.modulus:
+        raise ValueError("the Newton round's field differs from the one the sites shared in")
+    fast = mpc.SecInt(FAST_BITS, p=MERSENNE61)
+    n_shares = FAST.from_bytes((workdir / newton.files["n"]).read_bytes(), (v,))
+    n = await mpc.output(fast.array(fast.field.array(np.asarray(n_shares, dtype=object))))
+    field = field_for(modulus)
+
+    def load(name: str, shape: tuple[int, ...]) -> Any:
+        flat = field.from_bytes((workdir / newton.files[name]).read_bytes(), (-1,))
+        return big.array(big.field.array(np.asarray(flat, dtype=object).reshape(shape)))
+
+    steps, var = await secure_newton_step(
+        mpc, load("hess", (v, k, k)), load("grad", (v, k)), bounds=bounds
+    )
+    return {
+        "logistic.n": _result(np.asarray(n, dtype=np.int64)),
+        "logistic.step.num": _result(np.stack([s.num for s in steps], axis=1)),
+        "logistic.step.den": _result(np.stack([s.den for s in steps], axis=1)),
+        "logistic.var.num": _result(var.num),
+        "logistic.var.den": _result(var.den),
+    }
+
+
 COMPARISON_BATCH = 20_000
 """Values per secure comparison call: MPyC holds about 24 random bits per value as Python
 integers in object arrays (~12 KB per value), so a batch bounds the session's memory."""
