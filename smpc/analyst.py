@@ -93,8 +93,6 @@ def build_job(
                     "use reveal: aggregates for those"
                 )
             deliver = "parties"  # opened inside MPyC, signed by every party
-        if "logistic" in spec.tests and spec.filters and spec.filters.mind is not None:
-            raise UserError(f"{spec.name}: filters: mind with logistic is not available yet")
         if round > 0:  # a Newton round of the logistic test (smpc.protocols.gwas.logistic)
             from smpc.protocols.gwas.logistic import round_inputs, round_outputs
 
@@ -145,11 +143,13 @@ def logistic_rounds(
     if spec.protocol != "gwas" or "logistic" not in spec.tests:
         return None
     from smpc.protocols.gwas.logistic import run_rounds
-    from smpc.protocols.gwas.protocol import analysed_variants
+    from smpc.protocols.gwas.protocol import analysed_ids, analysed_variants
 
+    mind = spec.filters is not None and spec.filters.mind is not None
     return run_rounds(
         kit, federation, spec, analysed_variants(spec, outcome.opened),
         run_id=outcome.job.id, upload_window=timeout / 2, timeout=timeout,
+        mind=analysed_ids(outcome.opened) if mind else None,
     )  # fmt: skip
 
 

@@ -163,17 +163,24 @@ def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, t
     assert result["reveal"] == reveal
 
 
-@pytest.mark.parametrize("reveal", ["aggregates", "statistics"])
-def test_logistic_by_newton_rounds_through_the_sites_equals_plink(cohort, tmp_path, reveal):
-    """With ``statistics`` each round's step H⁻¹g is computed and opened inside MPyC."""
-    out = _run(
-        cohort,
-        tmp_path,
-        f"name: lg\nprotocol: gwas\ntests: [logistic]\ncovar: [AGE, SEX2]\nreveal: {reveal}\n",
-    )
+@pytest.mark.parametrize(
+    ("reveal", "filters"),
+    [("aggregates", {}), ("statistics", {}), ("statistics", {"mind": "0.02", "maf": "0.02"})],
+    ids=["aggregates", "statistics", "statistics-mind-maf"],
+)
+def test_logistic_by_newton_rounds_through_the_sites_equals_plink(
+    cohort, tmp_path, reveal, filters
+):
+    """With ``statistics`` each round's step H⁻¹g is computed and opened inside MPyC;
+    with ``mind`` every site drops the same samples in every round as in the first job."""
+    spec = f"name: lg\nprotocol: gwas\ntests: [logistic]\ncovar: [AGE, SEX2]\nreveal: {reveal}\n"
+    if filters:
+        spec += "filters: {" + ", ".join(f"{k}: {v}" for k, v in filters.items()) + "}\n"
+    out = _run(cohort, tmp_path, spec)
     pooled = cohort.pooled
     covar = ["--covar", f"{pooled}.cov", "--covar-name", "AGE,SEX2"]
-    plink = _plink(cohort, tmp_path / "plink", *covar, "--logistic", "hide-covar")
+    flags = [x for k, v in filters.items() for x in (f"--{k}", v)]
+    plink = _plink(cohort, tmp_path / "plink", *covar, *flags, "--logistic", "hide-covar")
     assert_same_table(
         out / "lg.assoc.logistic", plink.with_suffix(".assoc.logistic"), single_precision=True
     )

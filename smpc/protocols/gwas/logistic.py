@@ -79,18 +79,25 @@ def newton_field(k: int) -> tuple[int, Any]:
     return field_prime(bounds.field_bits), bounds
 
 
-def round_model(variants: dict[str, np.ndarray], beta: np.ndarray) -> dict[str, np.ndarray]:
-    """The public part of a round's job: the variants and their current coefficients."""
+def round_model(
+    variants: dict[str, np.ndarray], beta: np.ndarray, mind: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The public part of a round's job: the variants and their current coefficients;
+    with ``filters: {mind}`` also every aligned variant's ID, over which each site counts
+    its samples' missing calls (as in the first job)."""
 
-    def text(name: str) -> np.ndarray:  # UTF-8 bytes: half the size of NumPy's UCS-4
-        return np.char.encode(np.asarray(variants[name]).astype(str), "utf-8")
+    def text(values: np.ndarray) -> np.ndarray:  # UTF-8 bytes: half the size of UCS-4
+        return np.char.encode(np.asarray(values).astype(str), "utf-8")
 
-    return {
-        "snp": text("snp"),
-        "a1": text("a1"),
-        "a2": text("a2"),
+    model = {
+        "snp": text(variants["snp"]),
+        "a1": text(variants["a1"]),
+        "a2": text(variants["a2"]),
         "beta": np.asarray(beta, dtype=np.float32),  # PLINK 1.9 fits in single precision
     }
+    if mind is not None:
+        model["mind"] = text(mind)
+    return model
 
 
 def _text(values: np.ndarray) -> np.ndarray:
@@ -103,6 +110,7 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
         CHUNK,
         check_regression_values,
         is_case_control,
+        mind_keep,
         phenotype,
         split_limbs,
         statistics_mode,
@@ -119,6 +127,13 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
         covar = read_covar(prefix, list(spec.covar), samples) if spec.covar else None
         if statistics_mode(spec) and covar is not None:
             check_regression_values(prefix, spec, y, covar)
+        keep = np.ones(len(y), dtype=bool)
+        if spec.filters is not None and spec.filters.mind is not None:
+            if "mind" not in model:
+                raise UserError("filters: mind needs the aligned variants in the round's job")
+            keep = mind_keep(site, _text(model["mind"]), spec.filters.mind)
+        y = y[keep]
+        covar = None if covar is None else covar[keep]
         rows = {snp: i for i, snp in enumerate(site.variants.snp)}
         snps, a1 = _text(model["snp"]), _text(model["a1"])
         missing = [s for s in snps if s not in rows]
@@ -133,13 +148,13 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
         for start in range(0, v, CHUNK):
             part = slice(start, start + CHUNK)
             ((_, genotypes),) = iter_chunks(site, index[part], CHUNK)
-            genotypes = flip_genotypes(genotypes, flip[part])
+            genotypes = flip_genotypes(genotypes[keep], flip[part])
             n[part], grad[part], hess[part] = logistic_site_stats(genotypes, covar, y, beta[part])
     arrays: dict[str, np.ndarray] = {"logistic.n": n}
     for name, value in (("grad", grad), ("hess", hess)):
         hi, lo = split_limbs(value)
         arrays[f"logistic.{name}.hi"], arrays[f"logistic.{name}.lo"] = hi, lo
-    return arrays, len(samples)
+    return arrays, int(keep.sum())
 
 
 def run_rounds(
@@ -151,8 +166,12 @@ def run_rounds(
     run_id: str,
     upload_window: float,
     timeout: float,
+    mind: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Fit every analysed variant by Newton rounds through the federation (blocking)."""
+    """Fit every analysed variant by Newton rounds through the federation (blocking).
+
+    ``mind``: the aligned variants' IDs when ``filters: {mind}`` is set (the sites drop
+    the same samples as in the first job)."""
     from smpc.analyst import build_job, run_job
     from smpc.protocols.gwas.protocol import join_limbs, statistics_mode
     from smpc.protocols.gwas.regression import logistic_fit
@@ -165,7 +184,7 @@ def run_rounds(
         rounds += 1
         job = build_job(
             spec, kit, federation, job_id=f"{run_id}-r{rounds}", round=rounds,
-            model=round_model(variants, beta),
+            model=round_model(variants, beta, mind),
         )  # fmt: skip
         try:
             outcome = asyncio.run(
