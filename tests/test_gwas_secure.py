@@ -108,6 +108,16 @@ async def main():
             "p": [None if np.isnan(v) else float(v) for v in res.p],
             "seconds": t1 - t0,
         }
+    if "convert" in cfg:
+        c = cfg["convert"]
+        src, dst = secure.secint_for(mpc, c["from_bits"]), secure.secint_for(mpc, c["to_bits"])
+        y = await secure.convert_field(mpc, secret(src, data["conv"]), dst, c["bits"])
+        opened = (await mpc.output(y)).reshape(-1)
+        p = dst.field.order
+        out["convert"] = {
+            "values": [str(int(v) - p if int(v) > p // 2 else int(v)) for v in opened],
+            "from_field": src.field.order.bit_length(), "to_field": p.bit_length(),
+        }
     if "ratio" in cfg:
         stype = secure.secint_for(mpc, 128, 32)
         num, den = secret(stype, data["r_num"]), secret(stype, data["r_den"])
@@ -519,6 +529,20 @@ def test_secure_statistics_equal_plaintext(tmp_path, parties, flags):
     _check_linear(out["linear"], plain, scale)
     # open_ratio: den = 0 is NA whatever num is; fractions come back reduced.
     assert _fractions(out["ratio"]) == [None, None, Fraction(-1, 3), Fraction(2**40, 3), 3]
+
+
+@pytest.mark.parametrize("parties", [1, 3], ids=["M1", "3-parties"])
+def test_convert_field_keeps_every_value_from_a_narrow_to_a_wide_field(tmp_path, parties):
+    """Wide sums shared in a 192-bit field reach the determinants' ~1,300-bit field intact."""
+    rng = np.random.default_rng(2)
+    bits = 150
+    edge = [0, 1, -1, 2 ** (bits - 1) - 1, -(2 ** (bits - 1)) + 1]
+    values = edge + [int(v) * 2**100 + int(w) for v, w in rng.integers(-(2**48), 2**48, (2, 40)).T]
+    data = {"conv": np.array(values, dtype=object).reshape(5, 9)}
+    cfg = {"convert": {"from_bits": 192, "to_bits": 1300, "bits": bits}}
+    out = _run_parties(tmp_path, cfg, data, parties, timeout=120)["convert"]
+    assert out["from_field"] == 192 and out["to_field"] >= 1300
+    assert [int(v) for v in out["values"]] == values
 
 
 @pytest.mark.slow

@@ -70,7 +70,8 @@ class RegressionSession(_Strict):
 
     group: Literal["linear", "qt"]  # .assoc.linear, or the .qassoc of a quantitative assoc
     k: int = Field(ge=2)  # columns of x = [1, g, covariates...]
-    modulus: int  # the field the sites shared them in
+    share_modulus: int  # the field the sites shared them in (192 bits)
+    modulus: int  # the regression's field, where the session converts them
     beta_scale_bits: int = Field(ge=0)  # BETA = opened ratio / 2^bits (y was scaled)
     files: dict[str, str]  # xtx (V, k, k), xty (V, k), yty (V,): little-endian words
 

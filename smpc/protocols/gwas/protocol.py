@@ -54,7 +54,11 @@ REG_SCALE_BITS = 32
 x·2^32 (the intercept and the allele count unscaled), so every pooled entry is an
 integer, exact to 2^-33 of its sum as in aggregates mode (2^-17 moved PLINK's 4th digit
 of a t statistic near 0)."""
-REG_HI_BITS = 90  # hi = floor(entry·2^(scale_i + scale_j - 32)) < 2^20·2^32·2^32 per site
+REG_ENTRY_BITS = 117  # a site's scaled entry: < 2^20 samples · (2^16·2^32)^2
+REG_POOLED_BITS = 150  # pooled entries, signed, for the conversion (up to 2^32 sites)
+REG_SHARE_BITS = 192
+"""The sites share scaled entries in a 192-bit prime field (24 bytes a value); inside
+MPyC the parties convert them to the regression's wide field (:func:`.secure.convert_field`)."""
 REG_VALUE_BITS = 16  # |covariate|, |phenotype| < 2^16 with reveal: statistics
 REG_MAX_SAMPLES = 1 << 20  # samples the secure regressions are sized for
 RATIOS = ("f_a", "f_u", "chisq", "or")
@@ -113,6 +117,13 @@ def regression_field(k: int) -> tuple[int, Any]:
     return field_prime(bounds.field_bits), bounds
 
 
+def share_modulus() -> int:
+    """The 192-bit prime the sites share scaled regression entries in (statistics mode)."""
+    from smpc.protocols.gwas.secure import field_prime
+
+    return field_prime(REG_SHARE_BITS)
+
+
 def column_scale_bits(k: int) -> np.ndarray:
     """Per column of x = [1, g, covariates...]: its scale's power of two (statistics mode)."""
     return np.array([0, 0] + [REG_SCALE_BITS] * (k - 2), dtype=np.int64)
@@ -125,20 +136,19 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
     alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
     statistics = statistics_mode(spec)
     cross = []
-    for group, k in regression_groups(spec).items():
-        # statistics: scaled integers, hi = floor(v / 2^32) as exact floats, in a wide field
-        modulus, hi_bits = (
-            (regression_field(k)[0], REG_HI_BITS) if statistics else (None, CROSS_INT_BITS)
-        )
+    for group in regression_groups(spec):
         for part in CROSS_PARTS:
-            cross.append(
-                JobInput(name=f"{group}.{part}.hi", frac_bits=0, int_bits=hi_bits, modulus=modulus)
-            )
-            cross.append(
-                JobInput(
-                    name=f"{group}.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1, modulus=modulus
-                )
-            )
+            if statistics:  # one scaled integer per entry (scale_cross_products)
+                cross.append(
+                    JobInput(
+                        name=f"{group}.{part}", frac_bits=0, int_bits=REG_ENTRY_BITS,
+                        modulus=share_modulus(),
+                    )
+                )  # fmt: skip
+                continue
+            hi = JobInput(name=f"{group}.{part}.hi", frac_bits=0, int_bits=CROSS_INT_BITS)
+            lo = JobInput(name=f"{group}.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1)
+            cross += [hi, lo]
     if statistics:
         inputs = [public, counts, *cross]
         if "assoc" in spec.tests:  # a case/control phenotype's (whichever the sites have)
@@ -286,29 +296,29 @@ def _site_statistics(
     if statistics_mode(spec) and groups:
         check_regression_values(prefix, spec, pheno, covar)
     for group, parts in cross.items():
-        if statistics_mode(spec):
-            parts = scale_cross_products(parts)
+        if statistics_mode(spec):  # exact integers in float64, encoded as such
+            arrays.update({f"{group}.{p}": v for p, v in scale_cross_products(parts).items()})
+            continue
         for part, value in parts.items():
-            hi, lo = split_limbs(value, wide=statistics_mode(spec))
+            hi, lo = split_limbs(value)
             arrays[f"{group}.{part}.hi"], arrays[f"{group}.{part}.lo"] = hi, lo
     return arrays, len(pheno)
 
 
 def scale_cross_products(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cross products of the scaled columns (covariates and y times 2^16) over 2^32.
+    """Cross products of the scaled columns (covariates and y times 2^32), rounded.
 
-    Powers of two scale float64 exactly, so :func:`split_limbs` of the result gives hi
-    and lo with hi·2^32 + lo = round(entry·2^(scale_i + scale_j)): the integers the
-    parties compute on (:mod:`.session`).
+    Powers of two scale float64 exactly and rounding to an integer is exact, so each
+    entry is round(entry·2^(scale_i + scale_j)) as an integral float64, which encodes
+    exactly however wide (:class:`smpc.encoding.FixedPoint`).
     """
     k = parts["xtx"].shape[-1]
     col = 2.0 ** column_scale_bits(k).astype(np.float64)
     y = 2.0**REG_SCALE_BITS
-    unit = 2.0**-LIMB_BITS
     return {
-        "xtx": parts["xtx"] * (col[:, None] * col[None, :] * unit),
-        "xty": parts["xty"] * (col * (y * unit)),
-        "yty": parts["yty"] * (y * y * unit),
+        "xtx": np.rint(parts["xtx"] * (col[:, None] * col[None, :])),
+        "xty": np.rint(parts["xty"] * (col * y)),
+        "yty": np.rint(parts["yty"] * (y * y)),
     }
 
 
@@ -336,14 +346,11 @@ def case_control_alleles(counts: np.ndarray) -> np.ndarray:
     return np.stack([a1[:, 1], called[:, 1], a1[:, 0], called[:, 0]], axis=1)
 
 
-def split_limbs(value: np.ndarray, *, wide: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """A real array as integers hi = floor(v), lo = round((v - hi)·2^32) (exact split).
-
-    ``wide`` keeps hi as (integral) float64, exact beyond 2^63; it encodes as an integer.
-    """
+def split_limbs(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A real array as integers hi = floor(v), lo = round((v - hi)·2^32) (exact split)."""
     hi = np.floor(value)
     lo = np.rint((value - hi) * 2.0**LIMB_BITS)  # v - floor(v) is exact in float64
-    return (hi if wide else hi.astype(np.int64)), lo.astype(np.int64)
+    return hi.astype(np.int64), lo.astype(np.int64)
 
 
 def join_limbs(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -456,26 +463,26 @@ def combine(
             pooled = part if pooled is None else big.add(pooled, part)
         yield "alleles", pooled
     for group in ("linear", "qt"):
-        for limb in ("hi", "lo"):
-            if f"{group}.xtx.{limb}" not in inputs:
+        for suffix in ("", ".hi", ".lo"):  # statistics: one wide entry; aggregates: limbs
+            if f"{group}.xtx{suffix}" not in inputs:
                 continue
-            modulus = inputs[f"{group}.xtx.{limb}"].modulus
-            own = field if modulus is None else field_for(modulus)  # statistics: wide
+            modulus = inputs[f"{group}.xtx{suffix}"].modulus
+            own = field if modulus is None else field_for(modulus)
             sums: dict[str, np.ndarray] = {}
             for k, s in enumerate(sites):
                 index, flip = alignment.index[k], alignment.flip[k]
                 xtx, xty = take_cross_products(
                     own,
-                    share_of(f"{group}.xtx.{limb}", s),
-                    share_of(f"{group}.xty.{limb}", s),
+                    share_of(f"{group}.xtx{suffix}", s),
+                    share_of(f"{group}.xty{suffix}", s),
                     index,
                     flip,
                 )
-                parts = {"xtx": xtx, "xty": xty, "yty": share_of(f"{group}.yty.{limb}", s)[index]}
+                parts = {"xtx": xtx, "xty": xty, "yty": share_of(f"{group}.yty{suffix}", s)[index]}
                 for name, value in parts.items():
                     sums[name] = value if name not in sums else own.add(sums[name], value)
             for name in CROSS_PARTS:
-                yield f"{group}.{name}.{limb}", sums[name]
+                yield f"{group}.{name}{suffix}", sums[name]
 
 
 def regression_sessions(
@@ -483,8 +490,9 @@ def regression_sessions(
 ) -> list[Any]:
     """Write the pooled scaled cross products for the MPyC session (``reveal: statistics``).
 
-    Each entry is hi·2^32 + lo of the pooled limbs, in the regression's own field; the
-    ``qt`` group only when the phenotype is quantitative (a case/control one has .assoc).
+    Shares in the 192-bit field the sites used (the session converts them to the
+    regression's own field); the ``qt`` group only when the phenotype is quantitative
+    (a case/control one has .assoc).
     """
     from smpc.mpc.task import RegressionSession
 
@@ -493,19 +501,19 @@ def regression_sessions(
     for group, k in regression_groups(spec).items():
         if group == "qt" and summary["phenotype"] == "case/control":
             continue
-        modulus = job.input(f"{group}.xtx.hi").modulus
-        big = field_for(modulus)
+        shared = job.input(f"{group}.xtx").modulus
+        narrow = field_for(shared)
         files = {}
         for part in CROSS_PARTS:
-            hi, lo = pooled[f"{group}.{part}.hi"], pooled[f"{group}.{part}.lo"]
-            value = big.add(big.mul_const(hi, 1 << LIMB_BITS), lo)
             files[part] = f"{group}.{part}.bin"
-            (workdir / files[part]).write_bytes(big.to_bytes(value.reshape(-1)))
+            value = pooled[f"{group}.{part}"]
+            (workdir / files[part]).write_bytes(narrow.to_bytes(value.reshape(-1)))
         out.append(
             RegressionSession(
-                group=group, k=k, modulus=modulus, beta_scale_bits=REG_SCALE_BITS, files=files
+                group=group, k=k, share_modulus=shared, modulus=regression_field(k)[0],
+                beta_scale_bits=REG_SCALE_BITS, files=files,
             )
-        )
+        )  # fmt: skip
     return out
 
 

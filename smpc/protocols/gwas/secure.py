@@ -72,6 +72,7 @@ __all__ = [
     "NewtonBounds",
     "Ratio",
     "assoc_field_bits",
+    "convert_field",
     "field_prime",
     "laplace_minors",
     "linear_bounds",
@@ -952,3 +953,48 @@ async def secure_newton_step(
     steps = [await _open_ratio_shares(mpc, field, num % p, det % p, *step_b) for num in numerators]
     var = await _open_ratio_shares(mpc, field, cofactor % p, det % p, *var_b)
     return steps, var
+
+
+# --------------------------------------------------------------------------- field conversion
+
+
+async def convert_field(mpc: Any, x: Any, target: type, bits: int) -> Any:
+    """The values of secure integer array ``x`` (|x| < 2^(bits-1)) in ``target``'s field.
+
+    Sites share their wide statistics as integers in a modest field (few bytes per
+    value); the determinants need a far wider one. The conversion is MPyC's
+    ``convert`` on whole arrays: a random r < 2^(bits + k) that every party holds
+    shares of in *both* fields comes from pseudorandom secret sharing without any
+    communication (the same PRF values, combined with each field's Shamir weights);
+    x + r is opened in the small field (statistically hiding x, k = MPyC's security
+    parameter) and r is subtracted in the target field. One opening per value.
+    """
+    field, xv = await _shares(mpc, x)
+    target_field = target.field
+    m, t = len(mpc.parties), mpc.threshold
+    k = mpc.options.sec_param
+    if (bits + k + 2) > field.order.bit_length():
+        raise ValueError(
+            f"{bits}-bit values do not convert from a {field.order.bit_length()}-bit field"
+        )
+    if mpc.options.no_prss:
+        raise ValueError("convert_field draws its masks by PRSS: run MPyC without --no-prss")
+    from mpyc import thresha
+
+    bound = (1 << (k + bits)) // math.comb(m, t) + 1
+    prfs = mpc.prfs(bound)
+    uci = mpc._prss_uci()  # one unique input: the same r in both fields
+    draws = [(subset, prf(uci, xv.shape)) for subset, prf in prfs.items()]
+
+    def share_of_r(f: type) -> np.ndarray:
+        total = np.zeros(xv.shape, dtype=object)
+        for subset, r in draws:
+            total = total + r * int(thresha._f_S_i(f, m, mpc.pid, subset))
+        return total % f.order
+
+    offset = 1 << (bits - 1)
+    masked = field.array((xv + offset + share_of_r(field)) % field.order, check=False)
+    opened = (await mpc.output(masked)).value
+    p = target_field.order
+    y = (opened - offset - share_of_r(target_field)) % p
+    return target.array(target_field.array(y, check=False))

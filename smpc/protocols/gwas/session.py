@@ -162,21 +162,25 @@ async def _regression(
     """
     from fractions import Fraction
 
-    from smpc.protocols.gwas.protocol import regression_field
-    from smpc.protocols.gwas.secure import secint_for, secure_linear
+    from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS, regression_field
+    from smpc.protocols.gwas.secure import convert_field, secint_for, secure_linear
 
     modulus, bounds = regression_field(reg.k)
     big = secint_for(mpc, bounds.field_bits)
+    narrow = secint_for(mpc, REG_SHARE_BITS)
     if big.field.modulus != modulus or modulus != reg.modulus:
-        raise ValueError(f"the {reg.group} field differs from the one the sites shared in")
-    field = field_for(modulus)
+        raise ValueError(f"the {reg.group} field differs from the one the parties expect")
+    if narrow.field.modulus != reg.share_modulus:
+        raise ValueError(f"the {reg.group} shares are not in the field the sites share in")
+    field = field_for(reg.share_modulus)
     k = reg.k
     shapes = {"xtx": (-1, k, k), "xty": (-1, k), "yty": (-1,)}
     parts = {}
     for part, shape in shapes.items():
         flat = field.from_bytes((workdir / reg.files[part]).read_bytes(), (-1,))
         values = np.asarray(flat, dtype=object).reshape(shape)[rows]
-        parts[part] = big.array(big.field.array(values))
+        shares = narrow.array(narrow.field.array(values))
+        parts[part] = await convert_field(mpc, shares, big, REG_POOLED_BITS)
     n = parts["xtx"][:, 0, 0]  # the intercept column is unscaled: the sample count
     result = await secure_linear(
         mpc, n, parts["xtx"], parts["xty"], parts["yty"],
