@@ -98,7 +98,8 @@ class NewtonSession(_Strict):
 
     variants: int = Field(ge=0)
     k: int = Field(ge=2)
-    modulus: int  # the gradient's and Hessian's field
+    share_modulus: int  # the field the sites shared the gradient and Hessian in
+    modulus: int  # the Newton field, where the session converts them
     files: dict[str, str]  # n (V,) in the job's field; grad (V, k), hess (V, k, k)
 
 

@@ -44,22 +44,23 @@ def round_inputs(spec: Any) -> tuple[JobInput, ...]:
         COUNT_BITS,
         CROSS_INT_BITS,
         LIMB_BITS,
+        REG_ENTRY_BITS,
+        share_modulus,
         statistics_mode,
     )
 
-    modulus, hi_bits = None, CROSS_INT_BITS
-    if statistics_mode(spec):
-        modulus, hi_bits = newton_field(2 + len(spec.covar))[0], 62
     out = [JobInput(name="logistic.n", frac_bits=0, int_bits=COUNT_BITS)]
     for part in PARTS:
-        out.append(
-            JobInput(name=f"logistic.{part}.hi", frac_bits=0, int_bits=hi_bits, modulus=modulus)
-        )
-        out.append(
-            JobInput(
-                name=f"logistic.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1, modulus=modulus
-            )
-        )
+        if statistics_mode(spec):  # round(v·2^32), one wide integer per entry
+            out.append(
+                JobInput(
+                    name=f"logistic.{part}", frac_bits=0, int_bits=REG_ENTRY_BITS,
+                    modulus=share_modulus(),
+                )
+            )  # fmt: skip
+            continue
+        out.append(JobInput(name=f"logistic.{part}.hi", frac_bits=0, int_bits=CROSS_INT_BITS))
+        out.append(JobInput(name=f"logistic.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1))
     return tuple(out)
 
 
@@ -108,6 +109,7 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
     """A site's shares of one Newton round at the model's coefficients."""
     from smpc.protocols.gwas.protocol import (
         CHUNK,
+        LIMB_BITS,
         check_regression_values,
         is_case_control,
         mind_keep,
@@ -152,6 +154,9 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
             n[part], grad[part], hess[part] = logistic_site_stats(genotypes, covar, y, beta[part])
     arrays: dict[str, np.ndarray] = {"logistic.n": n}
     for name, value in (("grad", grad), ("hess", hess)):
+        if statistics_mode(spec):  # exact: a power-of-two scale, then an integral float
+            arrays[f"logistic.{name}"] = np.rint(value * 2.0**LIMB_BITS)
+            continue
         hi, lo = split_limbs(value)
         arrays[f"logistic.{name}.hi"], arrays[f"logistic.{name}.lo"] = hi, lo
     return arrays, int(keep.sum())
@@ -224,34 +229,27 @@ def opened_step(opened: Any, v: int, p: int) -> tuple[np.ndarray, np.ndarray]:
 def pooled_round(job: Any, share_of: Any, workdir: Any) -> Any:
     """A party's shares of a round's pooled n, gradient and Hessian, written for MPyC.
 
-    Each is the sum of the sites' shares; gradient and Hessian entries are hi·2^32 + lo
-    in their own field (:func:`newton_field`).
+    Each is the sum of the sites' shares, in the field the sites shared it in (the
+    session converts the gradient and Hessian to the Newton field, :func:`newton_field`).
     """
     from smpc.field import field_for
     from smpc.mpc.task import NewtonSession
-    from smpc.protocols.gwas.protocol import LIMB_BITS
 
-    def pooled(name: str) -> tuple[Any, np.ndarray]:
-        spec = job.input(name)
+    files, sizes, moduli = {}, {}, {}
+    for name in ("n", *PARTS):
+        spec = job.input(f"logistic.{name}")
         field = field_for(job.modulus if spec.modulus is None else spec.modulus)
         total = None
         for site in job.close:
-            part = share_of(name, site)
+            part = share_of(spec.name, site)
             total = part if total is None else field.add(total, part)
-        return field, total
-
-    fast, n = pooled("logistic.n")
-    (workdir / "n.bin").write_bytes(fast.to_bytes(n.reshape(-1)))
-    files = {"n": "n.bin"}
-    sizes = {}
-    for part in PARTS:
-        big, hi = pooled(f"logistic.{part}.hi")
-        _, lo = pooled(f"logistic.{part}.lo")
-        value = big.add(big.mul_const(hi, 1 << LIMB_BITS), lo)
-        files[part], sizes[part] = f"{part}.bin", value.size
-        (workdir / files[part]).write_bytes(big.to_bytes(value.reshape(-1)))
-    v = int(n.size)
+        files[name], sizes[name], moduli[name] = f"{name}.bin", total.size, field.modulus
+        (workdir / files[name]).write_bytes(field.to_bytes(total.reshape(-1)))
+    v = sizes["n"]
     k = sizes["grad"] // max(v, 1)
     if v and (sizes["grad"] != v * k or sizes["hess"] != v * k * k):
         raise ValueError(f"a Newton round's shares have {sizes} values for {v} variants")
-    return NewtonSession(variants=v, k=max(k, 2), modulus=big.modulus, files=files)
+    return NewtonSession(
+        variants=v, k=max(k, 2), share_modulus=moduli["grad"], modulus=newton_field(k)[0],
+        files=files,
+    )  # fmt: skip

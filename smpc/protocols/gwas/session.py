@@ -204,26 +204,30 @@ async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, 
     Hessian is opened (:func:`.secure.secure_newton_step`).
     """
     from smpc.protocols.gwas.logistic import newton_field
-    from smpc.protocols.gwas.secure import secint_for, secure_newton_step
+    from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS
+    from smpc.protocols.gwas.secure import convert_field, secint_for, secure_newton_step
 
     newton = task.newton
     v, k = newton.variants, newton.k
     modulus, bounds = newton_field(k)
     big = secint_for(mpc, bounds.field_bits)
+    narrow = secint_for(mpc, REG_SHARE_BITS)
     if big.field.modulus != modulus or modulus != newton.modulus:
-        raise ValueError("the Newton round's field differs from the one the sites shared in")
+        raise ValueError("the Newton round's field differs from the one the parties expect")
+    if narrow.field.modulus != newton.share_modulus:
+        raise ValueError("the Newton round's shares are not in the field the sites share in")
     fast = mpc.SecInt(FAST_BITS, p=MERSENNE61)
     n_shares = FAST.from_bytes((workdir / newton.files["n"]).read_bytes(), (v,))
     n = await mpc.output(fast.array(fast.field.array(np.asarray(n_shares, dtype=object))))
-    field = field_for(modulus)
+    field = field_for(newton.share_modulus)
 
-    def load(name: str, shape: tuple[int, ...]) -> Any:
+    async def load(name: str, shape: tuple[int, ...]) -> Any:
         flat = field.from_bytes((workdir / newton.files[name]).read_bytes(), (-1,))
-        return big.array(big.field.array(np.asarray(flat, dtype=object).reshape(shape)))
+        shares = narrow.array(narrow.field.array(np.asarray(flat, dtype=object).reshape(shape)))
+        return await convert_field(mpc, shares, big, REG_POOLED_BITS)
 
-    steps, var = await secure_newton_step(
-        mpc, load("hess", (v, k, k)), load("grad", (v, k)), bounds=bounds
-    )
+    hess, grad = await load("hess", (v, k, k)), await load("grad", (v, k))
+    steps, var = await secure_newton_step(mpc, hess, grad, bounds=bounds)
     return {
         "logistic.n": _result(np.asarray(n, dtype=np.int64)),
         "logistic.step.num": _result(np.stack([s.num for s in steps], axis=1)),
