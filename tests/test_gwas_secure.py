@@ -584,3 +584,20 @@ def test_three_party_timings(tmp_path, capsys):
             f"assoc 100k ({a['field_bits']}-bit field): {a['seconds_assoc']:.2f} s; "
             f"linear k=4 10k ({li['field_bits']}-bit field): {li['seconds']:.2f} s"
         )
+
+
+def test_batched_regression_results_join_in_order():
+    from smpc.protocols.gwas.session import _joined
+
+    def part(values: list[int], se2: bool) -> secure.LinearResult:
+        ratio = secure.Ratio(np.array(values, dtype=object), np.array([1] * len(values), object))
+        return secure.LinearResult(
+            nmiss=np.array(values), beta=ratio, t2=None if se2 else ratio, n_params=2,
+            se2=ratio if se2 else None,
+        )  # fmt: skip
+
+    for se2 in (False, True):
+        joined = _joined([part([1, 2], se2), part([3], se2), part([4, 5], se2)])
+        assert joined.nmiss.tolist() == [1, 2, 3, 4, 5]
+        assert joined.beta.num.tolist() == [1, 2, 3, 4, 5]
+        assert (joined.t2 is None) == se2 and (joined.se2 is None) != se2

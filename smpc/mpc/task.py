@@ -71,7 +71,9 @@ class RegressionSession(_Strict):
     group: Literal["linear", "qt"]  # .assoc.linear, or the .qassoc of a quantitative assoc
     k: int = Field(ge=2)  # columns of x = [1, g, covariates...]
     share_modulus: int  # the field the sites shared them in (192 bits)
-    modulus: int  # the regression's field, where the session converts them
+    samples: int = Field(ge=0)  # what the sites declare: the regression field's size
+    pheno_bits: int = Field(ge=0)  # |phenotype| < 2^pheno_bits
+    covar_bits: list[int] = Field(default_factory=list)  # per covariate, likewise
     beta_scale_bits: int = Field(ge=0)  # BETA = opened ratio / 2^bits (y was scaled)
     files: dict[str, str]  # xtx (V, k, k), xty (V, k), yty (V,): little-endian words
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,20 +100,23 @@ def regression_groups(spec: Any) -> dict[str, int]:
     return groups
 
 
-def regression_field(k: int) -> tuple[int, Any]:
-    """The prime the sites share a width-``k`` regression's scaled cross products in, and
-    the bounds of what :func:`.secure.secure_linear` opens (:class:`.secure.LinearBounds`).
+def regression_field(
+    k: int, samples: int, pheno_bits: int, covar_bits: Sequence[int]
+) -> tuple[int, Any]:
+    """The prime of a width-``k`` secure regression and the bounds of what
+    :func:`.secure.secure_linear` opens (:class:`.secure.LinearBounds`).
 
-    Sized for the worst case the sites enforce: REG_MAX_SAMPLES samples, covariates and
-    phenotype below 2^REG_VALUE_BITS scaled by 2^REG_SCALE_BITS. Four times the samples
-    cover the sites' rounding of each entry (by at most 1/2 per site, well below a
-    diagonal entry): the rounded matrix's determinant is at most that of the exact one
-    with every diagonal entry doubled.
+    Sized from what the sites declare publicly (their samples, and the bit length of
+    their largest |phenotype| and |covariate|): pooled, columns scaled by
+    2^REG_SCALE_BITS. Four times the samples cover the sites' rounding of each entry
+    (by at most 1/2 per site, well below a diagonal entry): the rounded matrix's
+    determinant is at most that of the exact one with every diagonal entry doubled.
     """
     from smpc.protocols.gwas.secure import field_prime, linear_bounds
 
-    scaled = 1 << (REG_SCALE_BITS + REG_VALUE_BITS)
-    bounds = linear_bounds(4 * REG_MAX_SAMPLES, [1, 2] + [scaled] * (k - 2), scaled)
+    scaled = [1 << (REG_SCALE_BITS + b) for b in covar_bits[: k - 2]]
+    y = 1 << (REG_SCALE_BITS + pheno_bits)
+    bounds = linear_bounds(4 * max(samples, 1), [1, 2, *scaled], y)
     return field_prime(bounds.field_bits), bounds
 
 
@@ -290,6 +293,12 @@ def _site_statistics(
         "variants": _table_text(site.variants),
         "phenotype": "case/control" if binary else "quantitative",
     }
+    if statistics_mode(spec) and groups:  # sizes the regression's field (README)
+        info["magnitudes"] = {
+            "samples": len(pheno),
+            "pheno": magnitude_bits(pheno),
+            "covar": [magnitude_bits(covar[:, j]) for j in range(covar.shape[1])],
+        }
     arrays = {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}
     if statistics_mode(spec) and "assoc" in spec.tests:
         arrays["alleles"] = case_control_alleles(counts)
@@ -320,6 +329,12 @@ def scale_cross_products(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
         "xty": np.rint(parts["xty"] * (col * y)),
         "yty": np.rint(parts["yty"] * (y * y)),
     }
+
+
+def magnitude_bits(values: np.ndarray) -> int:
+    """The least b with |x| < 2^b for every value present (0 when none is)."""
+    present = np.abs(values[~np.isnan(values)])
+    return int(np.frexp(present.max())[1]) if present.size and present.max() > 0 else 0
 
 
 def check_regression_values(prefix: Path, spec: Any, pheno: np.ndarray, covar: np.ndarray) -> None:
@@ -444,6 +459,13 @@ def combine(
         "phenotype": kinds.pop(),
         "sites": sites,
     }
+    declared = [infos[s]["magnitudes"] for s in sites if "magnitudes" in infos[s]]
+    if declared:  # the pooled bounds of the secure regressions (regression_field)
+        summary["magnitudes"] = {
+            "samples": sum(int(m["samples"]) for m in declared),
+            "pheno": max(int(m["pheno"]) for m in declared),
+            "covar": np.max([m["covar"] for m in declared], axis=0, initial=0).tolist(),
+        }
     yield "alignment", field.from_int(bytes_to_words(json.dumps(summary).encode()))
     if "counts" not in inputs:  # the preliminary job of filters: {mind}: alignment only
         return
@@ -508,9 +530,11 @@ def regression_sessions(
             files[part] = f"{group}.{part}.bin"
             value = pooled[f"{group}.{part}"]
             (workdir / files[part]).write_bytes(narrow.to_bytes(value.reshape(-1)))
+        m = summary["magnitudes"]
         out.append(
             RegressionSession(
-                group=group, k=k, share_modulus=shared, modulus=regression_field(k)[0],
+                group=group, k=k, share_modulus=shared, samples=m["samples"],
+                pheno_bits=m["pheno"], covar_bits=m["covar"][: k - 2],
                 beta_scale_bits=REG_SCALE_BITS, files=files,
             )
         )  # fmt: skip

@@ -165,29 +165,50 @@ async def _regression(
     from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS, regression_field
     from smpc.protocols.gwas.secure import convert_field, secint_for, secure_linear
 
-    modulus, bounds = regression_field(reg.k)
+    _, bounds = regression_field(reg.k, reg.samples, reg.pheno_bits, reg.covar_bits)
     big = secint_for(mpc, bounds.field_bits)
     narrow = secint_for(mpc, REG_SHARE_BITS)
-    if big.field.modulus != modulus or modulus != reg.modulus:
-        raise ValueError(f"the {reg.group} field differs from the one the parties expect")
     if narrow.field.modulus != reg.share_modulus:
         raise ValueError(f"the {reg.group} shares are not in the field the sites share in")
     field = field_for(reg.share_modulus)
     k = reg.k
     shapes = {"xtx": (-1, k, k), "xty": (-1, k), "yty": (-1,)}
-    parts = {}
-    for part, shape in shapes.items():
-        flat = field.from_bytes((workdir / reg.files[part]).read_bytes(), (-1,))
-        values = np.asarray(flat, dtype=object).reshape(shape)[rows]
-        shares = narrow.array(narrow.field.array(values))
-        parts[part] = await convert_field(mpc, shares, big, REG_POOLED_BITS)
-    n = parts["xtx"][:, 0, 0]  # the intercept column is unscaled: the sample count
-    result = await secure_linear(
-        mpc, n, parts["xtx"], parts["xty"], parts["yty"],
-        bounds=bounds, swap=swap, beta_scale=Fraction(1, 1 << reg.beta_scale_bits),
-        se2=reg.group == "qt",
-    )  # fmt: skip
+    stored = {
+        part: np.asarray(
+            field.from_bytes((workdir / reg.files[part]).read_bytes(), (-1,)), dtype=object
+        ).reshape(shape)
+        for part, shape in shapes.items()
+    }
     g = reg.group
+    if not len(rows):  # no variant passes the filters
+        empty = _result(np.zeros(0, dtype=np.int64))
+        second = "se2" if g == "qt" else "t2"
+        return {
+            f"{g}.{name}": empty
+            for name in ("nmiss", "beta.num", "beta.den", f"{second}.num", f"{second}.den")
+        }
+    results = []
+    for start in range(0, len(rows), REGRESSION_BATCH):  # bounds the memory
+        batch = rows[start : start + REGRESSION_BATCH]
+        parts = {}
+        for part, values in stored.items():
+            shares = narrow.array(narrow.field.array(values[batch]))
+            parts[part] = await convert_field(mpc, shares, big, REG_POOLED_BITS)
+        n = parts["xtx"][:, 0, 0]  # the intercept column is unscaled: the sample count
+        results.append(
+            await secure_linear(
+                mpc,
+                n,
+                parts["xtx"],
+                parts["xty"],
+                parts["yty"],
+                bounds=bounds,
+                swap=swap[start : start + REGRESSION_BATCH],
+                beta_scale=Fraction(1, 1 << reg.beta_scale_bits),
+                se2=reg.group == "qt",
+            )
+        )
+    result = _joined(results)
     out = {f"{g}.nmiss": _result(result.nmiss.astype(np.int64))}
     second = ("se2", result.se2) if g == "qt" else ("t2", result.t2)
     for name, ratio in (("beta", result.beta), second):
@@ -235,6 +256,33 @@ async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, 
         "logistic.var.num": _result(var.num),
         "logistic.var.den": _result(var.den),
     }
+
+
+REGRESSION_BATCH = 25_000
+"""Variants per secure regression call: its wide-field values (~170 bytes each, a few
+dozen per variant and party) stay within a few hundred MB."""
+
+
+def _joined(results: list[Any]) -> Any:
+    """One :class:`.secure.LinearResult` from the batches' results."""
+    from dataclasses import replace
+
+    from smpc.protocols.gwas.secure import Ratio
+
+    def cat(ratios: list[Any]) -> Any:
+        if ratios[0] is None:
+            return None
+        return Ratio(
+            np.concatenate([r.num for r in ratios]), np.concatenate([r.den for r in ratios])
+        )
+
+    return replace(
+        results[0],
+        nmiss=np.concatenate([r.nmiss for r in results]),
+        beta=cat([r.beta for r in results]),
+        t2=cat([r.t2 for r in results]),
+        se2=cat([r.se2 for r in results]),
+    )
 
 
 COMPARISON_BATCH = 20_000
