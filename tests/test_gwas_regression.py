@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smpc.protocols.gwas.regression import (
     LOGISTIC_MAX_ITER,
@@ -352,3 +354,18 @@ def test_site_stats_speed() -> None:
         elapsed = min(elapsed, time.perf_counter() - t0)
     assert st.xtx.shape == (v, 4, 4)
     assert elapsed < 1.0, f"linear_site_stats took {elapsed:.2f} s"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=1, max_value=7), st.integers(min_value=0, max_value=5))
+def test_symmetric_matrices_travel_as_their_upper_triangle(k, batch):
+    from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
+
+    rng = np.random.default_rng(k * 10 + batch)
+    a = rng.integers(-(2**40), 2**40, size=(batch, k, k))
+    a = a + np.swapaxes(a, -1, -2)
+    packed = pack_symmetric(a)
+    assert packed.shape == (batch, k * (k + 1) // 2)
+    assert np.array_equal(unpack_symmetric(packed), a)
+    with pytest.raises(ValueError, match="upper triangle"):
+        unpack_symmetric(np.zeros((batch, k * (k + 1) // 2 + 1)))

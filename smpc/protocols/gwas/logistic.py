@@ -8,7 +8,8 @@ its ID, A1 and A2 and the current coefficients (intercept, ADD, covariates). Eve
 by ID, flips its genotype coding where its A2 is the pooled A1, and shares the sums
 PLINK's Newton step needs at those coefficients over its samples — the number of
 samples with a call, the gradient Σ(y − π)x and the Hessian Σπ(1 − π)xxᵀ, each real
-as exact hi/lo integer words (:func:`.protocol.split_limbs`). The parties add the
+as exact hi/lo integer words (:func:`.protocol.split_limbs`; the Hessian's upper
+triangle only). The parties add the
 shares and deliver the sums; the analyst takes the step (:func:`.regression.logistic_fit`:
 PLINK's single-precision solve, stopping rules and NA rules) and sends the next
 coefficients, for as many rounds as PLINK iterates (at most 15).
@@ -28,6 +29,7 @@ import numpy as np
 
 from smpc.errors import UserError
 from smpc.messages import JobInput
+from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
 
 logger = logging.getLogger("smpc.gwas")
 
@@ -153,7 +155,7 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
             genotypes = flip_genotypes(genotypes[keep], flip[part])
             n[part], grad[part], hess[part] = logistic_site_stats(genotypes, covar, y, beta[part])
     arrays: dict[str, np.ndarray] = {"logistic.n": n}
-    for name, value in (("grad", grad), ("hess", hess)):
+    for name, value in (("grad", grad), ("hess", pack_symmetric(hess))):  # H's triangle
         if statistics_mode(spec):  # exact: a power-of-two scale, then an integral float
             arrays[f"logistic.{name}"] = np.rint(value * 2.0**LIMB_BITS)
             continue
@@ -205,7 +207,7 @@ def run_rounds(
         grad, hess = (
             join_limbs(opened[f"logistic.{x}.hi"], opened[f"logistic.{x}.lo"]) for x in PARTS
         )
-        return n, grad, hess
+        return n, grad, unpack_symmetric(hess)
 
     secure = statistics_mode(spec)
     return logistic_fit(evaluate, v, p, steps=secure)
@@ -247,7 +249,7 @@ def pooled_round(job: Any, share_of: Any, workdir: Any) -> Any:
         (workdir / files[name]).write_bytes(field.to_bytes(total.reshape(-1)))
     v = sizes["n"]
     k = sizes["grad"] // max(v, 1)
-    if v and (sizes["grad"] != v * k or sizes["hess"] != v * k * k):
+    if v and (sizes["grad"] != v * k or sizes["hess"] != v * k * (k + 1) // 2):
         raise ValueError(f"a Newton round's shares have {sizes} values for {v} variants")
     return NewtonSession(
         variants=v, k=max(k, 2), share_modulus=moduli["grad"], modulus=newton_field(k)[0],

@@ -41,6 +41,7 @@ from smpc.encoding import bytes_to_words, words_to_bytes
 from smpc.errors import UserError
 from smpc.field import PrimeField, field_for
 from smpc.messages import JobInput
+from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
 
 logger = logging.getLogger("smpc.gwas")
 
@@ -306,7 +307,10 @@ def _site_statistics(
         check_regression_values(prefix, spec, pheno, covar)
     for group, parts in cross.items():
         if statistics_mode(spec):  # exact integers in float64, encoded as such
-            arrays.update({f"{group}.{p}": v for p, v in scale_cross_products(parts).items()})
+            parts = scale_cross_products(parts)
+        parts = {**parts, "xtx": pack_symmetric(parts["xtx"])}
+        if statistics_mode(spec):
+            arrays.update({f"{group}.{p}": v for p, v in parts.items()})
             continue
         for part, value in parts.items():
             hi, lo = split_limbs(value)
@@ -495,12 +499,16 @@ def combine(
                 index, flip = alignment.index[k], alignment.flip[k]
                 xtx, xty = take_cross_products(
                     own,
-                    share_of(f"{group}.xtx{suffix}", s),
+                    unpack_symmetric(share_of(f"{group}.xtx{suffix}", s)),
                     share_of(f"{group}.xty{suffix}", s),
                     index,
                     flip,
                 )
-                parts = {"xtx": xtx, "xty": xty, "yty": share_of(f"{group}.yty{suffix}", s)[index]}
+                parts = {
+                    "xtx": pack_symmetric(xtx),
+                    "xty": xty,
+                    "yty": share_of(f"{group}.yty{suffix}", s)[index],
+                }
                 for name, value in parts.items():
                     sums[name] = value if name not in sums else own.add(sums[name], value)
             for name in CROSS_PARTS:
@@ -578,6 +586,7 @@ def _orient(
                 part: join_limbs(opened[f"{group}.{part}.hi"], opened[f"{group}.{part}.lo"])
                 for part in CROSS_PARTS
             }
+            real["xtx"] = unpack_symmetric(real["xtx"])
             pooled = regression.LinearStats(
                 n=np.rint(real["xtx"][:, 0, 0]).astype(np.int64), **real
             )

@@ -162,6 +162,7 @@ async def _regression(
     """
     from fractions import Fraction
 
+    from smpc.protocols.gwas.combine import unpack_symmetric
     from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS, regression_field
     from smpc.protocols.gwas.secure import convert_field, secint_for, secure_linear
 
@@ -172,7 +173,7 @@ async def _regression(
         raise ValueError(f"the {reg.group} shares are not in the field the sites share in")
     field = field_for(reg.share_modulus)
     k = reg.k
-    shapes = {"xtx": (-1, k, k), "xty": (-1, k), "yty": (-1,)}
+    shapes = {"xtx": (-1, k * (k + 1) // 2), "xty": (-1, k), "yty": (-1,)}  # xtx: packed
     stored = {
         part: np.asarray(
             field.from_bytes((workdir / reg.files[part]).read_bytes(), (-1,)), dtype=object
@@ -194,6 +195,7 @@ async def _regression(
         for part, values in stored.items():
             shares = narrow.array(narrow.field.array(values[batch]))
             parts[part] = await convert_field(mpc, shares, big, REG_POOLED_BITS)
+        parts["xtx"] = big.array(unpack_symmetric(parts["xtx"].share))  # shares unfold as is
         n = parts["xtx"][:, 0, 0]  # the intercept column is unscaled: the sample count
         results.append(
             await secure_linear(
@@ -224,6 +226,7 @@ async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, 
     last round's (H⁻¹)_tt gives PLINK's SE. Nothing else of the pooled gradient and
     Hessian is opened (:func:`.secure.secure_newton_step`).
     """
+    from smpc.protocols.gwas.combine import unpack_symmetric
     from smpc.protocols.gwas.logistic import newton_field
     from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS
     from smpc.protocols.gwas.secure import convert_field, secint_for, secure_newton_step
@@ -247,7 +250,8 @@ async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, 
         shares = narrow.array(narrow.field.array(np.asarray(flat, dtype=object).reshape(shape)))
         return await convert_field(mpc, shares, big, REG_POOLED_BITS)
 
-    hess, grad = await load("hess", (v, k, k)), await load("grad", (v, k))
+    hess = big.array(unpack_symmetric((await load("hess", (v, k * (k + 1) // 2))).share))
+    grad = await load("grad", (v, k))
     steps, var = await secure_newton_step(mpc, hess, grad, bounds=bounds)
     return {
         "logistic.n": _result(np.asarray(n, dtype=np.int64)),
