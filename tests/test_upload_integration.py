@@ -70,13 +70,19 @@ class Recorder:
         ) as client:
             await client.subscribe("smpc/#", qos=1)
             self._ready.set()
+            # One pending read kept across the stop checks: cancelling a read of the
+            # message iterator on a timeout can drop the message it was taking.
+            messages = aiter(client.messages)
+            reading = None
             while not self._stop.is_set():
-                try:
-                    async with asyncio.timeout(0.2):
-                        async for message in client.messages:
-                            self.payloads.append(bytes(message.payload))
-                except TimeoutError:
-                    continue
+                if reading is None:
+                    reading = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait({reading}, timeout=0.2)
+                if done:
+                    self.payloads.append(bytes(reading.result().payload))
+                    reading = None
+            if reading is not None:
+                reading.cancel()
 
     def __enter__(self) -> Recorder:
         self._thread.start()

@@ -14,9 +14,14 @@ shares and deliver the sums; the analyst takes the step (:func:`.regression.logi
 PLINK's single-precision solve, stopping rules and NA rules) and sends the next
 coefficients, for as many rounds as PLINK iterates (at most 15).
 
+With ``reveal: statistics`` the parties instead compute the step inside MPyC
+(:func:`.session.run_newton`) and open only H⁻¹g and (H⁻¹)_tt; the analyst applies
+PLINK's rules to the step (``logistic_fit(steps=True)``).
+
 Revealed: to the sites and parties, every intermediate coefficient vector of every
-variant (they travel in the jobs); to the analyst, the pooled gradient and Hessian of
-every iteration. Nothing per site.
+variant (they travel in the jobs); with ``aggregates`` to the analyst the pooled
+gradient and Hessian of every iteration, with ``statistics`` to parties and analyst
+each iteration's step and (H⁻¹)_tt. Nothing per site.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ PARTS = ("grad", "hess")
 def round_inputs(spec: Any) -> tuple[JobInput, ...]:
     """What every site shares in a Newton round.
 
-    With ``reveal: statistics`` the gradient and Hessian go to a field of their own,
-    sized for :func:`.secure.secure_newton_step` (:func:`newton_field`).
+    With ``reveal: statistics`` the gradient and Hessian travel as round(v·2^32), one
+    integer per entry in the 192-bit field; the session converts them to the Newton
+    field (:func:`newton_field`) for :func:`.secure.secure_newton_step`.
     """
     from smpc.protocols.gwas.protocol import (
         COUNT_BITS,

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from smpc.field import FAST, MERSENNE61, field_for
+from smpc.protocols.gwas.protocol import RATIOS
 
 FAST_BITS = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)
 MAX_ALLELES = 1 << 21
@@ -118,7 +119,7 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     for reg in gwas.regression:
         out.update(await _regression(mpc, reg, workdir, rows_all, (merge ^ swap)[rows_all]))
     if "assoc" in gwas.tests and gwas.quantitative:  # .qassoc from the qt regression
-        for name in RATIO_NAMES:
+        for name in RATIOS:
             out[f"assoc.{name}.num"] = out[f"assoc.{name}.den"] = _result(np.zeros(0, np.int64))
     elif "assoc" in gwas.tests:
         big = secint_for(mpc, gwas.assoc_field_bits)
@@ -136,7 +137,7 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
             swap=(merge ^ swap)[rows_all],
             max_alleles=MAX_ALLELES,
         )
-        for name, ratio in (  # RATIO_NAMES
+        for name, ratio in (  # RATIOS
             ("f_a", result.f_a),
             ("f_u", result.f_u),
             ("chisq", result.chisq),
@@ -145,9 +146,6 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
             out[f"assoc.{name}.num"] = _result(ratio.num)
             out[f"assoc.{name}.den"] = _result(ratio.den)
     return out
-
-
-RATIO_NAMES = ("f_a", "f_u", "chisq", "or")
 
 
 async def _regression(
