@@ -48,27 +48,11 @@ def round_inputs(spec: Any) -> tuple[JobInput, ...]:
     integer per entry in the 192-bit field; the session converts them to the Newton
     field (:func:`newton_field`) for :func:`.secure.secure_newton_step`.
     """
-    from smpc.protocols.gwas.protocol import (
-        COUNT_BITS,
-        CROSS_INT_BITS,
-        LIMB_BITS,
-        REG_ENTRY_BITS,
-        share_modulus,
-        statistics_mode,
-    )
+    from smpc.protocols.gwas.protocol import COUNT_BITS, real_inputs, statistics_mode
 
     out = [JobInput(name="logistic.n", frac_bits=0, int_bits=COUNT_BITS)]
-    for part in PARTS:
-        if statistics_mode(spec):  # round(v·2^32), one wide integer per entry
-            out.append(
-                JobInput(
-                    name=f"logistic.{part}", frac_bits=0, int_bits=REG_ENTRY_BITS,
-                    modulus=share_modulus(),
-                )
-            )  # fmt: skip
-            continue
-        out.append(JobInput(name=f"logistic.{part}.hi", frac_bits=0, int_bits=CROSS_INT_BITS))
-        out.append(JobInput(name=f"logistic.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1))
+    for part in PARTS:  # statistics: round(v·2^32), one wide integer per entry
+        out += real_inputs(f"logistic.{part}", statistics_mode(spec))
     return tuple(out)
 
 

@@ -121,6 +121,18 @@ def regression_field(
     return field_prime(bounds.field_bits), bounds
 
 
+def real_inputs(name: str, statistics: bool) -> list[JobInput]:
+    """How a site shares a real-valued sum: with ``reveal: statistics`` one scaled integer
+    in the 192-bit field (:func:`scale_cross_products`), else exact hi/lo words in the
+    job's field (:func:`split_limbs`)."""
+    if statistics:
+        return [JobInput(name=name, frac_bits=0, int_bits=REG_ENTRY_BITS, modulus=share_modulus())]
+    return [
+        JobInput(name=f"{name}.hi", frac_bits=0, int_bits=CROSS_INT_BITS),
+        JobInput(name=f"{name}.lo", frac_bits=0, int_bits=LIMB_BITS + 1),
+    ]
+
+
 def share_modulus() -> int:
     """The 192-bit prime the sites share scaled regression entries in (statistics mode)."""
     from smpc.protocols.gwas.secure import field_prime
@@ -139,20 +151,12 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
     counts = JobInput(name="counts", frac_bits=0, int_bits=COUNT_BITS)
     alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
     statistics = statistics_mode(spec)
-    cross = []
-    for group in regression_groups(spec):
-        for part in CROSS_PARTS:
-            if statistics:  # one scaled integer per entry (scale_cross_products)
-                cross.append(
-                    JobInput(
-                        name=f"{group}.{part}", frac_bits=0, int_bits=REG_ENTRY_BITS,
-                        modulus=share_modulus(),
-                    )
-                )  # fmt: skip
-                continue
-            hi = JobInput(name=f"{group}.{part}.hi", frac_bits=0, int_bits=CROSS_INT_BITS)
-            lo = JobInput(name=f"{group}.{part}.lo", frac_bits=0, int_bits=LIMB_BITS + 1)
-            cross += [hi, lo]
+    cross = [
+        i
+        for group in regression_groups(spec)
+        for part in CROSS_PARTS
+        for i in real_inputs(f"{group}.{part}", statistics)
+    ]
     if statistics:
         inputs = [public, counts, *cross]
         if "assoc" in spec.tests:  # a case/control phenotype's (whichever the sites have)

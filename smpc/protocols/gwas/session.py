@@ -160,22 +160,15 @@ async def _regression(
     """
     from fractions import Fraction
 
-    from smpc.protocols.gwas.combine import unpack_symmetric
-    from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS, regression_field
-    from smpc.protocols.gwas.secure import convert_field, secint_for, secure_linear
+    from smpc.protocols.gwas.protocol import regression_field
+    from smpc.protocols.gwas.secure import secint_for, secure_linear
 
     _, bounds = regression_field(reg.k, reg.samples, reg.pheno_bits, reg.covar_bits)
     big = secint_for(mpc, bounds.field_bits)
-    narrow = secint_for(mpc, REG_SHARE_BITS)
-    if narrow.field.modulus != reg.share_modulus:
-        raise ValueError(f"the {reg.group} shares are not in the field the sites share in")
-    field = field_for(reg.share_modulus)
     k = reg.k
     shapes = {"xtx": (-1, k * (k + 1) // 2), "xty": (-1, k), "yty": (-1,)}  # xtx: packed
     stored = {
-        part: np.asarray(
-            field.from_bytes((workdir / reg.files[part]).read_bytes(), (-1,)), dtype=object
-        ).reshape(shape)
+        part: _stored(workdir / reg.files[part], reg.share_modulus, shape)
         for part, shape in shapes.items()
     }
     g = reg.group
@@ -189,11 +182,10 @@ async def _regression(
     results = []
     for start in range(0, len(rows), REGRESSION_BATCH):  # bounds the memory
         batch = rows[start : start + REGRESSION_BATCH]
-        parts = {}
-        for part, values in stored.items():
-            shares = narrow.array(narrow.field.array(values[batch]))
-            parts[part] = await convert_field(mpc, shares, big, REG_POOLED_BITS)
-        parts["xtx"] = big.array(unpack_symmetric(parts["xtx"].share))  # shares unfold as is
+        parts = {
+            part: await _widened(mpc, values[batch], reg.share_modulus, big, packed=part == "xtx")
+            for part, values in stored.items()
+        }
         n = parts["xtx"][:, 0, 0]  # the intercept column is unscaled: the sample count
         results.append(
             await secure_linear(
@@ -224,32 +216,25 @@ async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, 
     last round's (H⁻¹)_tt gives PLINK's SE. Nothing else of the pooled gradient and
     Hessian is opened (:func:`.secure.secure_newton_step`).
     """
-    from smpc.protocols.gwas.combine import unpack_symmetric
     from smpc.protocols.gwas.logistic import newton_field
-    from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS
-    from smpc.protocols.gwas.secure import convert_field, secint_for, secure_newton_step
+    from smpc.protocols.gwas.secure import secint_for, secure_newton_step
 
     newton = task.newton
     v, k = newton.variants, newton.k
     modulus, bounds = newton_field(k)
     big = secint_for(mpc, bounds.field_bits)
-    narrow = secint_for(mpc, REG_SHARE_BITS)
     if big.field.modulus != modulus or modulus != newton.modulus:
         raise ValueError("the Newton round's field differs from the one the parties expect")
-    if narrow.field.modulus != newton.share_modulus:
-        raise ValueError("the Newton round's shares are not in the field the sites share in")
     fast = mpc.SecInt(FAST_BITS, p=MERSENNE61)
-    n_shares = FAST.from_bytes((workdir / newton.files["n"]).read_bytes(), (v,))
-    n = await mpc.output(fast.array(fast.field.array(np.asarray(n_shares, dtype=object))))
-    field = field_for(newton.share_modulus)
 
-    async def load(name: str, shape: tuple[int, ...]) -> Any:
-        flat = field.from_bytes((workdir / newton.files[name]).read_bytes(), (-1,))
-        shares = narrow.array(narrow.field.array(np.asarray(flat, dtype=object).reshape(shape)))
-        return await convert_field(mpc, shares, big, REG_POOLED_BITS)
+    def stored(name: str, shape: tuple[int, ...], modulus: int = newton.share_modulus):
+        return _stored(workdir / newton.files[name], modulus, shape)
 
-    hess = big.array(unpack_symmetric((await load("hess", (v, k * (k + 1) // 2))).share))
-    grad = await load("grad", (v, k))
+    n = await mpc.output(fast.array(fast.field.array(stored("n", (v,), MERSENNE61))))
+
+    hess = stored("hess", (v, k * (k + 1) // 2))  # packed
+    hess = await _widened(mpc, hess, newton.share_modulus, big, packed=True)
+    grad = await _widened(mpc, stored("grad", (v, k)), newton.share_modulus, big)
     steps, var = await secure_newton_step(mpc, hess, grad, bounds=bounds)
     return {
         "logistic.n": _result(np.asarray(n, dtype=np.int64)),
@@ -258,6 +243,29 @@ async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, 
         "logistic.var.num": _result(var.num),
         "logistic.var.den": _result(var.den),
     }
+
+
+def _stored(path: Path, modulus: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A party's stored shares (little-endian words of the field ``modulus``) as ints."""
+    flat = field_for(modulus).from_bytes(path.read_bytes(), (-1,))
+    return np.asarray(flat, dtype=object).reshape(shape)
+
+
+async def _widened(
+    mpc: Any, shares: np.ndarray, modulus: int, big: type, *, packed: bool = False
+) -> Any:
+    """Shares the sites made in the 192-bit field as ``big`` secure integers
+    (:func:`.secure.convert_field`); ``packed`` upper triangles unfold to symmetric
+    matrices (:func:`.combine.unpack_symmetric`: shares unfold as the values do)."""
+    from smpc.protocols.gwas.combine import unpack_symmetric
+    from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS
+    from smpc.protocols.gwas.secure import convert_field, secint_for
+
+    narrow = secint_for(mpc, REG_SHARE_BITS)
+    if narrow.field.modulus != modulus:
+        raise ValueError("shares are not in the field the sites share wide sums in")
+    wide = await convert_field(mpc, narrow.array(narrow.field.array(shares)), big, REG_POOLED_BITS)
+    return big.array(unpack_symmetric(wide.share)) if packed else wide
 
 
 REGRESSION_BATCH = 25_000
