@@ -261,7 +261,7 @@ def _site_statistics(
         pheno_class[~np.isnan(pheno)] = 0  # quantitative: one class with a value
     if table_only:
         info = {
-            "variants": _table_text(site.variants),
+            "variants": _table_columns(site.variants),
             "phenotype": "case/control" if binary else "quantitative",
         }
         return {"site": bytes_to_words(json.dumps(info).encode())}, int(keep.sum())
@@ -295,7 +295,7 @@ def _site_statistics(
             cross[group]["xty"][idx] = stats.xty
             cross[group]["yty"][idx] = stats.yty
     info = {
-        "variants": _table_text(site.variants),
+        "variants": _table_columns(site.variants),
         "phenotype": "case/control" if binary else "quantitative",
     }
     if statistics_mode(spec) and groups:  # sizes the regression's field (README)
@@ -412,22 +412,27 @@ def is_case_control(pheno: np.ndarray) -> bool:
     return bool(np.isin(present, (1.0, 2.0)).all())
 
 
-def _table_text(variants: Any) -> str:
-    """A variant table as tab-separated text, one variant per line."""
-    columns = [np.asarray(_column(variants, c)).astype(str) for c in TABLE_COLUMNS]
-    return "\n".join("\t".join(row) for row in zip(*columns, strict=True))
+def _table_columns(variants: Any) -> dict[str, str]:
+    """A variant table as one newline-joined text per column.
+
+    By columns, not rows: each column parses back with one ``split`` and one array
+    conversion, where rows would take a Python loop over every variant at every party.
+    """
+    return {
+        c: "\n".join(np.asarray(_column(variants, c)).astype(str).tolist()) for c in TABLE_COLUMNS
+    }
 
 
 def _column(variants: Any, name: str) -> Any:
     return variants[name] if isinstance(variants, Mapping) else getattr(variants, name)
 
 
-def parse_table(text: str) -> dict[str, np.ndarray]:
-    """Inverse of :func:`_table_text`."""
-    rows = [line.split("\t") for line in text.splitlines() if line]
-    cols = list(zip(*rows, strict=True)) if rows else [()] * len(TABLE_COLUMNS)
-    table = {c: np.asarray(v, dtype=str) for c, v in zip(TABLE_COLUMNS, cols, strict=True)}
-    table["bp"] = table["bp"].astype(np.int64) if rows else np.zeros(0, np.int64)
+def parse_table(columns: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`_table_columns`."""
+    table = {
+        c: np.array(columns[c].split("\n") if columns[c] else [], dtype=str) for c in TABLE_COLUMNS
+    }
+    table["bp"] = table["bp"].astype(np.int64)
     return table
 
 
@@ -462,7 +467,7 @@ def combine(
     inputs = {i.name: i for i in job.inputs}
     reference = alignment.variants
     summary = {
-        "variants": _table_text(reference),
+        "variants": _table_columns(reference),
         "excluded": [list(map(str, row)) for row in alignment.excluded],
         "phenotype": kinds.pop(),
         "sites": sites,
