@@ -172,6 +172,7 @@ def _local(args: argparse.Namespace) -> int:
         Path(args.out), parties=args.parties, threshold=args.threshold,
         workdir=Path(args.workdir) if args.workdir else None, trainer=args.trainer,
         initial_model=Path(args.initial_model) if args.initial_model else None,
+        broker=args.broker,
     )  # fmt: skip
     print(f"{spec.name}: {spec.protocol} over {len(sites)} sites with {args.parties} parties "
           f"(t={args.threshold}); results in {args.out}/")  # fmt: skip
@@ -292,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     local.add_argument("--out", required=True, help="output directory")
     local.add_argument("--workdir", help="keep keys, stores and logs here")
+    local.add_argument(
+        "--broker", default="auto", metavar="{auto,mosquitto,embedded}",
+        help="MQTT broker: Mosquitto when installed (auto, the default), or the embedded one",
+    )  # fmt: skip
     local.set_defaults(func=_local)
 
     demo = commands.add_parser(

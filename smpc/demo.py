@@ -3,7 +3,8 @@
 Three hospitals (``smpc/data/demo/*.csv``: age, BMI, systolic blood pressure)
 and three computing parties on 127.0.0.1.
 
-Part A runs ``smpc local`` twice — the embedded broker, three party daemons,
+Part A runs ``smpc local`` twice — a broker (Mosquitto when installed, else the
+embedded one), three party daemons,
 one uploader per site and the analyst, as real processes: a secure sum (count
 and mean of every column) and one FedAvg round over each site's own
 least-squares fit.

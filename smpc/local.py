@@ -1,9 +1,9 @@
 """``smpc local``: a whole federation on this machine, with real processes.
 
-Keys in a work directory, the embedded broker (amqtt, TLS), N ``smpc party
-serve`` daemons, one ``smpc upload`` process per site and the analyst (this
-process) running the spec: the same code paths as a distributed deployment,
-on 127.0.0.1.
+Keys in a work directory, a broker on TLS (Mosquitto when it is installed, else the
+embedded amqtt broker; ``--broker``), N ``smpc party serve`` daemons, one ``smpc
+upload`` process per site and the analyst (this process) running the spec: the same
+code paths as a distributed deployment, on 127.0.0.1.
 
 With a trainer (``--trainer module:function``, see :mod:`smpc.fl`) every site
 runs ``smpc site serve`` with that trainer instead of one upload, and the
@@ -26,12 +26,34 @@ from typing import Any
 import yaml
 
 from smpc.analyst import build_job, logistic_rounds, run_gwas, run_job, write_outputs
-from smpc.broker import EmbeddedBroker
+from smpc.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
 from smpc.errors import UserError
 from smpc.inputs import data_exists
 from smpc.keys import init_keys, load_broker_kit, load_kit
 from smpc.spec.federation import load_federation
 from smpc.spec.protocol import load_spec
+
+BROKERS = ("auto", "mosquitto", "embedded")
+"""``smpc local --broker``: ``auto`` is Mosquitto when installed, else the embedded one."""
+
+
+def _broker(choice: str, federation: Any, workdir: Path) -> EmbeddedBroker | MosquittoBroker:
+    """The local broker: Mosquitto (C, the production broker) carries large uploads with
+    a fraction of the embedded Python broker's CPU, which the parties and sites need."""
+    if choice not in BROKERS:
+        raise UserError(f"--broker {choice}: choose one of {', '.join(BROKERS)}")
+    installed = Path(MOSQUITTO).is_file()
+    if choice == "mosquitto" and not installed:
+        raise UserError(
+            f"--broker mosquitto: {MOSQUITTO} is not installed (apt-get install mosquitto)"
+        )
+    kind = (
+        MosquittoBroker
+        if choice == "mosquitto" or (choice == "auto" and installed)
+        else EmbeddedBroker
+    )
+    kit = load_broker_kit(workdir / "keys" / "kits" / "broker")
+    return kind(federation, kit, workdir / "broker", port=federation.broker.port)
 
 
 def _free_port() -> int:
@@ -131,8 +153,11 @@ def run_local(
     timeout: float = 300.0,
     trainer: str | None = None,
     initial_model: Path | None = None,
+    broker: str = "auto",
 ) -> tuple[Any, dict[str, Any]]:
     """Run ``spec_path`` over the sites' files; write the results into ``out``.
+
+    ``broker``: one of :data:`BROKERS`.
 
     With ``trainer`` (``module:function`` or ``file.py:function``), every site runs
     ``smpc site serve`` with that trainer (given ``site=NAME``, and ``data=PATH``
@@ -157,6 +182,7 @@ def run_local(
             return run_local(
                 spec_path, sites, out, parties=parties, threshold=threshold,
                 workdir=Path(tmp), timeout=timeout, trainer=trainer, initial_model=initial_model,
+                broker=broker,
             )  # fmt: skip
     workdir = Path(workdir).resolve()  # daemons run in other directories
     workdir.mkdir(parents=True, exist_ok=True)
@@ -179,13 +205,7 @@ def run_local(
     init_keys(federation_file, keys)
     kits = keys / "kits"
     procs: list[subprocess.Popen] = []
-    broker = EmbeddedBroker(
-        federation,
-        load_broker_kit(kits / "broker"),
-        workdir / "broker",
-        port=federation.broker.port,
-    )
-    with broker:
+    with _broker(broker, federation, workdir):
         try:
             for party in federation.party_names:
                 config = workdir / f"{party}.yaml"

@@ -1,4 +1,4 @@
-"""``smpc local`` end to end (real processes, embedded broker) against NumPy on the pooled data.
+"""``smpc local`` end to end (real processes, either broker) against NumPy on the pooled data.
 
 Reals: each site's local sum is encoded with f = 24 fractional bits, so each
 errs by at most 2^-25; M sites add up to M·2^-25 < 1e-6 for M < 33, which the
@@ -39,14 +39,19 @@ def _sites(tmp_path, rng, sizes=(40, 25, 61)):
 
 
 @pytest.mark.parametrize(
-    ("parties", "threshold", "scheme"),
-    [(2, 1, "additive"), (3, 1, "shamir"), (3, 2, "additive"), (5, 2, "shamir")],
+    ("parties", "threshold", "scheme", "broker"),
+    [
+        (2, 1, "additive", "embedded"),
+        (3, 1, "shamir", "mosquitto"),
+        (3, 2, "additive", "embedded"),
+        (5, 2, "shamir", "auto"),
+    ],
 )
-def test_secure_sum_count_mean_equal_numpy(tmp_path, parties, threshold, scheme):
+def test_secure_sum_count_mean_equal_numpy(tmp_path, parties, threshold, scheme, broker):
     sites, tables = _sites(tmp_path, np.random.default_rng(parties * 10 + threshold))
     spec = tmp_path / "cohort.yaml"
     spec.write_text(f"name: cohort\nprotocol: sum\ninputs: [age, bmi]\nscheme: {scheme}\n")
-    run_local(spec, sites, tmp_path / "out", parties=parties, threshold=threshold)
+    run_local(spec, sites, tmp_path / "out", parties=parties, threshold=threshold, broker=broker)
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     ages = np.concatenate([t[0] for t in tables.values()])
     bmis = np.concatenate([t[1] for t in tables.values()])
@@ -76,6 +81,15 @@ def test_fedavg_weighted_average_equals_numpy(tmp_path):
             want = sum(n * m[name].astype(np.float64) for n, m in models) / total
             assert got[name].shape == want.shape
             assert np.abs(got[name] - want).max() <= 1e-6
+
+
+def test_unknown_broker_is_a_clear_error(tmp_path):
+    sites, _ = _sites(tmp_path, np.random.default_rng(2))
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text("name: cohort\nprotocol: sum\ninputs: [age]\n")
+    with pytest.raises(UserError, match="--broker rabbitmq: choose one of auto, mosquitto"):
+        run_local(spec, sites, tmp_path / "out", broker="rabbitmq")
+    assert not (tmp_path / "out").exists()
 
 
 def test_too_few_sites_is_a_clear_error_and_opens_nothing(tmp_path):
