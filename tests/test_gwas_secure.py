@@ -118,6 +118,17 @@ async def main():
             "values": [str(int(v) - p if int(v) > p // 2 else int(v)) for v in opened],
             "from_field": src.field.order.bit_length(), "to_field": p.bit_length(),
         }
+    if "signs" in cfg:
+        from smpc.protocols.gwas import session
+
+        fast = mpc.SecInt(session.FAST_BITS, p=session.MERSENNE61)
+        x = secret(fast, data["sign_x"])
+        width = cfg["signs"]["width"]
+        session.COMPARISON_BATCH = cfg["signs"]["batch"]  # several batches of a small array
+        out["signs"] = {
+            "sign": (await session._signs(mpc, x, width)).tolist(),
+            "lt": (await session._signs(mpc, x, width, lt=True)).astype(int).tolist(),
+        }
     if "ratio" in cfg:
         stype = secure.secint_for(mpc, 128, 32)
         num, den = secret(stype, data["r_num"]), secret(stype, data["r_den"])
@@ -529,6 +540,20 @@ def test_secure_statistics_equal_plaintext(tmp_path, parties, flags):
     _check_linear(out["linear"], plain, scale)
     # open_ratio: den = 0 is NA whatever num is; fractions come back reduced.
     assert _fractions(out["ratio"]) == [None, None, Fraction(-1, 3), Fraction(2**40, 3), 3]
+
+
+@pytest.mark.parametrize("parties", [1, 3], ids=["M1", "3-parties"])
+def test_opened_signs_equal_numpy_at_zero_and_at_the_width_edges(tmp_path, parties):
+    """The A1 choice's signs (less-than test and public zero test) and the filters' bits,
+    in batches (COMPARISON_BATCH = 7 here), for values from -2^(w-1) to 2^(w-1) - 1."""
+    width = 16
+    rng = np.random.default_rng(4)
+    edge = [0, 1, -1, 2, -2, 2 ** (width - 1) - 1, -(2 ** (width - 1)), 0]
+    values = np.array(edge + rng.integers(-(2**15), 2**15, 21).tolist() + [0, 0], dtype=object)
+    cfg = {"signs": {"width": width, "batch": 7}}
+    out = _run_parties(tmp_path, cfg, {"sign_x": values}, parties, timeout=120)
+    assert out["signs"]["sign"] == np.sign(values.astype(np.int64)).tolist()
+    assert out["signs"]["lt"] == (values.astype(np.int64) < 0).astype(int).tolist()
 
 
 @pytest.mark.parametrize("parties", [1, 3], ids=["M1", "3-parties"])
