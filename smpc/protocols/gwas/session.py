@@ -63,18 +63,23 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
         a1 = total(hom) * 2 + total(het)
         return a1, a1 + total(het) + total(other) * 2
 
+    def excess_a2(classes: range, founders: range) -> Any:
+        """(called − 2·A1)/2 = A2 homozygotes − A1 homozygotes: the side of 1/2 the A1
+        frequency is on, within ±samples, one bit narrower than the allele difference."""
+        hom_a1 = total([_cell(k, f, 0) for k in classes for f in founders])
+        return total([_cell(k, f, 2) for k in classes for f in founders]) - hom_a1
+
     every, founders = range(3), range(2)
-    all_a1, all_called = alleles(every, founders)
     f_a1, f_called = alleles(every, range(1, 2))
-    width = (2 * max(gwas.samples, 1)).bit_length() + 1  # |called - 2·a1| <= 2·samples
+    width = max(gwas.samples, 1).bit_length() + 1  # |A2A2 - A1A1| <= samples
     # PLINK makes A1 the founders' minor allele; only where the founders' A1 frequency is
     # exactly 1/2 (or nothing was called) does the merged .bim's order decide, which
     # compares the pooled A1 alleles with half the called ones: opened for those only.
-    founder_sign = await _signs(mpc, f_called - f_a1 * 2, width)  # -1: A1 is the major
+    founder_sign = await _signs(mpc, excess_a2(every, range(1, 2)), width)  # -1: A1 major
     tie = np.flatnonzero(founder_sign == 0)
     merge = np.zeros(v, dtype=bool)
     if tie.size:
-        merge[tie] = await _signs(mpc, (all_called - all_a1 * 2)[tie], width, lt=True)
+        merge[tie] = await _signs(mpc, excess_a2(every, founders)[tie], width, lt=True)
     swap = (founder_sign < 0) ^ merge  # relative to the merged .bim, as PLINK swaps
     out: dict[str, dict[str, Any]] = {
         "a1.merge": _result(merge.astype(np.int64)),
