@@ -26,6 +26,14 @@ from smpc.protocols.gwas.simulate import simulate_cohort
 pytestmark = pytest.mark.timeout(300)
 
 PLINK = "plink1.9"
+COUNT_TESTS = [
+    ("--assoc", "assoc"),
+    ("--model", "model"),
+    ("--hardy", "hwe"),
+    ("--freq", "frq"),
+    ("--missing", "lmiss"),
+]
+"""The count-based tests: PLINK flag and output extension."""
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +104,7 @@ def test_case_control_reports_equal_plink(cohort, tmp_path):
         "name: cc\nprotocol: gwas\ntests: [assoc, model, hardy, freq, missing]\n"
         "reveal: aggregates\n",
     )
-    for flag, ext in [
-        ("--assoc", "assoc"),
-        ("--model", "model"),
-        ("--hardy", "hwe"),
-        ("--freq", "frq"),
-        ("--missing", "lmiss"),
-    ]:
+    for flag, ext in COUNT_TESTS:
         plink = _plink(cohort, tmp_path / f"plink-{ext}", flag)
         assert_same_table(out / f"cc.{ext}", plink.with_suffix(f".{ext}"))
     excluded = (out / "cc.excluded").read_text().splitlines()
@@ -123,13 +125,7 @@ def test_statistics_opened_inside_mpyc_with_secure_filters_equal_plink(cohort, t
         "filters: {maf: 0.02, geno: 0.03, hwe: 1.0e-3, mind: 0.02}\n",
     )
     filters = ["--maf", "0.02", "--geno", "0.03", "--hwe", "1e-3", "--mind", "0.02"]
-    for flag, ext in [
-        ("--assoc", "assoc"),
-        ("--model", "model"),
-        ("--hardy", "hwe"),
-        ("--freq", "frq"),
-        ("--missing", "lmiss"),
-    ]:
+    for flag, ext in COUNT_TESTS:
         plink = _plink(cohort, tmp_path / f"plink-{ext}", flag, *filters)
         assert_same_table(out / f"cs.{ext}", plink.with_suffix(f".{ext}"))
     result = json.loads((out / "result.json").read_text())
