@@ -306,6 +306,7 @@ class PartyService:
                 variants=int(arrays["counts"].shape[0]),
                 samples=self._declared_records(job, shares),
                 tests=list(spec.tests),
+                a1_side=summary.get("a1_side", ""),
                 counts="counts.bin",
                 alleles="alleles.bin" if alleles is not None else None,
                 assoc_modulus=modulus,

@@ -123,11 +123,12 @@ async def main():
 
         fast = mpc.SecInt(session.FAST_BITS, p=session.MERSENNE61)
         x = secret(fast, data["sign_x"])
-        width = cfg["signs"]["width"]
+        width, side = cfg["signs"]["width"], cfg["signs"]["side"]
         session.COMPARISON_BATCH = cfg["signs"]["batch"]  # several batches of a small array
         out["signs"] = {
             "sign": (await session._signs(mpc, x, width)).tolist(),
             "lt": (await session._signs(mpc, x, width, lt=True)).astype(int).tolist(),
+            "sided": (await session._signs(mpc, x, width, side=np.array(side))).tolist(),
         }
     if "ratio" in cfg:
         stype = secure.secint_for(mpc, 128, 32)
@@ -545,15 +546,20 @@ def test_secure_statistics_equal_plaintext(tmp_path, parties, flags):
 @pytest.mark.parametrize("parties", [1, 3], ids=["M1", "3-parties"])
 def test_opened_signs_equal_numpy_at_zero_and_at_the_width_edges(tmp_path, parties):
     """The A1 choice's signs (less-than test and public zero test) and the filters' bits,
-    in batches (COMPARISON_BATCH = 7 here), for values from -2^(w-1) to 2^(w-1) - 1."""
+    in batches (COMPARISON_BATCH = 7 here), for values from -2^(w-1) to 2^(w-1) - 1;
+    also where a public side (x ≥ 0 or x ≤ 0, true of the value) spares the comparison."""
     width = 16
     rng = np.random.default_rng(4)
     edge = [0, 1, -1, 2, -2, 2 ** (width - 1) - 1, -(2 ** (width - 1)), 0]
     values = np.array(edge + rng.integers(-(2**15), 2**15, 21).tolist() + [0, 0], dtype=object)
-    cfg = {"signs": {"width": width, "batch": 7}}
+    sign = np.sign(values.astype(np.int64))
+    side = np.where(sign == 0, rng.choice([-1, 1], len(values)), sign)
+    side[rng.random(len(values)) < 0.4] = 0  # unknown: compared securely
+    cfg = {"signs": {"width": width, "batch": 7, "side": side.tolist()}}
     out = _run_parties(tmp_path, cfg, {"sign_x": values}, parties, timeout=120)
-    assert out["signs"]["sign"] == np.sign(values.astype(np.int64)).tolist()
+    assert out["signs"]["sign"] == sign.tolist()
     assert out["signs"]["lt"] == (values.astype(np.int64) < 0).astype(int).tolist()
+    assert out["signs"]["sided"] == sign.tolist()
 
 
 @pytest.mark.parametrize("parties", [1, 3], ids=["M1", "3-parties"])

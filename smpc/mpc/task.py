@@ -84,6 +84,9 @@ class GwasSession(_Strict):
     variants: int = Field(ge=0)
     samples: int = Field(default=0, ge=0)  # what the agreed sites declare, in all
     tests: list[str]
+    # per variant "+"/"-": the founders' A2 minus A1 homozygotes are >= 0 / <= 0 as
+    # every site's public claim implies; "?" (or no string): a secure comparison decides
+    a1_side: str = ""
     counts: str  # (V, 3, 2, 4) genotype counts, GF(2^61 - 1) little-endian words
     alleles: str | None = None  # (V, 4) case/control allele counts in the assoc field
     assoc_modulus: int | None = None

@@ -298,6 +298,8 @@ def _site_statistics(
         "variants": _table_columns(site.variants),
         "phenotype": "case/control" if binary else "quantitative",
     }
+    if statistics_mode(spec):  # what the site's .bim says when PLINK wrote it (README)
+        info["a1_minor"] = a1_is_minor(counts)
     if statistics_mode(spec) and groups:  # sizes the regression's field (README)
         info["magnitudes"] = {
             "samples": len(pheno),
@@ -320,6 +322,35 @@ def _site_statistics(
             hi, lo = split_limbs(value)
             arrays[f"{group}.{part}.hi"], arrays[f"{group}.{part}.lo"] = hi, lo
     return arrays, len(pheno)
+
+
+def a1_is_minor(counts: np.ndarray) -> bool:
+    """Whether every variant's A1 is a minor allele of the site's founders (ties count).
+
+    ``plink --make-bed`` writes each .bim so (A1 is the founders' minor allele), so for
+    such a site this tells nothing its public variant table does not. When every site
+    says so, the pooled founders' A1 alleles cannot exceed their A2 alleles wherever the
+    sites' A1 alleles agree, and the parties need only MPyC's cheap zero test to learn
+    the pooled A1 choice there (:func:`a1_sides`); a secure comparison only elsewhere.
+    """
+    founders = counts[:, :, 1, :].sum(axis=1)  # (V, genotype): A1A1, het, A2A2, missing
+    return bool(np.all(founders[:, 0] <= founders[:, 2]))
+
+
+def a1_sides(claims: Sequence[bool], flips: Sequence[np.ndarray], variants: int) -> str:
+    """Per reference variant, the side of 0 the founders' A2 minus A1 homozygotes are on:
+    ``+`` (≥ 0), ``-`` (≤ 0) or ``?`` (unknown, a secure comparison decides).
+
+    Known when every site claims its A1 minor (:func:`a1_is_minor`) and all sites' A1
+    are the same reference allele: each site's difference has that sign, so their sum has.
+    """
+    if not claims or not all(claims):
+        return "?" * variants
+    flip = np.stack([np.asarray(f, dtype=bool) for f in flips])
+    side = np.full(variants, "?", dtype="<U1")
+    side[~flip.any(axis=0)] = "+"
+    side[flip.all(axis=0)] = "-"
+    return "".join(side.tolist())
 
 
 def scale_cross_products(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -472,6 +503,9 @@ def combine(
         "phenotype": kinds.pop(),
         "sites": sites,
     }
+    if all("a1_minor" in info for info in infos.values()):  # reveal: statistics
+        claims = [bool(infos[s]["a1_minor"]) for s in sites]
+        summary["a1_side"] = a1_sides(claims, alignment.flip, len(reference))
     declared = [infos[s]["magnitudes"] for s in sites if "magnitudes" in infos[s]]
     if declared:  # the pooled bounds of the secure regressions (regression_field)
         summary["magnitudes"] = {

@@ -75,7 +75,8 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     # PLINK makes A1 the founders' minor allele; only where the founders' A1 frequency is
     # exactly 1/2 (or nothing was called) does the merged .bim's order decide, which
     # compares the pooled A1 alleles with half the called ones: opened for those only.
-    founder_sign = await _signs(mpc, excess_a2(every, range(1, 2)), width)  # -1: A1 major
+    side = np.array([{"+": 1, "-": -1}.get(c, 0) for c in gwas.a1_side or "?" * v])
+    founder_sign = await _signs(mpc, excess_a2(every, range(1, 2)), width, side=side)
     tie = np.flatnonzero(founder_sign == 0)
     merge = np.zeros(v, dtype=bool)
     if tie.size:
@@ -305,25 +306,37 @@ COMPARISON_BATCH = 20_000
 integers in object arrays (~12 KB per value), so a batch bounds the session's memory."""
 
 
-async def _signs(mpc: Any, x: Any, width: int, *, lt: bool = False) -> np.ndarray:
+async def _signs(
+    mpc: Any, x: Any, width: int, *, lt: bool = False, side: np.ndarray | None = None
+) -> np.ndarray:
     """Opened signs (-1, 0, 1) of a secure array, or with ``lt`` the bits x < 0, in batches.
 
     A sign is MPyC's less-than test and its public zero test (one masked product per
     value, opened): the same three outcomes ``np_sgn`` opens, without the secure
     product over all ``width`` bits that its equality test adds, about a third of its cost.
+    ``side`` (1: x ≥ 0, -1: x ≤ 0, 0: unknown; public) spares the less-than test
+    where it is known: there the zero test alone decides.
     """
-    out = []
-    for start in range(0, len(x), COMPARISON_BATCH):
+    n = len(x)
+    negative = np.zeros(n, dtype=np.int64)
+    unknown = np.arange(n) if side is None or lt else np.flatnonzero(side == 0)
+    for start in range(0, len(unknown), COMPARISON_BATCH):
+        rows = unknown[start : start + COMPARISON_BATCH]
+        part = x if len(rows) == n else x[rows]  # one batch of everything: no copy
+        bits = await mpc.output(mpc.np_sgn(part, l=width, LT=True))
+        negative[rows] = np.asarray(bits, dtype=np.int64).reshape(-1)
+    if lt:
+        return negative.astype(bool)
+    zero = np.zeros(n, dtype=bool)
+    for start in range(0, n, COMPARISON_BATCH):
         part = x[start : start + COMPARISON_BATCH]
-        negative = mpc.np_sgn(part, l=width, LT=True)
-        negative = np.asarray(await mpc.output(negative), dtype=np.int64).reshape(-1)
-        if lt:
-            out.append(negative)
-            continue
-        zero = np.asarray(await mpc.np_is_zero_public(part), dtype=bool).reshape(-1)
-        out.append(np.where(negative == 1, -1, np.where(zero, 0, 1)))
-    result = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-    return result.astype(bool) if lt else result
+        zero[start : start + len(part)] = np.asarray(await mpc.np_is_zero_public(part)).reshape(-1)
+    sign = (
+        np.where(negative == 1, -1, 1)
+        if side is None
+        else np.where(side == 0, 1 - 2 * negative, side)
+    )
+    return np.where(zero, 0, sign)
 
 
 async def _hwe_pass(mpc: Any, gwas: Any, total: Any, hardy: np.ndarray) -> np.ndarray:
