@@ -254,7 +254,7 @@ def test_linear_bounds_hold_at_the_extremes():
         assert 0 <= det <= bounds.beta_den and abs(b) <= bounds.beta_num
         assert 0 <= c * det - b * b <= bounds.t2_den
         assert (n - 4) * b * b <= bounds.t2_num
-    assert secure.assoc_field_bits(2**21) == 184
+    assert secure.assoc_field_bits(2**21) == 104
 
 
 def test_field_prime_is_mpyc_s_choice_and_large_enough():

@@ -167,18 +167,18 @@ class LinearResult:
 def assoc_field_bits(max_alleles: int) -> int:
     """Smallest prime bit length for which :func:`secure_assoc` cannot wrap.
 
-    With N ≤ ``max_alleles`` called alleles at a variant (n1 + n2 = N), |ad − bc| ≤ n1·n2
-    ≤ N²/4, so CHISQ = N(ad − bc)² / (n1·n2·(a+c)·(b+d)) has numerator ≤ N⁵/16 and
-    denominator ≤ N⁴/16; rational reconstruction needs p > 2·N⁹/256, e.g. 184 bits for
-    N = 2²¹ (a million diploid samples). The other ratios need less.
+    With N ≤ ``max_alleles`` called alleles at a variant (n1 + n2 = N), the ratio it
+    opens besides the frequencies, K = N·n1·n2 / ((a+c)·(b+d)), has numerator ≤ N³/4
+    and denominator ≤ N²/4; rational reconstruction needs p > 2·N⁵/16, e.g. 104 bits
+    for N = 2²¹ (a million diploid samples). The frequencies need less.
     """
-    num, den = _chisq_bounds(max_alleles)
+    num, den = _k_bounds(max_alleles)
     return (2 * num * den).bit_length() + 1
 
 
-def _chisq_bounds(max_alleles: int) -> tuple[int, int]:
+def _k_bounds(max_alleles: int) -> tuple[int, int]:
     n = max_alleles
-    return n**5 // 16 + 1, n**4 // 16 + 1
+    return n**3 // 4 + 1, n**2 // 4 + 1
 
 
 @dataclass(frozen=True)
@@ -444,22 +444,35 @@ async def _open_ratio_shares(
     num_bound: int,
     den_bound: int,
     r: np.ndarray | None = None,
+    *,
+    den_nonzero: bool = False,
 ) -> Ratio:
     """:func:`open_ratio` on raw 1-D shares.
 
     With ``r`` given (shares of the mask of den), ``num`` is a pair (x, y) of shares
-    with x·y = num·r: CHISQ opens δ²·(N·r) because N·δ²·r has three factors.
+    with x·y = num·r: K of ``--assoc`` opens (n1·n2)·(N·r), three factors. Where den
+    is known not to be 0 (``den_nonzero``), den·r and num·r are opened together.
     """
     p = field.order
     if r is None:
         r = await _randoms(mpc, field, den.size)
         num = (num, r)
-    den_r = await _open_products(mpc, field, den, r)
-    ok = np.flatnonzero(den_r != 0)  # den·r = 0 iff den = 0 (r = 0 has probability 1/p)
     out_num = np.zeros(den.size, dtype=object)
     out_den = np.zeros(den.size, dtype=object)
+    if den_nonzero:
+        both = await _open_products(
+            mpc, field, np.concatenate([den, num[0]]), np.concatenate([r, num[1]])
+        )
+        den_r, num_r = both[: den.size], both[den.size :]
+        if not np.all(den_r != 0):
+            raise ValueError("a denominator said to be nonzero is 0")
+        ok = np.arange(den.size)
+    else:
+        den_r = await _open_products(mpc, field, den, r)
+        ok = np.flatnonzero(den_r != 0)  # den·r = 0 iff den = 0 (r = 0: probability 1/p)
     if ok.size:
-        num_r = await _open_products(mpc, field, num[0][ok], num[1][ok])
+        if not den_nonzero:
+            num_r = await _open_products(mpc, field, num[0][ok], num[1][ok])
         x = num_r * _inverse(den_r[ok], p) % p
         out_num[ok], out_den[ok] = rational_reconstruct(x, p, num_bound, den_bound)
     return Ratio(out_num, out_den)
@@ -542,25 +555,32 @@ async def secure_assoc(
     """PLINK ``--assoc`` statistics of A1 from secret allele counts (1-D secure arrays).
 
     a = ``a_case`` A1 alleles among ``n_case`` called case alleles, c = ``a_ctrl`` of
-    ``n_ctrl``; b = n_case − a, d = n_ctrl − c. With public ``swap`` bits (from
-    :func:`secure_minor_swap`) A1 is the other allele where set: a ↦ n_case − a and
-    c ↦ n_ctrl − c on the shares, before anything is opened, so that the NA pattern of
-    OR is the swapped one. Opens exactly F_A = a/n_case, F_U = c/n_ctrl,
-    CHISQ = N(ad − bc)²/(n_case·n_ctrl·(a+c)·(b+d)) and OR = ad/(bc), each NA where its
-    denominator is 0 (PLINK prints NA there). The exact fractions F_A and F_U say more
-    than PLINK's 4 significant digits (e.g. the called allele count when the fraction
-    is in lowest terms); the protocol documents this.
+    ``n_ctrl``; b = n_case − a, d = n_ctrl − c, N = n_case + n_ctrl. Opens exactly
+    F_A = a/n_case and F_U = c/n_ctrl, and K = N·n_case·n_ctrl / ((a+c)·(b+d)) where
+    F_A ≠ F_U, each as an exact fraction (:func:`open_ratio`). The rest follows in the
+    clear, so it says nothing more:
 
-    Cost per variant: 7 reshared products in 2 rounds, then 8 opened masked products
-    (each ratio's denominator first). Needs a field of :func:`assoc_field_bits`
-    (max_alleles) bits.
+    - OR = ad/(bc) = F_A·(1 − F_U) / ((1 − F_A)·F_U), NA where that denominator is 0;
+    - CHISQ = N(ad − bc)²/(n_case·n_ctrl·(a+c)·(b+d)) = K·(F_A − F_U)², since
+      ad − bc = n_case·n_ctrl·(F_A − F_U); K is CHISQ/(F_A − F_U)², so it is opened only
+      where F_A ≠ F_U. Elsewhere CHISQ is 0, or NA where no A1 or no A2 was called
+      (F_A = F_U = 0 or 1) or a class has no call (F NA).
+
+    Public ``swap`` bits (from :func:`secure_minor_swap`) make A1 the other allele:
+    F ↦ 1 − F in the clear, which is what a ↦ n_case − a and c ↦ n_ctrl − c do
+    (K and CHISQ do not change). The exact fractions F_A and F_U say more than PLINK's
+    4 significant digits (e.g. the called allele count when the fraction is in lowest
+    terms); the protocol documents this.
+
+    Cost per variant: 3 reshared products in one round and 6 opened masked products.
+    Needs a field of :func:`assoc_field_bits` (max_alleles) bits.
     """
     stype = type(a_case).sectype
     n_max = _max_alleles(stype, max_alleles)
     field = stype.field
     p = field.order
-    chi_num_bound, chi_den_bound = _chisq_bounds(n_max)
-    if 2 * chi_num_bound * chi_den_bound >= p:
+    k_num_bound, k_den_bound = _k_bounds(n_max)
+    if 2 * k_num_bound * k_den_bound >= p:
         raise ValueError(
             f"field of {p.bit_length()} bits is too small for CHISQ with up to {n_max} alleles: "
             f"needs {assoc_field_bits(n_max)} bits (see assoc_field_bits)"
@@ -568,31 +588,57 @@ async def secure_assoc(
     a, n1, c, n2 = [
         (await _shares(mpc, x))[1].reshape(-1) for x in (a_case, n_case, a_ctrl, n_ctrl)
     ]
+    total, m1 = n1 + n2, a + c
+    r = await _randoms(mpc, field, a.size)
+    n12, m12, total_r = await _reshare(mpc, field, [n1 * n2, m1 * (total - m1), total * r])
     size = a.size
+    freqs = await _open_ratio_shares(
+        mpc, field, np.concatenate([a, c]), np.concatenate([n1, n2]), n_max, n_max
+    )
+    f_a = Ratio(freqs.num[:size], freqs.den[:size])
+    f_u = Ratio(freqs.num[size:], freqs.den[size:])
     if swap is not None:
-        s = np.asarray(swap, dtype=np.int64).reshape(-1).astype(object)
-        a = (a + s * (n1 - 2 * a)) % p
-        c = (c + s * (n2 - 2 * c)) % p
-    b = n1 - a
-    d = n2 - c
-    r_chi = await _randoms(mpc, field, size)
-    # One round: the products that feed further products.
-    ad, bc, n12, m12, total_r = await _reshare(
-        mpc, field, [a * d, b * c, n1 * n2, (a + c) * (b + d), (n1 + n2) * r_chi]
+        f_a, f_u = (_complement(f, np.asarray(swap, dtype=bool).reshape(-1)) for f in (f_a, f_u))
+    fa, fu = f_a.num * f_u.den, f_u.num * f_a.den  # F_A, F_U over one denominator
+    called = ~f_a.na & ~f_u.na
+    differ = np.flatnonzero(called & (fa != fu))
+    # K's denominator (a+c)(b+d) is not 0 where F_A ≠ F_U: open both products at once.
+    k = await _open_ratio_shares(
+        mpc, field, (n12[differ], total_r[differ]), m12[differ], k_num_bound, k_den_bound,
+        r=r[differ], den_nonzero=True,
+    )  # fmt: skip
+    chisq_num = np.zeros(a.size, dtype=object)
+    chisq_den = np.zeros(a.size, dtype=object)
+    both = f_a.den * f_u.den
+    chisq_num[differ] = k.num * (fa[differ] - fu[differ]) ** 2
+    chisq_den[differ] = k.den * both[differ] ** 2
+    polymorphic = called & (fa == fu) & (f_a.num != 0) & (f_a.num != f_a.den)
+    chisq_den[polymorphic] = 1  # F_A = F_U strictly between 0 and 1: CHISQ = 0
+    odds_num = np.where(called, f_a.num * (f_u.den - f_u.num), 0)
+    odds_den = np.where(called, (f_a.den - f_a.num) * f_u.num, 0)
+    return AssocResult(
+        f_a=f_a,
+        f_u=f_u,
+        chisq=_reduced(chisq_num, chisq_den),
+        odds_ratio=_reduced(odds_num, odds_den),
     )
-    delta = ad - bc
-    delta2, chi_den = await _reshare(mpc, field, [delta * delta, n12 * m12])
 
-    freq_bound = n_max
-    f_a = await _open_ratio_shares(mpc, field, a, n1, freq_bound, freq_bound)
-    f_u = await _open_ratio_shares(mpc, field, c, n2, freq_bound, freq_bound)
-    or_bound = n_max * n_max // 4 + 1
-    odds = await _open_ratio_shares(mpc, field, ad, bc, or_bound, or_bound)
-    # CHISQ: num·r = (N·δ²)·r is opened as δ²·(N·r), with den·r = chi_den·r.
-    chisq = await _open_ratio_shares(
-        mpc, field, (delta2, total_r), chi_den, chi_num_bound, chi_den_bound, r=r_chi
-    )
-    return AssocResult(f_a=f_a, f_u=f_u, chisq=chisq, odds_ratio=odds)
+
+def _complement(f: Ratio, where: np.ndarray) -> Ratio:
+    """1 − f where set (NA stays NA): the other allele's frequency."""
+    num = np.where(where & ~f.na, f.den - f.num, f.num)
+    return Ratio(num.astype(object), f.den)
+
+
+def _reduced(num: np.ndarray, den: np.ndarray) -> Ratio:
+    """num/den in lowest terms with den > 0; den = 0 stays 0/0 (NA)."""
+    num, den = np.asarray(num, dtype=object), np.asarray(den, dtype=object)
+    g = np.gcd(num, den)
+    g[den == 0] = 1
+    num, den = num // g, den // g
+    num[den == 0] = 0
+    negative = den < 0
+    return Ratio(np.where(negative, -num, num), np.where(negative, -den, den))
 
 
 # --------------------------------------------------------------------------- linear regression
@@ -821,11 +867,7 @@ async def _open_beta_se2(
 
 def _scaled(r: Ratio, scale: Fraction) -> Ratio:
     """``r`` times ``scale``, reduced (NA stays 0/0)."""
-    num = r.num * scale.numerator
-    den = r.den * scale.denominator
-    g = np.gcd(num, den)
-    g[g == 0] = 1
-    return Ratio(num // g, den // g)
+    return _reduced(r.num * scale.numerator, r.den * scale.denominator)
 
 
 def _swap_allele(
