@@ -22,6 +22,7 @@ from smpc.protocols.gwas.align import (
     site_counts,
     write_excluded,
 )
+from smpc.protocols.gwas.protocol import a1_is_minor, a1_sides
 from smpc.protocols.gwas.simulate import simulate_cohort
 from smpc.protocols.gwas.sitedata import (
     VariantTable,
@@ -467,6 +468,33 @@ def test_pooled_bim_swap() -> None:
     c[1, 2, 0] = [2, 7, 2, 0]  # tie: slot order kept
     c[2, 1, 1] = [0, 3, 4, 0]
     np.testing.assert_array_equal(pooled_bim_swap(c), [True, False, False])
+
+
+def test_a1_claims_of_plink_written_sites_bound_the_pooled_founders(cohort) -> None:
+    """Every site written by plink --make-bed claims its A1 minor among its founders; where
+    all sites' A1 are one reference allele, the pooled founders' A2A2 − A1A1 has the
+    side a1_sides gives it, and only the other variants are left to a secure comparison."""
+    names = cohort.sites
+    claims = [a1_is_minor(direct_counts(cohort.prefixes[s])[1]) for s in names]
+    assert claims == [True] * len(names)
+    al, total = pooled_counts([cohort.prefixes[s] for s in names], names)
+    side = np.array(list(a1_sides(claims, al.flip, len(al))))
+    founders = total[:, :, 1, :].sum(axis=1)
+    excess = founders[:, 2] - founders[:, 0]
+    assert (excess[side == "+"] >= 0).all() and (excess[side == "-"] <= 0).all()
+    assert {"+", "?"} <= set(side.tolist())  # local minor alleles differ at some
+    assert a1_sides([True, False, True], al.flip, len(al)) == "?" * len(al)
+
+
+def test_a1_is_minor_counts_founders_only() -> None:
+    c = np.zeros((2, 3, 2, 4), dtype=np.int64)
+    c[0, 0, 1] = [3, 5, 3, 1]  # founders tie: still minor
+    c[0, 1, 0] = [9, 0, 0, 0]  # non-founders do not count
+    c[1, 2, 1] = [1, 0, 4, 0]
+    assert a1_is_minor(c)
+    c[1, 1, 1, 0] = 4  # founders' A1A1 (1 + 4) now exceed A2A2 (4)
+    assert not a1_is_minor(c)
+    assert a1_sides([True, True], [np.array([False, True]), np.array([False, True])], 2) == "+-"
 
 
 # --- phenotypes and covariates -----------------------------------------------------------
