@@ -21,9 +21,9 @@ statistics (scipy), so they are as exact as PLINK's.
 **Field sizes.** Rational reconstruction needs p > 2·max|num|·max den, so nothing
 may wrap and every ratio has a stated bound:
 
-- ``--assoc`` with at most N called alleles per variant: CHISQ needs
-  p > N⁹/128, i.e. :func:`assoc_field_bits` (N) ≈ 9·log₂N − 5 bits: 123 bits for
-  N = 20,000, 184 bits for N = 2²¹ (a million diploid samples).
+- ``--assoc`` with at most N called alleles per variant opens K = CHISQ/(F_A − F_U)²,
+  which needs p > N⁵/8, i.e. :func:`assoc_field_bits` (N) ≈ 5·log₂N − 2 bits: 70 bits
+  for N = 20,000, 104 bits for N = 2²¹ (a million diploid samples).
 - ``--linear`` with k parameters, n ≤ n_max samples, |X_ij| ≤ B_j and |y_i| ≤ B_y
   after scaling: :func:`linear_bounds`, 1 + log₂n + 2·(log₂D_X + log₂D_Z) bits with
   D_X = Π n·B_j² and D_Z = n·B_y²·Π_{j≠ADD} n·B_j² (Hadamard bounds): 584 bits for
@@ -43,7 +43,7 @@ NA opens only that bit.
 
 **Cost** (3 local parties sharing 2 cores, best of several runs; up to 2× slower
 when the machine is busy): minor swap of 100,000 variants ≈ 15–18 s (48-bit field);
-``--assoc`` of 100,000 variants ≈ 8 s (123-bit field); ``--linear`` with k = 4 for
+``--assoc`` of 100,000 variants ≈ 4.5 s (70-bit field); ``--linear`` with k = 4 for
 10,000 variants ≈ 4 s (584-bit field). Per party the assoc time is mostly MPyC's
 PRSS (random masks and zero sharings), resharing and rational reconstruction.
 

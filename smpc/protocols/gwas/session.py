@@ -8,9 +8,10 @@ is opened, to every party (which sign it for the analyst):
 - the A1 choice: per variant the sign of the founders' called alleles minus twice their
   A1 alleles (PLINK makes A1 the founders' minor allele, which it prints); only where
   that is 0 (frequency exactly 1/2, or nothing called) also whether the pooled A1
-  alleles exceed half the called ones, the order of PLINK's merged .bim.
-- ``assoc``: F_A, F_U, CHISQ and OR as exact fractions, opened without their numerators
-  and denominators (:func:`.secure.secure_assoc`); P follows from CHISQ.
+  alleles exceed half the called ones, the order of PLINK's merged .bim. Where the
+  sites' public claims fix the sign's side (``a1_side``), only whether it is 0.
+- ``assoc``: F_A, F_U and CHISQ/(F_A − F_U)² as exact fractions, opened without their
+  numerators and denominators (:func:`.secure.secure_assoc`); CHISQ, OR and P follow.
 - ``model``: the case and control genotype counts, which ``.model`` prints;
 - ``hardy``: the founders' genotype counts per phenotype class, which ``.hwe`` prints;
 - ``freq``: the founders' A1 alleles and called alleles (MAF and NCHROBS);
