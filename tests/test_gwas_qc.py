@@ -521,3 +521,19 @@ def test_hwe_pvalues_fast_for_100k_variants() -> None:
     out = qc.hwe_pvalues(hom1, het, hom2)
     assert time.perf_counter() - t0 < 20
     assert out.shape == (100_000,)
+
+
+@pytest.mark.parametrize(
+    ("statistics", "median"),
+    [([0.1, 2.0, 0.5, np.nan, 7.0], 1.25), ([0.1, 2.0, 0.5, 3.0, 7.0, np.nan], 2.0), ([4.0], 4.0)],
+    ids=["even", "odd", "one"],
+)
+def test_inflation_is_the_median_chi_square_over_its_null_median(statistics, median):
+    """λ = median of the 1-df statistics behind the P values / the χ²(1) median; NA ignored."""
+    from scipy.stats import chi2
+
+    from smpc.protocols.gwas.plots import inflation
+
+    p = chi2.sf(np.array(statistics), 1)
+    assert inflation(p) == pytest.approx(median / chi2.ppf(0.5, 1), rel=1e-9)
+    assert np.isnan(inflation(np.array([np.nan])))
