@@ -18,8 +18,9 @@ it with ``reveal: aggregates`` too.
 
 Baselines in the same run, on the pooled fileset: ``plink1.9 --bfile POOLED --allow-no-sex
 --assoc`` and ``--linear hide-covar --pheno POOLED.pheno --pheno-name QT --covar POOLED.cov
---covar-name AGE,SEX2``. The P columns of our .assoc and .assoc.linear are compared with
-PLINK's (within one unit of PLINK's last printed digit) and the result printed.
+--covar-name AGE,SEX2``. Every column of our .assoc and .assoc.linear is compared with
+PLINK's (identical strings, numbers within one unit of PLINK's last printed digit) and
+the number of equal rows printed.
 
 ``peak_rss_mb`` is the largest process of the runs (a party daemon, a party's MPyC
 session, an uploader, the broker or the analyst): ``getrusage`` of the ``smpc local``
@@ -28,8 +29,10 @@ polling ``/proc/PID/status`` VmHWM.
 The progress lines split each run's seconds into phases from the parties' logs.
 
 The cohort (NumPy: Beta allele frequencies, Hardy-Weinberg genotypes, 1% missing calls,
-case/control status, QT, AGE, SEX2) is written as POOLED with bed-reader and split into
-the sites with ``plink1.9 --keep --make-bed`` (each site's own A1); it is cached in
+case/control status, QT, AGE, SEX2) is written with bed-reader and split into the sites
+with ``plink1.9 --keep --make-bed`` (each site's own A1); POOLED is their
+``plink1.9 --merge-list`` in site order, as PLINK's reference is defined (an allele
+frequency of exactly 0.5 keeps the merged .bim's order). It is cached in
 ``--data DIR`` (default: one folder per size under the system temp dir) and its
 generation time is printed but is not a figure.
 
@@ -86,7 +89,7 @@ def _plink(*args: str) -> float:
 def generate(data: Path, snps: int, samples: int, sites: int, seed: int = 1) -> dict[str, Any]:
     """Write POOLED and the sites' filesets into ``data`` unless they are there already."""
     meta_path = data / "cohort.json"
-    wanted = {"snps": snps, "samples": samples, "sites": sites, "seed": seed}
+    wanted = {"snps": snps, "samples": samples, "sites": sites, "seed": seed, "pooled": "merge"}
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if {k: meta.get(k) for k in wanted} == wanted:
@@ -139,12 +142,13 @@ def generate(data: Path, snps: int, samples: int, sites: int, seed: int = 1) -> 
 
     from bed_reader import to_bed
 
-    pooled = data / "POOLED"
-    to_bed(pooled.with_suffix(".bed"), g, count_A1=True, properties={"sid": snp})
+    generated = data / "GENERATED"
+    to_bed(generated.with_suffix(".bed"), g, count_A1=True, properties={"sid": snp})
     del g
-    _write_rows(pooled.with_suffix(".fam"), fam)
+    _write_rows(generated.with_suffix(".fam"), fam)
     _write_rows(
-        pooled.with_suffix(".bim"), np.column_stack([chrom, snp, np.zeros(snps, int), bp, a1, a2])
+        generated.with_suffix(".bim"),
+        np.column_stack([chrom, snp, np.zeros(snps, int), bp, a1, a2]),
     )
     _write_rows(data / "POOLED.pheno", np.column_stack([fid, iid, qt_text]), "FID IID QT")
     _write_rows(
@@ -161,7 +165,7 @@ def generate(data: Path, snps: int, samples: int, sites: int, seed: int = 1) -> 
         _write_rows(keep, np.column_stack([fid[rows], iid[rows]]))
         prefix = data / name
         _plink(
-            "--bfile", str(pooled), "--allow-no-sex", "--keep", str(keep), "--make-bed",
+            "--bfile", str(generated), "--allow-no-sex", "--keep", str(keep), "--make-bed",
             "--out", str(prefix),
         )  # fmt: skip
         for ext in (".log", ".nosex", ".keep"):
@@ -175,6 +179,14 @@ def generate(data: Path, snps: int, samples: int, sites: int, seed: int = 1) -> 
             "FID IID AGE SEX2",
         )
         site_samples[name] = len(rows)
+    merge_list = data / "merge.txt"
+    merge_list.write_text("\n".join(str(data / n) for n in site_samples) + "\n")
+    _plink(
+        "--merge-list", str(merge_list), "--allow-no-sex", "--indiv-sort", "none",
+        "--make-bed", "--out", str(data / "POOLED"),
+    )  # fmt: skip
+    for path in [merge_list, *data.glob("GENERATED.*"), *data.glob("POOLED.log")]:
+        path.unlink(missing_ok=True)
     meta = {
         **wanted,
         "site_samples": site_samples,
@@ -365,25 +377,31 @@ def _unit(token: str) -> Decimal:
     return Decimal(1).scaleb(-len(digits) + int(exponent or 0))
 
 
-def compare_p(ours: Path, plink: Path) -> tuple[int, int, list[str]]:
-    """(variants whose P agrees, variants in PLINK's table, a few disagreements)."""
+def compare_rows(ours: Path, plink: Path) -> tuple[int, int, list[str]]:
+    """(variants whose row agrees in every column, variants in PLINK's table, a few
+    disagreements): identical strings, numbers within one unit of PLINK's last digit."""
 
-    def column(path: Path) -> dict[str, str]:
+    def rows(path: Path) -> dict[str, list[str]]:
         lines = path.read_text().splitlines()
-        head = lines[0].split()
-        i_snp, i_p = head.index("SNP"), head.index("P")
-        return {(r := line.split())[i_snp]: r[i_p] for line in lines[1:]}
+        i_snp = lines[0].split().index("SNP")
+        return {(r := line.split())[i_snp]: r for line in lines}
 
-    mine, theirs = column(ours), column(plink)
+    def same_token(q: str, p: str) -> bool:
+        if q == p:
+            return True
+        try:
+            return abs(Decimal(q) - Decimal(p)) <= _unit(p)
+        except ArithmeticError:  # a string (an allele, NA) that differs
+            return False
+
+    mine, theirs = rows(ours), rows(plink)
     same, bad = 0, []
-    for snp, p in theirs.items():
-        q = mine.get(snp)
-        ok = q == p
-        if not ok and q is not None and p != "NA" and q != "NA":
-            ok = abs(Decimal(q) - Decimal(p)) <= _unit(p)
+    for snp, row in theirs.items():
+        got = mine.get(snp)
+        ok = got is not None and len(got) == len(row) and all(map(same_token, got, row))
         same += ok
         if not ok and len(bad) < 5:
-            bad.append(f"{snp}: {q} vs PLINK {p}")
+            bad.append(f"{snp}: {got} vs PLINK {row}")
     return same, len(theirs), bad
 
 
@@ -428,16 +446,17 @@ def run(snps: int, samples: int, sites: int, data: Path) -> dict[str, Any]:
         )
         reveal = {}
         assoc, reveal["assoc"] = _preferring_statistics("assoc", assoc_spec, site_paths, root)
-        same, total, bad = compare_p(assoc["out"] / "assoc.assoc", root / "plink.assoc")
-        print(f"  .assoc P equals PLINK's for {same:,} of {total:,} variants {bad}", flush=True)
+        equal = {}
+        same, total, bad = compare_rows(assoc["out"] / "assoc.assoc", root / "plink.assoc")
+        print(f"  .assoc equals PLINK's in {same:,} of {total:,} rows {bad}", flush=True)
+        equal["assoc"] = [same, total]
 
         linear, reveal["linear"] = _preferring_statistics("linear", linear_spec, site_paths, root)
-        same, total, bad = compare_p(
+        same, total, bad = compare_rows(
             linear["out"] / "linear.assoc.linear", root / "plink.assoc.linear"
         )
-        print(
-            f"  .assoc.linear P equals PLINK's for {same:,} of {total:,} variants {bad}", flush=True
-        )
+        print(f"  .assoc.linear equals PLINK's in {same:,} of {total:,} rows {bad}", flush=True)
+        equal["linear"] = [same, total]
         if reveal["linear"] == "aggregates":
             aggregates = linear
             print("  linear (reveal: aggregates): the run above", flush=True)
@@ -487,6 +506,7 @@ def run(snps: int, samples: int, sites: int, data: Path) -> dict[str, Any]:
             for role in ("party", "mpyc_session", "uploader", "broker", "analyst")
         },
         "phases_seconds": {name: r["phases"] for name, r in runs.items()},
+        "rows_equal_plink": equal,  # [rows equal in every column, PLINK's rows]
         "plink_assoc_seconds": round(plink_assoc, 3),
         "plink_linear_seconds": round(plink_linear, 3),
         "generation_seconds": meta["generation_seconds"],

@@ -50,3 +50,5 @@ def test_quick_run_prints_its_figures_last(name):
     figures = json.loads(lines[-1])
     assert CASES[name] <= set(figures)
     assert all(figures[key] > 0 for key in CASES[name])
+    if name == "gwas":  # the rows PLINK prints on POOLED, every column
+        assert all(same == total > 0 for same, total in figures["rows_equal_plink"].values())
