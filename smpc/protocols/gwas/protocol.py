@@ -7,6 +7,8 @@ in their own variant order and allele orientation:
   variant table (CHR, SNP, CM, BP, A1, A2 as in its .bim) and whether its phenotype is
   case/control or quantitative. Variant identities are not patient data; an allele
   ``0`` tells that no sample of the site carries it, which PLINK's own .bim tells too.
+  With ``reveal: statistics`` also ``a1_minor`` (:func:`a1_is_minor`): whether every
+  A1 is a minor allele of the site's founders, as a PLINK-written .bim has it;
 - ``counts`` — genotype counts per variant × phenotype class × founder × genotype
   (:mod:`.counts`), integers;
 - ``linear.*`` — per-variant cross products of x = [1, g, covariates] and y over the
