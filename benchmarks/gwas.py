@@ -23,9 +23,9 @@ PLINK's (identical strings, numbers within one unit of PLINK's last printed digi
 the number of equal rows printed.
 
 ``peak_rss_mb`` is the largest process of the runs (a party daemon, a party's MPyC
-session, an uploader, the broker or the analyst): ``getrusage`` of the ``smpc local``
-process (the analyst) and of its waited-for descendants, with a per-role split from
-polling ``/proc/PID/status`` VmHWM.
+session, an uploader, the broker or the analyst): the ``smpc local`` process's (the
+analyst's) VmHWM and ``getrusage`` of its waited-for descendants, with a per-role split
+from polling ``/proc/PID/status`` VmHWM.
 The progress lines split each run's seconds into phases from the parties' logs.
 
 The cohort (NumPy: Beta allele frequencies, Hardy-Weinberg genotypes, 1% missing calls,
@@ -292,7 +292,9 @@ def _local_child(spec: str, out: str, workdir: str, sites: list[str]) -> None:
     poller.join()
     mb = 1024.0  # ru_maxrss is in KiB on Linux
     peaks = dict(poller.peaks)
-    peaks["analyst"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / mb
+    # VmHWM, not getrusage: a process's ru_maxrss survives exec, so it would include the
+    # benchmark's own peak (the cohort it generated) at the time it started this child.
+    peaks["analyst"] = _vm_hwm_mb(os.getpid())
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / mb
     report = {
         "seconds": seconds,
