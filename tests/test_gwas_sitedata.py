@@ -22,7 +22,7 @@ from smpc.protocols.gwas.align import (
     site_counts,
     write_excluded,
 )
-from smpc.protocols.gwas.protocol import a1_is_minor, a1_sides
+from smpc.protocols.gwas.protocol import a1_is_minor, a1_sides, side_signs
 from smpc.protocols.gwas.simulate import simulate_cohort
 from smpc.protocols.gwas.sitedata import (
     VariantTable,
@@ -494,7 +494,14 @@ def test_a1_is_minor_counts_founders_only() -> None:
     assert a1_is_minor(c)
     c[1, 1, 1, 0] = 4  # founders' A1A1 (1 + 4) now exceed A2A2 (4)
     assert not a1_is_minor(c)
-    assert a1_sides([True, True], [np.array([False, True]), np.array([False, True])], 2) == "+-"
+    sides = a1_sides(
+        [True, True], [np.array([False, True, True]), np.array([False, True, False])], 3
+    )
+    assert sides == "+-?"
+    assert side_signs(sides, 3).tolist() == [1, -1, 0]
+    assert side_signs("", 2).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="2 variants"):
+        side_signs("+-?", 2)
 
 
 # --- phenotypes and covariates -----------------------------------------------------------

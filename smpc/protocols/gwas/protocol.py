@@ -8,7 +8,7 @@ in their own variant order and allele orientation:
   case/control or quantitative. Variant identities are not patient data; an allele
   ``0`` tells that no sample of the site carries it, which PLINK's own .bim tells too.
   With ``reveal: statistics`` also ``a1_minor`` (:func:`a1_is_minor`): whether every
-  A1 is a minor allele of the site's founders, as a PLINK-written .bim has it;
+  A1 is a minor allele of the site's founders, as a PLINK-written .bim has it.
 - ``counts`` — genotype counts per variant × phenotype class × founder × genotype
   (:mod:`.counts`), integers;
 - ``linear.*`` — per-variant cross products of x = [1, g, covariates] and y over the
@@ -349,10 +349,20 @@ def a1_sides(claims: Sequence[bool], flips: Sequence[np.ndarray], variants: int)
     if not claims or not all(claims):
         return "?" * variants
     flip = np.stack([np.asarray(f, dtype=bool) for f in flips])
-    side = np.full(variants, "?", dtype="<U1")
-    side[~flip.any(axis=0)] = "+"
-    side[flip.all(axis=0)] = "-"
-    return "".join(side.tolist())
+    side = np.full(variants, b"?", dtype="S1")
+    side[~flip.any(axis=0)] = b"+"
+    side[flip.all(axis=0)] = b"-"
+    return side.tobytes().decode()
+
+
+def side_signs(sides: str, variants: int) -> np.ndarray:
+    """:func:`a1_sides` as int8: 1 (≥ 0), -1 (≤ 0), 0 unknown; no string: all unknown."""
+    if not sides:
+        return np.zeros(variants, dtype=np.int8)
+    if len(sides) != variants:
+        raise ValueError(f"a1_side has {len(sides)} entries for {variants} variants")
+    codes = np.frombuffer(sides.encode(), dtype=np.uint8)
+    return (codes == ord("+")).astype(np.int8) - (codes == ord("-"))
 
 
 def scale_cross_products(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

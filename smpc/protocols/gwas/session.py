@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from smpc.field import FAST, MERSENNE61, field_for
-from smpc.protocols.gwas.protocol import RATIOS
+from smpc.protocols.gwas.protocol import RATIOS, side_signs
 
 FAST_BITS = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)
 MAX_ALLELES = 1 << 21
@@ -76,7 +76,7 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     # PLINK makes A1 the founders' minor allele; only where the founders' A1 frequency is
     # exactly 1/2 (or nothing was called) does the merged .bim's order decide, which
     # compares the pooled A1 alleles with half the called ones: opened for those only.
-    side = np.array([{"+": 1, "-": -1}.get(c, 0) for c in gwas.a1_side or "?" * v])
+    side = side_signs(gwas.a1_side, v)
     founder_sign = await _signs(mpc, excess_a2(every, range(1, 2)), width, side=side)
     tie = np.flatnonzero(founder_sign == 0)
     merge = np.zeros(v, dtype=bool)
