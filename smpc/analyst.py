@@ -34,12 +34,25 @@ from smpc.envelope import EnvelopeError, open_envelope
 from smpc.errors import UserError
 from smpc.field import FAST, field_for
 from smpc.keys import Kit
-from smpc.messages import Job, MessageError, encode_model, sign, verify_result, verify_status
+from smpc.messages import (
+    Job,
+    MessageError,
+    encode_model,
+    open_result,
+    sign,
+    stamp_job,
+    verify_status,
+)
 from smpc.sharing import inconsistent_shares, reconstruct
 from smpc.spec.federation import Federation
 from smpc.transport import Connection, Topics
 
 logger = log.logging.getLogger("smpc.analyst")
+
+
+# The lifetime of a job published by publish_job (run_job gives its own job the upload
+# window plus the result timeout).
+JOB_LIFETIME = 3600.0
 
 
 class JobFailed(UserError):
@@ -48,6 +61,8 @@ class JobFailed(UserError):
 
 async def publish_job(kit: Kit, federation: Federation, job: Job) -> bytes:
     """Sign ``job`` with the analyst's key and publish it (retained); return the message."""
+    if not job.issued:
+        job = stamp_job(job, JOB_LIFETIME)
     message = sign("job", job, kit.name, kit.signing_key)
     topics = Topics(federation.name)
     async with Connection.from_kit(kit, federation, suffix="jobs") as conn:
@@ -187,13 +202,14 @@ async def run_job(
     directory = kit.directory
     parties = directory.parties
     expected = set(job.sites or federation.site_names)
+    job = stamp_job(job, upload_window + timeout)
     async with Connection.from_kit(kit, federation, suffix=f"run-{job.id}"[:60]) as conn:
-        await conn.subscribe(topics.statuses(job.id), topics.results(job.id))
+        await conn.subscribe(topics.statuses(job.id), topics.results(kit.name, job.id))
         await conn.publish(
             topics.job(job.id), sign("job", job, kit.name, kit.signing_key), retain=True
         )
         log.event(logger, "job-published", job=job.id, protocol=job.protocol)
-        holding: dict[int, set[str]] = {}
+        holding: dict[int, dict[str, str]] = {}  # party -> site -> the upload id it holds
         results: dict[str, dict[int, np.ndarray]] = {}
         messages = aiter(conn.messages())
         reading: asyncio.Future | None = None
@@ -206,14 +222,10 @@ async def run_job(
                     time.monotonic() >= deadline
                     or (
                         len(holding) == len(parties)
-                        and all(h >= expected for h in holding.values())
+                        and all(set(h) >= expected for h in holding.values())
                     )
                 ):
-                    agreed = (
-                        set.intersection(*holding.values())
-                        if len(holding) == len(parties)
-                        else set()
-                    )
+                    agreed = _agreed_uploads(holding) if len(holding) == len(parties) else {}
                     if len(agreed) < job.min_sites:
                         raise JobFailed(
                             f"job {job.id}: only {len(agreed)} site(s) uploaded to every party "
@@ -223,7 +235,8 @@ async def run_job(
                     # in the federation's order: a GWAS pools its sites in that order
                     order = job.sites or federation.site_names
                     close = tuple(s for s in order if s in agreed)
-                    closed = job.model_copy(update={"close": close})
+                    uploads = {s: agreed[s] for s in close}
+                    closed = job.model_copy(update={"close": close, "uploads": uploads})
                     await conn.publish(
                         topics.job(job.id),
                         sign("job", closed, kit.name, kit.signing_key),
@@ -275,7 +288,13 @@ async def run_job(
     return Outcome(closed, closed.close, opened)
 
 
-def _take_status(data: bytes, directory, job: Job, holding: dict[int, set[str]]) -> None:
+def _agreed_uploads(holding: dict[int, dict[str, str]]) -> dict[str, str]:
+    """The sites every party holds one and the same upload of, with that upload's id."""
+    first, *others = holding.values()
+    return {s: u for s, u in first.items() if all(h.get(s) == u for h in others)}
+
+
+def _take_status(data: bytes, directory, job: Job, holding: dict[int, dict[str, str]]) -> None:
     try:
         signer, status = verify_status(data, directory)
     except MessageError as exc:
@@ -286,15 +305,15 @@ def _take_status(data: bytes, directory, job: Job, holding: dict[int, set[str]])
     if status.state in ("refused", "failed"):
         raise JobFailed(f"job {job.id}: party {signer} {status.state}: {status.reason}")
     if status.state in ("accepted", "holding"):
-        holding[status.party] = set(status.sites)
+        holding[status.party] = {site: status.uploads.get(site, "") for site in status.sites}
 
 
 def _take_result(
     data: bytes, kit: Kit, job: Job, results: dict[str, dict[int, np.ndarray]]
 ) -> None:
-    if job.deliver == "parties":  # outputs opened inside MPyC, signed by each party
+    if job.deliver == "parties":  # opened inside MPyC, signed by each party, sealed to us
         try:
-            _, result = verify_result(data, kit.directory)
+            _, result = open_result(data, kit)
         except MessageError as exc:
             raise JobFailed(f"job {job.id}: a party's result was refused: {exc}") from None
         if result.job == job.id:

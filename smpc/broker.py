@@ -10,8 +10,8 @@ role       publishes                                 reads (subscribes and recei
 site S     ``up/S/P`` for each party P               ``jobs/+``, ``ack/S/P`` for each party P,
                                                      ``status/+/P`` for each party P
 party P    ``ack/S/P`` for each site S,              ``jobs/+``, ``up/S/P`` for each site S,
-           ``result/+/P``, ``status/+/P``            ``status/+/Q`` for each party Q
-analyst A  ``jobs/+``                                ``jobs/+``, ``result/+/P`` and
+           ``result/+/+/P``, ``status/+/P``          ``status/+/Q`` for each party Q
+analyst A  ``jobs/+``                                ``jobs/+``, ``result/A/+/P`` and
                                                      ``status/+/P`` for each party P
 =========  ========================================  =========================================
 
@@ -147,7 +147,9 @@ def access_rules(federation: Federation) -> dict[str, Access]:
     rules: dict[str, Access] = {}
     for p in parties:
         rules[p] = Access(
-            publish=(*(t.ack(s, p) for s in sites), any_job("result", p), any_job("status", p)),
+            publish=(
+                *(t.ack(s, p) for s in sites), f"{t.prefix}/result/+/+/{p}", any_job("status", p)
+            ),
             read=(t.jobs(), *(t.upload(s, p) for s in sites), *status_all),
         )
     for s in sites:
@@ -158,7 +160,8 @@ def access_rules(federation: Federation) -> dict[str, Access]:
     for a in federation.analyst_names:
         rules[a] = Access(
             publish=(t.jobs(),),
-            read=(t.jobs(), *(any_job("result", p) for p in parties), *status_all),
+            # only its own results: sealed to it anyway, and invisible to other analysts
+            read=(t.jobs(), *(f"{t.prefix}/result/{a}/+/{p}" for p in parties), *status_all),
         )
     return rules
 

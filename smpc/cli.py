@@ -78,7 +78,7 @@ def _upload(args: argparse.Namespace) -> int:
     from smpc import log
     from smpc.inputs import parse_assignment, read_input
     from smpc.keys import load_kit
-    from smpc.site import upload
+    from smpc.site import default_keep_dir, upload
     from smpc.spec.federation import load_federation
 
     log.setup("warning")
@@ -97,10 +97,12 @@ def _upload(args: argparse.Namespace) -> int:
         for assignment in args.input:
             name, source = parse_assignment(assignment)
             inputs[name] = read_input(source, name)
+    keep = Path(args.keep) if args.keep else default_keep_dir(kit.name)
     report = asyncio.run(
         upload(
-            kit, federation, args.job, inputs, timeout=args.timeout, progress=sys.stderr.isatty()
-        )
+            kit, federation, args.job, inputs, timeout=args.timeout,
+            progress=sys.stderr.isatty(), keep=keep,
+        )  # fmt: skip
     )
     mb = report.bytes_sent / 1e6
     print(
@@ -247,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     up.add_argument("--federation", help="federation file (default: the kit's copy)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all acks")
+    up.add_argument(
+        "--keep", metavar="DIR",
+        help="where sealed envelopes wait for every party's ack, so a re-run re-sends the "
+        "same upload (default: $XDG_STATE_HOME/smpc/<site>/uploads)",
+    )  # fmt: skip
     up.set_defaults(func=_upload)
 
     site = commands.add_parser("site", help="site daemon")

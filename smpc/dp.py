@@ -203,12 +203,25 @@ def plan(
     )
 
 
+def secure_generator() -> np.random.Generator:
+    """NumPy's samplers on ChaCha20 (randomgen) keyed with 256 bits from ``secrets``.
+
+    ChaCha20 with a secret key is a cryptographically secure generator; NumPy's own
+    bit generators (PCG64, Philox, SFC64) are not meant to be.
+    """
+    from randomgen import ChaCha
+
+    return np.random.Generator(ChaCha(key=secrets.randbits(256), rounds=20))
+
+
 def skellam(mu: float, shape: Sequence[int], rng: np.random.Generator | None = None) -> np.ndarray:
     """Integer Skellam noise Sk(mu) = Poisson(mu) - Poisson(mu), int64.
 
     Means above :data:`POISSON_CHUNK` are drawn as sums of k Poissons of mean mu/k.
+    The default generator is :func:`secure_generator`: noise that hides a site's data
+    must not be predictable from earlier draws, as NumPy's PCG64 outputs would be.
     """
-    rng = rng or np.random.default_rng(secrets.randbits(256))
+    rng = rng or secure_generator()
     k = max(1, math.ceil(mu / POISSON_CHUNK))
     noise = np.zeros(shape, dtype=np.int64)
     for _ in range(k):

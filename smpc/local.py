@@ -264,6 +264,8 @@ def run_local(
                         str(path),
                         "--timeout",
                         str(timeout / 2),
+                        "--keep",
+                        str(workdir / "uploads" / site),
                         stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.PIPE,
                         env=SITE_ENV,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -86,12 +87,19 @@ class Job(_Strict):
     n: int = Field(ge=1)
     modulus: int
     compact: bool = True
-    min_sites: int = Field(default=1, ge=1)
+    min_sites: int = Field(default=2, ge=1)
     sites: tuple[str, ...] | None = None  # None: every site of the federation
     analyst: str = ""  # who receives the results (deliver: analyst)
     deliver: Literal["analyst", "parties"] = "analyst"
     spec: dict[str, Any] = Field(default_factory=dict)  # the protocol spec, as the analyst ran it
     close: tuple[str, ...] | None = None  # set when the analyst closes uploads: the agreed sites
+    # With ``close``: the upload id of every agreed site, as every party holds it (a party
+    # computes only on exactly these uploads, so two sharings are never mixed).
+    uploads: dict[str, str] | None = None
+    # Freshness (unix seconds): parties refuse a job issued outside their window or whose
+    # deadline has passed, so a recorded job cannot be replayed later (stamp_job).
+    issued: float = 0.0
+    deadline: float = 0.0
     round: int = Field(default=0, ge=0)  # multi-round training: this job's round index
     # The previous round's global model (public): base64 of an .npz, at most MAX_MODEL_BYTES.
     model: str | None = Field(default=None, max_length=4 * ((MAX_MODEL_BYTES + 2) // 3))
@@ -107,7 +115,15 @@ class Job(_Strict):
             raise ValueError(f"threshold t={self.t} must be below the number of parties n={self.n}")
         if self.scheme == "additive" and self.t != self.n - 1:
             raise ValueError("additive sharing has t = n - 1")
+        if self.deadline < self.issued:
+            raise ValueError("the job's deadline is before its issue time")
+        if self.uploads is not None and (self.close is None or set(self.uploads) != set(self.close)):
+            raise ValueError("uploads must name exactly the sites of close")
         return self
+
+    def unclosed(self) -> Job:
+        """The job as first published: what a later message with its id must equal."""
+        return self.model_copy(update={"close": None, "uploads": None})
 
     def input(self, name: str) -> JobInput | None:
         return next((i for i in self.inputs if i.name == name), None)
@@ -142,6 +158,12 @@ def decode_model(text: str) -> dict[str, np.ndarray]:
         raise MessageError(f"the job's model is not a base64 .npz: {exc}") from None
 
 
+def stamp_job(job: Job, lifetime: float, now: float | None = None) -> Job:
+    """``job`` with an issue time of now and a deadline ``lifetime`` seconds later."""
+    now = time.time() if now is None else now
+    return job.model_copy(update={"issued": now, "deadline": now + lifetime})
+
+
 class Ack(_Strict):
     """A party's answer to one envelope: stored (durably) or rejected, with the reason."""
 
@@ -162,6 +184,7 @@ class Status(_Strict):
     party: int
     state: Literal["accepted", "refused", "holding", "done", "failed"]
     sites: tuple[str, ...] = ()  # sites whose every input this party holds
+    uploads: dict[str, str] = Field(default_factory=dict)  # site -> the upload id it holds
     reason: str = ""
 
 
@@ -176,6 +199,38 @@ class PartyResult(_Strict):
     job: str
     party: int
     outputs: dict[str, OpenedOutput]
+
+
+# A signed result travels to its analyst as the body of a share envelope sealed to the
+# analyst's key (smpc.envelope), so neither the broker nor another analyst can read it.
+RESULT_INPUT = "result"
+
+
+def seal_result(message: bytes, job: Job, party: str, index: int, recipient, signer) -> bytes:
+    """A party's signed result message, encrypted to the analyst and signed again."""
+    from smpc.envelope import ShareHeader, seal
+
+    body = message + b" " * (-len(message) % 8)  # whole 8-byte words; JSON ignores the padding
+    header = ShareHeader(
+        job=job.id, input=RESULT_INPUT, site=party, party=index, scheme=job.scheme, t=job.t,
+        n=job.n, modulus=job.modulus, shape=(len(body) // 8,),
+    )  # fmt: skip
+    return bytes(seal(header, body, recipient, signer))
+
+
+def open_result(data: bytes, kit: Any) -> tuple[str, PartyResult]:
+    """The signed result inside a sealed result envelope (``kit``: the analyst's)."""
+    from smpc.envelope import EnvelopeError, open_envelope
+
+    party_keys = {p: kit.directory.verify_key(p) for p in kit.directory.parties}
+    try:
+        opened = open_envelope(data, kit.encryption_key, party_keys)
+    except EnvelopeError as exc:
+        raise MessageError(f"a sealed result was refused: {exc}") from None
+    signer, result = verify_result(bytes(opened.body).rstrip(b" "), kit.directory)
+    if opened.header.input != RESULT_INPUT or opened.header.site != signer:
+        raise MessageError(f"a result envelope of {opened.header.site} carries {signer}'s result")
+    return signer, result
 
 
 def _canonical(kind: str, signer: str, payload: dict) -> bytes:

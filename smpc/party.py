@@ -24,12 +24,13 @@ import hashlib
 import json
 import logging
 import subprocess
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from smpc import log
 from smpc.aio import until
@@ -48,6 +49,7 @@ from smpc.messages import (
     OpenedOutput,
     PartyResult,
     Status,
+    seal_result,
     sign,
     verify_job,
 )
@@ -61,7 +63,7 @@ from smpc.spec.federation import (
     user_error_from_validation,
 )
 from smpc.spec.protocol import parse_spec
-from smpc.store import PartyStore, ShareConflict, StoredShare
+from smpc.store import PartyStore, ShareConflict, StoredJob, StoredShare
 from smpc.transport import Connection, Topics, TransportError
 
 logger = logging.getLogger("smpc.party")
@@ -73,8 +75,14 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     protocols: tuple[str, ...] = ("sum", "fedavg", "gwas")  # allowed protocols
-    min_threshold: int = 0  # refuse jobs whose collusion threshold is lower
-    min_sites: int = 1  # refuse jobs that may open results of fewer sites
+    # Safe defaults: t = 0 (each party holds the sites' values in the clear) and one-site
+    # results (a site's own data opened) only where a party's policy says so.
+    min_threshold: int = 1  # refuse jobs whose collusion threshold is lower
+    min_sites: int = 2  # refuse jobs that may open results of fewer sites
+    # Freshness: a job issued more than job_window seconds ago (or lasting longer), or
+    # whose deadline has passed, is refused; clock_skew is the tolerance between clocks.
+    job_window: float = Field(default=86400.0, gt=0)
+    clock_skew: float = Field(default=300.0, ge=0)
     # Disclosure control, on the record counts sites declare in their signed headers:
     min_records: int = 0  # refuse a site's share summarising fewer records
     min_cell: int = 0  # refuse to compute a result over fewer records in all
@@ -154,7 +162,9 @@ class PartyService:
         self._site_keys = {site: directory.verify_key(site) for site in directory.sites}
         self._jobs: dict[str, Job] = {}
         for stored in store.jobs():  # a restart recovers every job it had accepted
-            self._jobs[stored.id] = verify_job(stored.message, directory)[1]
+            self._jobs[stored.id] = verify_job(stored.closed or stored.message, directory)[1]
+            if stored.status == "computing":  # interrupted: never computed (or noised) twice
+                self._failed(self._jobs[stored.id], "the party restarted while computing")
 
     @classmethod
     def from_config(cls, config: PartyConfig) -> PartyService:
@@ -163,33 +173,90 @@ class PartyService:
         return cls(kit, federation, PartyStore(config.store), config.policy)
 
     # -- jobs -------------------------------------------------------------------------------
-    def handle_job(self, data: bytes) -> JobReply | None:
-        """Accept or refuse a signed job; once it is closed, compute its result shares."""
+    def handle_job(self, data: bytes, topic_job: str | None = None) -> JobReply | None:
+        """Accept or refuse a signed job; once it is closed, compute its result shares.
+
+        The job lifecycle (``docs/security.md``): the first accepted message of a job id
+        is kept with its signer; a later message with that id must come from the same
+        analyst and equal it in every field but ``close``, which is set once. A
+        re-delivered close is answered with the bytes published the first time; a job is
+        never computed twice. Anything else is refused and logged as what it is.
+        ``topic_job`` is the job id of the topic it arrived on, which must be the job's.
+        """
         try:
             analyst, job = verify_job(data, self.kit.directory)
         except MessageError as exc:
             log.event(logger, "job-ignored", logging.WARNING, reason=exc)
             return None
-        refusal = self.refusal(job)
+        if topic_job is not None and topic_job != job.id:
+            log.event(logger, "job-ignored", logging.WARNING, job=job.id, topic=topic_job)
+            return None
+        known = self.store.job(job.id)
+        if known is not None:
+            return self._known_job(known, analyst, job, data)
+        refusal = self.refusal(job, analyst)
+        self.store.put_job(job.id, data, analyst)  # every id seen is remembered, refused too
         if refusal:
             log.event(logger, "job-refused", logging.WARNING, job=job.id, reason=refusal)
-            return JobReply(self._status(job.id, "refused", reason=refusal))
-        known = self.store.job(job.id)
-        if known is None:
-            self.store.put_job(job.id, data)
-            log.event(logger, "job-accepted", job=job.id, analyst=analyst, protocol=job.protocol)
-        elif known.message != data:
-            self.store.update_job(job.id, data)
+            status = self._status(job.id, "refused", reason=refusal)
+            self.store.release(job.id, "refused", status)
+            return JobReply(status)
         self._jobs[job.id] = job
+        log.event(logger, "job-accepted", job=job.id, analyst=analyst, protocol=job.protocol)
         if job.close is None:
-            return JobReply(self._status(job.id, "accepted", sites=self.complete_sites(job)))
-        if known is not None and known.status == "done" and known.message == data:
-            return None  # re-delivery of a job already answered
+            return JobReply(self._holding(job, "accepted"))
+        return self._close(job, data)
+
+    def _known_job(self, known: StoredJob, analyst: str, job: Job, data: bytes) -> JobReply | None:
+        """A message for a job id this party has seen: a re-delivery, or refused."""
+
+        def refused(event: str, reason: str) -> None:
+            log.event(logger, event, logging.WARNING, job=job.id, signer=analyst, reason=reason)
+
+        if analyst != known.analyst:
+            return refused("job-takeover", f"job {job.id} belongs to analyst {known.analyst!r}")
+        first = verify_job(known.message, self.kit.directory)[1]
+        if job.unclosed() != first.unclosed():
+            return refused("job-changed", "a job is immutable once accepted; only close may be set")
+        released = self.store.released(job.id)
+        if known.status == "refused":
+            return None if released is None else JobReply(released.status)
+        if known.closed is None:
+            if job.close is None:  # the open message again (QoS 1, a restart)
+                return JobReply(self._holding(job, "accepted"))
+            return self._close(job, data)
+        closed = verify_job(known.closed, self.kit.directory)[1]
+        if (job.close, job.uploads) != (closed.close, closed.uploads):
+            return refused(
+                "job-reclose",
+                f"job {job.id} was closed with {', '.join(closed.close or ())}; another close "
+                "set is a differencing attempt",
+            )
+        if job.close is None:
+            return refused("job-replayed", f"job {job.id} is closed already")
+        if released is None:
+            return None  # still computing: its result is published when it is done
+        log.event(logger, "job-redelivered", job=job.id, results=len(released.results))
+        return JobReply(released.status, released.results)
+
+    def _close(self, job: Job, data: bytes) -> JobReply | None:
+        """The first close of an accepted job: record it, then compute once."""
+        if not self.store.close_job(job.id, data):
+            return None  # closed meanwhile by the same message
+        self._jobs[job.id] = job
+        problem = self.close_refusal(job)
+        if problem:
+            return self._failed(job, problem)
         return self.compute(job)
 
-    def refusal(self, job: Job) -> str:
+    def refusal(self, job: Job, analyst: str | None = None) -> str:
         """Why this party's policy refuses the job ("" if it accepts)."""
         parties = len(self.federation.parties)
+        if analyst is not None and job.analyst != analyst:
+            return f"job names analyst {job.analyst!r} but is signed by {analyst!r}"
+        stale = self._staleness(job)
+        if stale:
+            return stale
         if job.n != parties:
             return f"job is for {job.n} parties, the federation has {parties}"
         if job.protocol not in self.policy.protocols:
@@ -203,17 +270,45 @@ class PartyService:
             )
         if job.close is not None and len(job.close) < max(job.min_sites, self.policy.min_sites):
             return f"only {len(job.close)} sites, fewer than min_sites {job.min_sites}"
-        if job.deliver == "analyst" and job.analyst not in self.kit.directory.analysts:
+        if job.analyst not in self.kit.directory.analysts:
             return f"results would go to {job.analyst!r}, who is not an analyst of the federation"
         return ""
 
-    def complete_sites(self, job: Job) -> tuple[str, ...]:
-        """Sites this party holds every input of, for ``job``."""
+    def _staleness(self, job: Job, now: float | None = None) -> str:
+        """Why the job's issue time or deadline is outside this party's window ("" if not)."""
+        now = time.time() if now is None else now
+        skew, window = self.policy.clock_skew, self.policy.job_window
+        if not job.issued or not job.deadline:
+            return "the job carries no issue time and deadline (sign it with this version)"
+        if job.issued > now + skew:
+            return f"the job is issued {job.issued - now:.0f} s in the future"
+        if now - job.issued > window or job.deadline - job.issued > window:
+            return f"the job was issued more than {window:g} s ago or lasts longer: refused"
+        if now > job.deadline + skew:
+            return f"the job's deadline passed {now - job.deadline:.0f} s ago"
+        return ""
+
+    def close_refusal(self, job: Job) -> str:
+        """Why a close of an accepted job cannot be computed ("" if it can)."""
+        assert job.close is not None
+        if time.time() > job.deadline + self.policy.clock_skew:
+            return "the job was closed after its deadline"
+        if len(job.close) < max(job.min_sites, self.policy.min_sites):
+            least = max(job.min_sites, self.policy.min_sites)
+            return f"only {len(job.close)} sites, fewer than the minimum {least}"
+        if job.uploads is None:
+            return "the close names no upload ids (sign it with this version)"
+        return ""
+
+    def complete_sites(self, job: Job) -> dict[str, str]:
+        """The sites this party holds every input of, for ``job``, with their upload ids."""
         held: dict[str, set[str]] = {}
+        uploads: dict[str, str] = {}
         for share in self.store.shares(job.id):
             held.setdefault(share.site, set()).add(share.input)
+            uploads[share.site] = share.upload
         wanted = {spec.name for spec in job.inputs}
-        return tuple(sorted(site for site, inputs in held.items() if inputs >= wanted))
+        return {site: uploads[site] for site in sorted(held) if held[site] >= wanted}
 
     def compute(self, job: Job) -> JobReply:
         """Sum the shares of the agreed sites per input; seal each sum to the analyst."""
@@ -227,6 +322,14 @@ class PartyService:
         if missing:
             reason = f"this party lacks shares of the agreed sites: {', '.join(missing)}"
             return self._failed(job, reason)
+        other = [
+            f"{site} (holds {shares[(i.name, site)].upload}, the close says {job.uploads[site]})"
+            for site in job.close
+            for i in job.inputs
+            if shares[(i.name, site)].upload != (job.uploads or {}).get(site)
+        ]
+        if other:
+            return self._failed(job, f"other uploads than the agreed ones: {', '.join(other)}")
         disclosure = self._disclosure_problem(job, shares)
         if disclosure:
             return self._failed(job, disclosure)
@@ -423,9 +526,8 @@ class PartyService:
                 del total, body
         except UserError as exc:
             return self._failed(job, str(exc))
-        self.store.set_job_status(job.id, "done")
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), outputs=len(results))
-        return JobReply(self._status(job.id, "done", sites=job.close), tuple(results))
+        return self._done(job, tuple(results))
 
     def _disclosure_problem(self, job: Job, shares: dict) -> str:
         """Minimum cell count and differencing, before anything is computed."""
@@ -441,7 +543,7 @@ class PartyService:
             for earlier in self.store.jobs():
                 if earlier.id == job.id or earlier.status != "done":
                     continue
-                other = verify_job(earlier.message, self.kit.directory)[1]
+                other = verify_job(earlier.closed or earlier.message, self.kit.directory)[1]
                 if other.protocol != job.protocol or {i.name for i in other.inputs} != inputs:
                     continue
                 if other.model != job.model:
@@ -544,35 +646,54 @@ class PartyService:
                 for name, o in opened.items()
             },
         )
-        self.store.set_job_status(job.id, "done")
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), opened="mpyc")
         message = sign("result", result, self.kit.name, self.kit.signing_key)
-        return JobReply(self._status(job.id, "done", sites=job.close), (("", message),))
+        analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)
+        sealed = seal_result(
+            message, job, self.kit.name, self.index, analyst_key, self.kit.signing_key
+        )
+        return self._done(job, (("", sealed),))
+
+    def _done(self, job: Job, results: tuple[tuple[str, bytes | bytearray], ...]) -> JobReply:
+        """Record what this party releases for a computed job, then hand it out (once)."""
+        status = self._status(job.id, "done", sites=job.close)
+        kept = tuple((name, bytes(body)) for name, body in results)
+        self.store.release(job.id, "done", status, kept)
+        return JobReply(status, kept)
 
     def _failed(self, job: Job, reason: str) -> JobReply:
-        self.store.set_job_status(job.id, "failed")
         log.event(logger, "job-failed", logging.ERROR, job=job.id, reason=reason)
-        return JobReply(self._status(job.id, "failed", reason=reason))
+        status = self._status(job.id, "failed", reason=reason)
+        self.store.release(job.id, "failed", status)
+        return JobReply(status)
 
-    def _status(self, job_id: str, state: str, *, sites=(), reason: str = "") -> bytes:
+    def _status(self, job_id: str, state: str, *, sites=(), reason: str = "", uploads=None) -> bytes:
         status = Status(
-            job=job_id, party=self.index, state=state, sites=tuple(sites), reason=reason
-        )
+            job=job_id, party=self.index, state=state, sites=tuple(sites), reason=reason,
+            uploads=uploads or {},
+        )  # fmt: skip
         return sign("status", status, self.kit.name, self.kit.signing_key)
+
+    def _holding(self, job: Job, state: str) -> bytes:
+        held = self.complete_sites(job)
+        return self._status(job.id, state, sites=tuple(held), uploads=held)
 
     def holding_status(self, job_id: str) -> bytes | None:
         """The party's current holdings of an open job (sent after every stored share)."""
         job = self._jobs.get(job_id)
         if job is None or job.close is not None:
             return None
-        return self._status(job_id, "holding", sites=self.complete_sites(job))
+        return self._holding(job, "holding")
 
     def job(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
     # -- uploads ----------------------------------------------------------------------------
-    def handle_upload(self, data: bytes) -> Reply | None:
+    def handle_upload(self, data: bytes, sender: str | None = None) -> Reply | None:
         """Verify, check, store and acknowledge one envelope (see module docstring).
+
+        ``sender`` is the site named by the topic it arrived on (the broker lets a site
+        publish only on its own): it must be the envelope's signer.
 
         Returns the ack to publish, or None when there is nobody to answer: the
         bytes are not an envelope, or its job is not known yet (the site
@@ -608,6 +729,8 @@ class PartyService:
 
         if route.party != self.index:
             return rejected(f"envelope is for party {route.party}")
+        if sender is not None and sender != route.site:
+            return rejected(f"envelope of site {route.site!r} arrived on {sender!r}'s topic")
         if job.sites is not None and route.site not in job.sites:
             return rejected(f"site {route.site!r} is not part of job {job.id}")
         try:
@@ -616,6 +739,9 @@ class PartyService:
             return rejected(str(exc))
         header = share.header
         problem = header_problem(header, job) or self._too_few_records(header)
+        upload = header.meta.get("upload")
+        if not problem and not (isinstance(upload, str) and upload):
+            problem = "the envelope carries no upload id (share it with this version)"
         if problem:
             return rejected(problem, header.digest)
         try:
@@ -628,6 +754,7 @@ class PartyService:
                 seed=header.seed,
                 header=header.to_json().decode(),
                 body=share.body,
+                upload=str(upload),
             )
         except ShareConflict as exc:
             return rejected(str(exc), header.digest)
@@ -757,20 +884,21 @@ async def _dispatch(service: PartyService, topics: Topics, conn: Connection, mes
         return
     name = service.kit.name
     if kind == "job":
-        answer = await asyncio.to_thread(service.handle_job, message.body)
+        job_id = topics.parse(message.topic).fields["job"]
+        answer = await asyncio.to_thread(service.handle_job, message.body, job_id)
         if answer is None:
             return
-        job_id = topics.parse(message.topic).fields["job"]
+        job = service.job(job_id)
         if answer.session is not None:  # deliver: parties — open inside MPyC first
-            job = service.job(job_id)
             answer = await asyncio.to_thread(service.run_session, job, answer.session)
         for _, envelope in answer.results:
-            await conn.publish_body(topics.result(job_id, name), envelope)
+            await conn.publish_body(topics.result(job.analyst, job_id, name), envelope)
         if answer.status is not None:
             await conn.publish(topics.status(job_id, name), answer.status)
     elif kind == "upload":
         # Decryption and fsync run off the event loop so the broker link stays alive.
-        reply = await asyncio.to_thread(service.handle_upload, message.body)
+        sender = topics.parse(message.topic).fields.get("site")
+        reply = await asyncio.to_thread(service.handle_upload, message.body, sender)
         if reply is not None:
             await conn.publish(topics.ack(reply.site, name), reply.message)
             status = service.holding_status(reply.ack.job)

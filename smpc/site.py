@@ -14,7 +14,10 @@ refused, unless every party stored every input.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from smpc import log
@@ -41,7 +44,8 @@ from smpc.spec.federation import (
     read_yaml_mapping,
     user_error_from_validation,
 )
-from smpc.transport import Connection, Topics
+from smpc.store import write_durably
+from smpc.transport import Connection, Topics, run_with_reconnect
 
 logger = logging.getLogger("smpc.site")
 
@@ -73,19 +77,29 @@ async def fetch_job(conn: Connection, topics: Topics, kit: Kit, job_id: str, tim
 
 
 def seal_inputs(
-    kit: Kit, job: Job, inputs: Mapping[str, np.ndarray], records: int | None = None
+    kit: Kit,
+    job: Job,
+    inputs: Mapping[str, np.ndarray],
+    records: int | None = None,
+    upload_id: str | None = None,
 ) -> dict[tuple[str, int], bytes]:
     """One envelope per (input, party), as the job prescribes.
 
     ``records``, the number of records behind the inputs, is declared in every
     envelope header (signed, visible to the parties only) so that parties can
     apply their disclosure rules (minimum records per site, minimum cell count).
+    Every envelope carries ``upload_id`` (fresh when None): the parties keep one
+    upload per (job, site), so the envelopes of one call form one atomic set.
     """
     missing = [spec.name for spec in job.inputs if spec.name not in inputs]
     if missing:
         raise UploadFailed(f"job {job.id} asks for inputs this site did not provide: {missing}")
     if job.sites is not None and kit.name not in job.sites:
         raise UploadFailed(f"job {job.id} does not ask site {kit.name!r}")
+    upload_id = upload_id or secrets.token_hex(8)
+    meta: dict[str, str | int | float | bool] = {"upload": upload_id}
+    if records is not None:
+        meta["records"] = int(records)
     directory = kit.directory
     recipients = [directory.party_encryption_key(i) for i in range(job.n)]
     field_ = field_for(job.modulus)
@@ -103,11 +117,84 @@ def seal_inputs(
             signer=kit.signing_key,
             scheme="shamir" if spec.public else job.scheme,
             compact=job.compact,
-            meta={} if records is None else {"records": int(records)},
+            meta=meta,
         )
         for party, envelope in enumerate(sealed):
             envelopes[(spec.name, party)] = bytes(envelope)
     return envelopes
+
+
+class SitePolicy(BaseModel):
+    """What a site agrees to upload to, whatever the job says (its own minimums)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    analysts: tuple[str, ...] | None = None  # None: every analyst of the federation
+    protocols: tuple[str, ...] = ("sum", "fedavg", "gwas")
+    min_threshold: int = Field(default=1, ge=0)  # t = 0 puts the site's values in the clear
+    min_sites: int = Field(default=2, ge=1)  # a result of fewer sites may open this site's data
+
+    def refusal(self, job: Job) -> str:
+        """Why this site does not upload to ``job`` ("" if it does)."""
+        if self.analysts is not None and job.analyst not in self.analysts:
+            return f"analyst {job.analyst!r} is not one this site answers"
+        if job.protocol not in self.protocols:
+            return f"protocol {job.protocol!r} is not one this site answers"
+        if job.t < self.min_threshold:
+            return f"threshold {job.t} is below this site's minimum {self.min_threshold}"
+        if job.min_sites < self.min_sites:
+            return f"min_sites {job.min_sites} is below this site's minimum {self.min_sites}"
+        return ""
+
+
+def default_keep_dir(site: str) -> Path:
+    """Where ``smpc upload`` keeps a site's sealed envelopes: ``$XDG_STATE_HOME/smpc``."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "smpc" / site / "uploads"
+
+
+class KeptUpload:
+    """A site's sealed envelopes of one job, on disk until every party acknowledged them.
+
+    A re-run of the same upload (after a broker restart, a crash, a timeout) re-sends
+    these very envelopes instead of sharing again, so every party ends up with the same
+    sharing. Layout: ``DIR/<job>/upload.json`` (the upload id and the file of each
+    envelope) and one file per envelope; ``DIR/<job>/complete`` once all were stored.
+    """
+
+    def __init__(self, root: Path, job: str) -> None:
+        self.dir = Path(root) / job
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "complete").exists()
+
+    def load(self) -> tuple[str, dict[tuple[str, int], bytes]] | None:
+        """The kept upload id and envelopes, or None when there are none."""
+        index = self.dir / "upload.json"
+        if not index.exists():
+            return None
+        doc = json.loads(index.read_text())
+        envelopes = {}
+        for key, file in doc["envelopes"].items():
+            name, _, party = key.rpartition("@")
+            envelopes[(name, int(party))] = (self.dir / file).read_bytes()
+        return doc["upload"], envelopes
+
+    def save(self, upload_id: str, envelopes: Mapping[tuple[str, int], bytes]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for (name, party), envelope in envelopes.items():
+            files[f"{name}@{party}"] = file = f"{name}.{party}.envelope"
+            write_durably(self.dir / file, envelope)
+        doc = {"upload": upload_id, "envelopes": files}
+        write_durably(self.dir / "upload.json", json.dumps(doc).encode())
+
+    def finish(self) -> None:
+        """Every party stored every envelope: keep only the marker."""
+        write_durably(self.dir / "complete", b"")
+        for file in self.dir.glob("*.envelope"):
+            file.unlink()
 
 
 @dataclass(frozen=True)
@@ -155,62 +242,108 @@ async def upload(
     timeout: float = 120.0,
     resend_after: float = 10.0,
     progress: bool = False,
+    keep: Path | None = None,
+    policy: SitePolicy | None = None,
 ) -> UploadReport:
     """Share the inputs for a job and wait until every party has stored them.
 
     ``job_id`` is a job id (the signed job is fetched from the broker, where the
     analyst retains it while the job is open) or a job already received and
     verified (``smpc site serve``), which the site answers without fetching it again.
+    ``keep`` is where the sealed envelopes wait for their acks (:class:`KeptUpload`):
+    a re-run re-sends them. The connection is re-established whenever the broker goes
+    away, until ``timeout``. ``policy`` (default :class:`SitePolicy`) refuses jobs below
+    this site's minimums before anything is shared.
     """
     known = job_id if isinstance(job_id, Job) else None
     job_id = known.id if known is not None else job_id
+    policy = policy or SitePolicy()
     topics = Topics(federation.name)
     started = time.monotonic()
+    deadline = started + timeout
     report = UploadReport(job=job_id, site=kit.name)
     parties = kit.directory.parties
-    # A clean session of its own, next to a running `smpc site serve` of the same site.
-    async with Connection.from_kit(kit, federation, suffix=f"up-{job_id}") as conn:
-        await conn.subscribe(topics.acks_for(kit.name))
-        job = known or await fetch_job(conn, topics, kit, job_id, timeout)
+    kept = None if keep is None else KeptUpload(keep, job_id)
+    if kept is not None and kept.complete:
+        log.event(logger, "upload-complete", job=job_id, site=kit.name, kept=True)
+        return report
+    envelopes: dict[tuple[str, int], bytes] = {}
+    expected: dict[tuple[str, int], str] = {}
+    pending: set[tuple[str, int]] = set()
+    refused: dict[tuple[str, int], str] = {}
+
+    def prepare(job: Job) -> None:
         if job.close is not None:
             raise UploadFailed(f"job {job.id} is closed: uploads are no longer accepted")
-        data = inputs(job) if callable(inputs) else SiteData(inputs)
-        envelopes = seal_inputs(kit, job, data.arrays, data.records)
-        expected = {key: envelope_id(env) for key, env in envelopes.items()}
-        pending = set(envelopes)
-        refused: dict[tuple[str, int], str] = {}
+        refusal = policy.refusal(job)
+        if refusal:
+            raise UploadFailed(f"job {job.id}: site {kit.name} does not upload: {refusal}")
+        old = kept.load() if kept is not None else None
+        if old is not None:
+            upload_id, sealed = old
+            log.event(logger, "upload-resumed", job=job.id, site=kit.name, upload=upload_id)
+        else:
+            data = inputs(job) if callable(inputs) else SiteData(inputs)
+            upload_id = secrets.token_hex(8)
+            sealed = seal_inputs(kit, job, data.arrays, data.records, upload_id)
+            if kept is not None:
+                kept.save(upload_id, sealed)
+        envelopes.update(sealed)
+        expected.update({key: envelope_id(env) for key, env in sealed.items()})
+        pending.update(sealed)
 
-        async def send(keys: set[tuple[str, int]]) -> None:
-            total = sum(len(envelopes[k]) for k in keys)
-            with Progress(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), disable=not progress, transient=True,
-            ) as bar:  # fmt: skip
-                task = bar.add_task(f"{kit.name} → {job.id}", total=total)
-                for key in sorted(keys):
-                    party = key[1]
-                    await conn.publish_body(topics.upload(kit.name, parties[party]), envelopes[key])
-                    report.bytes_sent += len(envelopes[key])
-                    bar.advance(task, len(envelopes[key]))
-            log.event(logger, "upload-sent", job=job.id, site=kit.name, envelopes=len(keys))
+    async def send(conn: Connection, job: Job, keys: set[tuple[str, int]]) -> None:
+        total = sum(len(envelopes[k]) for k in keys)
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), disable=not progress, transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task(f"{kit.name} → {job.id}", total=total)
+            for key in sorted(keys):
+                party = key[1]
+                await conn.publish_body(topics.upload(kit.name, parties[party]), envelopes[key])
+                report.bytes_sent += len(envelopes[key])
+                bar.advance(task, len(envelopes[key]))
+        log.event(logger, "upload-sent", job=job.id, site=kit.name, envelopes=len(keys))
 
-        await send(pending)
-        deadline = started + timeout
+    async def session(conn: Connection) -> None:
+        nonlocal known, resend_after
+        await conn.subscribe(topics.acks_for(kit.name))
+        if known is None:
+            known = await fetch_job(conn, topics, kit, job_id, deadline - time.monotonic())
+        if not envelopes:
+            prepare(known)
+        await send(conn, known, pending)
         next_resend = time.monotonic() + resend_after
         while pending and time.monotonic() < deadline:
             wait = max(0.05, min(deadline, next_resend) - time.monotonic())
             try:
                 async with asyncio.timeout(wait):
                     async for message in conn.messages():
-                        _take_ack(message.body, kit, job, expected, pending, refused, report)
+                        _take_ack(message.body, kit, known, expected, pending, refused, report)
                         if not pending:
                             break
             except TimeoutError:
                 pass
             if pending and time.monotonic() >= next_resend:
-                await send(pending)
+                await send(conn, known, pending)
                 resend_after *= 2  # back off: a busy party is slow, not gone
                 next_resend = time.monotonic() + resend_after
+
+    def connect() -> Connection:
+        # A clean session of its own, next to a running `smpc site serve` of the same site.
+        return Connection.from_kit(kit, federation, suffix=f"up-{job_id}")
+
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            await run_with_reconnect(connect, session, max_delay=5.0)
+    except TimeoutError:
+        if known is None:
+            raise UploadFailed(
+                f"job {job_id}: not announced on the broker within {timeout:g} s"
+            ) from None
+        if not envelopes:
+            raise UploadFailed(f"job {job_id}: the broker was unreachable for {timeout:g} s") from None
     report.seconds = time.monotonic() - started
     if refused or pending:
         problems = [
@@ -221,6 +354,8 @@ async def upload(
         if silent:
             problems.append(f"no ack within {timeout:g} s from {', '.join(silent)}")
         raise UploadFailed(f"job {job_id}, site {kit.name}: " + "; ".join(problems))
+    if kept is not None:
+        kept.finish()
     log.event(logger, "upload-complete", job=job_id, site=kit.name, bytes=report.bytes_sent)
     return report
 
@@ -269,6 +404,7 @@ class SiteConfig(BaseModel):
     trainer_args: dict[str, Any] = {}
     state: Path | None = None  # where answered job ids are kept (default: next to the config)
     log_level: str = "info"
+    policy: SitePolicy = SitePolicy()
 
 
 def load_site_config(path: Path) -> SiteConfig:
@@ -323,6 +459,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         else None
     )
     from_data = protocol_inputs(config.data, federation) if config.data else None
+    keep = config.state.parent / f"{config.state.name}.uploads"  # envelopes awaiting acks
     async with Connection.from_kit(kit, federation) as conn:
         await conn.subscribe(topics.jobs())
         log.event(
@@ -345,10 +482,10 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
                 if trainer is not None and job.protocol == "fedavg":
                     await answer_round(kit, federation, job, trainer)
                 elif from_data is not None:
-                    await upload(kit, federation, job, from_data)
+                    await upload(kit, federation, job, from_data, keep=keep, policy=config.policy)
                 elif config.inputs and all(s.name in config.inputs for s in job.inputs):
                     data = {s.name: read_input(config.inputs[s.name], s.name) for s in job.inputs}
-                    await upload(kit, federation, job, data)
+                    await upload(kit, federation, job, data, keep=keep, policy=config.policy)
                 else:
                     continue
             except UserError as exc:

@@ -16,7 +16,14 @@ acknowledged share and every job.
 
 Re-delivery is normal under MQTT QoS 1: the same (job, input, site) with the
 same digest is a duplicate, stored once and acknowledged again; with another
-digest it is a conflict and changes nothing.
+digest it is a conflict and changes nothing. A site's upload for a job is one set
+with one upload id: a share of another upload of the same (job, site) is a conflict
+too, so a party never holds a mix of two sharings.
+
+A job is recorded once with its signer; its closing message is recorded once; what
+the party published for it (its signed status and result messages) is kept in
+``releases``, so a re-delivered close is answered with the same bytes and never
+computed again.
 """
 
 from __future__ import annotations
@@ -35,9 +42,18 @@ from smpc.errors import UserError
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id        TEXT PRIMARY KEY,
-    message   BLOB NOT NULL,      -- the analyst's signed job message, as received
+    message   BLOB NOT NULL,      -- the first accepted signed job message, as received
     received  REAL NOT NULL,
-    status    TEXT NOT NULL DEFAULT 'open'
+    status    TEXT NOT NULL DEFAULT 'open',  -- open, computing, done, failed
+    analyst   TEXT NOT NULL DEFAULT '',      -- who signed it: the only one who may close it
+    closed    BLOB                -- the signed message that closed it (set once)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    job       TEXT NOT NULL,
+    position  INTEGER NOT NULL,   -- 0: the signed status; then the result messages in order
+    output    TEXT NOT NULL,
+    body      BLOB NOT NULL,      -- exactly the bytes published (re-sent on a re-delivered close)
+    PRIMARY KEY (job, position)
 );
 CREATE TABLE IF NOT EXISTS shares (
     job          TEXT NOT NULL,
@@ -49,6 +65,7 @@ CREATE TABLE IF NOT EXISTS shares (
     size         INTEGER NOT NULL,
     header       TEXT NOT NULL,   -- the envelope header as JSON
     stored       REAL NOT NULL,
+    upload       TEXT NOT NULL DEFAULT '',  -- the site's upload id: one set per (job, site)
     PRIMARY KEY (job, input, site)
 );
 CREATE TABLE IF NOT EXISTS rejections (
@@ -78,6 +95,7 @@ class StoredShare:
     header: str
     stored: float
     path: Path
+    upload: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,29 @@ class StoredJob:
     message: bytes
     received: float
     status: str
+    analyst: str = ""
+    closed: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a party published when it finished a job: its status and result messages."""
+
+    status: bytes
+    results: tuple[tuple[str, bytes], ...]
+
+
+_JOB_COLUMNS = "id, message, received, status, analyst, closed"
+_MIGRATIONS = (  # columns added since the first store layout
+    "ALTER TABLE jobs ADD COLUMN analyst TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN closed BLOB",
+    "ALTER TABLE shares ADD COLUMN upload TEXT NOT NULL DEFAULT ''",
+)
+
+
+def _stored_job(row: tuple) -> StoredJob:
+    closed = None if row[5] is None else bytes(row[5])
+    return StoredJob(row[0], bytes(row[1]), row[2], row[3], row[4], closed)
 
 
 class PartyStore:
@@ -101,6 +142,9 @@ class PartyStore:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        for migration in _MIGRATIONS:  # a store written by an earlier version
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._db.execute(migration)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -113,35 +157,60 @@ class PartyStore:
         self.close()
 
     # -- jobs -----------------------------------------------------------------------------
-    def put_job(self, job_id: str, message: bytes) -> bool:
-        """Record a job once; True if it is new."""
+    def put_job(self, job_id: str, message: bytes, analyst: str = "") -> bool:
+        """Record a job once, with its signer; True if it is new."""
         with self._transaction():
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO jobs (id, message, received) VALUES (?, ?, ?)",
-                (job_id, message, time.time()),
+                "INSERT OR IGNORE INTO jobs (id, message, received, analyst) VALUES (?, ?, ?, ?)",
+                (job_id, message, time.time(), analyst),
             )
         return cur.rowcount == 1
 
     def job(self, job_id: str) -> StoredJob | None:
         row = self._db.execute(
-            "SELECT id, message, received, status FROM jobs WHERE id = ?", (job_id,)
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
-        return StoredJob(row[0], bytes(row[1]), row[2], row[3]) if row else None
+        return _stored_job(row) if row else None
 
     def jobs(self) -> list[StoredJob]:
-        rows = self._db.execute("SELECT id, message, received, status FROM jobs ORDER BY received")
-        return [StoredJob(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY received")
+        return [_stored_job(r) for r in rows]
 
-    def update_job(self, job_id: str, message: bytes) -> None:
-        """Replace a job's message (the analyst closed it); its status starts over."""
+    def close_job(self, job_id: str, message: bytes) -> bool:
+        """Record the message that closes a job, once; True if this call recorded it."""
         with self._transaction():
-            self._db.execute(
-                "UPDATE jobs SET message = ?, status = 'open' WHERE id = ?", (message, job_id)
+            cur = self._db.execute(
+                "UPDATE jobs SET closed = ?, status = 'computing' WHERE id = ? AND closed IS NULL",
+                (message, job_id),
             )
+        return cur.rowcount == 1
 
     def set_job_status(self, job_id: str, status: str) -> None:
         with self._transaction():
             self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
+
+    def release(
+        self, job_id: str, state: str, status: bytes, results: tuple[tuple[str, bytes], ...] = ()
+    ) -> None:
+        """Record what is published for a finished job (``state``: done or failed), once."""
+        with self._transaction():
+            if self._db.execute("SELECT 1 FROM releases WHERE job = ?", (job_id,)).fetchone():
+                return
+            rows = [(job_id, 0, "", status)]
+            rows += [(job_id, i, name, body) for i, (name, body) in enumerate(results, 1)]
+            self._db.executemany(
+                "INSERT INTO releases (job, position, output, body) VALUES (?, ?, ?, ?)", rows
+            )
+            self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (state, job_id))
+
+    def released(self, job_id: str) -> Release | None:
+        """What was published for a finished job, byte for byte (None: not finished)."""
+        rows = self._db.execute(
+            "SELECT output, body FROM releases WHERE job = ? ORDER BY position", (job_id,)
+        ).fetchall()
+        if not rows:
+            return None
+        return Release(bytes(rows[0][1]), tuple((r[0], bytes(r[1])) for r in rows[1:]))
 
     # -- shares ---------------------------------------------------------------------------
     def share_path(self, job: str, input: str, site: str) -> Path:
@@ -158,8 +227,23 @@ class PartyStore:
         seed: bool,
         header: str,
         body: bytes | bytearray | memoryview,
+        upload: str = "",
     ) -> Literal["stored", "duplicate"]:
-        """Store a verified share durably; idempotent for the same digest."""
+        """Store a verified share durably; idempotent for the same digest.
+
+        Every share of one (job, site) must carry the same upload id: the first one
+        stored decides, another is a :class:`ShareConflict`.
+        """
+        other = self._db.execute(
+            "SELECT upload FROM shares WHERE job = ? AND site = ? AND upload != ? LIMIT 1",
+            (job, site, upload),
+        ).fetchone()
+        if other is not None:
+            raise ShareConflict(
+                f"job {job}: site {site!r} already uploaded set {other[0] or '(none)'}; "
+                f"refusing a share of another upload ({upload or '(none)'}): the parties "
+                "never mix two sharings (re-send the first upload's envelopes)"
+            )
         existing = self._db.execute(
             "SELECT digest FROM shares WHERE job = ? AND input = ? AND site = ?",
             (job, input, site),
@@ -172,12 +256,15 @@ class PartyStore:
                 f"{existing[0][:16]}…, refusing another ({digest[:16]}…)"
             )
         path = self.share_path(job, input, site)
-        _write_durably(path, body)
+        write_durably(path, body)
         with self._transaction():
             self._db.execute(
                 "INSERT INTO shares (job, input, site, digest, envelope_id, seed, size, header,"
-                " stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job, input, site, digest, envelope_id, int(seed), len(body), header, time.time()),
+                " stored, upload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job, input, site, digest, envelope_id, int(seed), len(body), header,
+                    time.time(), upload,
+                ),  # fmt: skip
             )
         return "stored"
 
@@ -187,7 +274,8 @@ class PartyStore:
 
     def shares(self, job: str | None = None) -> list[StoredShare]:
         query = (
-            "SELECT job, input, site, digest, envelope_id, seed, size, header, stored FROM shares"
+            "SELECT job, input, site, digest, envelope_id, seed, size, header, stored, upload"
+            " FROM shares"
         )
         rows = (
             self._db.execute(query + " WHERE job = ? ORDER BY input, site", (job,))
@@ -196,7 +284,8 @@ class PartyStore:
         )
         return [
             StoredShare(
-                *r[:5], bool(r[5]), r[6], r[7], r[8], path=self.share_path(r[0], r[1], r[2])
+                *r[:5], bool(r[5]), r[6], r[7], r[8], path=self.share_path(r[0], r[1], r[2]),
+                upload=r[9],
             )
             for r in rows
         ]
@@ -232,7 +321,7 @@ class PartyStore:
         self._db.execute("COMMIT")
 
 
-def _write_durably(path: Path, body: bytes | bytearray | memoryview) -> None:
+def write_durably(path: Path, body: bytes | bytearray | memoryview) -> None:
     """Temporary file, fsync, atomic rename, fsync of the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

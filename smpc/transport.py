@@ -12,13 +12,15 @@ topic                                    who publishes           who subscribes 
 ``smpc/<fed>/jobs/<job>``                analysts (retained)     everyone: ``jobs/+``
 ``smpc/<fed>/up/<site>/<party>``         site ``<site>``         party: ``up/+/<party>``
 ``smpc/<fed>/ack/<site>/<party>``        party ``<party>``       site: ``ack/<site>/+``
-``smpc/<fed>/result/<job>/<party>``      party ``<party>``       analysts: ``result/<job>/+``
+``smpc/<fed>/result/<a>/<job>/<party>``  party ``<party>``       analyst ``<a>`` only:
+                                                                 ``result/<a>/<job>/+``
 ``smpc/<fed>/status/<job>/<party>``      party ``<party>``       parties, analysts:
                                                                  ``status/<job>/+``
 =======================================  ======================  =========================
 
 ``up`` carries share envelopes (one site to one party), ``ack`` the party's signed
-receipts, ``result`` a party's signed view of a job's result, ``status`` a party's
+receipts, ``result`` a party's result envelopes for the job's analyst (sealed to that
+analyst's key, whether opened inside MPyC or reconstructed by the analyst), ``status`` a party's
 acceptance or refusal of a job and its view of which sites' shares it holds (what the
 parties need to agree on before they open anything). The broker enforces who may
 publish and read what (:mod:`smpc.broker` generates the per-participant ACL from the
@@ -220,7 +222,7 @@ _KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "job": ("jobs", ("job",)),
     "upload": ("up", ("site", "party")),
     "ack": ("ack", ("site", "party")),
-    "result": ("result", ("job", "party")),
+    "result": ("result", ("analyst", "job", "party")),
     "status": ("status", ("job", "party")),
 }
 _BY_LEVEL = {level: (kind, names) for kind, (level, names) in _KINDS.items()}
@@ -254,11 +256,14 @@ class Topics:
     def acks_for(self, site: str) -> str:
         return f"{self.prefix}/ack/{_name('site', site)}/+"
 
-    def result(self, job_id: str, party: str) -> str:
-        return f"{self.prefix}/result/{_name('job id', job_id)}/{_name('party', party)}"
+    def result(self, analyst: str, job_id: str, party: str) -> str:
+        return (
+            f"{self.prefix}/result/{_name('analyst', analyst)}/{_name('job id', job_id)}/"
+            f"{_name('party', party)}"
+        )
 
-    def results(self, job_id: str) -> str:
-        return f"{self.prefix}/result/{_name('job id', job_id)}/+"
+    def results(self, analyst: str, job_id: str) -> str:
+        return f"{self.prefix}/result/{_name('analyst', analyst)}/{_name('job id', job_id)}/+"
 
     def status(self, job_id: str, party: str) -> str:
         return f"{self.prefix}/status/{_name('job id', job_id)}/{_name('party', party)}"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from smpc.encoding import FixedPoint
 from smpc.field import FAST, field_for, mpyc_modulus
 from smpc.keys import load_kit
-from smpc.messages import Job, JobInput, MessageError, sign, verify_ack
+from smpc.messages import Job, JobInput, MessageError, sign, stamp_job, verify_ack
 from smpc.packaging import seal_shares
 from smpc.party import PartyService
 from smpc.sharing import reconstruct
@@ -16,6 +18,7 @@ from smpc.spec.federation import load_federation
 from smpc.store import PartyStore
 
 ENCODING = FixedPoint(16, 20)
+ISSUED = time.time()  # one issue time for every job of this module, so _job() is reproducible
 
 
 @pytest.fixture
@@ -30,7 +33,13 @@ def _job(**changes) -> Job:
         modulus=FAST.modulus, analyst="analyst",
     )  # fmt: skip
     fields.update(changes)
-    return Job(**fields)
+    job = Job(**fields)
+    return job if job.issued else stamp_job(job, 20_000, now=ISSUED)
+
+
+def _close(job: Job, sites: tuple[str, ...]) -> Job:
+    """``job`` closed with ``sites``, each with the upload id :func:`_envelopes` gives it."""
+    return job.model_copy(update={"close": sites, "uploads": {s: f"u-{s}" for s in sites}})
 
 
 def _publish(job: Job, kits) -> bytes:
@@ -46,6 +55,7 @@ def _party(kits, tmp_path, name="beta", job: Job | None = None) -> PartyService:
 
 def _envelopes(kits, site="oslo", values=None, job="job-1", field=FAST, encoding=ENCODING, **kw):
     directory = kits["alpha"].directory
+    kw["meta"] = {"upload": f"u-{site}", **kw.get("meta", {})}
     return seal_shares(
         np.arange(6.0) if values is None else values, encoding, field, job=job, input="x",
         site=site, t=1, recipients=[directory.party_encryption_key(i) for i in range(3)],
@@ -200,14 +210,15 @@ def test_policy_refusals_reach_the_analyst_with_the_reason(kits, tmp_path):
     party = _policy_party(kits, tmp_path, protocols=("sum",), min_threshold=2, min_sites=3)
     status = _status(party.handle_job(_publish(_job(protocol="fedavg"), kits)), kits)
     assert status.state == "refused" and "protocol 'fedavg' is not allowed" in status.reason
-    status = _status(party.handle_job(_publish(_job(), kits)), kits)
+    status = _status(party.handle_job(_publish(_job(id="job-2"), kits)), kits)
     assert (
         status.state == "refused" and "threshold 1 is below this party's minimum 2" in status.reason
     )
     party = _policy_party(kits, tmp_path / "b", min_sites=3)
     status = _status(party.handle_job(_publish(_job(min_sites=2), kits)), kits)
     assert "min_sites 2 is below this party's minimum 3" in status.reason
-    assert party.store.jobs() == []
+    assert [(j.id, j.status) for j in party.store.jobs()] == [("job-1", "refused")]
+    assert party.store.shares() == []
 
 
 def test_site_with_too_few_records_is_refused(kits, tmp_path):
@@ -225,7 +236,7 @@ def _closed(party, kits, job_id, sites, records=50):
             _envelopes(kits, site, job=job_id, meta={"records": records})[1]
         )
         assert reply.ack.status == "stored"
-    return _status(party.handle_job(_publish(job.model_copy(update={"close": sites}), kits)), kits)
+    return _status(party.handle_job(_publish(_close(job, sites), kits)), kits)
 
 
 def test_minimum_cell_count_blocks_the_result(kits, tmp_path):
@@ -261,7 +272,7 @@ def test_closed_job_yields_result_shares_that_reconstruct(kits, tmp_path):
         envelopes = _envelopes(kits, site, values=data[site], job="sum-2")
         for i, service in enumerate(services):
             assert service.handle_upload(envelopes[i]).ack.status == "stored"
-    closed = _publish(job.model_copy(update={"close": sites}), kits)
+    closed = _publish(_close(job, sites), kits)
     analyst = kits["analyst"]
     party_keys = {p: analyst.directory.verify_key(p) for p in analyst.directory.parties}
     shares = {}
