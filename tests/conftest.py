@@ -28,7 +28,7 @@ FEDERATION = {
         {"name": "gamma", "host": "127.0.0.1", "mpyc_ports": "22000-22999"},
     ],
     "sites": [{"name": "oslo"}, {"name": "bergen"}, {"name": "tromso"}],
-    "analysts": [{"name": "analyst"}],
+    "analysts": [{"name": "analyst"}, {"name": "eve"}],  # eve: the other analyst
 }
 
 

@@ -80,12 +80,15 @@ def test_acl_names_each_participant_explicitly(keys_dir: Path) -> None:
         for topic in rules["read"] | rules["write"]:
             levels = topic.split("/")
             assert levels[:2] == ["smpc", "test"]
-            # a wildcard only where a job id goes
-            assert all(lv != "+" or (i == 3 and levels[2] != "up") for i, lv in enumerate(levels))
+            # a wildcard only where a job id goes (and, for a party's results, the analyst)
+            assert all(
+                lv != "+" or (i == 3 and levels[2] != "up") or (i == 4 and levels[2] == "result")
+                for i, lv in enumerate(levels)
+            )
     assert acl["oslo"]["write"] == {T.upload("oslo", p) for p in ("alpha", "beta", "gamma")}
     assert acl["alpha"]["write"] == {
         *(T.ack(s, "alpha") for s in ("oslo", "bergen", "tromso")),
-        "smpc/test/result/+/alpha",
+        "smpc/test/result/+/+/alpha",
         "smpc/test/status/+/alpha",
     }
     assert acl["analyst"]["write"] == {T.jobs()}
@@ -103,21 +106,25 @@ def test_acl_names_each_participant_explicitly(keys_dir: Path) -> None:
         ("oslo", "read", T.upload("oslo", "alpha"), False),
         ("oslo", "read", T.job("j1"), True),
         ("oslo", "read", T.status("j1", "beta"), True),
-        ("oslo", "read", T.result("j1", "beta"), False),
+        ("oslo", "read", T.result("analyst", "j1", "beta"), False),
         ("alpha", "read", T.upload("oslo", "alpha"), True),
         ("alpha", "read", T.upload("oslo", "beta"), False),
         ("alpha", "write", T.ack("oslo", "alpha"), True),
         ("alpha", "write", T.ack("oslo", "beta"), False),
-        ("alpha", "write", T.result("j1", "alpha"), True),
-        ("alpha", "write", T.result("j1", "beta"), False),
+        ("alpha", "write", T.result("analyst", "j1", "alpha"), True),
+        ("alpha", "write", T.result("eve", "j1", "alpha"), True),
+        ("alpha", "write", T.result("analyst", "j1", "beta"), False),
         ("alpha", "write", T.upload("oslo", "alpha"), False),
         ("alpha", "write", T.job("j1"), False),
         ("alpha", "read", T.status("j1", "gamma"), True),
-        ("alpha", "read", T.result("j1", "gamma"), False),
+        ("alpha", "read", T.result("analyst", "j1", "gamma"), False),
         ("analyst", "write", T.job("j1"), True),
-        ("analyst", "read", T.result("j1", "gamma"), True),
+        ("analyst", "read", T.result("analyst", "j1", "gamma"), True),
+        ("analyst", "read", T.result("eve", "j1", "gamma"), False),
+        ("eve", "read", T.result("analyst", "j1", "gamma"), False),
+        ("eve", "read", T.result("eve", "j1", "gamma"), True),
         ("analyst", "read", T.upload("oslo", "alpha"), False),
-        ("analyst", "write", T.result("j1", "alpha"), False),
+        ("analyst", "write", T.result("analyst", "j1", "alpha"), False),
         ("mallory", "read", T.job("j1"), False),
     ],
 )

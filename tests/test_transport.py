@@ -49,8 +49,8 @@ def test_topic_layout() -> None:
     assert t.uploads_for("alpha") == "smpc/example/up/+/alpha"
     assert t.ack("oslo", "alpha") == "smpc/example/ack/oslo/alpha"
     assert t.acks_for("oslo") == "smpc/example/ack/oslo/+"
-    assert t.result("j1", "alpha") == "smpc/example/result/j1/alpha"
-    assert t.results("j1") == "smpc/example/result/j1/+"
+    assert t.result("ana", "j1", "alpha") == "smpc/example/result/ana/j1/alpha"
+    assert t.results("ana", "j1") == "smpc/example/result/ana/j1/+"
     assert t.status("j1", "beta") == "smpc/example/status/j1/beta"
     assert t.statuses("j1") == "smpc/example/status/j1/+"
 
@@ -60,7 +60,9 @@ def test_topic_parse_round_trip() -> None:
     assert t.parse(t.job("job-7")) == ("job", {"job": "job-7"})
     assert t.parse(t.upload("oslo", "alpha")) == ("upload", {"site": "oslo", "party": "alpha"})
     assert t.parse(t.ack("oslo", "alpha")) == ("ack", {"site": "oslo", "party": "alpha"})
-    assert t.parse(t.result("j1", "beta")) == ("result", {"job": "j1", "party": "beta"})
+    assert t.parse(t.result("ana", "j1", "beta")) == (
+        "result", {"analyst": "ana", "job": "j1", "party": "beta"}
+    )
     kind, fields = t.parse(t.status("j1", "beta"))
     assert (kind, fields) == ("status", {"job": "j1", "party": "beta"})
 
