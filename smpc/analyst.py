@@ -202,7 +202,8 @@ async def run_job(
     directory = kit.directory
     parties = directory.parties
     expected = set(job.sites or federation.site_names)
-    job = stamp_job(job, upload_window + timeout)
+    if not job.issued:  # a job published before (publish_job) keeps its stamp
+        job = stamp_job(job, upload_window + timeout)
     async with Connection.from_kit(kit, federation, suffix=f"run-{job.id}"[:60]) as conn:
         await conn.subscribe(topics.statuses(job.id), topics.results(kit.name, job.id))
         await conn.publish(

@@ -100,9 +100,14 @@ def _upload(args: argparse.Namespace) -> int:
     keep = Path(args.keep) if args.keep else default_keep_dir(kit.name)
     report = asyncio.run(
         upload(
-            kit, federation, args.job, inputs, timeout=args.timeout,
-            progress=sys.stderr.isatty(), keep=keep,
-        )  # fmt: skip
+            kit,
+            federation,
+            args.job,
+            inputs,
+            timeout=args.timeout,
+            progress=sys.stderr.isatty(),
+            keep=keep,
+        )
     )
     mb = report.bytes_sent / 1e6
     print(

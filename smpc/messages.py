@@ -117,7 +117,8 @@ class Job(_Strict):
             raise ValueError("additive sharing has t = n - 1")
         if self.deadline < self.issued:
             raise ValueError("the job's deadline is before its issue time")
-        if self.uploads is not None and (self.close is None or set(self.uploads) != set(self.close)):
+        closing = set(self.close or ())
+        if self.uploads is not None and (self.close is None or set(self.uploads) != closing):
             raise ValueError("uploads must name exactly the sites of close")
         return self
 

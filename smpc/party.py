@@ -667,7 +667,9 @@ class PartyService:
         self.store.release(job.id, "failed", status)
         return JobReply(status)
 
-    def _status(self, job_id: str, state: str, *, sites=(), reason: str = "", uploads=None) -> bytes:
+    def _status(
+        self, job_id: str, state: str, *, sites=(), reason: str = "", uploads=None
+    ) -> bytes:
         status = Status(
             job=job_id, party=self.index, state=state, sites=tuple(sites), reason=reason,
             uploads=uploads or {},

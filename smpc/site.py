@@ -14,6 +14,7 @@ refused, unless every party stored every input.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -158,12 +159,14 @@ class KeptUpload:
 
     A re-run of the same upload (after a broker restart, a crash, a timeout) re-sends
     these very envelopes instead of sharing again, so every party ends up with the same
-    sharing. Layout: ``DIR/<job>/upload.json`` (the upload id and the file of each
-    envelope) and one file per envelope; ``DIR/<job>/complete`` once all were stored.
+    sharing. Layout: ``DIR/<job>-<digest>/upload.json`` (the upload id and the file of
+    each envelope) and one file per envelope, ``complete`` once all were stored; the
+    digest of the signed job's content keeps another job of the same id apart.
     """
 
-    def __init__(self, root: Path, job: str) -> None:
-        self.dir = Path(root) / job
+    def __init__(self, root: Path, job: Job) -> None:
+        content = json.dumps(job.unclosed().model_dump(mode="json"), sort_keys=True).encode()
+        self.dir = Path(root) / f"{job.id}-{hashlib.sha256(content).hexdigest()[:16]}"
 
     @property
     def complete(self) -> bool:
@@ -263,21 +266,24 @@ async def upload(
     deadline = started + timeout
     report = UploadReport(job=job_id, site=kit.name)
     parties = kit.directory.parties
-    kept = None if keep is None else KeptUpload(keep, job_id)
-    if kept is not None and kept.complete:
-        log.event(logger, "upload-complete", job=job_id, site=kit.name, kept=True)
-        return report
     envelopes: dict[tuple[str, int], bytes] = {}
     expected: dict[tuple[str, int], str] = {}
     pending: set[tuple[str, int]] = set()
     refused: dict[tuple[str, int], str] = {}
 
+    kept: KeptUpload | None = None
+
     def prepare(job: Job) -> None:
+        nonlocal kept
         if job.close is not None:
             raise UploadFailed(f"job {job.id} is closed: uploads are no longer accepted")
         refusal = policy.refusal(job)
         if refusal:
             raise UploadFailed(f"job {job.id}: site {kit.name} does not upload: {refusal}")
+        kept = None if keep is None else KeptUpload(keep, job)
+        if kept is not None and kept.complete:
+            log.event(logger, "upload-complete", job=job.id, site=kit.name, kept=True)
+            return
         old = kept.load() if kept is not None else None
         if old is not None:
             upload_id, sealed = old
@@ -313,6 +319,8 @@ async def upload(
             known = await fetch_job(conn, topics, kit, job_id, deadline - time.monotonic())
         if not envelopes:
             prepare(known)
+        if not pending:
+            return  # every party acknowledged this upload before
         await send(conn, known, pending)
         next_resend = time.monotonic() + resend_after
         while pending and time.monotonic() < deadline:
@@ -343,7 +351,9 @@ async def upload(
                 f"job {job_id}: not announced on the broker within {timeout:g} s"
             ) from None
         if not envelopes:
-            raise UploadFailed(f"job {job_id}: the broker was unreachable for {timeout:g} s") from None
+            raise UploadFailed(
+                f"job {job_id}: the broker was unreachable for {timeout:g} s"
+            ) from None
     report.seconds = time.monotonic() - started
     if refused or pending:
         problems = [

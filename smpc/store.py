@@ -262,9 +262,17 @@ class PartyStore:
                 "INSERT INTO shares (job, input, site, digest, envelope_id, seed, size, header,"
                 " stored, upload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    job, input, site, digest, envelope_id, int(seed), len(body), header,
-                    time.time(), upload,
-                ),  # fmt: skip
+                    job,
+                    input,
+                    site,
+                    digest,
+                    envelope_id,
+                    int(seed),
+                    len(body),
+                    header,
+                    time.time(),
+                    upload,
+                ),
             )
         return "stored"
 
@@ -284,7 +292,12 @@ class PartyStore:
         )
         return [
             StoredShare(
-                *r[:5], bool(r[5]), r[6], r[7], r[8], path=self.share_path(r[0], r[1], r[2]),
+                *r[:5],
+                bool(r[5]),
+                r[6],
+                r[7],
+                r[8],
+                path=self.share_path(r[0], r[1], r[2]),
                 upload=r[9],
             )
             for r in rows
