@@ -189,6 +189,9 @@ class PartyService:
 
     def refusal(self, job: Job) -> str:
         """Why this party's policy refuses the job ("" if it accepts)."""
+        problem = self.spec_problem(job)
+        if problem:
+            return problem
         parties = len(self.federation.parties)
         if job.n != parties:
             return f"job is for {job.n} parties, the federation has {parties}"
@@ -205,6 +208,21 @@ class PartyService:
             return f"only {len(job.close)} sites, fewer than min_sites {job.min_sites}"
         if job.deliver == "analyst" and job.analyst not in self.kit.directory.analysts:
             return f"results would go to {job.analyst!r}, who is not an analyst of the federation"
+        return ""
+
+    def spec_problem(self, job: Job) -> str:
+        """Why the protocol spec a job carries is not a valid spec here ("" if it is).
+
+        The spec is checked with its types before anything is stored or computed, so a
+        signed job with a malformed field (``timeout: "60"``) is refused with the field's
+        name instead of failing later inside a computation.
+        """
+        if not job.spec:
+            return ""
+        try:
+            parse_spec(job.spec, f"job {job.id}: spec", self.federation)
+        except UserError as exc:
+            return "; ".join(str(exc).splitlines())
         return ""
 
     def complete_sites(self, job: Job) -> tuple[str, ...]:
@@ -516,7 +534,7 @@ class PartyService:
             logger, "session-start", job=job.id, port=self.session_addresses(job)[self.index][1]
         )
         try:
-            limit = max(2 * timeout, float(job.spec.get("timeout", 0)))  # the job's own limit
+            limit = max(2 * timeout, self._job_timeout(job))
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
             return self._failed(job, f"MPyC session did not finish within {limit:g} s")
@@ -548,6 +566,12 @@ class PartyService:
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), opened="mpyc")
         message = sign("result", result, self.kit.name, self.kit.signing_key)
         return JobReply(self._status(job.id, "done", sites=job.close), (("", message),))
+
+    def _job_timeout(self, job: Job) -> float:
+        """The whole job's time limit its spec sets (0 without a spec); typed, never raw."""
+        if not job.spec:
+            return 0.0
+        return parse_spec(job.spec, f"job {job.id}: spec", self.federation).timeout
 
     def _failed(self, job: Job, reason: str) -> JobReply:
         self.store.set_job_status(job.id, "failed")
@@ -751,28 +775,80 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
 
 
 async def _dispatch(service: PartyService, topics: Topics, conn: Connection, message) -> None:
+    """Handle one message under a guard: whatever it does, the daemon goes on.
+
+    A job or envelope whose handling raises is logged (``event=job-error``, the
+    traceback at debug level); a job is marked failed in the store and refused with
+    a signed ``failed`` status naming the error. A job that failed at this party is
+    final: its messages, delivered again (the broker retains the job, so a restart
+    sees it again), are answered with that status and not handled again.
+    """
     try:
-        kind, _ = topics.parse(message.topic)
+        kind, fields = topics.parse(message.topic)
     except ValueError:
         return
+    job_id = fields.get("job") if kind == "job" else _upload_job(message.body)
+    try:
+        if kind == "job":
+            await _on_job(service, topics, conn, job_id, message.body)
+        elif kind == "upload":
+            await _on_upload(service, topics, conn, message.body)
+    except (TransportError, asyncio.CancelledError):
+        raise  # the broker went away (serve reconnects) or the daemon stops
+    except Exception as exc:  # one message must never stop the daemon
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.event(logger, "job-error", logging.ERROR, job=job_id, kind=kind, reason=reason)
+        logger.debug("job %s: %s handling failed", job_id, kind, exc_info=True)
+        if kind == "job" and job_id is not None:
+            status = await asyncio.to_thread(_crashed, service, job_id, reason)
+            await conn.publish(topics.status(job_id, service.kit.name), status)
+
+
+def _upload_job(body: bytes) -> str | None:
+    """The job an upload envelope names (for logging), or None if it has no route."""
+    try:
+        return peek_route(body).job
+    except Exception:  # a broken envelope is reported by handle_upload
+        return None
+
+
+def _crashed(service: PartyService, job_id: str, reason: str) -> bytes:
+    """Remember that handling ``job_id`` raised (it is not retried); the status to send."""
+    if service.store.job(job_id) is not None:
+        service.store.set_job_status(job_id, "failed")
+    return service._status(job_id, "failed", reason=f"internal error at this party: {reason}")
+
+
+async def _on_job(
+    service: PartyService, topics: Topics, conn: Connection, job_id: str, body: bytes
+) -> None:
     name = service.kit.name
-    if kind == "job":
-        answer = await asyncio.to_thread(service.handle_job, message.body)
-        if answer is None:
-            return
-        job_id = topics.parse(message.topic).fields["job"]
-        if answer.session is not None:  # deliver: parties — open inside MPyC first
-            job = service.job(job_id)
-            answer = await asyncio.to_thread(service.run_session, job, answer.session)
-        for _, envelope in answer.results:
-            await conn.publish_body(topics.result(job_id, name), envelope)
-        if answer.status is not None:
-            await conn.publish(topics.status(job_id, name), answer.status)
-    elif kind == "upload":
-        # Decryption and fsync run off the event loop so the broker link stays alive.
-        reply = await asyncio.to_thread(service.handle_upload, message.body)
-        if reply is not None:
-            await conn.publish(topics.ack(reply.site, name), reply.message)
-            status = service.holding_status(reply.ack.job)
-            if status is not None and reply.ack.status == "stored":
-                await conn.publish(topics.status(reply.ack.job, name), status)
+    stored = service.store.job(job_id)
+    if stored is not None and stored.status == "failed":
+        log.event(logger, "job-skipped", job=job_id, reason="this party failed the job before")
+        status = service._status(
+            job_id, "failed", reason="this party failed the job before; it is not run again"
+        )
+        await conn.publish(topics.status(job_id, name), status)
+        return
+    answer = await asyncio.to_thread(service.handle_job, body)
+    if answer is None:
+        return
+    if answer.session is not None:  # deliver: parties — open inside MPyC first
+        job = service.job(job_id)
+        answer = await asyncio.to_thread(service.run_session, job, answer.session)
+    for _, envelope in answer.results:
+        await conn.publish_body(topics.result(job_id, name), envelope)
+    if answer.status is not None:
+        await conn.publish(topics.status(job_id, name), answer.status)
+
+
+async def _on_upload(service: PartyService, topics: Topics, conn: Connection, body: bytes) -> None:
+    # Decryption and fsync run off the event loop so the broker link stays alive.
+    name = service.kit.name
+    reply = await asyncio.to_thread(service.handle_upload, body)
+    if reply is not None:
+        await conn.publish(topics.ack(reply.site, name), reply.message)
+        status = service.holding_status(reply.ack.job)
+        if status is not None and reply.ack.status == "stored":
+            await conn.publish(topics.status(reply.ack.job, name), status)
