@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import logging
-import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -51,7 +52,7 @@ from smpc.messages import (
     sign,
     verify_job,
 )
-from smpc.mpc.launch import session_command
+from smpc.mpc.launch import run_session_process, session_command
 from smpc.mpc.task import GwasSession, SecType, SessionTask, ShareRef, TaskInput
 from smpc.packaging import InputShare, open_share
 from smpc.spec.federation import (
@@ -65,6 +66,11 @@ from smpc.store import PartyStore, ShareConflict, StoredShare
 from smpc.transport import Connection, Topics, TransportError
 
 logger = logging.getLogger("smpc.party")
+
+# Seconds a session waits for its peers when none has connected yet (the parties start
+# their sessions when each has received the close and pooled its shares); once one
+# peer is there, the rest get the session's much shorter connect grace.
+CONNECT_TIMEOUT = 120.0
 
 
 class Policy(BaseModel):
@@ -519,30 +525,50 @@ class PartyService:
             (p.host, p.mpyc_ports.low + offset % len(p.mpyc_ports)) for p in self.federation.parties
         ]
 
-    def run_session(self, job: Job, task: SessionTask, timeout: float = 120.0) -> JobReply:
-        """Run this party's MPyC session (blocking) and sign what it opened."""
+    async def run_session(
+        self,
+        job: Job,
+        task: SessionTask,
+        timeout: float = CONNECT_TIMEOUT,
+        *,
+        call: Callable[..., Awaitable[Any]] = asyncio.to_thread,
+    ) -> JobReply:
+        """Run this party's MPyC session as a child process and sign what it opened.
+
+        The process is awaited, never waited for: the event loop goes on meanwhile.
+        ``call`` runs the blocking steps (files, the store, sealing) off the loop; the
+        daemon passes one that holds its store lock. Cancelling kills the process.
+        """
+        cmd, limit = await call(self._session_setup, job, task, timeout)
+        port = self.session_addresses(job)[self.index][1]
+        log.event(logger, "session-start", job=job.id, port=port)
+        failure = await run_session_process(
+            cmd, limit=limit, on_line=functools.partial(_session_line, job.id)
+        )
+        if failure:
+            return await call(self._failed, job, f"MPyC session failed: {failure}")
+        return await call(self.session_reply, job, task)
+
+    def _session_setup(
+        self, job: Job, task: SessionTask, timeout: float
+    ) -> tuple[list[str], float]:
+        """Write the task file; the session's command line and its time limit."""
         workdir = self.store.root / "sessions" / job.id
         workdir.mkdir(parents=True, exist_ok=True)
         task_path, result_path = workdir / "task.json", workdir / "result.json"
-        task.write(task_path)
+        result_path.unlink(missing_ok=True)
+        task.model_copy(update={"party_names": list(self.federation.party_names)}).write(task_path)
         cmd = session_command(
             kit=self.kit.path.resolve(), task=task_path, result=result_path,
             addresses=self.session_addresses(job), index=self.index,
             threshold=0 if job.scheme == "additive" else job.t, timeout=timeout,
         )  # fmt: skip
-        log.event(
-            logger, "session-start", job=job.id, port=self.session_addresses(job)[self.index][1]
-        )
-        try:
-            limit = max(2 * timeout, self._job_timeout(job))
-            run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-        except subprocess.TimeoutExpired:
-            return self._failed(job, f"MPyC session did not finish within {limit:g} s")
-        if run.returncode != 0:
-            lines = run.stderr.strip().splitlines()
-            return self._failed(
-                job, f"MPyC session failed: {lines[-1] if lines else run.returncode}"
-            )
+        return cmd, max(2 * timeout, self._job_timeout(job))
+
+    def session_reply(self, job: Job, task: SessionTask) -> JobReply:
+        """What this party publishes after its session succeeded: the signed openings."""
+        workdir = self.store.root / "sessions" / job.id
+        result_path = workdir / "result.json"
         if task.compute == "noise":
             noise = json.loads(result_path.read_text())["noise"]
             noise_shares = {name: np.load(workdir / file) for name, file in noise.items()}
@@ -742,11 +768,13 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
     The broker session is persistent (a fixed client id, QoS 1), so what was
     published while the party was down or disconnected is delivered when it
     comes back; anything it did not acknowledge is re-published by the site.
+    MPyC sessions run as background tasks (:class:`_Daemon`) and outlive a
+    reconnect; stopping the daemon kills them.
     """
     _return_freed_memory()
     service = PartyService.from_config(config)
     name = service.kit.name
-    topics = Topics(service.federation.name)
+    daemon = _Daemon(service, stop)
     federation = service.federation
     backoff = 0.5
     log.event(logger, "party-start", party=name, index=service.index, store=config.store)
@@ -758,50 +786,172 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
                 async with Connection.from_kit(
                     service.kit, federation, spool_dir=Path(config.store) / "spool"
                 ) as conn:
-                    await conn.subscribe(topics.jobs())
-                    await conn.subscribe(topics.uploads_for(name))
+                    await conn.subscribe(daemon.topics.jobs())
+                    await conn.subscribe(daemon.topics.uploads_for(name))
                     log.event(logger, "party-connected", party=name, broker=federation.broker.host)
                     backoff = 0.5
-                    async for message in until(conn.messages(), stop):
-                        await _dispatch(service, topics, conn, message)
+                    daemon.conn = conn
+                    try:
+                        async for message in until(conn.messages(), stop):
+                            await daemon.dispatch(message)
+                    finally:
+                        daemon.conn = None
             except TransportError as exc:
                 log.event(logger, "broker-lost", logging.WARNING, party=name, reason=exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(2 * backoff, reconnect_max)
     finally:
+        await daemon.stop_sessions()
         service.store.close()
         log.event(logger, "party-stop", party=name)
 
 
-async def _dispatch(service: PartyService, topics: Topics, conn: Connection, message) -> None:
-    """Handle one message under a guard: whatever it does, the daemon goes on.
+class _Daemon:
+    """The party daemon's state beside its broker connection.
 
-    A job or envelope whose handling raises is logged (``event=job-error``, the
-    traceback at debug level); a job is marked failed in the store and refused with
-    a signed ``failed`` status naming the error. A job that failed at this party is
-    final: its messages, delivered again (the broker retains the job, so a restart
-    sees it again), are answered with that status and not handled again.
+    - Every message is handled under a guard (:meth:`dispatch`): whatever one message
+      does, the daemon goes on.
+    - MPyC sessions are background tasks, one per job (``sessions``): the message loop
+      never awaits one, so shares of other jobs are stored and other jobs answered
+      while a session runs. A task publishes its job's results and status when its
+      session ends, over whatever connection is up by then.
+    - The service's blocking steps run in a worker thread, one at a time (``lock``):
+      the store is one SQLite connection, used by one thread at a time.
     """
-    try:
-        kind, fields = topics.parse(message.topic)
-    except ValueError:
-        return
-    job_id = fields.get("job") if kind == "job" else _upload_job(message.body)
-    try:
-        if kind == "job":
-            await _on_job(service, topics, conn, job_id, message.body)
-        elif kind == "upload":
-            await _on_upload(service, topics, conn, message.body)
-    except (TransportError, asyncio.CancelledError):
-        raise  # the broker went away (serve reconnects) or the daemon stops
-    except Exception as exc:  # one message must never stop the daemon
+
+    def __init__(self, service: PartyService, stop: asyncio.Event) -> None:
+        self.service = service
+        self.stop = stop
+        self.topics = Topics(service.federation.name)
+        self.name = service.kit.name
+        self.conn: Connection | None = None
+        self.lock = asyncio.Lock()
+        self.sessions: dict[str, asyncio.Task[None]] = {}
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread, holding the store lock."""
+        async with self.lock:
+            return await asyncio.to_thread(fn, *args)
+
+    async def dispatch(self, message) -> None:
+        """Handle one message under a guard: whatever it does, the daemon goes on.
+
+        A job or envelope whose handling raises is logged (``event=job-error``, the
+        traceback at debug level); a job is marked failed in the store and refused
+        with a signed ``failed`` status naming the error. A job that failed at this
+        party is final: its messages, delivered again (the broker retains the job,
+        so a restart sees it again), are answered with that status, not handled.
+        """
+        try:
+            kind, fields = self.topics.parse(message.topic)
+        except ValueError:
+            return
+        job_id = fields.get("job") if kind == "job" else _upload_job(message.body)
+        try:
+            if kind == "job":
+                await self.on_job(job_id, message.body)
+            elif kind == "upload":
+                await self.on_upload(message.body)
+        except (TransportError, asyncio.CancelledError):
+            raise  # the broker went away (serve reconnects) or the daemon stops
+        except Exception as exc:  # one message must never stop the daemon
+            await self.crashed(kind, job_id, exc)
+
+    async def crashed(self, kind: str, job_id: str | None, exc: BaseException) -> None:
+        """Log an error handling a message; a job is failed (and not retried)."""
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         log.event(logger, "job-error", logging.ERROR, job=job_id, kind=kind, reason=reason)
-        logger.debug("job %s: %s handling failed", job_id, kind, exc_info=True)
+        logger.debug("job %s: handling its %s raised", job_id, kind, exc_info=exc)
         if kind == "job" and job_id is not None:
-            status = await asyncio.to_thread(_crashed, service, job_id, reason)
-            await conn.publish(topics.status(job_id, service.kit.name), status)
+            status = await self.call(_crashed, self.service, job_id, reason)
+            await self.send(job_id, JobReply(status))
+
+    async def on_job(self, job_id: str, body: bytes) -> None:
+        service = self.service
+        if job_id in self.sessions:  # a re-delivered close while its session runs
+            log.event(logger, "job-ignored", job=job_id, reason="its MPyC session is running")
+            return
+        stored = await self.call(service.store.job, job_id)
+        if stored is not None and stored.status == "failed":
+            log.event(logger, "job-skipped", job=job_id, reason="this party failed the job before")
+            reason = "this party failed the job before; a failed job is not run again"
+            await self.send(job_id, JobReply(service._status(job_id, "failed", reason=reason)))
+            return
+        answer = await self.call(service.handle_job, body)
+        if answer is None:
+            return
+        if answer.session is not None:  # open inside MPyC first, beside the message loop
+            self.start_session(service.job(job_id), answer.session)
+        await self.send(job_id, answer)
+
+    def start_session(self, job: Job, task: SessionTask) -> None:
+        task_ = asyncio.create_task(self.session(job, task), name=f"session-{job.id}")
+        self.sessions[job.id] = task_
+        task_.add_done_callback(lambda _: self.sessions.pop(job.id, None))
+
+    async def session(self, job: Job, task: SessionTask) -> None:
+        """One job's MPyC session, start to published outcome (a background task)."""
+        try:
+            reply = await self.service.run_session(job, task, call=self.call)
+        except asyncio.CancelledError:
+            log.event(logger, "session-stopped", logging.WARNING, job=job.id)
+            raise
+        except Exception as exc:  # the session's own failures are replies, not raises
+            await self.crashed("job", job.id, exc)
+            return
+        state = "failed" if reply.results == () and reply.status is not None else "done"
+        log.event(logger, "session-end", job=job.id, outcome=state)
+        await self.send(job.id, reply)
+
+    async def send(self, job_id: str, reply: JobReply) -> None:
+        """Publish a job's results and status; wait for the broker while it is away."""
+        while True:
+            conn = self.conn
+            if conn is None:  # between connections: serve is reconnecting
+                if self.stop.is_set():
+                    log.event(logger, "reply-lost", logging.WARNING, job=job_id)
+                    return
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                for _, envelope in reply.results:
+                    await conn.publish_body(self.topics.result(job_id, self.name), envelope)
+                if reply.status is not None:
+                    await conn.publish(self.topics.status(job_id, self.name), reply.status)
+                return
+            except TransportError as exc:
+                if conn is not self.conn:
+                    continue  # published on a connection that has since been replaced
+                log.event(logger, "publish-failed", logging.WARNING, job=job_id, reason=exc)
+                await asyncio.sleep(0.5)
+
+    async def on_upload(self, body: bytes) -> None:
+        # Decryption and fsync run off the event loop so the broker link stays alive.
+        service = self.service
+        reply = await self.call(service.handle_upload, body)
+        if reply is not None and self.conn is not None:
+            await self.conn.publish(self.topics.ack(reply.site, self.name), reply.message)
+            status = await self.call(service.holding_status, reply.ack.job)
+            if status is not None and reply.ack.status == "stored":
+                await self.conn.publish(self.topics.status(reply.ack.job, self.name), status)
+
+    async def stop_sessions(self) -> None:
+        """Cancel every running session (each kills its process) and wait for them."""
+        running = list(self.sessions.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+def _session_line(job_id: str, line: str) -> None:
+    """Log one stderr line of a job's session: ``event=`` lines with the job added."""
+    name, _, rest = line.partition(" ")
+    if not name.startswith("event="):
+        logger.debug("job %s session: %s", job_id, line)
+        return
+    level = logging.INFO if name in ("event=mpyc-connected", "event=mpyc-peer") else logging.WARNING
+    logger.log(level, f"{name} job={job_id} {rest}".rstrip())
 
 
 def _upload_job(body: bytes) -> str | None:
@@ -817,38 +967,3 @@ def _crashed(service: PartyService, job_id: str, reason: str) -> bytes:
     if service.store.job(job_id) is not None:
         service.store.set_job_status(job_id, "failed")
     return service._status(job_id, "failed", reason=f"internal error at this party: {reason}")
-
-
-async def _on_job(
-    service: PartyService, topics: Topics, conn: Connection, job_id: str, body: bytes
-) -> None:
-    name = service.kit.name
-    stored = service.store.job(job_id)
-    if stored is not None and stored.status == "failed":
-        log.event(logger, "job-skipped", job=job_id, reason="this party failed the job before")
-        status = service._status(
-            job_id, "failed", reason="this party failed the job before; it is not run again"
-        )
-        await conn.publish(topics.status(job_id, name), status)
-        return
-    answer = await asyncio.to_thread(service.handle_job, body)
-    if answer is None:
-        return
-    if answer.session is not None:  # deliver: parties — open inside MPyC first
-        job = service.job(job_id)
-        answer = await asyncio.to_thread(service.run_session, job, answer.session)
-    for _, envelope in answer.results:
-        await conn.publish_body(topics.result(job_id, name), envelope)
-    if answer.status is not None:
-        await conn.publish(topics.status(job_id, name), answer.status)
-
-
-async def _on_upload(service: PartyService, topics: Topics, conn: Connection, body: bytes) -> None:
-    # Decryption and fsync run off the event loop so the broker link stays alive.
-    name = service.kit.name
-    reply = await asyncio.to_thread(service.handle_upload, body)
-    if reply is not None:
-        await conn.publish(topics.ack(reply.site, name), reply.message)
-        status = service.holding_status(reply.ack.job)
-        if status is not None and reply.ack.status == "stored":
-            await conn.publish(topics.status(reply.ack.job, name), status)
