@@ -60,6 +60,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,7 @@ CONNECT_GRACE = 30.0  # seconds the other peers get once one peer has connected
 KEEPALIVE = (5, 2, 3)  # TCP keepalive: idle seconds, seconds between probes, probes
 DEAD_HOST_BOUND = 15  # seconds: keepalive gives up after 5 + 3 * 2; unacked data after 15
 PARENT_POLL = 0.5  # seconds between checks that the starting process is alive
+LINGER = 2.0  # seconds a party failed by a lost peer stays connected before it exits
 
 
 class SessionError(Exception):
@@ -99,6 +101,7 @@ class _Watch:
         self.task = task
         self.first_peer: float | None = None  # loop time the first peer connected
         self.lost: asyncio.Future[str] = mpc._loop.create_future()
+        self.connected = False  # True once every peer has connected
         self.computing = True  # False once this party's outputs are open (shutdown)
 
     def peer_connected(self, pid: int) -> None:
@@ -108,7 +111,8 @@ class _Watch:
 
     def peer_lost(self, pid: int, exc: Exception | None) -> None:
         if self.computing and not self.lost.done():
-            reason = f"lost party {self.task.party_name(pid)} during the session"
+            when = "during the session" if self.connected else "while connecting"
+            reason = f"lost party {self.task.party_name(pid)} {when}"
             name = self.task.party_name(pid).split(" (")[0]
             report("mpyc-peer-lost", party=name, index=pid, error=exc or "connection closed")
             self.lost.set_result(reason)
@@ -265,10 +269,11 @@ async def _connect(watch: _Watch, timeout: float, grace: float) -> None:
             )
             if start in done:
                 start.result()
+                watch.connected = True
                 report("mpyc-connected", parties=len(mpc.parties))
                 return
-            if watch.lost.done():
-                raise SessionError(watch.lost.result())
+            if watch.lost.done():  # a peer left before everyone was there
+                raise SessionError(f"{watch.lost.result()}; still missing {watch.missing()}")
             now = loop.time()
             if watch.first_peer is not None and now >= watch.first_peer + grace:
                 raise SessionError(
@@ -430,6 +435,10 @@ def main() -> int:
         result = mpc.run(run_task(task, args.timeout, result_path.parent, args.connect_grace))
     except SessionError as exc:
         print(f"session: job {task.job}: {exc}", file=sys.stderr, flush=True)
+        if _watch is not None and _watch.lost.done():
+            # Keep the connections open a moment, so that the other survivors see the
+            # lost peer go first and name it, not this party leaving after it.
+            time.sleep(LINGER)
         os._exit(1)  # peers' pending messages and tasks die with the process
     parent.cancel()
     tmp = result_path.with_suffix(".tmp")
