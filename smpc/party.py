@@ -856,16 +856,28 @@ class _Daemon:
         except (TransportError, asyncio.CancelledError):
             raise  # the broker went away (serve reconnects) or the daemon stops
         except Exception as exc:  # one message must never stop the daemon
-            await self.crashed(kind, job_id, exc)
+            await self.crashed(kind, job_id, exc, message.body)
 
-    async def crashed(self, kind: str, job_id: str | None, exc: BaseException) -> None:
-        """Log an error handling a message; a job is failed (and not retried)."""
+    async def crashed(
+        self, kind: str, job_id: str | None, exc: BaseException, body: bytes = b""
+    ) -> None:
+        """Log an error handling a message; a job is failed (and not retried), an
+        envelope rejected with the error (the site stops re-sending it and says why)."""
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         log.event(logger, "job-error", logging.ERROR, job=job_id, kind=kind, reason=reason)
         logger.debug("job %s: handling its %s raised", job_id, kind, exc_info=exc)
-        if kind == "job" and job_id is not None:
-            status = await self.call(_crashed, self.service, job_id, reason)
-            await self.send(job_id, JobReply(status))
+        try:
+            if kind == "job" and job_id is not None:
+                status = await self.call(_crashed, self.service, job_id, reason)
+                await self.send(job_id, JobReply(status))
+            elif kind == "upload" and self.conn is not None:
+                reply = await self.call(_upload_crashed, self.service, body, reason)
+                if reply is not None:
+                    await self.conn.publish(self.topics.ack(reply.site, self.name), reply.message)
+        except (TransportError, asyncio.CancelledError):
+            raise
+        except Exception:  # the store itself may be what fails: the log line stays
+            logger.debug("job %s: could not report the error", job_id, exc_info=True)
 
     async def on_job(self, job_id: str, body: bytes) -> None:
         service = self.service
@@ -960,6 +972,16 @@ def _upload_job(body: bytes) -> str | None:
         return peek_route(body).job
     except Exception:  # a broken envelope is reported by handle_upload
         return None
+
+
+def _upload_crashed(service: PartyService, body: bytes, reason: str) -> Reply | None:
+    """A signed rejection of an envelope whose handling raised (None if it has no route)."""
+    try:
+        route, eid = peek_route(body), envelope_id(body)
+    except EnvelopeError:
+        return None
+    reason = f"internal error at this party: {reason}"
+    return service._reply_rejected(reason, route=route, envelope=eid, digest="")
 
 
 def _crashed(service: PartyService, job_id: str, reason: str) -> bytes:

@@ -2,8 +2,9 @@
 ``smpc upload`` and real MPyC sessions.
 
 - A bad job (a spec field of the wrong type, a job whose handling raises) is refused or
-  failed with its reason by a signed status, the daemons go on storing later uploads,
-  and a job that failed is not run again after a restart.
+  failed with its reason by a signed status, an envelope whose handling raises is
+  rejected with the error, the daemons go on storing later uploads, and a job that
+  failed is not run again after a restart.
 - A session runs beside the message loop: while alpha's and beta's sessions of one job
   wait for gamma, both store another job's shares; an impostor on beta's MPyC port is
   in beta's log; a peer SIGKILLed during the session is named promptly by the survivor,
@@ -163,6 +164,17 @@ def test_bad_jobs_are_refused_and_every_daemon_goes_on(keys_dir, tmp_path):
             status = seen.wait("alpha", "crash", "failed", 30)
             assert status.reason.startswith("internal error at this party: FileExistsError")
             _wait_for_log(parties[0], "event=job-error job=crash kind=job reason=")
+
+            # An envelope whose handling raises at alpha (its share directory is a file):
+            # rejected with the error, so the site stops re-sending it and says why.
+            _publish(keys_dir, _job("broken"))
+            (tmp_path / "store" / "alpha" / "shares" / "broken").write_text("in the way")
+            up = _upload(keys_dir, "oslo", _data(tmp_path, "oslo"), "broken", timeout=30)
+            assert up.returncode != 0
+            assert "party alpha refused 'x': internal error at this party: NotADirectoryError" in (
+                up.stderr
+            ), up.stderr
+            _wait_for_log(parties[0], "event=job-error job=broken kind=upload reason=")
 
             # Every daemon still serves: a later job's upload is stored by all three.
             _publish(keys_dir, _job("after"))
