@@ -13,6 +13,12 @@ decrypts with this party's key; its header agrees with the job (input, scheme,
 t, n, modulus, fixed-point bits, element layout). It is then stored durably
 (:mod:`smpc.store`) and only then acknowledged. Anything else is rejected with
 a logged reason and leaves the stored data as it was.
+
+The daemon (:class:`_Daemon`) handles every message under a guard, so one bad
+job or envelope is refused with its reason and never stops the party, and runs
+each job's MPyC session as a background child process beside the message loop.
+How quickly a session notices a missing or dead peer is stated in
+:mod:`smpc.mpc.session`.
 """
 
 from __future__ import annotations
