@@ -191,6 +191,7 @@ def test_bad_jobs_are_refused_and_every_daemon_goes_on(keys_dir, tmp_path):
             _stop(parties)
     for proc in parties:
         assert proc.returncode == 0
+        assert "Traceback" not in _log(proc)  # beta's and gamma's sessions were stopped
     alpha = _log(parties[0])
     assert alpha.count("event=job-error job=crash") == 1
     assert "Traceback" not in alpha
@@ -264,5 +265,6 @@ def test_sessions_run_beside_the_message_loop_and_a_killed_peer_is_named(keys_di
         finally:
             _stop(parties)
     assert parties[0].returncode == 0
+    assert "Traceback" not in _log(parties[0])
     assert "event=job-failed job=one" in _log(parties[0])
     assert "lost party beta (index 1)" in _log(parties[0])

@@ -14,6 +14,7 @@ operator must see (an impostor refused, a peer lost), and one last
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -115,15 +116,21 @@ async def run_session_process(
             if on_line is not None:
                 on_line(line)
 
+    reader = asyncio.ensure_future(read())
     try:
         try:
-            await asyncio.wait_for(asyncio.gather(read(), proc.wait()), limit)
+            await asyncio.wait_for(proc.wait(), limit)
         except TimeoutError:
             return f"the MPyC session did not finish within {limit:g} s"
+        await reader  # the rest of stderr, up to its end
     finally:
         if proc.returncode is None:
             proc.kill()
-            await asyncio.shield(proc.wait())
+            await proc.wait()
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
     return "" if proc.returncode == 0 else failure_reason(lines, proc.returncode)
 
 
