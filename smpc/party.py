@@ -865,7 +865,13 @@ class _Daemon:
             await self.crashed(kind, job_id, exc, message.body)
 
     async def crashed(
-        self, kind: str, job_id: str | None, exc: BaseException, body: bytes = b""
+        self,
+        kind: str,
+        job_id: str | None,
+        exc: BaseException,
+        body: bytes = b"",
+        *,
+        background: bool = False,
     ) -> None:
         """Log an error handling a message; a job is failed (and not retried), an
         envelope rejected with the error (the site stops re-sending it and says why)."""
@@ -875,7 +881,7 @@ class _Daemon:
         try:
             if kind == "job" and job_id is not None:
                 status = await self.call(_crashed, self.service, job_id, reason)
-                await self.send(job_id, JobReply(status))
+                await self.send(job_id, JobReply(status), background=background)
             elif kind == "upload" and self.conn is not None:
                 reply = await self.call(_upload_crashed, self.service, body, reason)
                 if reply is not None:
@@ -900,7 +906,11 @@ class _Daemon:
         if answer is None:
             return
         if answer.session is not None:  # open inside MPyC first, beside the message loop
-            self.start_session(service.job(job_id), answer.session)
+            job = service.job(job_id)
+            if job is None or job.id != answer.session.job:
+                log.event(logger, "job-ignored", job=job_id, reason="topic and job disagree")
+                return
+            self.start_session(job, answer.session)
         await self.send(job_id, answer)
 
     def start_session(self, job: Job, task: SessionTask) -> None:
@@ -916,14 +926,22 @@ class _Daemon:
             log.event(logger, "session-stopped", logging.WARNING, job=job.id)
             raise
         except Exception as exc:  # the session's own failures are replies, not raises
-            await self.crashed("job", job.id, exc)
+            await self.crashed("job", job.id, exc, background=True)
             return
         state = "failed" if reply.results == () and reply.status is not None else "done"
         log.event(logger, "session-end", job=job.id, outcome=state)
-        await self.send(job.id, reply)
+        await self.send(job.id, reply, background=True)
 
-    async def send(self, job_id: str, reply: JobReply) -> None:
-        """Publish a job's results and status; wait for the broker while it is away."""
+    async def send(self, job_id: str, reply: JobReply, *, background: bool = False) -> None:
+        """Publish a job's results and status.
+
+        From the message loop a lost broker raises (serve reconnects); a background
+        task waits for the next connection instead and publishes there.
+        """
+        if not background:
+            assert self.conn is not None  # the message loop runs on a connection
+            await self._publish(self.conn, job_id, reply)
+            return
         while True:
             conn = self.conn
             if conn is None:  # between connections: serve is reconnecting
@@ -933,16 +951,18 @@ class _Daemon:
                 await asyncio.sleep(0.5)
                 continue
             try:
-                for _, envelope in reply.results:
-                    await conn.publish_body(self.topics.result(job_id, self.name), envelope)
-                if reply.status is not None:
-                    await conn.publish(self.topics.status(job_id, self.name), reply.status)
+                await self._publish(conn, job_id, reply)
                 return
             except TransportError as exc:
-                if conn is not self.conn:
-                    continue  # published on a connection that has since been replaced
-                log.event(logger, "publish-failed", logging.WARNING, job=job_id, reason=exc)
-                await asyncio.sleep(0.5)
+                if conn is self.conn:  # not yet replaced: wait for serve to notice
+                    log.event(logger, "publish-failed", logging.WARNING, job=job_id, reason=exc)
+                    await asyncio.sleep(0.5)
+
+    async def _publish(self, conn: Connection, job_id: str, reply: JobReply) -> None:
+        for _, envelope in reply.results:
+            await conn.publish_body(self.topics.result(job_id, self.name), envelope)
+        if reply.status is not None:
+            await conn.publish(self.topics.status(job_id, self.name), reply.status)
 
     async def on_upload(self, body: bytes) -> None:
         # Decryption and fsync run off the event loop so the broker link stays alive.
