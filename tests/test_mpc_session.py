@@ -180,6 +180,8 @@ def test_site_certificate_and_false_identity_are_refused_on_mpyc_ports(keys_dir,
     assert err.count("event=mpyc-impostor ") == 1
     assert "Traceback" not in err
     assert "peer claims to be party 0 but its certificate is for party 2" in err
+    assert "event=mpyc-impostor peer=127.0.0.1:" in err
+    assert 'claimed=0 subject="MPyC party 2"' in err
     assert "did not all connect within 8 s" in err
 
 

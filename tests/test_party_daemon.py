@@ -130,6 +130,19 @@ def _parties(keys_dir: Path, tmp_path: Path, names=PARTIES) -> list[subprocess.P
     return procs
 
 
+def _sessions_of(tmp_path: Path) -> list[int]:
+    """Session processes still running on this test's stores."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"smpc.mpc.session" in argv and any(str(tmp_path).encode() in a for a in argv):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
 def _stop_one(proc) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
@@ -191,7 +204,10 @@ def test_bad_jobs_are_refused_and_every_daemon_goes_on(keys_dir, tmp_path):
             _stop(parties)
     for proc in parties:
         assert proc.returncode == 0
-        assert "Traceback" not in _log(proc)  # beta's and gamma's sessions were stopped
+        assert "Traceback" not in _log(proc)
+    # beta's and gamma's sessions of "crash" (waiting for alpha) were stopped with them.
+    assert "event=session-stopped job=crash" in _log(parties[1])
+    assert not _sessions_of(tmp_path)
     alpha = _log(parties[0])
     assert alpha.count("event=job-error job=crash") == 1
     assert "Traceback" not in alpha
@@ -266,5 +282,6 @@ def test_sessions_run_beside_the_message_loop_and_a_killed_peer_is_named(keys_di
             _stop(parties)
     assert parties[0].returncode == 0
     assert "Traceback" not in _log(parties[0])
+    assert not _sessions_of(tmp_path)  # beta's died with its daemon
     assert "event=job-failed job=one" in _log(parties[0])
     assert "lost party beta (index 1)" in _log(parties[0])
