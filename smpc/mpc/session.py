@@ -107,14 +107,16 @@ class _Watch:
     def peer_connected(self, pid: int) -> None:
         if self.first_peer is None:
             self.first_peer = mpc._loop.time()
-        report("mpyc-peer", party=self.task.party_name(pid).split(" (")[0], index=pid)
+        report("mpyc-peer", party=self.task.party_called(pid), index=pid)
 
     def peer_lost(self, pid: int, exc: Exception | None) -> None:
         if self.computing and not self.lost.done():
             when = "during the session" if self.connected else "while connecting"
             reason = f"lost party {self.task.party_name(pid)} {when}"
-            name = self.task.party_name(pid).split(" (")[0]
-            report("mpyc-peer-lost", party=name, index=pid, error=exc or "connection closed")
+            report(
+                "mpyc-peer-lost", party=self.task.party_called(pid), index=pid,
+                error=exc or "connection closed",
+            )  # fmt: skip
             self.lost.set_result(reason)
 
     def missing(self) -> str:
@@ -124,9 +126,6 @@ class _Watch:
             if p.pid != mpc.pid and p.protocol is None
         ]
         return ", ".join(absent) or "none"
-
-
-_watch: _Watch | None = None
 
 
 def _keep_alive(transport: asyncio.BaseTransport) -> None:
@@ -301,15 +300,23 @@ async def _exit_with_parent(parent: int) -> None:
 
 
 async def run_task(
-    task: SessionTask, timeout: float, file_dir: Path, grace: float = CONNECT_GRACE
+    task: SessionTask,
+    timeout: float,
+    file_dir: Path,
+    grace: float = CONNECT_GRACE,
+    watch: _Watch | None = None,
 ) -> dict:
-    """Connect to the other parties, compute the task, open the outputs."""
+    """Connect to the other parties, compute the task, open the outputs.
+
+    ``watch`` is the installed peer watch (:func:`_install_peer_watch`); without one a
+    lost peer is noticed only at the session's time limit.
+    """
     if len(mpc.parties) == 1:
         await mpc.start()
         result = await compute(task, file_dir)
         await mpc.shutdown()
         return result
-    watch = _watch if _watch is not None else _Watch(task)
+    watch = watch if watch is not None else _Watch(task)
     await _connect(watch, timeout, grace)
     work = asyncio.ensure_future(compute(task, file_dir))
     done, _ = await asyncio.wait({work, watch.lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -406,7 +413,6 @@ async def noise_share(task: SessionTask, stype, field: PrimeField, shape) -> np.
 
 
 def main() -> int:
-    global _watch
     parser = argparse.ArgumentParser(prog="python -m smpc.mpc.session")
     parser.add_argument("--kit", required=True, type=Path, help="the party's kit directory")
     parser.add_argument("--task", required=True, type=Path, help="task file (JSON)")
@@ -428,14 +434,18 @@ def main() -> int:
         _install_identity_check(Path(".config", "mpyc_ca.crt"))
     if len(mpc.parties) > 1:
         _bind_listening_socket(args.bind or mpc.parties[mpc.pid].host)
-        _watch = _Watch(task)
-        _install_peer_watch(_watch)
+        watch = _Watch(task)
+        _install_peer_watch(watch)
+    else:
+        watch = None
     parent = asyncio.ensure_future(_exit_with_parent(os.getppid()), loop=mpc._loop)
     try:
-        result = mpc.run(run_task(task, args.timeout, result_path.parent, args.connect_grace))
+        result = mpc.run(
+            run_task(task, args.timeout, result_path.parent, args.connect_grace, watch)
+        )
     except SessionError as exc:
         print(f"session: job {task.job}: {exc}", file=sys.stderr, flush=True)
-        if _watch is not None and _watch.lost.done():
+        if watch is not None and watch.lost.done():
             # Keep the connections open a moment, so that the other survivors see the
             # lost peer go first and name it, not this party leaving after it.
             time.sleep(LINGER)

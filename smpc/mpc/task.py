@@ -129,6 +129,10 @@ class SessionTask(_Strict):
     # (set by the party daemon; without them a peer is named by its index).
     party_names: list[str] = Field(default_factory=list)
 
+    def party_called(self, index: int) -> str:
+        """``beta``, or ``index 1`` when the names are not known."""
+        return self.party_names[index] if index < len(self.party_names) else f"index {index}"
+
     def party_name(self, index: int) -> str:
         """``beta (index 1)``, or ``index 1`` when the names are not known."""
         if index < len(self.party_names):
