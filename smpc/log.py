@@ -17,10 +17,15 @@ def _quote(value: object) -> str:
     return text
 
 
+def line(name: str, **fields: object) -> str:
+    """``event=NAME key=value ...`` (None fields are left out)."""
+    parts = [f"event={name}"] + [f"{k}={_quote(v)}" for k, v in fields.items() if v is not None]
+    return " ".join(parts)
+
+
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: object) -> None:
     """Log one event with its fields (None fields are left out)."""
-    parts = [f"event={name}"] + [f"{k}={_quote(v)}" for k, v in fields.items() if v is not None]
-    logger.log(level, " ".join(parts))
+    logger.log(level, line(name, **fields))
 
 
 def setup(level: str = "info") -> None:

@@ -13,6 +13,12 @@ decrypts with this party's key; its header agrees with the job (input, scheme,
 t, n, modulus, fixed-point bits, element layout). It is then stored durably
 (:mod:`smpc.store`) and only then acknowledged. Anything else is rejected with
 a logged reason and leaves the stored data as it was.
+
+The daemon (:class:`_Daemon`) handles every message under a guard, so one bad
+job or envelope is refused with its reason and never stops the party, and runs
+each job's MPyC session as a background child process beside the message loop.
+How quickly a session notices a missing or dead peer is stated in
+:mod:`smpc.mpc.session`.
 """
 
 from __future__ import annotations
@@ -20,14 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import logging
-import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,7 +60,7 @@ from smpc.messages import (
     sign,
     verify_job,
 )
-from smpc.mpc.launch import session_command
+from smpc.mpc.launch import run_session_process, session_command
 from smpc.mpc.task import GwasSession, SecType, SessionTask, ShareRef, TaskInput
 from smpc.packaging import InputShare, open_share
 from smpc.spec.federation import (
@@ -67,6 +74,11 @@ from smpc.store import PartyStore, ShareConflict, StoredJob, StoredShare
 from smpc.transport import Connection, Topics, TransportError
 
 logger = logging.getLogger("smpc.party")
+
+# Seconds a session waits for its peers when none has connected yet (the parties start
+# their sessions when each has received the close and pooled its shares); once one
+# peer is there, the rest get the session's much shorter connect grace.
+CONNECT_TIMEOUT = 120.0
 
 
 class Policy(BaseModel):
@@ -251,6 +263,9 @@ class PartyService:
 
     def refusal(self, job: Job, analyst: str | None = None) -> str:
         """Why this party's policy refuses the job ("" if it accepts)."""
+        problem = self.spec_problem(job)
+        if problem:
+            return problem
         parties = len(self.federation.parties)
         if analyst is not None and job.analyst != analyst:
             return f"job names analyst {job.analyst!r} but is signed by {analyst!r}"
@@ -272,6 +287,21 @@ class PartyService:
             return f"only {len(job.close)} sites, fewer than min_sites {job.min_sites}"
         if job.analyst not in self.kit.directory.analysts:
             return f"results would go to {job.analyst!r}, who is not an analyst of the federation"
+        return ""
+
+    def spec_problem(self, job: Job) -> str:
+        """Why the protocol spec a job carries is not a valid spec here ("" if it is).
+
+        The spec is checked with its types before anything is stored or computed, so a
+        signed job with a malformed field (``timeout: "60"``) is refused with the field's
+        name instead of failing later inside a computation.
+        """
+        if not job.spec:
+            return ""
+        try:
+            parse_spec(job.spec, f"job {job.id}: spec", self.federation)
+        except UserError as exc:
+            return "; ".join(str(exc).splitlines())
         return ""
 
     def _staleness(self, job: Job, now: float | None = None) -> str:
@@ -603,30 +633,50 @@ class PartyService:
             (p.host, p.mpyc_ports.low + offset % len(p.mpyc_ports)) for p in self.federation.parties
         ]
 
-    def run_session(self, job: Job, task: SessionTask, timeout: float = 120.0) -> JobReply:
-        """Run this party's MPyC session (blocking) and sign what it opened."""
+    async def run_session(
+        self,
+        job: Job,
+        task: SessionTask,
+        timeout: float = CONNECT_TIMEOUT,
+        *,
+        call: Callable[..., Awaitable[Any]] = asyncio.to_thread,
+    ) -> JobReply:
+        """Run this party's MPyC session as a child process and sign what it opened.
+
+        The process is awaited, never waited for: the event loop goes on meanwhile.
+        ``call`` runs the blocking steps (files, the store, sealing) off the loop; the
+        daemon passes one that holds its store lock. Cancelling kills the process.
+        """
+        cmd, limit = await call(self._session_setup, job, task, timeout)
+        port = self.session_addresses(job)[self.index][1]
+        log.event(logger, "session-start", job=job.id, port=port)
+        failure = await run_session_process(
+            cmd, limit=limit, on_line=functools.partial(_session_line, job.id)
+        )
+        if failure:
+            return await call(self._failed, job, f"MPyC session failed: {failure}")
+        return await call(self.session_reply, job, task)
+
+    def _session_setup(
+        self, job: Job, task: SessionTask, timeout: float
+    ) -> tuple[list[str], float]:
+        """Write the task file; the session's command line and its time limit."""
         workdir = self.store.root / "sessions" / job.id
         workdir.mkdir(parents=True, exist_ok=True)
         task_path, result_path = workdir / "task.json", workdir / "result.json"
-        task.write(task_path)
+        result_path.unlink(missing_ok=True)
+        task.model_copy(update={"party_names": list(self.federation.party_names)}).write(task_path)
         cmd = session_command(
             kit=self.kit.path.resolve(), task=task_path, result=result_path,
             addresses=self.session_addresses(job), index=self.index,
             threshold=0 if job.scheme == "additive" else job.t, timeout=timeout,
         )  # fmt: skip
-        log.event(
-            logger, "session-start", job=job.id, port=self.session_addresses(job)[self.index][1]
-        )
-        try:
-            limit = max(2 * timeout, float(job.spec.get("timeout", 0)))  # the job's own limit
-            run = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-        except subprocess.TimeoutExpired:
-            return self._failed(job, f"MPyC session did not finish within {limit:g} s")
-        if run.returncode != 0:
-            lines = run.stderr.strip().splitlines()
-            return self._failed(
-                job, f"MPyC session failed: {lines[-1] if lines else run.returncode}"
-            )
+        return cmd, max(2 * timeout, self._job_timeout(job))
+
+    def session_reply(self, job: Job, task: SessionTask) -> JobReply:
+        """What this party publishes after its session succeeded: the signed openings."""
+        workdir = self.store.root / "sessions" / job.id
+        result_path = workdir / "result.json"
         if task.compute == "noise":
             noise = json.loads(result_path.read_text())["noise"]
             noise_shares = {name: np.load(workdir / file) for name, file in noise.items()}
@@ -660,6 +710,12 @@ class PartyService:
         kept = tuple((name, bytes(body)) for name, body in results)
         self.store.release(job.id, "done", status, kept)
         return JobReply(status, kept)
+
+    def _job_timeout(self, job: Job) -> float:
+        """The whole job's time limit its spec sets (0 without a spec); typed, never raw."""
+        if not job.spec:
+            return 0.0
+        return parse_spec(job.spec, f"job {job.id}: spec", self.federation).timeout
 
     def _failed(self, job: Job, reason: str) -> JobReply:
         log.event(logger, "job-failed", logging.ERROR, job=job.id, reason=reason)
@@ -847,11 +903,13 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
     The broker session is persistent (a fixed client id, QoS 1), so what was
     published while the party was down or disconnected is delivered when it
     comes back; anything it did not acknowledge is re-published by the site.
+    MPyC sessions run as background tasks (:class:`_Daemon`) and outlive a
+    reconnect; stopping the daemon kills them.
     """
     _return_freed_memory()
     service = PartyService.from_config(config)
     name = service.kit.name
-    topics = Topics(service.federation.name)
+    daemon = _Daemon(service, stop)
     federation = service.federation
     backoff = 0.5
     log.event(logger, "party-start", party=name, index=service.index, store=config.store)
@@ -863,46 +921,234 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
                 async with Connection.from_kit(
                     service.kit, federation, spool_dir=Path(config.store) / "spool"
                 ) as conn:
-                    await conn.subscribe(topics.jobs())
-                    await conn.subscribe(topics.uploads_for(name))
+                    await conn.subscribe(daemon.topics.jobs())
+                    await conn.subscribe(daemon.topics.uploads_for(name))
                     log.event(logger, "party-connected", party=name, broker=federation.broker.host)
                     backoff = 0.5
-                    async for message in until(conn.messages(), stop):
-                        await _dispatch(service, topics, conn, message)
+                    daemon.conn = conn
+                    try:
+                        async for message in until(conn.messages(), stop):
+                            await daemon.dispatch(message)
+                    finally:
+                        daemon.conn = None
             except TransportError as exc:
                 log.event(logger, "broker-lost", logging.WARNING, party=name, reason=exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(2 * backoff, reconnect_max)
     finally:
+        await daemon.stop_sessions()
         service.store.close()
         log.event(logger, "party-stop", party=name)
 
 
-async def _dispatch(service: PartyService, topics: Topics, conn: Connection, message) -> None:
-    try:
-        kind, _ = topics.parse(message.topic)
-    except ValueError:
-        return
-    name = service.kit.name
-    if kind == "job":
-        job_id = topics.parse(message.topic).fields["job"]
-        answer = await asyncio.to_thread(service.handle_job, message.body, job_id)
+class _Daemon:
+    """The party daemon's state beside its broker connection.
+
+    - Every message is handled under a guard (:meth:`dispatch`): whatever one message
+      does, the daemon goes on.
+    - MPyC sessions are background tasks, one per job (``sessions``): the message loop
+      never awaits one, so shares of other jobs are stored and other jobs answered
+      while a session runs. A task publishes its job's results and status when its
+      session ends, over whatever connection is up by then.
+    - The service's blocking steps run in a worker thread, one at a time (``lock``):
+      the store is one SQLite connection, used by one thread at a time.
+    """
+
+    def __init__(self, service: PartyService, stop: asyncio.Event) -> None:
+        self.service = service
+        self.stop = stop
+        self.topics = Topics(service.federation.name)
+        self.name = service.kit.name
+        self.conn: Connection | None = None
+        self.lock = asyncio.Lock()
+        self.sessions: dict[str, asyncio.Task[None]] = {}
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread, holding the store lock."""
+        async with self.lock:
+            return await asyncio.to_thread(fn, *args)
+
+    async def dispatch(self, message) -> None:
+        """Handle one message under a guard: whatever it does, the daemon goes on.
+
+        A job or envelope whose handling raises is logged (``event=job-error``, the
+        traceback at debug level); a job is marked failed in the store and refused
+        with a signed ``failed`` status naming the error. A job that failed at this
+        party is final: its messages, delivered again (the broker retains the job,
+        so a restart sees it again), are answered with that status, not handled.
+        """
+        try:
+            kind, fields = self.topics.parse(message.topic)
+        except ValueError:
+            return
+        job_id = fields.get("job") if kind == "job" else _upload_job(message.body)
+        try:
+            if kind == "job":
+                await self.on_job(job_id, message.body)
+            elif kind == "upload":
+                await self.on_upload(message.body, fields.get("site"))
+        except (TransportError, asyncio.CancelledError):
+            raise  # the broker went away (serve reconnects) or the daemon stops
+        except Exception as exc:  # one message must never stop the daemon
+            await self.crashed(kind, job_id, exc, message.body)
+
+    async def crashed(
+        self,
+        kind: str,
+        job_id: str | None,
+        exc: BaseException,
+        body: bytes = b"",
+        *,
+        background: bool = False,
+    ) -> None:
+        """Log an error handling a message; a job is failed (and not retried), an
+        envelope rejected with the error (the site stops re-sending it and says why)."""
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.event(logger, "job-error", logging.ERROR, job=job_id, kind=kind, reason=reason)
+        logger.debug("job %s: handling its %s raised", job_id, kind, exc_info=exc)
+        try:
+            if kind == "job" and job_id is not None:
+                status = await self.call(_crashed, self.service, job_id, reason)
+                await self.send(job_id, JobReply(status), background=background)
+            elif kind == "upload" and self.conn is not None:
+                reply = await self.call(_upload_crashed, self.service, body, reason)
+                if reply is not None:
+                    await self.conn.publish(self.topics.ack(reply.site, self.name), reply.message)
+        except (TransportError, asyncio.CancelledError):
+            raise
+        except Exception:  # the store itself may be what fails: the log line stays
+            logger.debug("job %s: could not report the error", job_id, exc_info=True)
+
+    async def on_job(self, job_id: str, body: bytes) -> None:
+        service = self.service
+        if job_id in self.sessions:  # a re-delivered close while its session runs
+            log.event(logger, "job-ignored", job=job_id, reason="its MPyC session is running")
+            return
+        stored = await self.call(service.store.job, job_id)
+        if stored is not None and stored.status == "failed":
+            log.event(logger, "job-skipped", job=job_id, reason="this party failed the job before")
+            released = await self.call(service.store.released, job_id)
+            reason = "this party failed the job before; a failed job is not run again"
+            if released is None:
+                released_status = service._status(job_id, "failed", reason=reason)
+            else:
+                released_status = released.status
+            await self.send(job_id, JobReply(released_status))
+            return
+        answer = await self.call(service.handle_job, body, job_id)
         if answer is None:
             return
-        job = service.job(job_id)
-        if answer.session is not None:  # deliver: parties — open inside MPyC first
-            answer = await asyncio.to_thread(service.run_session, job, answer.session)
-        for _, envelope in answer.results:
-            await conn.publish_body(topics.result(job.analyst, job_id, name), envelope)
-        if answer.status is not None:
-            await conn.publish(topics.status(job_id, name), answer.status)
-    elif kind == "upload":
+        if answer.session is not None:  # open inside MPyC first, beside the message loop
+            job = service.job(job_id)
+            if job is None or job.id != answer.session.job:
+                log.event(logger, "job-ignored", job=job_id, reason="topic and job disagree")
+                return
+            self.start_session(job, answer.session)
+        await self.send(job_id, answer)
+
+    def start_session(self, job: Job, task: SessionTask) -> None:
+        task_ = asyncio.create_task(self.session(job, task), name=f"session-{job.id}")
+        self.sessions[job.id] = task_
+        task_.add_done_callback(lambda _: self.sessions.pop(job.id, None))
+
+    async def session(self, job: Job, task: SessionTask) -> None:
+        """One job's MPyC session, start to published outcome (a background task)."""
+        try:
+            reply = await self.service.run_session(job, task, call=self.call)
+        except asyncio.CancelledError:
+            log.event(logger, "session-stopped", logging.WARNING, job=job.id)
+            raise
+        except Exception as exc:  # the session's own failures are replies, not raises
+            await self.crashed("job", job.id, exc, background=True)
+            return
+        state = "failed" if reply.results == () and reply.status is not None else "done"
+        log.event(logger, "session-end", job=job.id, outcome=state)
+        await self.send(job.id, reply, background=True)
+
+    async def send(self, job_id: str, reply: JobReply, *, background: bool = False) -> None:
+        """Publish a job's results and status.
+
+        From the message loop a lost broker raises (serve reconnects); a background
+        task waits for the next connection instead and publishes there.
+        """
+        if not background:
+            assert self.conn is not None  # the message loop runs on a connection
+            await self._publish(self.conn, job_id, reply)
+            return
+        while True:
+            conn = self.conn
+            if conn is None:  # between connections: serve is reconnecting
+                if self.stop.is_set():
+                    log.event(logger, "reply-lost", logging.WARNING, job=job_id)
+                    return
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await self._publish(conn, job_id, reply)
+                return
+            except TransportError as exc:
+                if conn is self.conn:  # not yet replaced: wait for serve to notice
+                    log.event(logger, "publish-failed", logging.WARNING, job=job_id, reason=exc)
+                    await asyncio.sleep(0.5)
+
+    async def _publish(self, conn: Connection, job_id: str, reply: JobReply) -> None:
+        for _, envelope in reply.results:
+            analyst = self.service.job(job_id).analyst  # type: ignore[union-attr]
+            await conn.publish_body(self.topics.result(analyst, job_id, self.name), envelope)
+        if reply.status is not None:
+            await conn.publish(self.topics.status(job_id, self.name), reply.status)
+
+    async def on_upload(self, body: bytes, sender: str | None) -> None:
         # Decryption and fsync run off the event loop so the broker link stays alive.
-        sender = topics.parse(message.topic).fields.get("site")
-        reply = await asyncio.to_thread(service.handle_upload, message.body, sender)
-        if reply is not None:
-            await conn.publish(topics.ack(reply.site, name), reply.message)
-            status = service.holding_status(reply.ack.job)
+        service = self.service
+        reply = await self.call(service.handle_upload, body, sender)
+        if reply is not None and self.conn is not None:
+            await self.conn.publish(self.topics.ack(reply.site, self.name), reply.message)
+            status = await self.call(service.holding_status, reply.ack.job)
             if status is not None and reply.ack.status == "stored":
-                await conn.publish(topics.status(reply.ack.job, name), status)
+                await self.conn.publish(self.topics.status(reply.ack.job, self.name), status)
+
+    async def stop_sessions(self) -> None:
+        """Cancel every running session (each kills its process) and wait for them."""
+        running = list(self.sessions.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+def _session_line(job_id: str, line: str) -> None:
+    """Log one stderr line of a job's session: ``event=`` lines with the job added."""
+    name, _, rest = line.partition(" ")
+    if not name.startswith("event="):
+        logger.debug("job %s session: %s", job_id, line)
+        return
+    level = logging.INFO if name in ("event=mpyc-connected", "event=mpyc-peer") else logging.WARNING
+    logger.log(level, f"{name} job={job_id} {rest}".rstrip())
+
+
+def _upload_job(body: bytes) -> str | None:
+    """The job an upload envelope names (for logging), or None if it has no route."""
+    try:
+        return peek_route(body).job
+    except Exception:  # a broken envelope is reported by handle_upload
+        return None
+
+
+def _upload_crashed(service: PartyService, body: bytes, reason: str) -> Reply | None:
+    """A signed rejection of an envelope whose handling raised (None if it has no route)."""
+    try:
+        route, eid = peek_route(body), envelope_id(body)
+    except EnvelopeError:
+        return None
+    reason = f"internal error at this party: {reason}"
+    return service._reply_rejected(reason, route=route, envelope=eid, digest="")
+
+
+def _crashed(service: PartyService, job_id: str, reason: str) -> bytes:
+    """Remember that handling ``job_id`` raised (it is not retried); the status to send."""
+    status = service._status(job_id, "failed", reason=f"internal error at this party: {reason}")
+    if service.store.job(job_id) is not None:
+        service.store.release(job_id, "failed", status)  # a re-delivery gets this status
+        service.store.set_job_status(job_id, "failed")
+    return status

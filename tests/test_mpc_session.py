@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +23,10 @@ from smpc.packaging import open_share, seal_shares
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(180)
+
+# A killed peer's kernel closes its connections: the survivors must fail within this
+# many seconds (generous for a loaded machine; smpc.mpc.session states the bounds).
+LOST_PEER_BOUND = 10
 
 PARTIES = ["alpha", "beta", "gamma"]
 SITES = ["oslo", "bergen", "tromso"]
@@ -170,9 +177,11 @@ def test_site_certificate_and_false_identity_are_refused_on_mpyc_ports(keys_dir,
             proc.wait()
     assert proc.returncode == 1
     # The site certificate never got past TLS: the identity check saw one peer only.
-    assert err.count("refused MPyC connection") == 1
+    assert err.count("event=mpyc-impostor ") == 1
     assert "Traceback" not in err
     assert "peer claims to be party 0 but its certificate is for party 2" in err
+    assert "event=mpyc-impostor peer=127.0.0.1:" in err
+    assert 'claimed=0 subject="MPyC party 2"' in err
     assert "did not all connect within 8 s" in err
 
 
@@ -194,3 +203,102 @@ def test_session_failure_names_the_party(keys_dir, tmp_path):
     addresses = [("127.0.0.1", free_port()) for _ in range(3)]
     with pytest.raises(SessionFailed, match="has 12 bytes, expected 16"):
         run_local_sessions(tasks, kits, addresses, 1, tmp_path, timeout=20)
+
+
+def _session(keys_dir: Path, tmp_path: Path, index: int, addresses, inputs: int, **options):
+    """Party ``index``'s session over ``inputs`` one-element inputs (opened one by one, so
+    the session computes for seconds), its stderr lines collected by a thread."""
+    body = tmp_path / "one.share"
+    body.write_bytes(bytes(8))
+    task = SessionTask(
+        job="watch",
+        party=index,
+        sectype=SecType(kind="int", bit_length=24, prime=MERSENNE61),
+        inputs=[
+            TaskInput(name=f"x{k}", shape=(1,), shares=[ShareRef(site="oslo", path=body)])
+            for k in range(inputs)
+        ],
+        party_names=PARTIES,
+    )
+    task_path = tmp_path / f"watch{index}.json"
+    task.write(task_path)
+    cmd = session_command(
+        kit=keys_dir / "kits" / PARTIES[index], task=task_path,
+        result=tmp_path / f"watch{index}.result.json", addresses=addresses, index=index,
+        threshold=1, **options,
+    )  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc.lines = []  # type: ignore[attr-defined]
+    reader = threading.Thread(target=lambda: proc.lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    proc.reader = reader  # type: ignore[attr-defined]
+    return proc
+
+
+def _wait_line(proc, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in line for line in proc.lines):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not in {proc.lines}")
+
+
+def _ended(proc, timeout: float) -> tuple[int, str, float]:
+    """Exit status, stderr and seconds it took to end."""
+    start = time.monotonic()
+    proc.wait(timeout)
+    proc.reader.join(5)
+    return proc.returncode, "".join(proc.lines), time.monotonic() - start
+
+
+def _kill_all(procs) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_peer_killed_mid_session_is_named_at_every_surviving_party(keys_dir, tmp_path):
+    """beta is SIGKILLed while all three compute: alpha and gamma fail at once naming it."""
+    addresses = [("127.0.0.1", free_port()) for _ in range(3)]
+    procs = [_session(keys_dir, tmp_path, i, addresses, 6000, timeout=60) for i in range(3)]
+    try:
+        for proc in procs:
+            _wait_line(proc, "event=mpyc-connected", 60)
+        os.kill(procs[1].pid, signal.SIGKILL)
+        for i in (0, 2):
+            code, err, took = _ended(procs[i], LOST_PEER_BOUND + 5)
+            assert code == 1, err
+            assert "lost party beta (index 1) during the session" in err.splitlines()[-1]
+            assert "event=mpyc-peer-lost party=beta index=1" in err
+            assert took <= LOST_PEER_BOUND
+            assert not (tmp_path / f"watch{i}.result.json").exists()
+    finally:
+        _kill_all(procs)
+
+
+def test_a_party_that_never_connects_is_named_after_the_grace(keys_dir, tmp_path):
+    """gamma never starts: alpha and beta connect to each other, then name gamma."""
+    addresses = [("127.0.0.1", free_port()) for _ in range(3)]
+    procs = [
+        _session(keys_dir, tmp_path, i, addresses, 1, timeout=60, connect_grace=3) for i in range(2)
+    ]
+    try:
+        for proc in procs:
+            code, err, took = _ended(proc, 30)
+            assert code == 1, err
+            # The first to give up says so; the other may see it leave first.
+            last = err.splitlines()[-1]
+            assert last.endswith("missing gamma (index 2)"), last
+            assert last.startswith(
+                (
+                    "session: job watch: parties did not all connect within 3 s of the first",
+                    "session: job watch: lost party alpha (index 0) while connecting",
+                    "session: job watch: lost party beta (index 1) while connecting",
+                )
+            ), last
+            assert took <= 20  # the grace, not the 60 s connect timeout
+    finally:
+        _kill_all(procs)

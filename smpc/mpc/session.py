@@ -24,21 +24,43 @@ Two hardening steps close gaps of MPyC 0.11, in this one place:
   connection otherwise (``_install_identity_check``). The connecting
   side is already covered: MPyC checks the server name ``MPyC party {j}``.
   A name mismatch makes MPyC retry silently forever, so connecting is bounded
-  by ``--timeout`` and ends with a clear error.
+  and ends with a clear error. A refused peer is reported on stderr as
+  ``event=mpyc-impostor peer=ADDR claimed=INDEX subject=CN reason=...``, which
+  the party daemon logs with the job.
 
-The process exits 0 with the result written, or non-zero with one line on
-stderr saying why.
+**Dead peers are detected within a bound, not at the session timeout.**
+
+* Connecting: every peer must connect within ``--timeout`` seconds (the party
+  daemon uses 120: parties start their sessions when each has pooled its
+  shares); once one peer has connected, the others must follow within
+  ``--connect-grace`` seconds (default 30). The error names who is missing:
+  ``parties did not all connect within 30 s of the first: missing beta (index 1)``.
+* During the session: a peer connection that closes before this party has
+  finished computing fails the session at once with ``lost party beta
+  (index 1) during the session``. A peer process that dies (even SIGKILLed) has
+  its connections closed by its kernel, so this is immediate; a peer host that
+  vanishes is caught by TCP keepalive (5 s idle, 3 probes 2 s apart) and
+  ``TCP_USER_TIMEOUT`` (unacknowledged data for 15 s): within
+  ``DEAD_HOST_BOUND`` = 15 seconds.
+* The session exits within a second when the process that started it (the
+  party daemon) dies, so a killed daemon takes its session down with it and its
+  peers notice at once.
+
+The process exits 0 with the result written, or non-zero with one
+``session: job JOB: REASON`` line on stderr saying why.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
-import logging
 import os
+import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +69,7 @@ from cryptography.exceptions import InvalidSignature
 from mpyc import asyncoro
 from mpyc.runtime import mpc  # parses and strips MPyC's own options from sys.argv
 
+from smpc import log as events
 from smpc.dp import skellam
 from smpc.errors import UserError
 from smpc.field import PrimeField
@@ -54,31 +77,103 @@ from smpc.keys import mpyc_party_index
 from smpc.mpc.task import SessionTask, TaskInput
 from smpc.prg import expand
 
-log = logging.getLogger("smpc.session")
+CONNECT_GRACE = 30.0  # seconds the other peers get once one peer has connected
+KEEPALIVE = (5, 2, 3)  # TCP keepalive: idle seconds, seconds between probes, probes
+DEAD_HOST_BOUND = 15  # seconds: keepalive gives up after 5 + 3 * 2; unacked data after 15
+PARENT_POLL = 0.5  # seconds between checks that the starting process is alive
+LINGER = 2.0  # seconds a party failed by a lost peer stays connected before it exits
 
 
 class SessionError(Exception):
     """The session cannot complete; the message is the reason."""
 
 
-def _peer_is_party(transport: asyncio.BaseTransport, claimed: int, party_ca) -> str | None:
-    """Why a peer claiming index ``claimed`` must be refused, or None if it may talk."""
+def report(name: str, **fields: object) -> None:
+    """One ``event=`` line on stderr, for the party daemon's log (MPyC's --no-log
+    silences the logging module, so these are printed)."""
+    print(events.line(name, **fields), file=sys.stderr, flush=True)
+
+
+class _Watch:
+    """Which peers connected when, and the first peer lost while the session computes."""
+
+    def __init__(self, task: SessionTask) -> None:
+        self.task = task
+        self.first_peer: float | None = None  # loop time the first peer connected
+        self.lost: asyncio.Future[str] = mpc._loop.create_future()
+        self.connected = False  # True once every peer has connected
+        self.computing = True  # False once this party's outputs are open (shutdown)
+
+    def peer_connected(self, pid: int) -> None:
+        if self.first_peer is None:
+            self.first_peer = mpc._loop.time()
+        report("mpyc-peer", party=self.task.party_called(pid), index=pid)
+
+    def peer_lost(self, pid: int, exc: Exception | None) -> None:
+        if self.computing and not self.lost.done():
+            when = "during the session" if self.connected else "while connecting"
+            reason = f"lost party {self.task.party_name(pid)} {when}"
+            report(
+                "mpyc-peer-lost", party=self.task.party_called(pid), index=pid,
+                error=exc or "connection closed",
+            )  # fmt: skip
+            self.lost.set_result(reason)
+
+    def missing(self) -> str:
+        absent = [
+            self.task.party_name(p.pid)
+            for p in mpc.parties
+            if p.pid != mpc.pid and p.protocol is None
+        ]
+        return ", ".join(absent) or "none"
+
+
+def _keep_alive(transport: asyncio.BaseTransport) -> None:
+    """TCP keepalive and a user timeout on a peer connection (see module doc)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    idle, interval, count = KEEPALIVE
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), interval),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), count),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), DEAD_HOST_BOUND * 1000),
+    ]
+    for level, option, value in options:
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
+
+
+def _peer_is_party(
+    transport: asyncio.BaseTransport, claimed: int, party_ca
+) -> tuple[str | None, str]:
+    """Why a peer claiming index ``claimed`` must be refused (None if it may talk), and
+    the common name of its certificate."""
     ssl_object = transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
     if not der:
-        return "no peer certificate"
+        return "no peer certificate", ""
     cert = x509.load_der_x509_certificate(der)
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    subject = str(names[0].value) if names else cert.subject.rfc4514_string()
     try:
         cert.verify_directly_issued_by(party_ca)
     except (ValueError, TypeError, InvalidSignature):
-        return f"certificate {cert.subject.rfc4514_string()!r} is not issued by the party CA"
+        reason = f"certificate {cert.subject.rfc4514_string()!r} is not issued by the party CA"
+        return reason, subject
     try:
         index = mpyc_party_index(cert)
     except UserError as exc:
-        return str(exc)
+        return str(exc), subject
     if index != claimed:
-        return f"peer claims to be party {claimed} but its certificate is for party {index}"
-    return None
+        return (
+            f"peer claims to be party {claimed} but its certificate is for party {index}",
+            subject,
+        )
+    return None, subject
 
 
 def _install_identity_check(party_ca_path: Path) -> None:
@@ -89,22 +184,49 @@ def _install_identity_check(party_ca_path: Path) -> None:
     def data_received(self: asyncoro.MessageExchanger, data: bytes) -> None:
         if self.peer_pid is None and len(self.bytes) + len(data) >= 2:
             claimed = int.from_bytes((bytes(self.bytes) + bytes(data))[:2], "little")
-            reason = _peer_is_party(self.transport, claimed, party_ca)
+            reason, subject = _peer_is_party(self.transport, claimed, party_ca)
             if reason is not None:
-                log.error("refused MPyC connection: %s", reason)
+                peer = self.transport.get_extra_info("peername")
+                address = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+                report(
+                    "mpyc-impostor", peer=address, claimed=claimed, subject=subject or "none",
+                    reason=reason,
+                )  # fmt: skip
                 self.transport.close()
                 return
         original(self, data)
 
-    original_lost = asyncoro.MessageExchanger.connection_lost
+    asyncoro.MessageExchanger.data_received = data_received
+
+
+def _install_peer_watch(watch: _Watch) -> None:
+    """Report connected peers, set keepalive on their sockets, and turn a peer
+    connection closing while this party computes into the session's failure."""
+    original_made = asyncoro.MessageExchanger.connection_made
+
+    def connection_made(self: asyncoro.MessageExchanger, transport) -> None:
+        _keep_alive(transport)
+        original_made(self, transport)
 
     def connection_lost(self: asyncoro.MessageExchanger, exc: Exception | None) -> None:
         if self.peer_pid is None:  # refused (or gone) before it said who it is
             return
-        original_lost(self, exc)
+        if watch.computing:
+            watch.peer_lost(self.peer_pid, exc)
+            return
+        # Shutdown: the outputs are open; a peer closing (normally, or not) is the end.
+        self.runtime.unset_protocol(self.peer_pid)
 
-    asyncoro.MessageExchanger.data_received = data_received
+    original_set = mpc.set_protocol
+
+    def set_protocol(peer_pid: int, protocol) -> None:
+        if peer_pid != mpc.pid:
+            watch.peer_connected(peer_pid)
+        original_set(peer_pid, protocol)
+
+    asyncoro.MessageExchanger.connection_made = connection_made
     asyncoro.MessageExchanger.connection_lost = connection_lost
+    mpc.set_protocol = set_protocol
 
 
 def _bind_listening_socket(host: str) -> None:
@@ -134,16 +256,84 @@ def load_input(spec: TaskInput, field: PrimeField) -> np.ndarray:
     return total
 
 
-async def run_task(task: SessionTask, timeout: float, file_dir: Path) -> dict:
-    """Connect to the other parties, compute the task, open the outputs."""
+async def _connect(watch: _Watch, timeout: float, grace: float) -> None:
+    """``mpc.start()``, bounded: ``timeout`` for all, ``grace`` after the first peer."""
+    loop = mpc._loop
+    start = asyncio.ensure_future(mpc.start())
+    deadline = loop.time() + timeout
     try:
-        await asyncio.wait_for(mpc.start(), timeout)
-    except TimeoutError:
-        raise SessionError(
-            f"parties did not all connect within {timeout:g} s (check that every party runs "
-            "this job, that the -P addresses and ports are reachable, and that each party's "
-            "certificate is issued by the party CA with CN 'MPyC party <index>')"
-        ) from None
+        while True:
+            done, _ = await asyncio.wait(
+                {start, watch.lost}, timeout=0.2, return_when=asyncio.FIRST_COMPLETED
+            )
+            if start in done:
+                start.result()
+                watch.connected = True
+                report("mpyc-connected", parties=len(mpc.parties))
+                return
+            if watch.lost.done():  # a peer left before everyone was there
+                raise SessionError(f"{watch.lost.result()}; still missing {watch.missing()}")
+            now = loop.time()
+            if watch.first_peer is not None and now >= watch.first_peer + grace:
+                raise SessionError(
+                    f"parties did not all connect within {grace:g} s of the first: "
+                    f"missing {watch.missing()}"
+                )
+            if now >= deadline:
+                raise SessionError(
+                    f"parties did not all connect within {timeout:g} s: missing "
+                    f"{watch.missing()} (check that every party runs this job, that the -P "
+                    "addresses and ports are reachable, and that each party's certificate is "
+                    "issued by the party CA with CN 'MPyC party <index>')"
+                )
+    finally:
+        if not start.done():
+            start.cancel()
+
+
+async def _exit_with_parent(parent: int) -> None:
+    """End this process when the one that started it is gone (see module doc)."""
+    while True:
+        await asyncio.sleep(PARENT_POLL)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+async def run_task(
+    task: SessionTask,
+    timeout: float,
+    file_dir: Path,
+    grace: float = CONNECT_GRACE,
+    watch: _Watch | None = None,
+) -> dict:
+    """Connect to the other parties, compute the task, open the outputs.
+
+    ``watch`` is the installed peer watch (:func:`_install_peer_watch`); without one a
+    lost peer is noticed only at the session's time limit.
+    """
+    if len(mpc.parties) == 1:
+        await mpc.start()
+        result = await compute(task, file_dir)
+        await mpc.shutdown()
+        return result
+    watch = watch if watch is not None else _Watch(task)
+    await _connect(watch, timeout, grace)
+    work = asyncio.ensure_future(compute(task, file_dir))
+    done, _ = await asyncio.wait({work, watch.lost}, return_when=asyncio.FIRST_COMPLETED)
+    if work not in done:
+        work.cancel()
+        raise SessionError(watch.lost.result())
+    result = work.result()
+    watch.computing = False
+    try:
+        await asyncio.wait_for(mpc.shutdown(), grace)
+    except TimeoutError:  # the outputs are open already: a peer gone now changes nothing
+        report("mpyc-shutdown-incomplete", missing=watch.missing())
+    return result
+
+
+async def compute(task: SessionTask, file_dir: Path) -> dict:
+    """The task's computation between connecting and shutting down."""
     sectype = task.sectype
     field = sectype.field
     if sectype.kind == "int":
@@ -157,7 +347,6 @@ async def run_task(task: SessionTask, timeout: float, file_dir: Path) -> dict:
 
         run = run_gwas if task.compute == "gwas" else run_newton
         outputs = await run(mpc, task, file_dir)
-        await mpc.shutdown()
         return {"job": task.job, "party": mpc.pid, "outputs": outputs}
     outputs: dict = {}
     noise_files: dict[str, str] = {}
@@ -201,7 +390,6 @@ async def run_task(task: SessionTask, timeout: float, file_dir: Path) -> dict:
             "frac_bits": sectype.frac_bits,
             "values": [int(v) for v in np.asarray(signed, dtype=object).reshape(-1)],
         }
-    await mpc.shutdown()
     if task.compute == "noise":
         return {"job": task.job, "party": mpc.pid, "noise": noise_files}
     return {"job": task.job, "party": mpc.pid, "outputs": outputs}
@@ -231,6 +419,10 @@ def main() -> int:
     parser.add_argument("--result", required=True, type=Path, help="where to write the result")
     parser.add_argument("--bind", help="address to listen on (default: own host from -P)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to connect")
+    parser.add_argument(
+        "--connect-grace", type=float, default=CONNECT_GRACE,
+        help="seconds the other peers get once one has connected",
+    )  # fmt: skip
     args = parser.parse_args(sys.argv[1:])  # MPyC has already removed its own options
     task = SessionTask.read(args.task.resolve())
     result_path = args.result.resolve()
@@ -242,11 +434,23 @@ def main() -> int:
         _install_identity_check(Path(".config", "mpyc_ca.crt"))
     if len(mpc.parties) > 1:
         _bind_listening_socket(args.bind or mpc.parties[mpc.pid].host)
+        watch = _Watch(task)
+        _install_peer_watch(watch)
+    else:
+        watch = None
+    parent = asyncio.ensure_future(_exit_with_parent(os.getppid()), loop=mpc._loop)
     try:
-        result = mpc.run(run_task(task, args.timeout, result_path.parent))
+        result = mpc.run(
+            run_task(task, args.timeout, result_path.parent, args.connect_grace, watch)
+        )
     except SessionError as exc:
-        print(f"session: job {task.job}: {exc}", file=sys.stderr)
-        return 1
+        print(f"session: job {task.job}: {exc}", file=sys.stderr, flush=True)
+        if watch is not None and watch.lost.done():
+            # Keep the connections open a moment, so that the other survivors see the
+            # lost peer go first and name it, not this party leaving after it.
+            time.sleep(LINGER)
+        os._exit(1)  # peers' pending messages and tasks die with the process
+    parent.cancel()
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(result_path)

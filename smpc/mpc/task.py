@@ -125,6 +125,19 @@ class SessionTask(_Strict):
     # Shamir shares open with MPyC's output(); additive shares (run with -T 0) are
     # opened by exchanging every party's summed share over the MPyC links.
     scheme: Literal["shamir", "additive"] = "shamir"
+    # The parties' names in index order, for messages naming a missing or lost peer
+    # (set by the party daemon; without them a peer is named by its index).
+    party_names: list[str] = Field(default_factory=list)
+
+    def party_called(self, index: int) -> str:
+        """``beta``, or ``index 1`` when the names are not known."""
+        return self.party_names[index] if index < len(self.party_names) else f"index {index}"
+
+    def party_name(self, index: int) -> str:
+        """``beta (index 1)``, or ``index 1`` when the names are not known."""
+        if index < len(self.party_names):
+            return f"{self.party_names[index]} (index {index})"
+        return f"index {index}"
 
     def write(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2))
