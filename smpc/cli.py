@@ -76,7 +76,7 @@ def _upload(args: argparse.Namespace) -> int:
     import asyncio
 
     from smpc import log
-    from smpc.inputs import parse_assignment, read_input
+    from smpc.inputs import parse_assignment
     from smpc.keys import load_kit
     from smpc.site import upload
     from smpc.spec.federation import load_federation
@@ -93,10 +93,18 @@ def _upload(args: argparse.Namespace) -> int:
 
         inputs = protocol_inputs(Path(args.data), federation)
     else:
-        inputs = {}
+        from smpc.site import configured_inputs
+
+        sources: dict[str, str] = {}
         for assignment in args.input:
             name, source = parse_assignment(assignment)
-            inputs[name] = read_input(source, name)
+            if name in sources:
+                raise UserError(f"--input {name}: given twice ({sources[name]}, {source})")
+            path = source if Path(source).exists() else source.partition(":")[0]
+            if not Path(path).exists():
+                raise UserError(f"--input {name}={source}: file {path} does not exist")
+            sources[name] = source
+        inputs = configured_inputs(sources, federation)
     report = asyncio.run(
         upload(
             kit, federation, args.job, inputs, timeout=args.timeout, progress=sys.stderr.isatty()
@@ -243,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     up.add_argument(
         "--input", action="append", default=[], metavar="NAME=PATH",
-        help="PATH.npy, PATH.npz[:KEY] or PATH.csv[:COLUMN]; repeat per input",
+        help="a spec input (e.g. age=site.csv:age) or one of the job's own inputs: "
+        "PATH.npy, PATH.npz[:KEY] or PATH.csv[:COLUMN]; repeat per input",
     )  # fmt: skip
     up.add_argument("--federation", help="federation file (default: the kit's copy)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all acks")
