@@ -172,18 +172,22 @@ def _local(args: argparse.Namespace) -> int:
     from smpc.inputs import parse_assignment
     from smpc.local import run_local
 
-    sites = dict(
-        parse_assignment(a) if "=" in a or not args.trainer else (a, None) for a in args.site
-    )
-    spec, _ = run_local(
+    sites: dict[str, str | None] = {}
+    for a in args.site:
+        name, path = parse_assignment(a) if "=" in a or not args.trainer else (a, None)
+        if name in sites:
+            raise UserError(f"--site {name}: given twice; one --site NAME=PATH per site")
+        sites[name] = path
+    spec, _, used = run_local(
         Path(args.spec), {k: None if v is None else Path(v) for k, v in sites.items()},
         Path(args.out), parties=args.parties, threshold=args.threshold,
         workdir=Path(args.workdir) if args.workdir else None, trainer=args.trainer,
         initial_model=Path(args.initial_model) if args.initial_model else None,
         broker=args.broker,
     )  # fmt: skip
-    print(f"{spec.name}: {spec.protocol} over {len(sites)} sites with {args.parties} parties "
-          f"(t={args.threshold}); results in {args.out}/")  # fmt: skip
+    print(f"{spec.name}: {spec.protocol} over {len(used)} of {len(sites)} sites "
+          f"({', '.join(used)}) with {args.parties} parties (t={args.threshold}); "
+          f"results in {args.out}/")  # fmt: skip
     return 0
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from smpc.dp import clip_rows, clip_update
 from smpc.dp import plan as dp_plan
 from smpc.errors import UserError
-from smpc.inputs import read_input
+from smpc.inputs import exceeds, read_input
 from smpc.messages import JobInput
 from smpc.modelfile import read_model, write_model
 
@@ -89,8 +89,10 @@ def site_statistics(
 
     if spec.protocol == "sum":
         stats = {}
+        bound = 2.0**spec.encoding.int_bits
         for name in spec.inputs:
-            values = read(name, missing_ok=True)
+            # a value beyond the encoding's range is refused at its row (dp clips it instead)
+            values = read(name, missing_ok=True, bound=bound if clip is None else None)
             if values.ndim == 0:
                 values = values.reshape(1)
             present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
@@ -98,6 +100,10 @@ def site_statistics(
             if clip is not None:  # one record moves the sum by at most clip (L2)
                 values = clip_rows(values, clip)
             stats[f"{name}.sum"] = values.sum(axis=0)
+            if np.any(np.abs(stats[f"{name}.sum"]) >= bound):
+                total = float(np.max(np.abs(stats[f"{name}.sum"])))
+                where_ = sources.get(name, where)
+                raise UserError(f"{where_}: input {name!r}: the sum {exceeds(total, bound)}")
             stats[f"{name}.count"] = present.sum(axis=0).astype(np.int64)
         return stats
     if spec.protocol == "fedavg" and sources:
