@@ -390,7 +390,9 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         await conn.subscribe(topics.jobs())
         log.event(
             logger, "site-serving", site=kit.name, inputs=",".join(config.inputs) or None,
-            data=config.data, trainer=config.trainer,
+            data=",".join(f"{k}={v}" for k, v in config.data.items())
+            if isinstance(config.data, dict) else config.data,
+            trainer=config.trainer,
         )  # fmt: skip
         async for message in until(conn.messages(), stop):
             if not message.body:
@@ -401,7 +403,8 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
                 log.event(logger, "job-ignored", logging.WARNING, reason=exc)
                 continue
             if job.id in answered:
-                skipped(job, "already answered")
+                if job.close is None:  # the job again (a restart): its close is no news
+                    skipped(job, "already answered")
                 continue
             if job.close is not None:
                 skipped(job, "closed: uploads are no longer accepted")
