@@ -285,7 +285,11 @@ def _check_bed_size(prefix: Path, n_samples: int, n_variants: int) -> None:
     variant, the .fam (the sample count) does not belong to the .bed; otherwise the
     .bed is cut short (or has trailing bytes).
     """
-    size = Path(f"{prefix}.bed").stat().st_size
+    path = Path(f"{prefix}.bed")
+    with path.open("rb") as f:
+        if f.read(3) != b"l\x1b\x01":
+            return  # not a variant-major .bed: bed-reader says so
+    size = path.stat().st_size
     per_variant = -(-n_samples // 4)
     expected = 3 + n_variants * per_variant
     if size == expected:
