@@ -358,8 +358,11 @@ def _served_failures(workdir: Path, sites: dict[str, Path | None]) -> dict[str, 
         path = workdir / f"{site}.log"
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         for line in lines:
-            if "event=upload-failed" in line or "event=job-skipped" in line:
-                failed[site] = line.partition("reason=")[2].strip('"') or line
+            reason = line.partition("reason=")[2].strip('"')
+            if "event=upload-failed" in line or (
+                "event=job-skipped" in line and not reason.startswith(("closed", "already"))
+            ):
+                failed[site] = reason or line
     return failed
 
 
