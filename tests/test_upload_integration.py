@@ -453,3 +453,36 @@ def test_site_serve_logs_bad_inputs_and_skipped_jobs_and_keeps_serving(keys_dir,
     assert "age are not among this site's inputs (x)" in log_text
     assert site.returncode == 0
     assert (tmp_path / "oslo.answered").read_text().split() == ["job-good"]
+
+
+def test_upload_takes_the_specs_input_names(keys_dir, tmp_path):
+    """``smpc upload --input age=FILE.csv:age``: the job asks for age.sum and age.count."""
+    from smpc.analyst import build_job
+    from smpc.spec.protocol import parse_spec
+
+    csv = tmp_path / "oslo.csv"
+    csv.write_text("age,bmi\n40,21.5\n50,\n61,30.25\n")
+    federation = federation_of(keys_dir)
+    analyst = kit(keys_dir, "analyst")
+    oslo = keys_dir / "kits" / "oslo"
+    doc = {"name": "c", "protocol": "sum", "inputs": ["age", "bmi"]}
+    job = build_job(parse_spec(doc, "c", federation), analyst, federation, job_id="job-names")
+    procs = []
+    with _broker(keys_dir, tmp_path):
+        try:
+            procs = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+            for proc in procs:
+                _wait_for_log(proc, "event=party-connected")
+            asyncio.run(publish_job(analyst, federation, job))
+            up = subprocess.run(
+                [sys.executable, "-m", "smpc.cli", "upload", "--kit", str(oslo), "--job", job.id, "--input", f"age={csv}:age", "--input", f"bmi={csv}:bmi",
+                 "--timeout", "60"],
+                capture_output=True, text=True, timeout=90,
+            )  # fmt: skip
+        finally:
+            _stop(procs)
+    assert up.returncode == 0, up.stderr
+    assert "oslo uploaded age.count, age.sum, bmi.count, bmi.sum to 3 parties" in up.stdout
+    with PartyStore(tmp_path / "store" / "alpha") as store:
+        stored = sorted(s.input for s in store.shares(job.id))
+    assert stored == ["age.count", "age.sum", "bmi.count", "bmi.sum"]
