@@ -475,8 +475,8 @@ def test_upload_takes_the_specs_input_names(keys_dir, tmp_path):
                 _wait_for_log(proc, "event=party-connected")
             asyncio.run(publish_job(analyst, federation, job))
             up = subprocess.run(
-                [sys.executable, "-m", "smpc.cli", "upload", "--kit", str(oslo), "--job", job.id, "--input", f"age={csv}:age", "--input", f"bmi={csv}:bmi",
-                 "--timeout", "60"],
+                [sys.executable, "-m", "smpc.cli", "upload", "--kit", str(oslo), "--job", job.id,
+                 "--input", f"age={csv}:age", "--input", f"bmi={csv}:bmi", "--timeout", "60"],
                 capture_output=True, text=True, timeout=90,
             )  # fmt: skip
         finally:
