@@ -76,7 +76,7 @@ def _upload(args: argparse.Namespace) -> int:
     import asyncio
 
     from smpc import log
-    from smpc.inputs import parse_assignment, read_input
+    from smpc.inputs import parse_assignment
     from smpc.keys import load_kit
     from smpc.site import default_keep_dir, upload
     from smpc.spec.federation import load_federation
@@ -93,10 +93,18 @@ def _upload(args: argparse.Namespace) -> int:
 
         inputs = protocol_inputs(Path(args.data), federation)
     else:
-        inputs = {}
+        from smpc.site import configured_inputs
+
+        sources: dict[str, str] = {}
         for assignment in args.input:
             name, source = parse_assignment(assignment)
-            inputs[name] = read_input(source, name)
+            if name in sources:
+                raise UserError(f"--input {name}: given twice ({sources[name]}, {source})")
+            path = source if Path(source).exists() else source.partition(":")[0]
+            if not Path(path).exists():
+                raise UserError(f"--input {name}={source}: file {path} does not exist")
+            sources[name] = source
+        inputs = configured_inputs(sources, federation)
     keep = Path(args.keep) if args.keep else default_keep_dir(kit.name)
     report = asyncio.run(
         upload(
@@ -171,18 +179,22 @@ def _local(args: argparse.Namespace) -> int:
     from smpc.inputs import parse_assignment
     from smpc.local import run_local
 
-    sites = dict(
-        parse_assignment(a) if "=" in a or not args.trainer else (a, None) for a in args.site
-    )
-    spec, _ = run_local(
+    sites: dict[str, str | None] = {}
+    for a in args.site:
+        name, path = parse_assignment(a) if "=" in a or not args.trainer else (a, None)
+        if name in sites:
+            raise UserError(f"--site {name}: given twice; one --site NAME=PATH per site")
+        sites[name] = path
+    spec, _, used = run_local(
         Path(args.spec), {k: None if v is None else Path(v) for k, v in sites.items()},
         Path(args.out), parties=args.parties, threshold=args.threshold,
         workdir=Path(args.workdir) if args.workdir else None, trainer=args.trainer,
         initial_model=Path(args.initial_model) if args.initial_model else None,
         broker=args.broker,
     )  # fmt: skip
-    print(f"{spec.name}: {spec.protocol} over {len(sites)} sites with {args.parties} parties "
-          f"(t={args.threshold}); results in {args.out}/")  # fmt: skip
+    print(f"{spec.name}: {spec.protocol} over {len(used)} of {len(sites)} sites "
+          f"({', '.join(used)}) with {args.parties} parties (t={args.threshold}); "
+          f"results in {args.out}/")  # fmt: skip
     return 0
 
 
@@ -250,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     up.add_argument(
         "--input", action="append", default=[], metavar="NAME=PATH",
-        help="PATH.npy, PATH.npz[:KEY] or PATH.csv[:COLUMN]; repeat per input",
+        help="a spec input (e.g. age=site.csv:age) or one of the job's own inputs: "
+        "PATH.npy, PATH.npz[:KEY] or PATH.csv[:COLUMN]; repeat per input",
     )  # fmt: skip
     up.add_argument("--federation", help="federation file (default: the kit's copy)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all acks")

@@ -8,11 +8,14 @@
   with a header row. Every cell must be a finite number: text, NaN or inf is
   refused with its row and column (the row number as a spreadsheet shows it, the
   header being row 1); an empty cell too, unless the caller reads missing values.
+  The file must be UTF-8 (a byte order mark, as spreadsheet programs write, is
+  dropped); another encoding is refused with the offset of the first bad byte.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -36,11 +39,15 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return name, source
 
 
-def read_input(source: str, name: str, *, missing_ok: bool = False) -> np.ndarray:
+def read_input(
+    source: str, name: str, *, missing_ok: bool = False, bound: float | None = None
+) -> np.ndarray:
     """The array a source names (see module docstring).
 
     With ``missing_ok`` an empty CSV cell is a missing value (NaN in the result)
-    instead of an error; text, NaN and inf are refused either way.
+    instead of an error; text, NaN and inf are refused either way. ``bound``: every
+    value must have ``|x| < bound`` (the fixed-point encoding's range), or the error
+    names the file, row (or index) and column.
     """
     path_text, _, key = source.partition(":") if not Path(source).exists() else (source, "", "")
     path = Path(path_text)
@@ -49,27 +56,60 @@ def read_input(source: str, name: str, *, missing_ok: bool = False) -> np.ndarra
         raise UserError(f"input {name!r}: file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _check_numeric(np.load(path, allow_pickle=False), f"{path}")
+        return _check_numeric(np.load(path, allow_pickle=False), f"{path}", bound, missing_ok)
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             if key not in archive:
                 raise UserError(
                     f"input {name!r}: {path} has no array {key!r} (has {sorted(archive)})"
                 )
-            return _check_numeric(archive[key], f"{path}:{key}")
+            return _check_numeric(archive[key], f"{path}:{key}", bound, missing_ok)
     if suffix == ".csv":
-        return _read_csv_column(path, key, missing_ok)
+        return _read_csv_column(path, key, missing_ok, bound)
     raise UserError(f"input {name!r}: {path} is not a .npy, .npz or .csv file")
 
 
-def _check_numeric(array: np.ndarray, where: str) -> np.ndarray:
+def exceeds(value: float, bound: float) -> str:
+    """The reason a value is out of the encoding's range, and the fix."""
+    return (
+        f"{value:g} exceeds the bound |x| < 2^{math.log2(bound):g} of the spec's fixed-point "
+        "encoding (raise encoding: int_bits, or rescale the column)"
+    )
+
+
+def _check_numeric(
+    array: np.ndarray, where: str, bound: float | None = None, missing_ok: bool = False
+) -> np.ndarray:
     if array.dtype.kind not in "iuf" and array.dtype != bool:
         raise UserError(f"{where}: array of {array.dtype} is not numeric")
+    bad = np.isinf(array) if missing_ok else ~np.isfinite(array)  # NaN: missing if allowed
+    if array.dtype.kind == "f" and bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise UserError(f"{where}: index {index}: {array[index]} is not a finite number")
+    if bound is not None and array.size and np.abs(array).max() >= bound:
+        index = tuple(int(i) for i in np.argwhere(np.abs(array) >= bound)[0])
+        raise UserError(f"{where}: index {index}: {exceeds(float(array[index]), bound)}")
     return array
 
 
-def _read_csv_column(path: Path, column: str, missing_ok: bool = False) -> np.ndarray:
-    with path.open(newline="") as f:
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte order mark is dropped), or one line saying where not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+            f"(row {row}); save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > "
+            f"{path.stem}-utf8{path.suffix}"
+        ) from None
+
+
+def _read_csv_column(
+    path: Path, column: str, missing_ok: bool = False, bound: float | None = None
+) -> np.ndarray:
+    with io.StringIO(_read_text(path), newline="") as f:
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None:
@@ -95,6 +135,8 @@ def _read_csv_column(path: Path, column: str, missing_ok: bool = False) -> np.nd
                 raise UserError(
                     f"{path}: row {line}, column {column!r}: {what} is not a finite number"
                 )
+            if bound is not None and abs(value) >= bound:
+                raise UserError(f"{path}: row {line}, column {column!r}: {exceeds(value, bound)}")
             values.append(value)
     array = np.array(values, dtype=np.float64)
     if np.isnan(array).any():

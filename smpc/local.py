@@ -8,6 +8,11 @@ code paths as a distributed deployment, on 127.0.0.1.
 With a trainer (``--trainer module:function``, see :mod:`smpc.fl`) every site
 runs ``smpc site serve`` with that trainer instead of one upload, and the
 analyst runs every round of the spec (:func:`smpc.fl.train`).
+
+Every site is the user's own here, so a site whose upload fails fails the run, naming
+the site and its reason, unless the spec sets ``min_sites`` itself (then the run goes
+on without it and says so). Messages about the generated federation file name the
+arguments it came from (``--threshold``, ``--parties``).
 """
 
 from __future__ import annotations
@@ -21,16 +26,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
-from smpc.analyst import build_job, logistic_rounds, run_gwas, run_job, write_outputs
+from smpc.analyst import Outcome, build_job, logistic_rounds, run_gwas, run_job, write_outputs
 from smpc.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
 from smpc.errors import UserError
 from smpc.inputs import data_exists
 from smpc.keys import init_keys, load_broker_kit, load_kit
-from smpc.spec.federation import load_federation
+from smpc.spec.federation import load_federation, read_yaml_mapping
 from smpc.spec.protocol import load_spec
 
 BROKERS = ("auto", "mosquitto", "embedded")
@@ -81,6 +86,21 @@ def _federation(root: Path, parties: int, threshold: int, sites: list[str]) -> P
     path = root / "federation.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+ARGUMENTS = {"threshold": "--threshold", "parties": "--parties", "sites": "--site"}
+
+
+def _as_arguments(message: str, federation_file: Path) -> str:
+    """A message about the generated federation file, told in the ``smpc local`` arguments
+    it came from (the user never saw that file)."""
+    lines = []
+    for line in message.splitlines():
+        if line.startswith(f"{federation_file}: "):
+            field, _, rest = line.removeprefix(f"{federation_file}: ").partition(": ")
+            line = f"{ARGUMENTS.get(field.split('.')[0].split('[')[0], field)}: {rest}"
+        lines.append(line.replace("(the federation's default)", "(--threshold)"))
+    return "\n".join(lines)
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -187,8 +207,13 @@ def run_local(
     workdir = Path(workdir).resolve()  # daemons run in other directories
     workdir.mkdir(parents=True, exist_ok=True)
     federation_file = _federation(workdir, parties, threshold, list(sites))
-    federation = load_federation(federation_file)
-    spec = load_spec(spec_path, federation)
+    try:
+        federation = load_federation(federation_file)
+        spec = load_spec(spec_path, federation)
+    except UserError as exc:  # the federation file is ours: name the user's arguments
+        raise UserError(_as_arguments(str(exc), federation_file)) from None
+    allow_fewer = "min_sites" in read_yaml_mapping(spec_path)
+    failed: dict[str, str] = {}
     if spec.rounds > 1 and trainer is None:
         raise UserError(
             f"{spec.name}: rounds: {spec.rounds} needs a trainer (--trainer module:function) "
@@ -232,21 +257,31 @@ def run_local(
                 for site, path in sites.items():
                     procs.append(_site_serve(workdir, kits, site, trainer, path))
                     _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
-                return spec, _train(analyst, federation, spec, out, initial_model)
+                summary = _train(analyst, federation, spec, out, initial_model)
+                used = tuple(sorted({s for r in summary["rounds"] for s in r.get("sites", ())}))
+                return LocalRun(spec, summary, used or tuple(sites))
             mind = spec.filters is not None and spec.filters.mind is not None
             if spec.protocol == "gwas" and ("logistic" in spec.tests or mind):
                 # several jobs: every site answers each one as `smpc site serve`
                 for site, path in sites.items():
                     procs.append(_site_serve(workdir, kits, site, None, path))
                     _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
-                outcome = run_gwas(
-                    analyst, federation, spec, upload_window=timeout / 2, timeout=timeout
+                try:
+                    outcome = run_gwas(
+                        analyst, federation, spec, upload_window=timeout / 2, timeout=timeout
+                    )
+                    fit = logistic_rounds(analyst, federation, spec, outcome, timeout=timeout)
+                except UserError as exc:
+                    raise UserError(f"{exc}{_site_log_reasons(workdir, sites)}") from None
+                _check_sites(
+                    spec, sites, outcome.sites, _served_failures(workdir, sites), allow_fewer
                 )
-                fit = logistic_rounds(analyst, federation, spec, outcome, timeout=timeout)
-                return spec, write_outputs(spec, outcome, out, logistic=fit)
+                return LocalRun(
+                    spec, write_outputs(spec, outcome, out, logistic=fit), outcome.sites
+                )
             job = build_job(spec, analyst, federation)
 
-            async def analyst_and_sites():
+            async def analyst_and_sites() -> Outcome:
                 running = asyncio.create_task(
                     run_job(analyst, federation, job, upload_window=timeout / 2, timeout=timeout)
                 )
@@ -272,21 +307,29 @@ def run_local(
                     )
                     for site, path in sites.items()
                 ]
-                errors = []
-                for site, up in zip(sites, uploads, strict=True):
+
+                async def watch(site: str, up: asyncio.subprocess.Process) -> None:
                     _, err = await up.communicate()
                     if up.returncode != 0:
-                        errors.append(f"{site}: {err.decode(errors='replace').strip()}")
+                        failed[site] = _last_line(err.decode(errors="replace"))
+                        if not allow_fewer:
+                            running.cancel()  # the job cannot succeed: do not wait for it
+
+                await asyncio.gather(*(watch(s, up) for s, up in zip(sites, uploads, strict=True)))
                 try:
-                    outcome = await running
+                    return await running
+                except asyncio.CancelledError:
+                    if not running.cancelled():
+                        raise
+                    raise UserError(_site_failures(spec, failed)) from None
                 except UserError as exc:
-                    detail = "; ".join(errors)
+                    detail = "; ".join(f"site {s}: {r}" for s, r in failed.items())
                     raise UserError(
                         f"{exc}" + (f" (uploads: {detail})" if detail else "")
                     ) from None
-                return outcome
 
             outcome = asyncio.run(analyst_and_sites())
+            used = outcome.sites
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -296,5 +339,66 @@ def run_local(
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+    _check_sites(spec, sites, used, failed, allow_fewer)
     summary = write_outputs(spec, outcome, out)
-    return spec, summary
+    return LocalRun(spec, summary, used)
+
+
+def _last_line(text: str) -> str:
+    """An uploader's reason: its last stderr line, without the ``smpc: error:`` prefix."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "exited without a message").removeprefix("smpc: error: ")
+
+
+def _site_failures(spec: Any, failed: dict[str, str]) -> str:
+    reasons = "; ".join(f"site {site}: {reason}" for site, reason in failed.items())
+    return (
+        f"{spec.name}: {reasons}. Nothing was opened: every site must upload unless the "
+        "spec sets min_sites to allow fewer"
+    )
+
+
+def _served_failures(workdir: Path, sites: dict[str, Path | None]) -> dict[str, str]:
+    """The last failure each ``smpc site serve`` logged (``event=upload-failed``)."""
+    failed = {}
+    for site in sites:
+        path = workdir / f"{site}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        for line in lines:
+            reason = line.partition("reason=")[2].strip('"')
+            if "event=upload-failed" in line or (
+                "event=job-skipped" in line and not reason.startswith(("closed", "already"))
+            ):
+                failed[site] = reason or line
+    return failed
+
+
+def _site_log_reasons(workdir: Path, sites: dict[str, Path | None]) -> str:
+    failed = _served_failures(workdir, sites)
+    return "".join(f"; site {site}: {reason}" for site, reason in failed.items())
+
+
+def _check_sites(
+    spec: Any,
+    sites: dict[str, Path | None],
+    used: tuple[str, ...],
+    failed: dict[str, str],
+    allow_fewer: bool,
+) -> None:
+    """Refuse a result without every site unless the spec allows fewer (``min_sites``);
+    when it does, say on stderr which sites are missing and why."""
+    missing = {s: failed.get(s, "no upload") for s in sites if s not in used}
+    if not missing:
+        return
+    if not allow_fewer:
+        raise UserError(_site_failures(spec, missing))
+    for site, reason in missing.items():
+        print(f"smpc: warning: site {site} is not in the result: {reason}", file=sys.stderr)
+
+
+class LocalRun(NamedTuple):
+    """What :func:`run_local` ran: the spec, the result summary and the sites in it."""
+
+    spec: Any
+    summary: dict[str, Any]
+    sites: tuple[str, ...]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -208,6 +208,48 @@ class SiteData:
     records: int | None = None
 
 
+class SkipJob(UserError):
+    """This site does not answer the job; the message says why (``event=job-skipped``)."""
+
+
+def configured_inputs(
+    sources: Mapping[str, str], federation: Federation
+) -> Callable[[Job], SiteData]:
+    """Inputs from a site's ``NAME: SOURCE`` assignments (``inputs:``, ``--input``).
+
+    The names are the spec's inputs (``age``, ``bmi``; a fedavg model's arrays and
+    ``num_examples``): the job's protocol computes its local statistics from them
+    (``age.sum``, ``age.count``: :func:`smpc.protocols.linear.site_statistics`). A job
+    whose own input names are all given exactly gets those arrays as they are.
+    """
+
+    def compute(job: Job) -> SiteData:
+        from smpc.protocols.linear import declared_records, site_statistics
+        from smpc.spec.protocol import parse_spec
+
+        names = [s.name for s in job.inputs]
+        if all(name in sources for name in names):
+            return SiteData({name: read_input(sources[name], name) for name in names})
+        if job.protocol not in ("sum", "fedavg"):
+            raise SkipJob(
+                f"a {job.protocol} job reads a data file (data: in the site config, "
+                "--data PATH), not named inputs"
+            )
+        spec = parse_spec(job.spec, f"job {job.id}", federation)
+        wanted = list(spec.inputs or ()) + (["num_examples"] if spec.protocol == "fedavg" else [])
+        missing = [name for name in wanted if name not in sources]
+        if missing:
+            raise SkipJob(
+                f"its spec's inputs {', '.join(missing)} are not among this site's inputs "
+                f"({', '.join(sources) or 'none'})"
+            )
+        base = None if job.model is None else decode_model(job.model)
+        stats = site_statistics(spec, {name: sources[name] for name in wanted}, base)
+        return SiteData(stats, declared_records(spec, stats))
+
+    return compute
+
+
 def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], SiteData]:
     """Inputs computed from a site's data file by the job's protocol (its local statistics)."""
 
@@ -279,7 +321,7 @@ async def upload(
             raise UploadFailed(f"job {job.id} is closed: uploads are no longer accepted")
         refusal = policy.refusal(job)
         if refusal:
-            raise UploadFailed(f"job {job.id}: site {kit.name} does not upload: {refusal}")
+            raise SkipJob(f"job {job.id}: site {kit.name} does not upload: {refusal}")
         kept = None if keep is None else KeptUpload(keep, job)
         if kept is not None and kept.complete:
             log.event(logger, "upload-complete", job=job.id, site=kit.name, kept=True)
@@ -394,9 +436,14 @@ def _take_ack(data, kit, job, expected, pending, refused, report) -> None:
 class SiteConfig(BaseModel):
     """``parties/<site>.yaml``: a site's kit and what it answers jobs with.
 
-    - ``inputs``: which local file feeds which input name (jobs naming those inputs);
-    - ``data``: a data file the job's protocol computes its statistics from (sum,
-      one-round fedavg from an .npz);
+    - ``inputs``: which local source feeds which of a spec's inputs (``age:
+      FILE.csv:age``; a fedavg model's arrays and ``num_examples``: ``FILE.npz:ARRAY``):
+      the job's protocol computes the local statistics it shares from them
+      (:func:`configured_inputs`);
+    - ``data``: a data file the job's protocol computes its statistics from (sum's
+      CSV, one-round fedavg's .npz, a GWAS's fileset prefix), or one per protocol
+      (``data: {gwas: FILESET, fedavg: MODEL.npz}``); for the job's protocol it is
+      used before ``inputs``;
     - ``trainer``: ``module:function`` or ``file.py:function`` called on every fedavg
       job (every round of multi-round training) with the job's global model and round
       index; it returns the local model and its number of examples (:mod:`smpc.fl`).
@@ -409,12 +456,16 @@ class SiteConfig(BaseModel):
     kit: Path
     federation: Path | None = None
     inputs: dict[str, str] = {}
-    data: Path | None = None
+    data: Path | dict[Literal["sum", "fedavg", "gwas"], Path] | None = None
     trainer: str | None = None
     trainer_args: dict[str, Any] = {}
     state: Path | None = None  # where answered job ids are kept (default: next to the config)
     log_level: str = "info"
     policy: SitePolicy = SitePolicy()
+
+    def data_for(self, protocol: str) -> Path | None:
+        """The data file for a job of ``protocol`` (None: use ``inputs``)."""
+        return self.data.get(protocol) if isinstance(self.data, dict) else self.data
 
 
 def load_site_config(path: Path) -> SiteConfig:
@@ -438,11 +489,16 @@ def load_site_config(path: Path) -> SiteConfig:
     if trainer and trainer.rpartition(":")[0].endswith(".py"):
         module, _, function = trainer.rpartition(":")
         trainer = f"{module if Path(module).is_absolute() else base / module}:{function}"
+    data_files = (
+        {k: resolve(v) for k, v in config.data.items()}
+        if isinstance(config.data, dict)
+        else resolve(config.data)
+    )
     return config.model_copy(
         update={
             "kit": resolve(config.kit),
             "federation": resolve(config.federation),
-            "data": resolve(config.data),
+            "data": data_files,
             "trainer": trainer,
             "state": resolve(config.state) or base / f".{Path(path).stem}.answered",
             "inputs": inputs,
@@ -455,7 +511,10 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
 
     A fedavg job goes to the trainer when one is configured (every round of
     multi-round training is a job of its own); otherwise the job's protocol reads
-    ``data``, or the job's inputs are read from ``inputs``.
+    its ``data`` file, or computes its statistics from ``inputs``. Every job not
+    answered gets one ``event=job-skipped`` line with the reason; a job whose inputs
+    fail (a bad file, a value out of range) one ``event=upload-failed`` line, and the
+    daemon goes on with the next job.
     """
     from smpc.fl import answer_round, load_trainer
 
@@ -468,13 +527,19 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         if config.trainer
         else None
     )
-    from_data = protocol_inputs(config.data, federation) if config.data else None
     keep = config.state.parent / f"{config.state.name}.uploads"  # envelopes awaiting acks
+    from_inputs = configured_inputs(config.inputs, federation) if config.inputs else None
+
+    def skipped(job: Job, reason: str) -> None:
+        log.event(logger, "job-skipped", job=job.id, site=kit.name, reason=reason)
+
     async with Connection.from_kit(kit, federation) as conn:
         await conn.subscribe(topics.jobs())
         log.event(
             logger, "site-serving", site=kit.name, inputs=",".join(config.inputs) or None,
-            data=config.data, trainer=config.trainer,
+            data=",".join(f"{k}={v}" for k, v in config.data.items())
+            if isinstance(config.data, dict) else config.data,
+            trainer=config.trainer,
         )  # fmt: skip
         async for message in until(conn.messages(), stop):
             if not message.body:
@@ -484,22 +549,42 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
             except MessageError as exc:
                 log.event(logger, "job-ignored", logging.WARNING, reason=exc)
                 continue
-            if job.id in answered or job.close is not None:
+            if job.id in answered:
+                if job.close is None:  # the job again (a restart): its close is no news
+                    skipped(job, "already answered")
+                continue
+            if job.close is not None:
+                skipped(job, "closed: uploads are no longer accepted")
                 continue
             if job.sites is not None and kit.name not in job.sites:
+                skipped(job, f"it asks only sites {', '.join(job.sites)}")
                 continue
+            data = config.data_for(job.protocol)
             try:
                 if trainer is not None and job.protocol == "fedavg":
                     await answer_round(kit, federation, job, trainer)
-                elif from_data is not None:
-                    await upload(kit, federation, job, from_data, keep=keep, policy=config.policy)
-                elif config.inputs and all(s.name in config.inputs for s in job.inputs):
-                    data = {s.name: read_input(config.inputs[s.name], s.name) for s in job.inputs}
-                    await upload(kit, federation, job, data, keep=keep, policy=config.policy)
+                elif data is not None:
+                    await upload(
+                        kit, federation, job, protocol_inputs(data, federation), keep=keep,
+                        policy=config.policy,
+                    )  # fmt: skip
+                elif from_inputs is not None:
+                    await upload(
+                        kit, federation, job, from_inputs, keep=keep, policy=config.policy
+                    )
                 else:
+                    skipped(job, f"no data file for {job.protocol} jobs in the site config")
                     continue
+            except SkipJob as exc:
+                skipped(job, str(exc))
+                continue
             except UserError as exc:
                 log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=exc)
+                continue
+            except Exception as exc:  # a file no reader expected: log it, serve the next job
+                logger.debug("job %s", job.id, exc_info=True)
+                reason = f"{type(exc).__name__}: {exc}"
+                log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=reason)
                 continue
             answered.add(job.id)
             config.state.write_text("\n".join(sorted(answered)) + "\n")

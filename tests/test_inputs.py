@@ -61,3 +61,53 @@ def test_missing_files_and_bad_assignments(tmp_path):
     assert parse_assignment("age=data.csv:age") == ("age", "data.csv:age")
     with pytest.raises(UserError, match="NAME=PATH"):
         parse_assignment("age")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"age,bmi\n40,1\n4\xe9,2\n", "not UTF-8 text: byte 0xe9 at offset 14 (row 3); save it as"),
+        (b"age,bmi\n1e308,1\n", "row 2, column 'age': 1e+308 exceeds the bound |x| < 2^30"),
+        (b"age,bmi\n40,1\n-inf,2\n", "row 3, column 'age': '-inf' is not a finite number"),
+        (b"age,bmi\n40,1\nNaN,2\n", "row 3, column 'age': 'NaN' is not a finite number"),
+    ],
+)
+def test_encoding_and_range_errors_name_file_and_row(tmp_path, content, message):
+    path = tmp_path / "site.csv"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=re.escape(f"{path}: ")) as err:
+        read_input(f"{path}:age", "age", bound=2.0**30)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    path = tmp_path / "site.csv"
+    path.write_bytes(b"\xef\xbb\xbfage,bmi\n40,1\n")
+    assert read_input(f"{path}:age", "age").tolist() == [40]
+
+
+def test_npy_values_beyond_the_bound_name_the_index(tmp_path):
+    np.save(tmp_path / "x.npy", np.array([1.0, 2.0**31]))
+    with pytest.raises(UserError, match=r"x.npy: index \(1,\): 2.14748e\+09 exceeds the bound"):
+        read_input(str(tmp_path / "x.npy"), "x", bound=2.0**30)
+
+
+def test_truncated_bed_and_short_fam_name_the_right_file(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from smpc.protocols.gwas.sitedata import open_site
+
+    source = Path(__file__).resolve().parents[1] / "smpc" / "data" / "gwas"
+    for case in ("bed", "fam"):
+        (tmp_path / case).mkdir()
+        for ext in ("bed", "bim", "fam"):
+            shutil.copy(source / f"oslo.{ext}", tmp_path / case / f"oslo.{ext}")
+    bed = tmp_path / "bed" / "oslo.bed"
+    bed.write_bytes(bed.read_bytes()[:-100])
+    fam = tmp_path / "fam" / "oslo.fam"
+    fam.write_text("".join(fam.read_text().splitlines(keepends=True)[:-5]))
+    with pytest.raises(UserError, match=re.escape(f"{bed}: 67238 bytes, expected 67338")):
+        open_site(tmp_path / "bed" / "oslo")
+    with pytest.raises(UserError, match=re.escape(f"{fam}: 262 samples, but")):
+        open_site(tmp_path / "fam" / "oslo")

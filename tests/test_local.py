@@ -8,6 +8,8 @@ tolerance 1e-6·max(1, |x|) covers. Integers are exact.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -140,3 +142,60 @@ def test_parties_reporting_different_opened_values_are_detected():
     same[1] = np.array([1, 3], dtype=object)
     with pytest.raises(JobFailed, match=r"parties disagree .*parties \[1\]"):
         _open(same, job, job.inputs[0])
+
+
+def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smpc.cli", "local", *args],
+        capture_output=True, text=True, timeout=170, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_a_failing_site_fails_the_run_naming_it(tmp_path):
+    """One site's bad value stops the run (non-zero, the site and its reason on stderr)
+    unless the spec allows fewer sites; the success line then names the sites used."""
+    sites, _ = _sites(tmp_path, np.random.default_rng(4))
+    (tmp_path / "site2.csv").write_text("age,bmi\n1e308,20\n40,21\n")
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text("name: cohort\nprotocol: sum\ninputs: [age]\n")
+    args = [f"--site={name}={path}" for name, path in sites.items()]
+    run = _cli("--spec", str(spec), *args, "--out", str(tmp_path / "out"))
+    assert run.returncode == 2, run.stderr
+    assert "site site2: " in run.stderr and "site2.csv: row 2, column" in run.stderr, run.stderr
+    assert "cohort: sum over" not in run.stdout
+    assert not (tmp_path / "out" / "result.json").exists()
+
+    (tmp_path / "site2.csv").write_text("age,bmi\n40,21\n")
+    run = _cli("--spec", str(spec), *args, "--out", str(tmp_path / "out"))
+    assert run.returncode == 0, run.stderr
+    assert "over 3 of 3 sites (site0, site1, site2)" in run.stdout
+
+
+def test_a_failing_site_is_left_out_when_min_sites_allows(tmp_path, capsys):
+    sites, tables = _sites(tmp_path, np.random.default_rng(4))
+    (tmp_path / "site2.csv").write_bytes(b"age,bmi\n4\xe9,20\n")
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text("name: cohort\nprotocol: sum\ninputs: [age]\nmin_sites: 2\n")
+    run = run_local(spec, sites, tmp_path / "out", timeout=40)  # the analyst waits 20 s for site2
+    assert run.sites == ("site0", "site1")
+    assert "site site2 is not in the result: " in capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["age"]["sum"] == int(tables["site0"][0].sum() + tables["site1"][0].sum())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--site", "site0=x.csv"], "--site site0: given twice"),
+        (["--threshold", "3"], "smpc: error: --threshold: threshold 3 must be below"),
+        (["--parties", "1"], "smpc: error: --parties: at least 2 computing parties"),
+    ],
+)
+def test_argument_errors_name_the_arguments(tmp_path, extra, message):
+    sites, _ = _sites(tmp_path, np.random.default_rng(5))
+    spec = tmp_path / "cohort.yaml"
+    spec.write_text("name: cohort\nprotocol: sum\ninputs: [age]\n")
+    args = [f"--site={name}={path}" for name, path in sites.items()]
+    run = _cli("--spec", str(spec), *args, *extra, "--out", str(tmp_path / "out"))
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert "federation.yaml" not in run.stderr

@@ -385,3 +385,104 @@ def test_smpc_run_trains_several_rounds_with_site_serve(keys_dir, tmp_path):
         assert np.abs(got["w"] - w).max() <= 1e-6
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert [r["sites"] for r in history["rounds"]] == [["oslo", "bergen", "tromso"]] * 3
+
+
+def test_site_serve_logs_bad_inputs_and_skipped_jobs_and_keeps_serving(keys_dir, tmp_path):
+    """A Latin-1 CSV and a truncated .bed each give one logged line for their job; a job
+    the site has no input for is skipped with its reason; the next good job is answered."""
+    import shutil
+
+    from smpc.analyst import build_job
+    from smpc.spec.protocol import parse_spec
+
+    gwas = Path(__file__).resolve().parents[1] / "smpc" / "data" / "gwas"
+    for ext in ("bed", "bim", "fam", "pheno", "cov"):
+        shutil.copy(gwas / f"oslo.{ext}", tmp_path / f"oslo.{ext}")
+    bed = tmp_path / "oslo.bed"
+    bed.write_bytes(bed.read_bytes()[:-100])
+    csv = tmp_path / "x.csv"
+    csv.write_bytes(b"x\n1\n2\xe9\n")
+    config = tmp_path / "oslo-site.yaml"
+    config.write_text(
+        f"kit: {keys_dir / 'kits' / 'oslo'}\ninputs:\n  x: {csv}:x\n"
+        f"data:\n  gwas: {tmp_path / 'oslo'}\nstate: {tmp_path / 'oslo.answered'}\n"
+    )
+    federation = federation_of(keys_dir)
+    analyst = kit(keys_dir, "analyst")
+    procs = []
+    with _broker(keys_dir, tmp_path):
+        try:
+            procs = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+            for proc in procs:
+                _wait_for_log(proc, "event=party-connected")
+            site_log = open(tmp_path / "oslo-site.log", "ab")  # noqa: SIM115
+            site = subprocess.Popen(
+                [sys.executable, "-m", "smpc.cli", "site", "serve", "--config", str(config)],
+                stdout=site_log,
+                stderr=subprocess.STDOUT,
+            )
+            site.log_path = tmp_path / "oslo-site.log"
+            procs.append(site)
+            _wait_for_log(site, "event=site-serving")
+            _publish(keys_dir, "job-latin1")
+            _wait_for_log(site, "event=upload-failed job=job-latin1", timeout=60)
+            spec = parse_spec(
+                {"name": "g", "protocol": "gwas", "tests": ["assoc"]}, "g", federation
+            )
+            job = build_job(spec, analyst, federation, job_id="job-bed")
+            asyncio.run(publish_job(analyst, federation, job))
+            _wait_for_log(site, "event=upload-failed job=job-bed", timeout=60)
+            spec = parse_spec({"name": "c", "protocol": "sum", "inputs": ["age"]}, "c", federation)
+            job = build_job(spec, analyst, federation, job_id="job-age")
+            asyncio.run(publish_job(analyst, federation, job))
+            _wait_for_log(site, "event=job-skipped job=job-age", timeout=60)
+            csv.write_text("x\n1\n2\n")
+            _publish(keys_dir, "job-good")
+            _wait_for_log(site, "event=upload-complete job=job-good", timeout=60)
+            assert site.poll() is None
+        finally:
+            _stop(procs)
+    log_text = site.log_path.read_text()
+    lines = {
+        j: [x for x in log_text.splitlines() if f"job=job-{j} " in x] for j in ("latin1", "bed")
+    }
+    assert len(lines["latin1"]) == 1 and "not UTF-8 text" in lines["latin1"][0]
+    assert f"{csv}" in lines["latin1"][0]
+    assert len(lines["bed"]) == 1 and f"{bed}: 67238 bytes, expected 67338" in lines["bed"][0]
+    assert "Traceback" not in log_text
+    assert "age are not among this site's inputs (x)" in log_text
+    assert site.returncode == 0
+    assert (tmp_path / "oslo.answered").read_text().split() == ["job-good"]
+
+
+def test_upload_takes_the_specs_input_names(keys_dir, tmp_path):
+    """``smpc upload --input age=FILE.csv:age``: the job asks for age.sum and age.count."""
+    from smpc.analyst import build_job
+    from smpc.spec.protocol import parse_spec
+
+    csv = tmp_path / "oslo.csv"
+    csv.write_text("age,bmi\n40,21.5\n50,\n61,30.25\n")
+    federation = federation_of(keys_dir)
+    analyst = kit(keys_dir, "analyst")
+    oslo = keys_dir / "kits" / "oslo"
+    doc = {"name": "c", "protocol": "sum", "inputs": ["age", "bmi"]}
+    job = build_job(parse_spec(doc, "c", federation), analyst, federation, job_id="job-names")
+    procs = []
+    with _broker(keys_dir, tmp_path):
+        try:
+            procs = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+            for proc in procs:
+                _wait_for_log(proc, "event=party-connected")
+            asyncio.run(publish_job(analyst, federation, job))
+            up = subprocess.run(
+                [sys.executable, "-m", "smpc.cli", "upload", "--kit", str(oslo), "--job", job.id,
+                 "--input", f"age={csv}:age", "--input", f"bmi={csv}:bmi", "--timeout", "60"],
+                capture_output=True, text=True, timeout=90,
+            )  # fmt: skip
+        finally:
+            _stop(procs)
+    assert up.returncode == 0, up.stderr
+    assert "oslo uploaded age.count, age.sum, bmi.count, bmi.sum to 3 parties" in up.stdout
+    with PartyStore(tmp_path / "store" / "alpha") as store:
+        stored = sorted(s.input for s in store.shares(job.id))
+    assert stored == ["age.count", "age.sum", "bmi.count", "bmi.sum"]

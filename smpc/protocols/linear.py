@@ -32,7 +32,7 @@ import numpy as np
 from smpc.dp import clip_rows, clip_update
 from smpc.dp import plan as dp_plan
 from smpc.errors import UserError
-from smpc.inputs import read_input
+from smpc.inputs import exceeds, read_input
 from smpc.messages import JobInput
 from smpc.modelfile import read_model, write_model
 
@@ -66,19 +66,33 @@ def fedavg_parameter_names(path: Path) -> tuple[str, ...]:
 
 
 def site_statistics(
-    spec: Any, source: Path, base: Mapping[str, np.ndarray] | None = None
+    spec: Any, source: Path | Mapping[str, str], base: Mapping[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
     """A site's local sufficient statistics for the spec, from its data file.
 
-    ``base`` is the round's global model (fedavg): with dp the site shares its clipped
-    update from it (:mod:`smpc.dp`).
+    ``source`` is one data file (a CSV with the spec's columns, a model file), or one
+    source per spec input (``FILE.csv:COLUMN``, ``FILE.npz:ARRAY``, as a site's
+    ``inputs:`` or ``smpc upload --input`` name them; fedavg's weight is the input
+    ``num_examples``). ``base`` is the round's global model (fedavg): with dp the site
+    shares its clipped update from it (:mod:`smpc.dp`).
     """
-    source = Path(source)
     clip = None if spec.dp is None else spec.dp.clip
+    if isinstance(source, Mapping):
+        sources = dict(source)
+        where = ", ".join(sorted({s.rpartition(":")[0] or s for s in sources.values()}))
+    else:
+        sources = {}
+        where = str(source)
+
+    def read(name: str, **kwargs: Any) -> np.ndarray:
+        return read_input(sources.get(name, where), name, **kwargs)
+
     if spec.protocol == "sum":
         stats = {}
+        bound = 2.0**spec.encoding.int_bits
         for name in spec.inputs:
-            values = read_input(str(source), name, missing_ok=True)
+            # a value beyond the encoding's range is refused at its row (dp clips it instead)
+            values = read(name, missing_ok=True, bound=bound if clip is None else None)
             if values.ndim == 0:
                 values = values.reshape(1)
             present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
@@ -86,8 +100,20 @@ def site_statistics(
             if clip is not None:  # one record moves the sum by at most clip (L2)
                 values = clip_rows(values, clip)
             stats[f"{name}.sum"] = values.sum(axis=0)
+            if np.any(np.abs(stats[f"{name}.sum"]) >= bound):
+                total = float(np.max(np.abs(stats[f"{name}.sum"])))
+                where_ = sources.get(name, where)
+                raise UserError(f"{where_}: input {name!r}: the sum {exceeds(total, bound)}")
             stats[f"{name}.count"] = present.sum(axis=0).astype(np.int64)
         return stats
+    if spec.protocol == "fedavg" and sources:
+        arrays = {name: read(name) for name in spec.inputs}
+        weight = read("num_examples")
+        if weight.size != 1 or (weight.dtype.kind not in "iu" and weight.flat[0] % 1):
+            raise UserError(f"{sources['num_examples']}: num_examples must be one integer")
+        return fedavg_statistics(
+            spec.inputs, arrays, int(weight.flat[0]), where, clip=clip, base=base
+        )
     if spec.protocol == "fedavg":
         arrays, n = read_model(source)  # .npz, .safetensors or a PyTorch state dict
         if n is None:

@@ -278,10 +278,41 @@ def _read_psam(path: Path) -> SampleTable:
 # --- the three backends ------------------------------------------------------------
 
 
+def _check_bed_size(prefix: Path, n_samples: int, n_variants: int) -> None:
+    """A .bed holds ``3 + variants · ceil(samples / 4)`` bytes: name the file that is off.
+
+    When the size fits the .bim's variants with another whole number of bytes per
+    variant, the .fam (the sample count) does not belong to the .bed; otherwise the
+    .bed is cut short (or has trailing bytes).
+    """
+    path = Path(f"{prefix}.bed")
+    with path.open("rb") as f:
+        if f.read(3) != b"l\x1b\x01":
+            return  # not a variant-major .bed: bed-reader says so
+    size = path.stat().st_size
+    per_variant = -(-n_samples // 4)
+    expected = 3 + n_variants * per_variant
+    if size == expected:
+        return
+    body = size - 3
+    if n_variants and body > 0 and body % n_variants == 0:
+        b = body // n_variants
+        raise UserError(
+            f"{prefix}.fam: {n_samples} samples, but {prefix}.bed holds {b} bytes per variant "
+            f"for the .bim's {n_variants} variants ({4 * b - 3} to {4 * b} samples): the .fam "
+            "does not belong to this .bed"
+        )
+    raise UserError(
+        f"{prefix}.bed: {size} bytes, expected {expected} for the .fam's {n_samples} samples "
+        f"and the .bim's {n_variants} variants: the file is truncated or not of this fileset"
+    )
+
+
 class _BedBackend:
     def __init__(self, prefix: Path, n_samples: int, n_variants: int) -> None:
         from bed_reader import open_bed
 
+        _check_bed_size(prefix, n_samples, n_variants)
         try:
             self._bed = open_bed(
                 f"{prefix}.bed",
