@@ -24,9 +24,10 @@ import hashlib
 import json
 import logging
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -536,6 +537,10 @@ class PartyService:
         if task.compute == "gwas":  # the alignment is public: every party computed the same
             words = np.load(workdir / "alignment.npy")
             opened["alignment"] = {"shape": list(words.shape), "values": words.tolist()}
+            opened.update(self._unread_outputs(job, task))
+        problem = outputs_problem(job, opened)
+        if problem:
+            return self._failed(job, problem)
         result = PartyResult(
             job=job.id,
             party=self.index,
@@ -548,6 +553,15 @@ class PartyService:
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), opened="mpyc")
         message = sign("result", result, self.kit.name, self.kit.signing_key)
         return JobReply(self._status(job.id, "done", sites=job.close), (("", message),))
+
+    def _unread_outputs(self, job: Job, task: SessionTask) -> dict[str, dict[str, Any]]:
+        """The announced GWAS outputs the sites' phenotype does not read, as empty arrays
+        (:func:`.protocols.gwas.protocol.unread_outputs`)."""
+        from smpc.protocols.gwas.protocol import unread_outputs
+
+        spec = parse_spec(job.spec, f"job {job.id}", self.federation)
+        kind = "quantitative" if task.gwas.quantitative else "case/control"
+        return {name: {"shape": [0], "values": []} for name in unread_outputs(spec, kind)}
 
     def _failed(self, job: Job, reason: str) -> JobReply:
         self.store.set_job_status(job.id, "failed")
@@ -671,6 +685,19 @@ class PartyService:
 
     def _sign(self, ack: Ack) -> bytes:
         return sign("ack", ack, self.kit.name, self.kit.signing_key)
+
+
+def outputs_problem(job: Job, opened: Mapping[str, Any]) -> str:
+    """Why a session's opened outputs are not exactly those the job names ("" if they are):
+    a party fails the job with this reason rather than deliver a partial result."""
+    named = {o.name for o in job.delivered}
+    missing, unexpected = sorted(named - set(opened)), sorted(set(opened) - named)
+    problems = []
+    if missing:
+        problems.append(f"the session opened none of {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"it opened outputs the job does not name: {', '.join(unexpected)}")
+    return "; ".join(problems)
 
 
 def header_problem(header: ShareHeader, job: Job) -> str:

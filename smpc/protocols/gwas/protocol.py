@@ -93,12 +93,21 @@ def assoc_modulus() -> tuple[int, int]:
     return field_prime(bits), bits
 
 
-def regression_groups(spec: Any) -> dict[str, int]:
-    """The cross-product groups a spec needs, with their design width k = len(x)."""
+PHENOTYPES = ("case/control", "quantitative")
+"""The phenotype kinds a site declares in its public ``site`` input."""
+
+
+def regression_groups(spec: Any, phenotype: str | None = None) -> dict[str, int]:
+    """The cross-product groups a spec needs, with their design width k = len(x).
+
+    ``qt`` is ``assoc``'s quantitative reading of a ``pheno:`` column: the sites share
+    its cross products whatever their phenotype (a job is built before they declare
+    it), and a declared ``case/control`` phenotype does not read it.
+    """
     groups = {}
     if "linear" in spec.tests:
         groups["linear"] = 2 + len(spec.covar)
-    if "assoc" in spec.tests and spec.pheno is not None:
+    if "assoc" in spec.tests and spec.pheno is not None and phenotype != "case/control":
         groups["qt"] = 2
     return groups
 
@@ -182,8 +191,18 @@ def analysed_ids(opened: Mapping[str, np.ndarray]) -> np.ndarray:
     return parse_table(summary["variants"])["snp"]
 
 
-def statistics_outputs(spec: Any) -> list[JobInput]:
-    """What the parties open with ``reveal: statistics`` (:mod:`.session`)."""
+def statistics_outputs(spec: Any, phenotype: str | None = None) -> list[JobInput]:
+    """What the parties open with ``reveal: statistics`` (:mod:`.session`): the one place
+    that decides it, for the job and for the session alike.
+
+    A job is built before any site declares its phenotype, so the job announces the
+    outputs of either kind (``phenotype`` None): ``assoc`` reads a ``pheno:`` column as
+    case/control (``.assoc``: the ``assoc.*`` ratios) or as quantitative (``.qassoc``:
+    the ``qt`` regression). Once the sites have declared their kind (one of
+    :data:`PHENOTYPES`), the session opens ``statistics_outputs(spec, kind)`` and every
+    party delivers the announced outputs that kind does not read as empty arrays
+    (:func:`unread_outputs`): each party delivers exactly the outputs the job names.
+    """
     names = ["a1.merge", "a1.swap"]
     if spec.filters and (spec.filters.geno is not None or spec.filters.maf is not None):
         names += ["filter.geno", "filter.maf"]
@@ -197,12 +216,19 @@ def statistics_outputs(spec: Any) -> list[JobInput]:
     ):
         if test in spec.tests:
             names += opened
-    for group in regression_groups(spec):
+    for group in regression_groups(spec, phenotype):
         ratios = ("beta", "t2") if group == "linear" else ("beta", "se2")
         names += [f"{group}.nmiss"] + [f"{group}.{r}.{p}" for r in ratios for p in ("num", "den")]
-    if "assoc" in spec.tests:  # the .assoc or the .qassoc ratios are opened, the other empty
+    if "assoc" in spec.tests and phenotype != "quantitative":  # .assoc's opened ratios
         names += [f"assoc.{s}.{p}" for s in RATIOS for p in ("num", "den")]
     return [JobInput(name=n, frac_bits=0, int_bits=200) for n in names]
+
+
+def unread_outputs(spec: Any, phenotype: str) -> list[str]:
+    """The outputs a job announces that the sites' declared ``phenotype`` does not read
+    (:func:`statistics_outputs`): the parties deliver them as empty arrays."""
+    read = {o.name for o in statistics_outputs(spec, phenotype)}
+    return [o.name for o in statistics_outputs(spec) if o.name not in read]
 
 
 # --- site side ------------------------------------------------------------------------
@@ -576,16 +602,14 @@ def regression_sessions(
     """Write the pooled scaled cross products for the MPyC session (``reveal: statistics``).
 
     Shares in the 192-bit field the sites used (the session converts them to the
-    regression's own field); the ``qt`` group only when the phenotype is quantitative
-    (a case/control one has .assoc).
+    regression's own field); the groups the sites' declared phenotype reads
+    (:func:`regression_groups`: ``qt`` not for a case/control one, which has .assoc).
     """
     from smpc.mpc.task import RegressionSession
 
     summary = json.loads(words_to_bytes(field_for(job.modulus).to_signed(pooled["alignment"])))
     out = []
-    for group, k in regression_groups(spec).items():
-        if group == "qt" and summary["phenotype"] == "case/control":
-            continue
+    for group, k in regression_groups(spec, summary["phenotype"]).items():
         shared = job.input(f"{group}.xtx").modulus
         narrow = field_for(shared)
         files = {}
@@ -839,7 +863,7 @@ def _finalize_statistics(
                 t[:, :2, 1, :3] = m
 
             count_tests.write_model(path, kept, oriented(fill_model, keep), snp_width=width)
-        elif test == "assoc" and "qt.nmiss" in opened:
+        elif test == "assoc" and summary["phenotype"] == "quantitative":
             path = f"{name}.qassoc"
             table = _qassoc_from_ratios(opened)
             count_tests.write_qassoc(path, kept, None, snp_width=width, table=table)
