@@ -255,7 +255,7 @@ class PartyService:
         ``reveal: aggregates`` seals the pooled statistics to the analyst; ``statistics``
         hands them to this party's MPyC session, which opens only the printed values.
         """
-        from smpc.protocols.gwas.protocol import combine, statistics_mode
+        from smpc.protocols.gwas.protocol import combine, phenotype_problem, statistics_mode
 
         field = field_for(job.modulus)
         spec = parse_spec(job.spec, f"job {job.id}", self.federation)
@@ -265,7 +265,13 @@ class PartyService:
 
         def pooled() -> Iterator[tuple[str, np.ndarray]]:
             try:
-                yield from combine(job, field, share_of)
+                for name, values in combine(job, field, share_of):
+                    if name == "alignment":  # the sites' phenotype: refuse before any sum
+                        summary = json.loads(words_to_bytes(field.to_signed(values)))
+                        problem = phenotype_problem(spec, summary["phenotype"])
+                        if problem:
+                            raise UserError(problem)
+                    yield name, values
             except (ValueError, KeyError, IndexError) as exc:
                 logger.exception("job %s: the sites' statistics do not combine", job.id)
                 raise UserError(f"the sites' statistics do not combine: {exc}") from None
@@ -283,10 +289,6 @@ class PartyService:
             return self._failed(job, str(exc))
         summary = json.loads(words_to_bytes(field.to_signed(arrays["alignment"])))
         quantitative = summary["phenotype"] != "case/control"
-        if quantitative and {"model", "logistic"} & set(spec.tests):
-            return self._failed(job, "model and logistic need a case/control phenotype (1/2)")
-        if quantitative and "assoc" in spec.tests and spec.pheno is None:
-            return self._failed(job, "assoc on a quantitative trait needs pheno: in the spec")
         np.save(workdir / "alignment.npy", field.to_signed(arrays["alignment"]))
         (workdir / "counts.bin").write_bytes(field.to_bytes(arrays["counts"].reshape(-1, 24)))
         alleles = job.input("alleles")

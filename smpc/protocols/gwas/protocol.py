@@ -94,7 +94,10 @@ def assoc_modulus() -> tuple[int, int]:
 
 
 PHENOTYPES = ("case/control", "quantitative")
-"""The phenotype kinds a site declares in its public ``site`` input."""
+"""The phenotype kinds a job's sites may have (:func:`phenotype_kind`)."""
+NO_PHENOTYPE = "none"
+"""What a site declares when none of its samples has a phenotype value (a VCF's .fam
+phenotype): the other sites decide the kind."""
 
 
 def regression_groups(spec: Any, phenotype: str | None = None) -> dict[str, int]:
@@ -290,7 +293,7 @@ def _site_statistics(
     if table_only:
         info = {
             "variants": _table_columns(site.variants),
-            "phenotype": "case/control" if binary else "quantitative",
+            "phenotype": phenotype_kind(pheno),
         }
         return {"site": bytes_to_words(json.dumps(info).encode())}, int(keep.sum())
     founder = np.asarray(samples.founder, dtype=bool)
@@ -324,7 +327,7 @@ def _site_statistics(
             cross[group]["yty"][idx] = stats.yty
     info = {
         "variants": _table_columns(site.variants),
-        "phenotype": "case/control" if binary else "quantitative",
+        "phenotype": phenotype_kind(pheno),
     }
     if statistics_mode(spec):  # what the site's .bim says when PLINK wrote it (README)
         info["a1_minor"] = a1_is_minor(counts)
@@ -475,6 +478,48 @@ def flip_alleles(variants: Mapping[str, np.ndarray], flip: np.ndarray) -> dict[s
     return out
 
 
+def phenotype_kind(pheno: np.ndarray) -> str:
+    """What a site declares of its phenotype: one of :data:`PHENOTYPES`, or
+    :data:`NO_PHENOTYPE` when no sample has a value."""
+    if np.isnan(pheno).all():
+        return NO_PHENOTYPE
+    return "case/control" if is_case_control(pheno) else "quantitative"
+
+
+def phenotype_problem(spec: Any, phenotype: str) -> str:
+    """Why the spec's tests do not run on the sites' pooled ``phenotype`` ("" if they do).
+
+    The parties check it as soon as they know the sites' declarations (before any
+    statistic is opened), the analyst again before writing; the refusals follow PLINK
+    1.9, which refuses ``--model``/``--logistic`` on a quantitative and ``--linear`` on a
+    case/control phenotype.
+    """
+    tests = set(spec.tests)
+    source = f"pheno: {spec.pheno}" if spec.pheno else "the .fam phenotype"
+    if phenotype == NO_PHENOTYPE:
+        return (
+            f"{spec.name}: no sample of any site has a value of {source} (a VCF carries "
+            "no .fam phenotype): give pheno: COLUMN of the sites' PREFIX.pheno"
+        )
+    binary_only = sorted(tests & {"model", "logistic"})
+    if phenotype == "quantitative" and binary_only:
+        return (
+            f"{spec.name}: {' and '.join(binary_only)} need a case/control phenotype (1/2); "
+            f"{source} is quantitative (use linear, or assoc for .qassoc)"
+        )
+    if phenotype == "quantitative" and "assoc" in tests and spec.pheno is None:
+        return (
+            f"{spec.name}: assoc on a quantitative trait (.qassoc) needs it as pheno: COLUMN "
+            "of the sites' PREFIX.pheno"
+        )
+    if phenotype == "case/control" and "linear" in tests:
+        return (
+            f"{spec.name}: linear needs a quantitative phenotype; {source} is case/control "
+            "(1/2): use logistic"
+        )
+    return ""
+
+
 def is_case_control(pheno: np.ndarray) -> bool:
     """PLINK 1.9: a phenotype is case/control when every value present is 1 or 2."""
     present = pheno[~np.isnan(pheno)]
@@ -525,7 +570,7 @@ def combine(
 
     sites = list(job.close)
     infos = {s: json.loads(words_to_bytes(field.to_signed(share_of("site", s)))) for s in sites}
-    kinds = {info["phenotype"] for info in infos.values()}
+    kinds = {info["phenotype"] for info in infos.values()} - {NO_PHENOTYPE}
     if len(kinds) > 1:
         raise UserError(
             "sites disagree on the phenotype: "
@@ -538,7 +583,7 @@ def combine(
     summary = {
         "variants": _table_columns(reference),
         "excluded": [list(map(str, row)) for row in alignment.excluded],
-        "phenotype": kinds.pop(),
+        "phenotype": kinds.pop() if kinds else NO_PHENOTYPE,
         "sites": sites,
     }
     if all("a1_minor" in info for info in infos.values()):  # reveal: statistics
@@ -722,11 +767,9 @@ def finalize(
     write_excluded(out / f"{spec.name}.excluded", summary["excluded"])  # from .align
     for row in summary["excluded"]:
         logger.info("excluded %s", " ".join(row))
-    if quantitative and {"model", "logistic"} & set(spec.tests):
-        raise UserError(
-            f"{spec.name}: model and logistic need a case/control phenotype (1/2); the sites' "
-            "phenotype is quantitative (use linear, or assoc for .qassoc)"
-        )
+    problem = phenotype_problem(spec, summary["phenotype"])
+    if problem:
+        raise UserError(problem)
     if "a1.merge" in opened:
         return _finalize_statistics(spec, opened, out, summary, variants, logistic)
     pooled = _orient(spec, opened, variants, quantitative)
