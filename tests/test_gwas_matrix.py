@@ -97,7 +97,8 @@ def refusal(row: Row | dict) -> str | None:
 
 def covering_rows() -> list[Row]:
     """Runs whose every pair of values smpc accepts, then one refused run for each pair
-    of values no accepted run can hold (the rest of its values from the first run)."""
+    of values no accepted run can hold (the rest of its values from the first run), in
+    both reveal modes, and the one refusal of ``reveal: statistics`` alone."""
     names = list(DIMENSIONS)
     accepted = [
         Row(*values)
@@ -117,8 +118,10 @@ def covering_rows() -> list[Row]:
                         runs = [r for r in candidates if refusal(r) is None]
                         (accepted if runs else refused).append((runs or candidates)[0])
                         seen.add((x, y))
+    other = {"statistics": "aggregates", "aggregates": "statistics"}
+    twins = [r._replace(reveal=other[r.reveal]) for r in refused]  # refused in both modes
     hwe = accepted[0]._replace(reveal="statistics", filters="hwe", tests=("assoc",))
-    return accepted + refused + [hwe]  # refused with reveal: statistics only
+    return accepted + refused + [r for r in twins if r not in refused] + [hwe]
 
 
 ROWS = covering_rows()
