@@ -539,7 +539,7 @@ class PartyService:
         if task.compute == "gwas":  # the alignment is public: every party computed the same
             words = np.load(workdir / "alignment.npy")
             opened["alignment"] = {"shape": list(words.shape), "values": words.tolist()}
-            opened.update(self._unread_outputs(job, task))
+            opened = {**self._unread_outputs(job, task), **opened}  # opened values win
         problem = outputs_problem(job, opened)
         if problem:
             return self._failed(job, problem)
@@ -696,7 +696,7 @@ def outputs_problem(job: Job, opened: Mapping[str, Any]) -> str:
     missing, unexpected = sorted(named - set(opened)), sorted(set(opened) - named)
     problems = []
     if missing:
-        problems.append(f"the session opened none of {', '.join(missing)}")
+        problems.append(f"the MPyC session opened none of {', '.join(missing)}")
     if unexpected:
         problems.append(f"it opened outputs the job does not name: {', '.join(unexpected)}")
     return "; ".join(problems)
