@@ -12,7 +12,11 @@
    analyst and signed by the party, reconstructs each output and checks that
    the N shares agree (Shamir: they lie on one polynomial of degree t, so a
    tampered share is detected whenever N > t + 1; additive sharing has no
-   redundancy to check);
+   redundancy to check). A party sends its results before its ``done`` status:
+   once every party is done, an output the job names that has not arrived (after
+   a short grace) fails the job at once, naming the outputs and the parties, as
+   does an output the job does not name; a party's ``failed`` ends it with the
+   party's reason;
 5. writes the protocol's output files.
 """
 
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,12 +216,15 @@ async def run_job(
         )
         log.event(logger, "job-published", job=job.id, protocol=job.protocol)
         holding: dict[int, dict[str, str]] = {}  # party -> site -> the upload id it holds
+        done: set[int] = set()  # parties that reported their result sent
+        named = {o.name for o in job.delivered}
         results: dict[str, dict[int, np.ndarray]] = {}
         messages = aiter(conn.messages())
         reading: asyncio.Future | None = None
         closed: Job | None = None
         deadline = time.monotonic() + upload_window
         final = time.monotonic() + timeout
+        answered: float | None = None  # when the last party's "done" arrived, plus a grace
         try:
             while True:
                 if closed is None and (
@@ -244,41 +252,47 @@ async def run_job(
                         retain=True,
                     )
                     log.event(logger, "job-closed", job=job.id, sites=",".join(closed.close))
-                if (
-                    closed is not None
-                    and all(len(r) == len(parties) for r in results.values())
-                    and len(results) >= len(job.delivered)
-                ):
-                    unexpected = set(results) - {o.name for o in job.delivered}
-                    if unexpected:
-                        raise JobFailed(
-                            f"job {job.id}: parties delivered outputs the job does not name: "
-                            f"{', '.join(sorted(unexpected))}; nothing written"
-                        )
+                missing = _missing_outputs(job, results, parties) if closed is not None else ""
+                if closed is not None and not missing:
                     break
-                wait = (deadline if closed is None else final) - time.monotonic()
-                if closed is not None and wait <= 0:
-                    missing = [
-                        p
-                        for i, p in enumerate(parties)
-                        if any(i not in r for r in results.values()) or not results
-                    ]
+                now = time.monotonic()
+                if closed is not None and len(done) == len(parties):
+                    # A party sends its results before its "done": whatever is still
+                    # missing once every party answered (and a grace for chunked bodies
+                    # in flight) will not come.
+                    answered = answered or now + RESULT_GRACE
+                    if now >= answered:
+                        raise JobFailed(
+                            f"job {job.id}: every party answered, but {missing}; nothing written"
+                        )
+                wait = (deadline if closed is None else min(final, answered or final)) - now
+                if closed is not None and now >= final:
                     raise JobFailed(
-                        f"job {job.id}: no result from {', '.join(missing)} within {timeout:g} s"
+                        f"job {job.id}: no complete result within {timeout:g} s: {missing}"
                     )
                 # One pending read, kept across timeouts: cancelling a read of the message
                 # generator would end it (and every later read would find it exhausted).
                 if reading is None:
                     reading = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait({reading}, timeout=max(wait, 0.01))
-                if not done:
+                finished, _ = await asyncio.wait({reading}, timeout=max(wait, 0.01))
+                if not finished:
                     continue
                 message, reading = reading.result(), None
                 kind, _ = topics.parse(message.topic)
                 if kind == "status":
-                    _take_status(message.body, directory, job, holding)
+                    state = _take_status(message.body, directory, job, holding)
+                    if state is not None and state[1] == "done" and closed is not None:
+                        done.add(state[0])
                 elif kind == "result" and closed is not None:
                     _take_result(message.body, kit, closed, results)
+                    unexpected = sorted(set(results) - named)
+                    if unexpected:
+                        raise JobFailed(
+                            f"job {job.id}: parties delivered outputs the job does not name: "
+                            f"{', '.join(unexpected)} (from "
+                            f"{_party_names(parties, (i for n in unexpected for i in results[n]))}"
+                            "); nothing written"
+                        )
         finally:
             if reading is not None:
                 reading.cancel()
@@ -295,18 +309,48 @@ def _agreed_uploads(holding: dict[int, dict[str, str]]) -> dict[str, str]:
     return {s: u for s, u in first.items() if all(h.get(s) == u for h in others)}
 
 
-def _take_status(data: bytes, directory, job: Job, holding: dict[int, dict[str, str]]) -> None:
+RESULT_GRACE = 3.0
+"""Seconds the analyst still waits for results after every party reported ``done``."""
+
+
+def _missing_outputs(job: Job, results: dict[str, dict[int, Any]], parties: list[str]) -> str:
+    """The outputs the job names that have not arrived, with the parties they are missing
+    from, e.g. ``no qt.nmiss, qt.beta.num from alpha, beta``; "" when all are there."""
+    lacking: dict[tuple[int, ...], list[str]] = {}
+    for output in job.delivered:
+        absent = tuple(i for i in range(len(parties)) if i not in results.get(output.name, {}))
+        if absent:
+            lacking.setdefault(absent, []).append(output.name)
+    return "; ".join(
+        f"no {', '.join(names)} from {_party_names(parties, absent)}"
+        for absent, names in lacking.items()
+    )
+
+
+def _party_names(parties: list[str], indices: Iterable[int]) -> str:
+    """The parties' names, in index order, for a message."""
+    return ", ".join(
+        parties[i] if 0 <= i < len(parties) else f"party {i}" for i in sorted(set(indices))
+    )
+
+
+def _take_status(
+    data: bytes, directory, job: Job, holding: dict[int, dict[str, str]]
+) -> tuple[int, str] | None:
+    """Take a party's signed status; its (index, state), or None if it is not this job's."""
     try:
         signer, status = verify_status(data, directory)
     except MessageError as exc:
         log.event(logger, "status-ignored", reason=exc)
-        return
+        return None
     if status.job != job.id:
-        return
+        return None
     if status.state in ("refused", "failed"):
-        raise JobFailed(f"job {job.id}: party {signer} {status.state}: {status.reason}")
+        reason = status.reason or "(no reason given)"
+        raise JobFailed(f"job {job.id}: party {signer} {status.state}: {reason}")
     if status.state in ("accepted", "holding"):
         holding[status.party] = {site: status.uploads.get(site, "") for site in status.sites}
+    return status.party, status.state
 
 
 def _take_result(

@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -387,7 +387,7 @@ class PartyService:
         ``reveal: aggregates`` seals the pooled statistics to the analyst; ``statistics``
         hands them to this party's MPyC session, which opens only the printed values.
         """
-        from smpc.protocols.gwas.protocol import combine, statistics_mode
+        from smpc.protocols.gwas.protocol import combine, phenotype_problem, statistics_mode
 
         field = field_for(job.modulus)
         spec = parse_spec(job.spec, f"job {job.id}", self.federation)
@@ -397,7 +397,13 @@ class PartyService:
 
         def pooled() -> Iterator[tuple[str, np.ndarray]]:
             try:
-                yield from combine(job, field, share_of)
+                for name, values in combine(job, field, share_of):
+                    if name == "alignment":  # the sites' phenotype: refuse before any sum
+                        summary = json.loads(words_to_bytes(field.to_signed(values)))
+                        problem = phenotype_problem(spec, summary["phenotype"])
+                        if problem:
+                            raise UserError(problem)
+                    yield name, values
             except (ValueError, KeyError, IndexError) as exc:
                 logger.exception("job %s: the sites' statistics do not combine", job.id)
                 raise UserError(f"the sites' statistics do not combine: {exc}") from None
@@ -415,10 +421,6 @@ class PartyService:
             return self._failed(job, str(exc))
         summary = json.loads(words_to_bytes(field.to_signed(arrays["alignment"])))
         quantitative = summary["phenotype"] != "case/control"
-        if quantitative and {"model", "logistic"} & set(spec.tests):
-            return self._failed(job, "model and logistic need a case/control phenotype (1/2)")
-        if quantitative and "assoc" in spec.tests and spec.pheno is None:
-            return self._failed(job, "assoc on a quantitative trait needs pheno: in the spec")
         np.save(workdir / "alignment.npy", field.to_signed(arrays["alignment"]))
         (workdir / "counts.bin").write_bytes(field.to_bytes(arrays["counts"].reshape(-1, 24)))
         alleles = job.input("alleles")
@@ -688,6 +690,10 @@ class PartyService:
         if task.compute == "gwas":  # the alignment is public: every party computed the same
             words = np.load(workdir / "alignment.npy")
             opened["alignment"] = {"shape": list(words.shape), "values": words.tolist()}
+            opened = {**self._unread_outputs(job, task), **opened}  # opened values win
+        problem = outputs_problem(job, opened)
+        if problem:
+            return self._failed(job, problem)
         result = PartyResult(
             job=job.id,
             party=self.index,
@@ -716,6 +722,15 @@ class PartyService:
         if not job.spec:
             return 0.0
         return parse_spec(job.spec, f"job {job.id}: spec", self.federation).timeout
+
+    def _unread_outputs(self, job: Job, task: SessionTask) -> dict[str, dict[str, Any]]:
+        """The announced GWAS outputs the sites' phenotype does not read, as empty arrays
+        (:func:`.protocols.gwas.protocol.unread_outputs`)."""
+        from smpc.protocols.gwas.protocol import unread_outputs
+
+        spec = parse_spec(job.spec, f"job {job.id}", self.federation)
+        kind = "quantitative" if task.gwas.quantitative else "case/control"
+        return {name: {"shape": [0], "values": []} for name in unread_outputs(spec, kind)}
 
     def _failed(self, job: Job, reason: str) -> JobReply:
         log.event(logger, "job-failed", logging.ERROR, job=job.id, reason=reason)
@@ -856,6 +871,19 @@ class PartyService:
 
     def _sign(self, ack: Ack) -> bytes:
         return sign("ack", ack, self.kit.name, self.kit.signing_key)
+
+
+def outputs_problem(job: Job, opened: Mapping[str, Any]) -> str:
+    """Why a session's opened outputs are not exactly those the job names ("" if they are):
+    a party fails the job with this reason rather than deliver a partial result."""
+    named = {o.name for o in job.delivered}
+    missing, unexpected = sorted(named - set(opened)), sorted(set(opened) - named)
+    problems = []
+    if missing:
+        problems.append(f"the MPyC session opened none of {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"it opened outputs the job does not name: {', '.join(unexpected)}")
+    return "; ".join(problems)
 
 
 def header_problem(header: ShareHeader, job: Job) -> str:

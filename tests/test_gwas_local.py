@@ -159,6 +159,25 @@ def test_quantitative_trait_linear_and_qassoc_with_filters_equal_plink(cohort, t
     assert result["reveal"] == reveal
 
 
+@pytest.mark.parametrize("reveal", ["statistics", "aggregates"])
+def test_case_control_pheno_column_with_assoc_equals_plink(cohort, tmp_path, reveal):
+    """A case/control ``pheno:`` column (1/2/-9 in PREFIX.pheno) gives ``.assoc``: the job
+    also announces what a quantitative reading (``.qassoc``) would open, and the parties
+    deliver those empty, so the default ``reveal: statistics`` completes too."""
+    out = _run(
+        cohort,
+        tmp_path,
+        f"name: c3\nprotocol: gwas\npheno: CC\ntests: [assoc]\nreveal: {reveal}\n",
+    )
+    pheno = ["--pheno", f"{cohort.pooled}.pheno", "--pheno-name", "CC"]
+    plink = _plink(cohort, tmp_path / "plink", *pheno, "--assoc")
+    assert_same_table(out / "c3.assoc", plink.with_suffix(".assoc"))
+    assert not (out / "c3.qassoc").exists()
+    result = json.loads((out / "result.json").read_text())
+    assert result["reveal"] == reveal
+    assert result["files"][0] == "c3.assoc"
+
+
 @pytest.mark.parametrize(
     ("reveal", "filters"),
     [("aggregates", {}), ("statistics", {}), ("statistics", {"mind": "0.02", "maf": "0.02"})],

@@ -93,12 +93,24 @@ def assoc_modulus() -> tuple[int, int]:
     return field_prime(bits), bits
 
 
-def regression_groups(spec: Any) -> dict[str, int]:
-    """The cross-product groups a spec needs, with their design width k = len(x)."""
+PHENOTYPES = ("case/control", "quantitative")
+"""The phenotype kinds a job's sites may have (:func:`phenotype_kind`)."""
+NO_PHENOTYPE = "none"
+"""What a site declares when none of its samples has a phenotype value (a VCF's .fam
+phenotype): the other sites decide the kind."""
+
+
+def regression_groups(spec: Any, phenotype: str | None = None) -> dict[str, int]:
+    """The cross-product groups a spec needs, with their design width k = len(x).
+
+    ``qt`` is ``assoc``'s quantitative reading of a ``pheno:`` column: the sites share
+    its cross products whatever their phenotype (a job is built before they declare
+    it), and a declared ``case/control`` phenotype does not read it.
+    """
     groups = {}
     if "linear" in spec.tests:
         groups["linear"] = 2 + len(spec.covar)
-    if "assoc" in spec.tests and spec.pheno is not None:
+    if "assoc" in spec.tests and spec.pheno is not None and phenotype != "case/control":
         groups["qt"] = 2
     return groups
 
@@ -182,8 +194,18 @@ def analysed_ids(opened: Mapping[str, np.ndarray]) -> np.ndarray:
     return parse_table(summary["variants"])["snp"]
 
 
-def statistics_outputs(spec: Any) -> list[JobInput]:
-    """What the parties open with ``reveal: statistics`` (:mod:`.session`)."""
+def statistics_outputs(spec: Any, phenotype: str | None = None) -> list[JobInput]:
+    """What the parties open with ``reveal: statistics`` (:mod:`.session`): the one place
+    that decides it, for the job and for the session alike.
+
+    A job is built before any site declares its phenotype, so the job announces the
+    outputs of either kind (``phenotype`` None): ``assoc`` reads a ``pheno:`` column as
+    case/control (``.assoc``: the ``assoc.*`` ratios) or as quantitative (``.qassoc``:
+    the ``qt`` regression). Once the sites have declared their kind (one of
+    :data:`PHENOTYPES`), the session opens ``statistics_outputs(spec, kind)`` and every
+    party delivers the announced outputs that kind does not read as empty arrays
+    (:func:`unread_outputs`): each party delivers exactly the outputs the job names.
+    """
     names = ["a1.merge", "a1.swap"]
     if spec.filters and (spec.filters.geno is not None or spec.filters.maf is not None):
         names += ["filter.geno", "filter.maf"]
@@ -197,12 +219,19 @@ def statistics_outputs(spec: Any) -> list[JobInput]:
     ):
         if test in spec.tests:
             names += opened
-    for group in regression_groups(spec):
+    for group in regression_groups(spec, phenotype):
         ratios = ("beta", "t2") if group == "linear" else ("beta", "se2")
         names += [f"{group}.nmiss"] + [f"{group}.{r}.{p}" for r in ratios for p in ("num", "den")]
-    if "assoc" in spec.tests:  # the .assoc or the .qassoc ratios are opened, the other empty
+    if "assoc" in spec.tests and phenotype != "quantitative":  # .assoc's opened ratios
         names += [f"assoc.{s}.{p}" for s in RATIOS for p in ("num", "den")]
     return [JobInput(name=n, frac_bits=0, int_bits=200) for n in names]
+
+
+def unread_outputs(spec: Any, phenotype: str) -> list[str]:
+    """The outputs a job announces that the sites' declared ``phenotype`` does not read
+    (:func:`statistics_outputs`): the parties deliver them as empty arrays."""
+    read = {o.name for o in statistics_outputs(spec, phenotype)}
+    return [o.name for o in statistics_outputs(spec) if o.name not in read]
 
 
 # --- site side ------------------------------------------------------------------------
@@ -264,7 +293,7 @@ def _site_statistics(
     if table_only:
         info = {
             "variants": _table_columns(site.variants),
-            "phenotype": "case/control" if binary else "quantitative",
+            "phenotype": phenotype_kind(pheno),
         }
         return {"site": bytes_to_words(json.dumps(info).encode())}, int(keep.sum())
     founder = np.asarray(samples.founder, dtype=bool)
@@ -298,7 +327,7 @@ def _site_statistics(
             cross[group]["yty"][idx] = stats.yty
     info = {
         "variants": _table_columns(site.variants),
-        "phenotype": "case/control" if binary else "quantitative",
+        "phenotype": phenotype_kind(pheno),
     }
     if statistics_mode(spec):  # what the site's .bim says when PLINK wrote it (README)
         info["a1_minor"] = a1_is_minor(counts)
@@ -449,6 +478,48 @@ def flip_alleles(variants: Mapping[str, np.ndarray], flip: np.ndarray) -> dict[s
     return out
 
 
+def phenotype_kind(pheno: np.ndarray) -> str:
+    """What a site declares of its phenotype: one of :data:`PHENOTYPES`, or
+    :data:`NO_PHENOTYPE` when no sample has a value."""
+    if np.isnan(pheno).all():
+        return NO_PHENOTYPE
+    return "case/control" if is_case_control(pheno) else "quantitative"
+
+
+def phenotype_problem(spec: Any, phenotype: str) -> str:
+    """Why the spec's tests do not run on the sites' pooled ``phenotype`` ("" if they do).
+
+    The parties check it as soon as they know the sites' declarations (before any
+    statistic is opened), the analyst again before writing; the refusals follow PLINK
+    1.9, which refuses ``--model``/``--logistic`` on a quantitative and ``--linear`` on a
+    case/control phenotype.
+    """
+    tests = set(spec.tests)
+    source = f"pheno: {spec.pheno}" if spec.pheno else "the .fam phenotype"
+    if phenotype == NO_PHENOTYPE:
+        return (
+            f"{spec.name}: no sample of any site has a value of {source} (a VCF carries "
+            "no .fam phenotype): give pheno: COLUMN of the sites' PREFIX.pheno"
+        )
+    binary_only = sorted(tests & {"model", "logistic"})
+    if phenotype == "quantitative" and binary_only:
+        return (
+            f"{spec.name}: {' and '.join(binary_only)} need a case/control phenotype (1/2); "
+            f"{source} is quantitative (use linear, or assoc for .qassoc)"
+        )
+    if phenotype == "quantitative" and "assoc" in tests and spec.pheno is None:
+        return (
+            f"{spec.name}: assoc on a quantitative trait (.qassoc) needs it as pheno: COLUMN "
+            "of the sites' PREFIX.pheno"
+        )
+    if phenotype == "case/control" and "linear" in tests:
+        return (
+            f"{spec.name}: linear needs a quantitative phenotype; {source} is case/control "
+            "(1/2): use logistic"
+        )
+    return ""
+
+
 def is_case_control(pheno: np.ndarray) -> bool:
     """PLINK 1.9: a phenotype is case/control when every value present is 1 or 2."""
     present = pheno[~np.isnan(pheno)]
@@ -499,7 +570,7 @@ def combine(
 
     sites = list(job.close)
     infos = {s: json.loads(words_to_bytes(field.to_signed(share_of("site", s)))) for s in sites}
-    kinds = {info["phenotype"] for info in infos.values()}
+    kinds = {info["phenotype"] for info in infos.values()} - {NO_PHENOTYPE}
     if len(kinds) > 1:
         raise UserError(
             "sites disagree on the phenotype: "
@@ -512,7 +583,7 @@ def combine(
     summary = {
         "variants": _table_columns(reference),
         "excluded": [list(map(str, row)) for row in alignment.excluded],
-        "phenotype": kinds.pop(),
+        "phenotype": kinds.pop() if kinds else NO_PHENOTYPE,
         "sites": sites,
     }
     if all("a1_minor" in info for info in infos.values()):  # reveal: statistics
@@ -576,16 +647,14 @@ def regression_sessions(
     """Write the pooled scaled cross products for the MPyC session (``reveal: statistics``).
 
     Shares in the 192-bit field the sites used (the session converts them to the
-    regression's own field); the ``qt`` group only when the phenotype is quantitative
-    (a case/control one has .assoc).
+    regression's own field); the groups the sites' declared phenotype reads
+    (:func:`regression_groups`: ``qt`` not for a case/control one, which has .assoc).
     """
     from smpc.mpc.task import RegressionSession
 
     summary = json.loads(words_to_bytes(field_for(job.modulus).to_signed(pooled["alignment"])))
     out = []
-    for group, k in regression_groups(spec).items():
-        if group == "qt" and summary["phenotype"] == "case/control":
-            continue
+    for group, k in regression_groups(spec, summary["phenotype"]).items():
         shared = job.input(f"{group}.xtx").modulus
         narrow = field_for(shared)
         files = {}
@@ -698,11 +767,9 @@ def finalize(
     write_excluded(out / f"{spec.name}.excluded", summary["excluded"])  # from .align
     for row in summary["excluded"]:
         logger.info("excluded %s", " ".join(row))
-    if quantitative and {"model", "logistic"} & set(spec.tests):
-        raise UserError(
-            f"{spec.name}: model and logistic need a case/control phenotype (1/2); the sites' "
-            "phenotype is quantitative (use linear, or assoc for .qassoc)"
-        )
+    problem = phenotype_problem(spec, summary["phenotype"])
+    if problem:
+        raise UserError(problem)
     if "a1.merge" in opened:
         return _finalize_statistics(spec, opened, out, summary, variants, logistic)
     pooled = _orient(spec, opened, variants, quantitative)
@@ -839,7 +906,7 @@ def _finalize_statistics(
                 t[:, :2, 1, :3] = m
 
             count_tests.write_model(path, kept, oriented(fill_model, keep), snp_width=width)
-        elif test == "assoc" and "qt.nmiss" in opened:
+        elif test == "assoc" and summary["phenotype"] == "quantitative":
             path = f"{name}.qassoc"
             table = _qassoc_from_ratios(opened)
             count_tests.write_qassoc(path, kept, None, snp_width=width, table=table)

@@ -2,9 +2,10 @@
 
 :func:`simulate_cohort` draws genotypes from a coalescent (msprime: a few independent
 chromosomes, Ne = 10,000, so allele frequencies and LD look like real data), adds a
-case/control status driven by a few causal SNPs, a quantitative trait ``QT`` and the
-covariates ``AGE`` and ``SEX2``, and splits the samples unevenly into sites the way real
-sites would hold them:
+case/control status driven by a few causal SNPs, a quantitative trait ``QT``, a
+case/control column ``CC`` of the ``.pheno`` files (2 where QT > 0, else 1, ``-9`` where QT
+is missing) and the covariates ``AGE`` and ``SEX2``, and splits the samples unevenly into
+sites the way real sites would hold them:
 
 - each site's fileset is written by its own ``plink1.9 --make-bed``, so A1 is the site's
   local minor allele, and a variant monomorphic at a site has the allele ``0`` (as PLINK
@@ -198,6 +199,7 @@ def simulate_cohort(
     qt = 0.6 * risk + 0.03 * (age - 55.0) + 0.4 * sex2 + rng.normal(0.0, 1.0, n_samples)
     qt_text = np.char.mod("%.4f", qt).astype(object)
     qt_text[rng.choice(n_samples, max(2, n_samples // 150), replace=False)] = "NA"
+    cc_text = np.where(qt_text == "NA", "-9", np.where(qt > 0, "2", "1")).astype(object)
     age_text = np.char.mod("%.1f", age).astype(object)
     age_text[rng.choice(n_samples, max(2, n_samples // 200), replace=False)] = "-9"
     g = np.where(rng.random(g.shape) < missing_rate, -1, g).astype(np.int8)
@@ -275,8 +277,8 @@ def simulate_cohort(
                 prefix.with_name(prefix.name + ext).unlink(missing_ok=True)
             _write_rows(
                 prefix.with_name(name + ".pheno"),
-                np.column_stack([fid[rows], iid[rows], qt_text[rows]]),
-                ("FID", "IID", "QT"),
+                np.column_stack([fid[rows], iid[rows], qt_text[rows], cc_text[rows]]),
+                ("FID", "IID", "QT", "CC"),
             )
             _write_rows(
                 prefix.with_name(name + ".cov"),
@@ -320,7 +322,9 @@ def simulate_cohort(
             pooled.with_name(pooled.name + ext).unlink(missing_ok=True)
     all_rows = np.arange(n_samples)
     _write_rows(
-        out / "POOLED.pheno", np.column_stack([fid, iid, qt_text])[all_rows], ("FID", "IID", "QT")
+        out / "POOLED.pheno",
+        np.column_stack([fid, iid, qt_text, cc_text])[all_rows],
+        ("FID", "IID", "QT", "CC"),
     )
     _write_rows(
         out / "POOLED.cov",
