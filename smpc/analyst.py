@@ -225,6 +225,7 @@ async def run_job(
         deadline = time.monotonic() + upload_window
         final = time.monotonic() + timeout
         answered: float | None = None  # when the last party's "done" arrived, plus a grace
+        quorum: float | None = None  # when t + 1 opened results agreed, plus a grace
         try:
             while True:
                 if closed is None and (
@@ -256,6 +257,23 @@ async def run_job(
                 if closed is not None and not missing:
                     break
                 now = time.monotonic()
+                if closed is not None and job.deliver == "parties":
+                    complete = _complete_parties(results, named, len(parties))
+                    if len(complete) >= max(2, closed.t + 1):
+                        # Opened inside MPyC: t + 1 agreeing signed results are the result.
+                        quorum = quorum or now + QUORUM_GRACE
+                        if now >= quorum:
+                            log.event(
+                                logger, "result-without", log.logging.WARNING, job=job.id,
+                                parties=_party_names(
+                                    parties, set(range(len(parties))) - set(complete)
+                                ),
+                            )  # fmt: skip
+                            results = {
+                                n: {i: v for i, v in r.items() if i in complete}
+                                for n, r in results.items()
+                            }
+                            break
                 if closed is not None and len(done) == len(parties):
                     # A party sends its results before its "done": whatever is still
                     # missing once every party answered (and a grace for chunked bodies
@@ -265,7 +283,9 @@ async def run_job(
                         raise JobFailed(
                             f"job {job.id}: every party answered, but {missing}; nothing written"
                         )
-                wait = (deadline if closed is None else min(final, answered or final)) - now
+                wait = (
+                    deadline if closed is None else min(final, answered or final, quorum or final)
+                ) - now
                 if closed is not None and now >= final:
                     raise JobFailed(
                         f"job {job.id}: no complete result within {timeout:g} s: {missing}"
@@ -311,6 +331,16 @@ def _agreed_uploads(holding: dict[int, dict[str, str]]) -> dict[str, str]:
 
 RESULT_GRACE = 3.0
 """Seconds the analyst still waits for results after every party reported ``done``."""
+
+QUORUM_GRACE = 5.0
+"""Seconds the analyst still waits for the other parties once t + 1 parties delivered every
+output opened inside MPyC (``deliver: parties``): a party that died after the opening is
+not waited for until the timeout. Their agreement is checked by :func:`_open`."""
+
+
+def _complete_parties(results: dict[str, dict[int, Any]], named: set[str], n: int) -> list[int]:
+    """The parties that delivered every named output."""
+    return [i for i in range(n) if all(i in results.get(name, {}) for name in named)]
 
 
 def _missing_outputs(job: Job, results: dict[str, dict[int, Any]], parties: list[str]) -> str:

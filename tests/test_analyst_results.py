@@ -177,13 +177,28 @@ def test_a_party_that_failed_reaches_the_analyst_with_its_reason(keys_dir, tmp_p
         collect(keys_dir, tmp_path, job, answer)
 
 
-def test_a_silent_party_times_out_naming_it_and_its_outputs(keys_dir, tmp_path):
+def test_silent_parties_time_out_naming_them_and_their_outputs(keys_dir, tmp_path):
+    job = gwas_job(keys_dir)
+
+    def answer(index: int, closed: Job):
+        return (None, "", "") if index < 2 else (every_output(closed), "done", "")
+
+    with pytest.raises(JobFailed) as failed:
+        collect(keys_dir, tmp_path, job, answer, timeout=4)
+    names = ", ".join(o.name for o in job.delivered)
+    assert str(failed.value).endswith(
+        f"no complete result within 4 s: no {names} from alpha, beta"
+    )
+
+
+def test_t_plus_one_agreeing_opened_results_do_not_wait_for_a_dead_party(keys_dir, tmp_path):
+    """Opened inside MPyC, the result is what t + 1 = 2 parties agree on; the third, dead
+    after the opening, is not waited for beyond the grace."""
     job = gwas_job(keys_dir)
 
     def answer(index: int, closed: Job):
         return (None, "", "") if index == 0 else (every_output(closed), "done", "")
 
-    with pytest.raises(JobFailed) as failed:
-        collect(keys_dir, tmp_path, job, answer, timeout=4)
-    names = ", ".join(o.name for o in job.delivered)
-    assert str(failed.value).endswith(f"no complete result within 4 s: no {names} from alpha")
+    outcome, elapsed = collect(keys_dir, tmp_path, job, answer, timeout=120)
+    assert set(outcome.opened) == {o.name for o in job.delivered}
+    assert elapsed < 30
