@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from smpc.errors import UserError
 from smpc.field import FAST
 from smpc.messages import Job, JobInput
 from smpc.site import SitePolicy, load_site_config
@@ -44,6 +45,7 @@ def test_site_config_carries_its_policy(tmp_path, keys_dir):
     )
     loaded = load_site_config(config)
     assert loaded.policy == SitePolicy(analysts=("analyst",), min_sites=3)
-    config.write_text(f"kit: {keys_dir / 'kits' / 'oslo'}\ninputs: {{x: d.csv:x}}\npolicy: {{t: 1}}\n")
-    with pytest.raises(Exception, match="policy"):
+    kit = keys_dir / "kits" / "oslo"
+    config.write_text(f"kit: {kit}\ninputs: {{x: d.csv:x}}\npolicy: {{t: 1}}\n")
+    with pytest.raises(UserError, match="policy"):
         load_site_config(config)
