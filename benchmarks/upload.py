@@ -178,6 +178,8 @@ def run(sites: int, values: int) -> dict:
                         f"x={root / f'{n}.npy'}",
                         "--timeout",
                         "600",
+                        "--keep",
+                        str(root / "kept" / n),
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE,
                         text=True,
