@@ -14,7 +14,7 @@ with this interpreter. The scratch directory is made reachable (mode 0711) for t
 ``mosquitto``, which Mosquitto switches to when the test runs as root. Every process the
 blocks start is in one process group, killed when the test ends, whatever happened.
 
-The README's by-hand federation (broker, three ``smpc party serve``, three ``smpc site
+docs/deployment.md's by-hand federation (broker, three ``smpc party serve``, three ``smpc site
 serve``, ``smpc run`` for a sum, a fedavg round and a GWAS) is checked against the
 plaintext: NumPy on the same CSV and .npz files, and ``plink1.9 --assoc`` on the pooled
 fileset (the GWAS's ``.assoc`` must be identical).
@@ -41,6 +41,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- test: by-hand -->"
+BY_HAND = ROOT / "docs" / "deployment.md"  # the federation run by hand, results checked
 BLOCK = re.compile(re.escape(MARKER) + r"[ \t]*\n```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
 SITES = ("oslo", "bergen", "tromso")
 IGNORE = shutil.ignore_patterns(
@@ -61,9 +62,9 @@ def _doc_files() -> list[Path]:
     return [f for f in files if runnable_blocks(f)]
 
 
-def test_the_readme_has_runnable_blocks():
+def test_the_by_hand_federation_has_runnable_blocks():
     """The marker is found (a renamed marker would silently test nothing)."""
-    assert len(runnable_blocks(ROOT / "README.md")) >= 3
+    assert len(runnable_blocks(BY_HAND)) >= 3
 
 
 def _free_port() -> int:
@@ -172,11 +173,11 @@ def scratch():
         shutil.rmtree(repo.parent, ignore_errors=True)
 
 
-def test_readme_federation_by_hand_gives_the_plaintext_results(scratch):
+def test_federation_by_hand_gives_the_plaintext_results(scratch):
     if shutil.which("plink1.9") is None:
         pytest.fail("plink1.9 is not installed (tests/run.sh installs the Debian package)")
     repo, port = scratch
-    output = _run_session(repo, runnable_blocks(ROOT / "README.md"), port)
+    output = _run_session(repo, runnable_blocks(BY_HAND), port)
     sites = ", ".join(SITES)
     for spec in ("cohort", "cohort-fit"):
         assert re.search(
@@ -221,9 +222,9 @@ def test_readme_federation_by_hand_gives_the_plaintext_results(scratch):
 
 
 def test_the_runnable_blocks_of_docs_run():
-    """docs/*.md: each file's blocks, one session in a scratch copy of its own."""
+    """README.md and docs/*.md: each file's blocks, one session in a scratch copy of its own."""
     for doc in _doc_files():
-        if doc.name == "README.md":
+        if doc == BY_HAND:
             continue  # the test above, with its results checked
         repo, port = _scratch_copy()
         try:
