@@ -134,6 +134,7 @@ def _site_serve(
     config = workdir / f"{site}.yaml"
     doc: dict[str, Any] = {"kit": str(kits / site), "state": str(workdir / f"{site}.answered")}
     if trainer is None:
+        assert data is not None  # the caller passes data to a site without a trainer
         doc["data"] = str(Path(data).resolve())
     else:
         module, _, function = trainer.rpartition(":")
@@ -174,7 +175,7 @@ def run_local(
     trainer: str | None = None,
     initial_model: Path | None = None,
     broker: str = "auto",
-) -> tuple[Any, dict[str, Any]]:
+) -> LocalRun:
     """Run ``spec_path`` over the sites' files; write the results into ``out``.
 
     ``broker``: one of :data:`BROKERS`.
@@ -225,6 +226,7 @@ def run_local(
         from smpc.protocols.linear import fedavg_parameter_names
 
         first = next(iter(sites.values()))
+        assert first is not None  # a fedavg run without a trainer has every site's data
         spec = spec.model_copy(update={"inputs": fedavg_parameter_names(Path(first))})
     keys = workdir / "keys"
     init_keys(federation_file, keys)
