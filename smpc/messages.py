@@ -48,6 +48,7 @@ from smpc.keys import Directory
 from smpc.sharing import SCHEMES, Scheme
 
 Kind = Literal["job", "ack", "status", "result"]
+StatusState = Literal["accepted", "refused", "holding", "done", "failed"]
 _CONTEXT = b"smpc signed message v1\x00"
 _ROLE_OF_KIND = {"job": "analyst", "ack": "party", "status": "party", "result": "party"}
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -185,7 +186,7 @@ class Status(_Strict):
 
     job: str
     party: int
-    state: Literal["accepted", "refused", "holding", "done", "failed"]
+    state: StatusState
     sites: tuple[str, ...] = ()  # sites whose every input this party holds
     uploads: dict[str, str] = Field(default_factory=dict)  # site -> the upload id it holds
     reason: str = ""
