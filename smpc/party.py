@@ -356,7 +356,8 @@ class PartyService:
             reason = f"this party lacks shares of the agreed sites: {', '.join(missing)}"
             return self._failed(job, reason)
         other = [
-            f"{site} (holds {shares[(i.name, site)].upload}, the close says {(job.uploads or {}).get(site)})"
+            f"{site} (holds {shares[(i.name, site)].upload}, "
+            f"the close says {(job.uploads or {}).get(site)})"
             for site in job.close
             for i in job.inputs
             if shares[(i.name, site)].upload != (job.uploads or {}).get(site)
