@@ -343,9 +343,7 @@ def _complete_parties(results: dict[str, dict[int, Any]], named: set[str], n: in
     return [i for i in range(n) if all(i in results.get(name, {}) for name in named)]
 
 
-def _missing_outputs(
-    job: Job, results: dict[str, dict[int, Any]], parties: Sequence[str]
-) -> str:
+def _missing_outputs(job: Job, results: dict[str, dict[int, Any]], parties: Sequence[str]) -> str:
     """The outputs the job names that have not arrived, with the parties they are missing
     from, e.g. ``no qt.nmiss, qt.beta.num from alpha, beta``; "" when all are there."""
     lacking: dict[tuple[int, ...], list[str]] = {}
