@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -165,7 +166,7 @@ def _train(analyst, federation, spec, out: Path, initial_model: Path | None) -> 
 
 def run_local(
     spec_path: Path,
-    sites: dict[str, Path | None],
+    sites: Mapping[str, Path | None],
     out: Path,
     *,
     parties: int = 3,
@@ -360,7 +361,7 @@ def _site_failures(spec: Any, failed: dict[str, str]) -> str:
     )
 
 
-def _served_failures(workdir: Path, sites: dict[str, Path | None]) -> dict[str, str]:
+def _served_failures(workdir: Path, sites: Mapping[str, Path | None]) -> dict[str, str]:
     """The last failure each ``smpc site serve`` logged (``event=upload-failed``)."""
     failed = {}
     for site in sites:
@@ -375,14 +376,14 @@ def _served_failures(workdir: Path, sites: dict[str, Path | None]) -> dict[str, 
     return failed
 
 
-def _site_log_reasons(workdir: Path, sites: dict[str, Path | None]) -> str:
+def _site_log_reasons(workdir: Path, sites: Mapping[str, Path | None]) -> str:
     failed = _served_failures(workdir, sites)
     return "".join(f"; site {site}: {reason}" for site, reason in failed.items())
 
 
 def _check_sites(
     spec: Any,
-    sites: dict[str, Path | None],
+    sites: Mapping[str, Path | None],
     used: tuple[str, ...],
     failed: dict[str, str],
     allow_fewer: bool,
