@@ -500,14 +500,18 @@ def write_qassoc(
     output_min_p: float = 0.0,
     *,
     table: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
+) -> Mapping[str, np.ndarray]:
     """Write ``.qassoc`` exactly as ``plink1.9 --assoc`` with a quantitative trait.
 
     From the pooled sums ``qt_stats``, or from a finished ``table`` (the columns of
     :func:`qassoc_table`, e.g. opened inside MPyC).
     """
     v = as_variants(variants)
-    t = qassoc_table(qt_stats) if table is None else table
+    if table is None:
+        assert qt_stats is not None  # the pooled sums or a finished table
+        t: Mapping[str, np.ndarray] = qassoc_table(qt_stats)
+    else:
+        t = table
     n = t["NMISS"]
     fit = (n > 1) & np.isfinite(t["BETA"])
     has_p = (n > 1) & ~np.isnan(t["P"])
