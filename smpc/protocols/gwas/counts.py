@@ -375,7 +375,7 @@ def _fmt_p(p: np.ndarray, output_min_p: float) -> np.ndarray:
 def write_assoc(
     path: str | os.PathLike[str],
     variants: Variants | Mapping[str, Any],
-    counts: np.ndarray,
+    counts: np.ndarray | None,
     snp_width: int | None = None,
     output_min_p: float = 0.0,
     table: Mapping[str, np.ndarray] | None = None,
@@ -388,7 +388,11 @@ def write_assoc(
     (inside MPyC); ``counts`` is then unused.
     """
     v = as_variants(variants)
-    t = dict(table) if table is not None else assoc_table(counts)
+    if table is not None:
+        t = dict(table)
+    else:
+        assert counts is not None  # the counts or a finished table
+        t = assoc_table(counts)
     cols = [
         ("CHR", 4),
         ("SNP", _snp_width(v, snp_width)),

@@ -497,7 +497,11 @@ def write_lmiss(
         ("F_MISS", 8),
     ]
     rows: list[Sequence[str] | np.ndarray] = [
-        chrom, snp, _ints(n_miss), _ints(n_geno), fmt_g(f_miss, 4, nan="nan")
+        chrom,
+        snp,
+        _ints(n_miss),
+        _ints(n_geno),
+        fmt_g(f_miss, 4, nan="nan"),
     ]
     write_table(path, columns, rows, trailing_space=False)
     return Path(path)
