@@ -231,11 +231,10 @@ def test_gwas_option_combination_equals_plink_or_is_refused(cohorts, tmp_path, r
     out = tmp_path / "out"
 
     def run() -> dict:
-        _, summary = run_local(
+        return run_local(
             tmp_path / "spec.yaml", prefixes, out,
             parties=parties, threshold=threshold, timeout=JOB_TIMEOUT,
-        )  # fmt: skip
-        return summary
+        ).summary  # fmt: skip
 
     refused = refusal(row)
     if refused is not None:
