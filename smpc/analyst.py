@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,7 +252,7 @@ async def run_job(
                         sign("job", closed, kit.name, kit.signing_key),
                         retain=True,
                     )
-                    log.event(logger, "job-closed", job=job.id, sites=",".join(closed.close))
+                    log.event(logger, "job-closed", job=job.id, sites=",".join(closed.close or ()))
                 missing = _missing_outputs(job, results, parties) if closed is not None else ""
                 if closed is not None and not missing:
                     break
@@ -320,7 +320,7 @@ async def run_job(
                     await reading
             await conn.clear_retained(topics.job(job.id))
     opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.delivered}
-    return Outcome(closed, closed.close, opened)
+    return Outcome(closed, closed.close or (), opened)
 
 
 def _agreed_uploads(holding: dict[int, dict[str, str]]) -> dict[str, str]:
@@ -343,7 +343,7 @@ def _complete_parties(results: dict[str, dict[int, Any]], named: set[str], n: in
     return [i for i in range(n) if all(i in results.get(name, {}) for name in named)]
 
 
-def _missing_outputs(job: Job, results: dict[str, dict[int, Any]], parties: list[str]) -> str:
+def _missing_outputs(job: Job, results: dict[str, dict[int, Any]], parties: Sequence[str]) -> str:
     """The outputs the job names that have not arrived, with the parties they are missing
     from, e.g. ``no qt.nmiss, qt.beta.num from alpha, beta``; "" when all are there."""
     lacking: dict[tuple[int, ...], list[str]] = {}
@@ -357,7 +357,7 @@ def _missing_outputs(job: Job, results: dict[str, dict[int, Any]], parties: list
     )
 
 
-def _party_names(parties: list[str], indices: Iterable[int]) -> str:
+def _party_names(parties: Sequence[str], indices: Iterable[int]) -> str:
     """The parties' names, in index order, for a message."""
     return ", ".join(
         parties[i] if 0 <= i < len(parties) else f"party {i}" for i in sorted(set(indices))
@@ -397,6 +397,7 @@ def _take_result(
                 results.setdefault(name, {})[result.party] = values
         return
     party_keys = {p: kit.directory.verify_key(p) for p in kit.directory.parties}
+    assert kit.encryption_key is not None  # every analyst kit has one
     try:
         opened = open_envelope(data, kit.encryption_key, party_keys)
     except EnvelopeError as exc:

@@ -831,7 +831,7 @@ def _amqtt_broker_class() -> type:
         session.username = name
         return handler, session
 
-    BrokerProtocolHandler.init_from_connect = classmethod(init_from_connect)  # type: ignore[method-assign]
+    BrokerProtocolHandler.init_from_connect = classmethod(init_from_connect)
 
     class SmpcBroker(Broker):
         async def _handle_client_session(

@@ -30,8 +30,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import yaml
@@ -222,7 +224,7 @@ def _assoc_rows(text: str) -> dict[str, float]:
 def _table(
     console: Console,
     title: str,
-    rows: list[tuple[str, float, float]],
+    rows: Sequence[tuple[str, float, float]],
     tolerance: float = 1e-6,
 ) -> bool:
     table = Table(title=title)
@@ -267,8 +269,9 @@ def _mpyc_part(workdir: Path, console: Console) -> bool:
         )
         for party, envelope in zip(PARTIES, envelopes, strict=True):
             (inbox / party).mkdir(parents=True, exist_ok=True)
+            assert envelope is not None  # without sinks the envelopes are returned
             (inbox / party / f"{site}.cohort.env").write_bytes(envelope)
-        sizes = ", ".join(f"{len(e)} B" for e in envelopes)
+        sizes = ", ".join(f"{len(e or b'')} B" for e in envelopes)
         console.print(f"   {site}: {int(stats[-1])} records, envelopes {sizes}")
 
     console.print("[bold]3. parties[/bold]: verify signatures, decrypt, store shares")
@@ -280,7 +283,9 @@ def _mpyc_part(workdir: Path, console: Console) -> bool:
         refs = []
         for site in SITES:
             data = (inbox / party / f"{site}.cohort.env").read_bytes()
-            share = open_share(data, kits[party].encryption_key, site_keys, party=index)
+            key = kits[party].encryption_key
+            assert key is not None  # every party kit has one
+            share = open_share(data, key, site_keys, party=index)
             path = store / f"{site}.cohort.share"
             path.write_bytes(share.body)
             refs.append(ShareRef(site=site, path=path.resolve(), seed=share.header.seed))
@@ -304,7 +309,7 @@ def _mpyc_part(workdir: Path, console: Console) -> bool:
         console.print("[red]parties disagree on the opened result[/red]")
         return False
     secure = opened[0] / 2.0**ENCODING.frac_bits
-    pooled = sum(plain.values())
+    pooled = cast(np.ndarray, sum(plain.values()))
     return _report(console, secure, pooled, time.perf_counter() - started)
 
 

@@ -15,14 +15,18 @@ and the field must hold 2^(int_bits + f + 1) without wrapping
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from smpc.errors import UserError
 from smpc.field import PrimeField
 from smpc.sharing import CHUNK_ELEMENTS
+
+# Called with the flat index of the first value that does not fit; raises.
+Refuse = Callable[[int], None]
 
 
 class EncodingError(UserError, ValueError):
@@ -83,22 +87,16 @@ class FixedPoint:
         flat = x.reshape(-1)
         for lo in range(0, flat.size, chunk):
             piece = flat[lo : lo + chunk]
-            if x.dtype.kind == "f":
-                yield (
-                    lo,
-                    self._encode_floats(
-                        piece, field, lambda i, lo=lo: self._refuse(x, lo + i, name)
-                    ),
-                )
-            else:
-                yield (
-                    lo,
-                    self._encode_integers(
-                        piece, field, lambda i, lo=lo: self._refuse(x, lo + i, name)
-                    ),
-                )
 
-    def _encode_floats(self, piece: np.ndarray, field: PrimeField, refuse) -> np.ndarray:
+            def refuse(i: int, lo: int = lo) -> None:
+                self._refuse(x, lo + i, name)
+
+            if x.dtype.kind == "f":
+                yield lo, self._encode_floats(piece, field, refuse)
+            else:
+                yield lo, self._encode_integers(piece, field, refuse)
+
+    def _encode_floats(self, piece: np.ndarray, field: PrimeField, refuse: Refuse) -> np.ndarray:
         # One pass checks both: NaN fails every comparison, inf exceeds the bound.
         magnitude = np.abs(piece)
         if not magnitude.max(initial=0.0) < self.bound:
@@ -106,9 +104,9 @@ class FixedPoint:
         scaled = np.rint(piece * 2.0**self.frac_bits)
         if self.total_bits <= 62:
             return field.from_int(scaled.astype(np.int64))
-        return field.from_int(np.frompyfunc(int, 1, 1)(scaled))
+        return field.from_int(cast(np.ndarray, np.frompyfunc(int, 1, 1)(scaled)))
 
-    def _encode_integers(self, piece: np.ndarray, field: PrimeField, refuse) -> np.ndarray:
+    def _encode_integers(self, piece: np.ndarray, field: PrimeField, refuse: Refuse) -> np.ndarray:
         # Integers encode exactly: no float detour, so 2^53 and above stay exact.
         magnitude = np.abs(piece.astype(object) if piece.dtype.kind == "u" else piece)
         big = magnitude >= 2**self.int_bits

@@ -583,7 +583,7 @@ def _as_view(data: object) -> memoryview:
                 f"a NumPy body holds field elements as little-endian uint64 ('<u8') "
                 f"or raw bytes (uint8), got dtype {data.dtype}"
             )
-        return memoryview(data.reshape(-1).view(np.uint8))
+        return data.reshape(-1).view(np.uint8).data
     view = memoryview(data)  # type: ignore[arg-type]
     if not view.c_contiguous:
         raise ValueError("body must be a C-contiguous buffer")
@@ -738,6 +738,7 @@ def _new_buffer(size: int) -> bytearray:
     return _PyByteArray_FromStringAndSize(None, size)
 
 
+_PyByteArray_FromStringAndSize: Callable[..., bytearray] | None
 try:
     _PyByteArray_FromStringAndSize = ctypes.pythonapi.PyByteArray_FromStringAndSize
     _PyByteArray_FromStringAndSize.restype = ctypes.py_object
@@ -1021,6 +1022,7 @@ class EnvelopeWriter:
             off = min(cs - self._staged, n)
             self._stage_put(view[:off])
             if self._staged == cs:
+                assert self._stage is not None  # _stage_put allocated it
                 self._seal_chunk(self._stage)
                 self._staged = 0
         whole = (n - off) // cs * cs

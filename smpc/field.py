@@ -153,7 +153,7 @@ class Mersenne61(PrimeField):
         return s
 
     def to_bytes(self, a: np.ndarray) -> memoryview:
-        return memoryview(np.ascontiguousarray(a, dtype="<u8")).cast("B")
+        return np.ascontiguousarray(a, dtype="<u8").data.cast("B")
 
     def from_bytes(
         self, data: bytes | bytearray | memoryview, shape: tuple[int, ...]
@@ -265,7 +265,7 @@ class BigPrimeField(PrimeField):
         for k in range(self.limbs):
             limbs[:, k] = (rest & 0xFFFFFFFFFFFFFFFF).astype(np.uint64)
             rest = rest >> 64
-        return memoryview(limbs).cast("B")
+        return limbs.data.cast("B")
 
     def from_bytes(
         self, data: bytes | bytearray | memoryview, shape: tuple[int, ...]

@@ -70,6 +70,7 @@ def load_trainer(
                 raise UserError(f"trainer {ref!r}: no such file {path}")
             mod_name = f"smpc_trainer_{path.stem}"
             spec = importlib.util.spec_from_file_location(mod_name, path)
+            assert spec is not None and spec.loader is not None  # a .py path always has both
             module = importlib.util.module_from_spec(spec)
             sys.modules[mod_name] = module
             spec.loader.exec_module(module)
@@ -194,7 +195,7 @@ async def train(
         except UserError as exc:
             raise type(exc)(f"round {k + 1} of {spec.rounds}: {exc}") from None
         model, examples = fedavg_model(spec, outcome.opened, sites=len(outcome.sites), base=model)
-        entry = {
+        entry: dict[str, Any] = {
             "round": k,
             "job": job.id,
             "sites": list(outcome.sites),
@@ -204,11 +205,12 @@ async def train(
         history.append(entry)
         log.event(logger, "round-done", **{**entry, "sites": ",".join(entry["sites"])})
         if out is not None:
-            np.savez(out / "rounds" / f"model-r{k}.npz", **model)
+            write_model(out / "rounds" / f"model-r{k}.npz", model)
         if on_round is not None:
             on_round(k, entry)
+    assert model is not None  # spec.rounds >= 1
     if out is not None:
-        np.savez(out / "model.npz", **model)
+        write_model(out / "model.npz", model)
         write_model(out / "model.safetensors", model)
         summary = {"rounds": history, "arrays": {k: list(v.shape) for k, v in model.items()}}
         if spec.dp is not None:  # the accountant covers all rounds of the run

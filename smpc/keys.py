@@ -57,7 +57,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -309,7 +309,7 @@ def _load_private_key(path: Path, kind: KeyKind) -> Any:
     except (ValueError, TypeError) as exc:
         raise UserError(f"{path}: not a readable unencrypted PEM private key ({exc})") from None
     if not isinstance(key, expected_type) or (
-        kind == "ec" and not isinstance(key.curve, ec.SECP256R1)  # type: ignore[attr-defined]
+        kind == "ec" and not isinstance(cast(ec.EllipticCurvePrivateKey, key).curve, ec.SECP256R1)
     ):
         raise UserError(f"{path}: expected {description}, found {type(key).__name__}")
     return key
@@ -704,7 +704,12 @@ def init_keys(federation_path: str | Path, out_dir: str | Path) -> InitReport:
         signing_key, _ = p.key(keys / "signing.key", "ed25519")
         entry["signing_key"] = _raw_b64(signing_key.public_key())
         directory_entries.append(entry)
-        info = {"format": KIT_FORMAT, "federation": federation.name, "name": name, "role": role}
+        info: dict[str, Any] = {
+            "format": KIT_FORMAT,
+            "federation": federation.name,
+            "name": name,
+            "role": role,
+        }
         if index is not None:
             info["index"] = index
         _write_public(kit / "kit.json", _json_bytes(info))

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -134,6 +135,7 @@ def _site_serve(
     config = workdir / f"{site}.yaml"
     doc: dict[str, Any] = {"kit": str(kits / site), "state": str(workdir / f"{site}.answered")}
     if trainer is None:
+        assert data is not None  # the caller passes data to a site without a trainer
         doc["data"] = str(Path(data).resolve())
     else:
         module, _, function = trainer.rpartition(":")
@@ -164,7 +166,7 @@ def _train(analyst, federation, spec, out: Path, initial_model: Path | None) -> 
 
 def run_local(
     spec_path: Path,
-    sites: dict[str, Path | None],
+    sites: Mapping[str, Path | None],
     out: Path,
     *,
     parties: int = 3,
@@ -174,7 +176,7 @@ def run_local(
     trainer: str | None = None,
     initial_model: Path | None = None,
     broker: str = "auto",
-) -> tuple[Any, dict[str, Any]]:
+) -> LocalRun:
     """Run ``spec_path`` over the sites' files; write the results into ``out``.
 
     ``broker``: one of :data:`BROKERS`.
@@ -225,6 +227,7 @@ def run_local(
         from smpc.protocols.linear import fedavg_parameter_names
 
         first = next(iter(sites.values()))
+        assert first is not None  # a fedavg run without a trainer has every site's data
         spec = spec.model_copy(update={"inputs": fedavg_parameter_names(Path(first))})
     keys = workdir / "keys"
     init_keys(federation_file, keys)
@@ -358,7 +361,7 @@ def _site_failures(spec: Any, failed: dict[str, str]) -> str:
     )
 
 
-def _served_failures(workdir: Path, sites: dict[str, Path | None]) -> dict[str, str]:
+def _served_failures(workdir: Path, sites: Mapping[str, Path | None]) -> dict[str, str]:
     """The last failure each ``smpc site serve`` logged (``event=upload-failed``)."""
     failed = {}
     for site in sites:
@@ -373,14 +376,14 @@ def _served_failures(workdir: Path, sites: dict[str, Path | None]) -> dict[str, 
     return failed
 
 
-def _site_log_reasons(workdir: Path, sites: dict[str, Path | None]) -> str:
+def _site_log_reasons(workdir: Path, sites: Mapping[str, Path | None]) -> str:
     failed = _served_failures(workdir, sites)
     return "".join(f"; site {site}: {reason}" for site, reason in failed.items())
 
 
 def _check_sites(
     spec: Any,
-    sites: dict[str, Path | None],
+    sites: Mapping[str, Path | None],
     used: tuple[str, ...],
     failed: dict[str, str],
     allow_fewer: bool,

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from smpc.errors import UserError
@@ -47,6 +48,7 @@ from smpc.keys import Directory
 from smpc.sharing import SCHEMES, Scheme
 
 Kind = Literal["job", "ack", "status", "result"]
+StatusState = Literal["accepted", "refused", "holding", "done", "failed"]
 _CONTEXT = b"smpc signed message v1\x00"
 _ROLE_OF_KIND = {"job": "analyst", "ack": "party", "status": "party", "result": "party"}
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -138,7 +140,8 @@ class Job(_Strict):
 def encode_model(arrays: dict[str, np.ndarray]) -> str:
     """A model as carried in a job: base64 of a compressed .npz (no pickles)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    named: dict[str, Any] = {name: np.asarray(value) for name, value in arrays.items()}
+    np.savez_compressed(buffer, **named)
     data = buffer.getvalue()
     if len(data) > MAX_MODEL_BYTES:
         raise UserError(
@@ -183,7 +186,7 @@ class Status(_Strict):
 
     job: str
     party: int
-    state: Literal["accepted", "refused", "holding", "done", "failed"]
+    state: StatusState
     sites: tuple[str, ...] = ()  # sites whose every input this party holds
     uploads: dict[str, str] = Field(default_factory=dict)  # site -> the upload id it holds
     reason: str = ""
@@ -207,7 +210,14 @@ class PartyResult(_Strict):
 RESULT_INPUT = "result"
 
 
-def seal_result(message: bytes, job: Job, party: str, index: int, recipient, signer) -> bytes:
+def seal_result(
+    message: bytes,
+    job: Job,
+    party: str,
+    index: int,
+    recipient: X25519PublicKey,
+    signer: Ed25519PrivateKey,
+) -> bytes:
     """A party's signed result message, encrypted to the analyst and signed again."""
     from smpc.envelope import ShareHeader, seal
 
@@ -283,7 +293,9 @@ def verify_job(data: bytes, directory: Directory) -> tuple[str, Job]:
         raise MessageError(f"job from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
 
 
-def _verify_party_message(data: bytes, kind: str, model: type, directory: Directory):
+def _verify_party_message(
+    data: bytes, kind: Kind, model: type[Any], directory: Directory
+) -> tuple[str, Any]:
     """A message a party signs about itself: valid, and its ``party`` is the signer's."""
     signer, payload = verify(data, kind, directory)
     try:

@@ -109,7 +109,8 @@ def write_model(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        np.savez(path, **arrays)
+        named: dict[str, Any] = dict(arrays)
+        np.savez(path, **named)
     elif suffix == ".safetensors":
         from safetensors.numpy import save_file
 

@@ -56,6 +56,7 @@ from smpc.messages import (
     OpenedOutput,
     PartyResult,
     Status,
+    StatusState,
     seal_result,
     sign,
     verify_job,
@@ -222,8 +223,9 @@ class PartyService:
     def _known_job(self, known: StoredJob, analyst: str, job: Job, data: bytes) -> JobReply | None:
         """A message for a job id this party has seen: a re-delivery, or refused."""
 
-        def refused(event: str, reason: str) -> None:
+        def refused(event: str, reason: str) -> JobReply | None:
             log.event(logger, event, logging.WARNING, job=job.id, signer=analyst, reason=reason)
+            return None
 
         if analyst != known.analyst:
             return refused("job-takeover", f"job {job.id} belongs to analyst {known.analyst!r}")
@@ -342,6 +344,7 @@ class PartyService:
 
     def compute(self, job: Job) -> JobReply:
         """Sum the shares of the agreed sites per input; seal each sum to the analyst."""
+        assert job.close is not None  # computed only once closed
         shares = self._held(job)
         missing = [
             f"{i.name}@{site}"
@@ -353,7 +356,8 @@ class PartyService:
             reason = f"this party lacks shares of the agreed sites: {', '.join(missing)}"
             return self._failed(job, reason)
         other = [
-            f"{site} (holds {shares[(i.name, site)].upload}, the close says {job.uploads[site]})"
+            f"{site} (holds {shares[(i.name, site)].upload}, "
+            f"the close says {(job.uploads or {}).get(site)})"
             for site in job.close
             for i in job.inputs
             if shares[(i.name, site)].upload != (job.uploads or {}).get(site)
@@ -478,6 +482,7 @@ class PartyService:
 
     def _declared_records(self, job: Job, shares: dict) -> int:
         """The records the agreed sites declare in all (their envelope headers)."""
+        assert job.close is not None  # computed only once closed
         first = job.inputs[0].name
         records = [
             ShareHeader.from_json(shares[(first, site)].header.encode()).meta.get("records", 0)
@@ -490,6 +495,7 @@ class PartyService:
         return {(s.input, s.site): s for s in self.store.shares(job.id)}
 
     def _shape(self, job: Job, shares: dict, name: str) -> tuple[int, ...]:
+        assert job.close is not None  # computed only once closed
         return ShareHeader.from_json(shares[(name, job.close[0])].header.encode()).shape
 
     def noise_plan(self, job: Job, shares: dict) -> NoisePlan | None:
@@ -518,11 +524,13 @@ class PartyService:
         ``noise`` maps a noised input to this party's share of the noise: its own draw
         (additive) or its share of every party's MPyC-shared draw (Shamir).
         """
+        assert job.close is not None  # computed only once closed
         field = field_for(job.modulus)
 
         def totals() -> Iterator[tuple[JobInput, np.ndarray]]:
+            assert job.close is not None
             for spec in job.inputs:
-                total = None  # a running sum: one site's share in memory at a time
+                total: np.ndarray | None = None  # a running sum: one site's share at a time
                 for site in job.close:
                     values = self.share_values(shares[(spec.name, site)])
                     if total is not None and values.shape != total.shape:
@@ -530,6 +538,7 @@ class PartyService:
                         raise UserError(f"sites sent {spec.name!r} in different shapes {shapes}")
                     total = values.copy() if total is None else field.add(total, values)
                     del values
+                assert total is not None  # a close names at least one site
                 if noise and spec.name in noise:
                     total = field.add(total, field.from_int(noise[spec.name]))
                 yield spec, total
@@ -543,6 +552,7 @@ class PartyService:
 
     def seal_outputs(self, job: Job, outputs: Iterable[tuple[JobInput, np.ndarray]]) -> JobReply:
         """Seal this party's share of every output to the analyst (one at a time)."""
+        assert job.close is not None  # computed only once closed
         field = field_for(job.modulus)
         analyst_key = self.kit.directory.analyst_encryption_key(job.analyst)
         results = []
@@ -563,6 +573,7 @@ class PartyService:
 
     def _disclosure_problem(self, job: Job, shares: dict) -> str:
         """Minimum cell count and differencing, before anything is computed."""
+        assert job.close is not None  # computed only once closed
         if self.policy.min_cell:
             total = self._declared_records(job, shares)
             if total < self.policy.min_cell:
@@ -596,6 +607,7 @@ class PartyService:
         With dp noise and ``deliver: analyst`` the session only shares the noise: it
         returns this party's noise shares, which :meth:`seal_results` adds.
         """
+        assert job.close is not None  # computed only once closed
         bits = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)
         return SessionTask(
             job=job.id,
@@ -677,6 +689,7 @@ class PartyService:
 
     def session_reply(self, job: Job, task: SessionTask) -> JobReply:
         """What this party publishes after its session succeeded: the signed openings."""
+        assert job.close is not None  # computed only once closed
         workdir = self.store.root / "sessions" / job.id
         result_path = workdir / "result.json"
         if task.compute == "noise":
@@ -726,6 +739,7 @@ class PartyService:
     def _unread_outputs(self, job: Job, task: SessionTask) -> dict[str, dict[str, Any]]:
         """The announced GWAS outputs the sites' phenotype does not read, as empty arrays
         (:func:`.protocols.gwas.protocol.unread_outputs`)."""
+        assert task.gwas is not None  # a GWAS task
         from smpc.protocols.gwas.protocol import unread_outputs
 
         spec = parse_spec(job.spec, f"job {job.id}", self.federation)
@@ -739,7 +753,7 @@ class PartyService:
         return JobReply(status)
 
     def _status(
-        self, job_id: str, state: str, *, sites=(), reason: str = "", uploads=None
+        self, job_id: str, state: StatusState, *, sites=(), reason: str = "", uploads=None
     ) -> bytes:
         status = Status(
             job=job_id, party=self.index, state=state, sites=tuple(sites), reason=reason,
@@ -747,7 +761,7 @@ class PartyService:
         )  # fmt: skip
         return sign("status", status, self.kit.name, self.kit.signing_key)
 
-    def _holding(self, job: Job, state: str) -> bytes:
+    def _holding(self, job: Job, state: StatusState) -> bytes:
         held = self.complete_sites(job)
         return self._status(job.id, state, sites=tuple(held), uploads=held)
 
@@ -784,7 +798,7 @@ class PartyService:
                 logger, "upload-deferred", job=route.job, site=route.site, reason="unknown job"
             )
             return None
-        context = {"job": route.job, "input": route.input, "site": route.site}
+        context: dict[str, Any] = {"job": route.job, "input": route.input, "site": route.site}
 
         def rejected(reason: str, digest: str = "") -> Reply:
             return self._reply_rejected(reason, route=route, envelope=eid, digest=digest)
@@ -806,6 +820,7 @@ class PartyService:
             return rejected(f"envelope of site {route.site!r} arrived on {sender!r}'s topic")
         if job.sites is not None and route.site not in job.sites:
             return rejected(f"site {route.site!r} is not part of job {job.id}")
+        assert self.kit.encryption_key is not None  # every party kit has one
         try:
             share = open_share(data, self.kit.encryption_key, self._site_keys, party=self.index)
         except EnvelopeError as exc:
@@ -1013,7 +1028,7 @@ class _Daemon:
         job_id = fields.get("job") if kind == "job" else _upload_job(message.body)
         try:
             if kind == "job":
-                await self.on_job(job_id, message.body)
+                await self.on_job(fields["job"], message.body)
             elif kind == "upload":
                 await self.on_upload(message.body, fields.get("site"))
         except (TransportError, asyncio.CancelledError):

@@ -61,7 +61,7 @@ class KeyStream:
         """The next ``n`` uniform uint64 words (little-endian)."""
         out = np.empty(n, dtype="<u8")
         if n:
-            self.fill(memoryview(out).cast("B"))
+            self.fill(out.data.cast("B"))
         return out.astype(np.uint64, copy=False)
 
     @classmethod

@@ -77,6 +77,7 @@ class Share:
         """The share as field elements (a seed is expanded with its key stream)."""
         if self.seed is not None:
             return expand(field, self.seed, math.prod(shape)).reshape(shape)
+        assert self.values is not None  # __post_init__: values or a seed
         return self.values
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -121,6 +121,7 @@ def seal_inputs(
             meta=meta,
         )
         for party, envelope in enumerate(sealed):
+            assert envelope is not None  # without sinks the envelopes are returned
             envelopes[(spec.name, party)] = bytes(envelope)
     return envelopes
 
@@ -261,6 +262,7 @@ def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], Sit
         if spec.protocol == "gwas" and job.round > 0:
             from smpc.protocols.gwas.logistic import site_round
 
+            assert job.model is not None  # a Newton round carries the model
             arrays, samples = site_round(spec, source, decode_model(job.model))
             return SiteData(arrays, samples)
         if spec.protocol == "gwas":
@@ -301,7 +303,7 @@ async def upload(
     this site's minimums before anything is shared.
     """
     known = job_id if isinstance(job_id, Job) else None
-    job_id = known.id if known is not None else job_id
+    job_id = job_id.id if isinstance(job_id, Job) else job_id
     policy = policy or SitePolicy()
     topics = Topics(federation.name)
     started = time.monotonic()
@@ -465,7 +467,9 @@ class SiteConfig(BaseModel):
 
     def data_for(self, protocol: str) -> Path | None:
         """The data file for a job of ``protocol`` (None: use ``inputs``)."""
-        return self.data.get(protocol) if isinstance(self.data, dict) else self.data
+        if isinstance(self.data, dict):
+            return cast("dict[str, Path]", self.data).get(protocol)
+        return self.data
 
 
 def load_site_config(path: Path) -> SiteConfig:
@@ -521,13 +525,15 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
     kit = load_kit(config.kit)
     federation = load_federation(config.federation or kit.federation_file)
     topics = Topics(federation.name)
-    answered = set(config.state.read_text().split()) if config.state.exists() else set()
+    state = config.state
+    assert state is not None  # load_site_config defaults it next to the config file
+    answered = set(state.read_text().split()) if state.exists() else set()
     trainer = (
         load_trainer(config.trainer, site=kit.name, args=config.trainer_args)
         if config.trainer
         else None
     )
-    keep = config.state.parent / f"{config.state.name}.uploads"  # envelopes awaiting acks
+    keep = state.parent / f"{state.name}.uploads"  # envelopes awaiting acks
     from_inputs = configured_inputs(config.inputs, federation) if config.inputs else None
 
     def skipped(job: Job, reason: str) -> None:
@@ -587,4 +593,4 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
                 log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=reason)
                 continue
             answered.add(job.id)
-            config.state.write_text("\n".join(sorted(answered)) + "\n")
+            state.write_text("\n".join(sorted(answered)) + "\n")

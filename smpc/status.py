@@ -36,7 +36,7 @@ def jobs(store: PartyStore) -> list[dict]:
         sites[share.job].add(share.site)
     rejected: dict[str, int] = defaultdict(int)
     for rejection in store.rejections():
-        rejected[rejection["job"] or "-"] += 1
+        rejected[str(rejection["job"] or "-")] += 1
     return [
         {
             "job": job.id,

@@ -292,7 +292,11 @@ class PartyStore:
         )
         return [
             StoredShare(
-                *r[:5],
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
                 bool(r[5]),
                 r[6],
                 r[7],

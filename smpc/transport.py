@@ -723,7 +723,7 @@ class Connection:
         self.keepalive = keepalive
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._reassembler_args = {
+        self._reassembler_args: dict[str, Any] = {
             "max_body": max_body,
             "max_pending_bytes": max_pending_bytes,
             "max_pending_sets": max_pending_sets,
@@ -796,6 +796,7 @@ class Connection:
         paho_client = client._client
         paho_client.manual_ack_set(True)
         original_on_disconnect = paho_client.on_disconnect
+        assert original_on_disconnect is not None  # aiomqtt installs its own
 
         def on_disconnect(*args: Any, **kwargs: Any) -> None:
             # aiomqtt ignores a disconnect before CONNACK (e.g. a TLS 1.3 alert when the

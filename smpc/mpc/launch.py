@@ -131,6 +131,7 @@ async def run_session_process(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+    assert proc.returncode is not None  # waited for above
     return "" if proc.returncode == 0 else failure_reason(lines, proc.returncode)
 
 

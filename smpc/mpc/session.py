@@ -62,6 +62,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography import x509
@@ -239,7 +240,7 @@ def _bind_listening_socket(host: str) -> None:
 def load_input(spec: TaskInput, field: PrimeField) -> np.ndarray:
     """Sum one input's shares over all sites, locally, in the field."""
     count = int(np.prod(spec.shape, dtype=np.int64))
-    total = None
+    total: np.ndarray | None = None
     for ref in spec.shares:
         body = ref.path.read_bytes()
         if ref.seed:
@@ -253,6 +254,8 @@ def load_input(spec: TaskInput, field: PrimeField) -> np.ndarray:
                 )
             share = field.from_bytes(body, spec.shape)
         total = share.copy() if total is None else field.add(total, share)
+    if total is None:
+        raise SessionError(f"input {spec.name!r} has no shares")
     return total
 
 
@@ -319,7 +322,8 @@ async def run_task(
     watch = watch if watch is not None else _Watch(task)
     await _connect(watch, timeout, grace)
     work = asyncio.ensure_future(compute(task, file_dir))
-    done, _ = await asyncio.wait({work, watch.lost}, return_when=asyncio.FIRST_COMPLETED)
+    racing: set[asyncio.Future[Any]] = {work, watch.lost}
+    done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
     if work not in done:
         work.cancel()
         raise SessionError(watch.lost.result())
@@ -346,8 +350,7 @@ async def compute(task: SessionTask, file_dir: Path) -> dict:
         from smpc.protocols.gwas.session import run_gwas, run_newton
 
         run = run_gwas if task.compute == "gwas" else run_newton
-        outputs = await run(mpc, task, file_dir)
-        return {"job": task.job, "party": mpc.pid, "outputs": outputs}
+        return {"job": task.job, "party": mpc.pid, "outputs": await run(mpc, task, file_dir)}
     outputs: dict = {}
     noise_files: dict[str, str] = {}
     for spec in task.inputs:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -115,6 +115,7 @@ def site_statistics(
             spec.inputs, arrays, int(weight.flat[0]), where, clip=clip, base=base
         )
     if spec.protocol == "fedavg":
+        assert not isinstance(source, Mapping)  # per-input sources were answered above
         arrays, n = read_model(source)  # .npz, .safetensors or a PyTorch state dict
         if n is None:
             raise UserError(f"{source}: no scalar num_examples (the site's weight)")
@@ -139,7 +140,7 @@ def fedavg_statistics(
     n = int(num_examples)
     if n < 0:
         raise UserError(f"{source}: num_examples must be one non-negative integer")
-    stats = {"num_examples": np.array(n, dtype=np.int64)}
+    stats: dict[str, np.ndarray] = {"num_examples": np.array(n, dtype=np.int64)}
     values = {}
     for name in names:
         if name not in arrays:
@@ -211,7 +212,7 @@ def finalize(
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
     model, n = fedavg_model(spec, opened, sites=sites)
-    np.savez(out / "model.npz", **model)
+    write_model(out / "model.npz", model)
     write_model(out / "model.safetensors", model)
     summary = {"num_examples": n, "arrays": {k: list(v.shape) for k, v in model.items()}, **extra}
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -251,7 +252,8 @@ def _value(value: np.ndarray, path: Path) -> Any:
         return {"file": path.name, "shape": list(value.shape)}
     if value.dtype.kind in "iu":
         return value.tolist()
-    return np.where(np.isnan(value), None, value).tolist() if value.ndim else _scalar(value)
+    nan_as_none = cast(Any, None)  # numpy's stubs take no None as a choice of np.where
+    return np.where(np.isnan(value), nan_as_none, value).tolist() if value.ndim else _scalar(value)
 
 
 def _scalar(value: np.ndarray) -> float | None:

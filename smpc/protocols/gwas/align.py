@@ -152,7 +152,7 @@ def align(site_variants: Sequence[VariantTable], site_names: Sequence[str]) -> A
         row[k, u[::-1]] = np.arange(len(t))[::-1]  # first occurrence wins
     present = row >= 0
 
-    def column(k: int, name: str, fill: object) -> np.ndarray:
+    def column(k: int, name: str, fill: float | str) -> np.ndarray:
         values = getattr(tables[k], name)
         taken = values[np.maximum(row[k], 0)] if len(values) else np.full(n, fill)
         return np.where(present[k], taken, fill)

@@ -375,7 +375,7 @@ def _fmt_p(p: np.ndarray, output_min_p: float) -> np.ndarray:
 def write_assoc(
     path: str | os.PathLike[str],
     variants: Variants | Mapping[str, Any],
-    counts: np.ndarray,
+    counts: np.ndarray | None,
     snp_width: int | None = None,
     output_min_p: float = 0.0,
     table: Mapping[str, np.ndarray] | None = None,
@@ -388,7 +388,11 @@ def write_assoc(
     (inside MPyC); ``counts`` is then unused.
     """
     v = as_variants(variants)
-    t = dict(table) if table is not None else assoc_table(counts)
+    if table is not None:
+        t = dict(table)
+    else:
+        assert counts is not None  # the counts or a finished table
+        t = assoc_table(counts)
     cols = [
         ("CHR", 4),
         ("SNP", _snp_width(v, snp_width)),
@@ -500,14 +504,18 @@ def write_qassoc(
     output_min_p: float = 0.0,
     *,
     table: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
+) -> Mapping[str, np.ndarray]:
     """Write ``.qassoc`` exactly as ``plink1.9 --assoc`` with a quantitative trait.
 
     From the pooled sums ``qt_stats``, or from a finished ``table`` (the columns of
     :func:`qassoc_table`, e.g. opened inside MPyC).
     """
     v = as_variants(variants)
-    t = qassoc_table(qt_stats) if table is None else table
+    if table is None:
+        assert qt_stats is not None  # the pooled sums or a finished table
+        t: Mapping[str, np.ndarray] = qassoc_table(qt_stats)
+    else:
+        t = table
     n = t["NMISS"]
     fit = (n > 1) & np.isfinite(t["BETA"])
     has_p = (n > 1) & ~np.isnan(t["P"])

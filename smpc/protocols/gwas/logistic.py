@@ -235,6 +235,7 @@ def pooled_round(job: Any, share_of: Any, workdir: Any) -> Any:
         for site in job.close:
             part = share_of(spec.name, site)
             total = part if total is None else field.add(total, part)
+        assert total is not None  # a close names at least one site
         files[name], sizes[name], moduli[name] = f"{name}.bin", total.size, field.modulus
         (workdir / files[name]).write_bytes(field.to_bytes(total.reshape(-1)))
     v = sizes["n"]

@@ -35,7 +35,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,6 +52,7 @@ LIMB_BITS = 32
 """Cross products travel as hi = floor(v) and lo = round((v - hi)·2^32): exact to 2^-33."""
 CROSS_INT_BITS = 40  # |floor(v)| < 2^40 per site
 CROSS_PARTS = ("xtx", "xty", "yty")
+RegressionGroup = Literal["linear", "qt"]  # .assoc.linear, and the .qassoc of a quantitative assoc
 REG_SCALE_BITS = 32
 """With ``reveal: statistics`` covariates and the phenotype enter the cross products as
 x·2^32 (the intercept and the allele count unscaled), so every pooled entry is an
@@ -100,14 +101,14 @@ NO_PHENOTYPE = "none"
 phenotype): the other sites decide the kind."""
 
 
-def regression_groups(spec: Any, phenotype: str | None = None) -> dict[str, int]:
+def regression_groups(spec: Any, phenotype: str | None = None) -> dict[RegressionGroup, int]:
     """The cross-product groups a spec needs, with their design width k = len(x).
 
     ``qt`` is ``assoc``'s quantitative reading of a ``pheno:`` column: the sites share
     its cross products whatever their phenotype (a job is built before they declare
     it), and a declared ``case/control`` phenotype does not read it.
     """
-    groups = {}
+    groups: dict[RegressionGroup, int] = {}
     if "linear" in spec.tests:
         groups["linear"] = 2 + len(spec.covar)
     if "assoc" in spec.tests and spec.pheno is not None and phenotype != "case/control":
@@ -177,8 +178,7 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
             modulus, _ = assoc_modulus()
             inputs.append(JobInput(name="alleles", frac_bits=0, int_bits=40, modulus=modulus))
         return tuple(inputs), (alignment, *statistics_outputs(spec))
-    inputs = (public, counts, *cross)
-    return inputs, (alignment, counts, *cross)
+    return (public, counts, *cross), (alignment, counts, *cross)
 
 
 def alignment_parts() -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
@@ -290,6 +290,7 @@ def _site_statistics(
         pheno_class[pheno == 2] = 1
     else:
         pheno_class[~np.isnan(pheno)] = 0  # quantitative: one class with a value
+    info: dict[str, Any]
     if table_only:
         info = {
             "variants": _table_columns(site.variants),
@@ -603,6 +604,7 @@ def combine(
     for k, s in enumerate(sites):
         part = take_counts(share_of("counts", s), alignment.index[k], alignment.flip[k])
         total = part if total is None else field.add(total, part)
+    assert total is not None  # a close names at least one site
     yield "counts", total
     if "alleles" in inputs:  # a field of its own; a flip turns A1 counts into A2 counts
         big = field_for(inputs["alleles"].modulus)
@@ -613,6 +615,7 @@ def combine(
             part[f, 0] = big.sub(part[f, 1], part[f, 0])
             part[f, 2] = big.sub(part[f, 3], part[f, 2])
             pooled = part if pooled is None else big.add(pooled, part)
+        assert pooled is not None  # a close names at least one site
         yield "alleles", pooled
     for group in ("linear", "qt"):
         for suffix in ("", ".hi", ".lo"):  # statistics: one wide entry; aggregates: limbs

@@ -39,7 +39,7 @@ PLINK 1.9 rules reproduced here (from ``plink_filter.c``, ``plink_stats.c``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -496,7 +496,13 @@ def write_lmiss(
         ("N_GENO", 8),
         ("F_MISS", 8),
     ]
-    rows = [chrom, snp, _ints(n_miss), _ints(n_geno), fmt_g(f_miss, 4, nan="nan")]
+    rows: list[Sequence[str] | np.ndarray] = [
+        chrom,
+        snp,
+        _ints(n_miss),
+        _ints(n_geno),
+        fmt_g(f_miss, 4, nan="nan"),
+    ]
     write_table(path, columns, rows, trailing_space=False)
     return Path(path)
 

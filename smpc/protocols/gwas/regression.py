@@ -232,7 +232,7 @@ def _t_two_sided(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     t = np.abs(np.asarray(t, dtype=np.float64))
     df = np.asarray(df, dtype=np.float64)
     with np.errstate(all="ignore"):
-        p = 2.0 * sstats.t.sf(t, df)
+        p = np.asarray(2.0 * sstats.t.sf(t, df))
         deep = np.isfinite(t) & (df > 0) & (p < 1e-280)
         if deep.any():
             td, dd = t[deep], df[deep]
@@ -783,7 +783,7 @@ def _write_glm(
         ("STAT", 12),
         ("P", 12),
     ]
-    rows = [
+    rows: list[Sequence[str] | np.ndarray] = [
         chrom,
         snp,
         [str(x) for x in bp.tolist()],

@@ -88,6 +88,9 @@ __all__ = [
     "secure_newton_step",
 ]
 
+# An MPyC secure type or finite field class (MPyC ships no type information).
+MpcType = Any
+
 
 # --------------------------------------------------------------------------- results
 
@@ -149,6 +152,7 @@ class LinearResult:
     @property
     def t(self) -> np.ndarray:
         """Signed t statistic: the sign of BETA times √T² (float64, NaN for NA)."""
+        assert self.t2 is not None  # a result with se2 has no t statistic
         return np.sign(self.beta.to_float()) * np.sqrt(self.t2.to_float())
 
     @property
@@ -158,7 +162,7 @@ class LinearResult:
 
         df = (self.nmiss - self.n_params).astype(float)
         df[df <= 0] = np.nan
-        return 2.0 * student_t.sf(np.abs(self.t), df)
+        return np.asarray(2.0 * student_t.sf(np.abs(self.t), df))
 
 
 # --------------------------------------------------------------------------- bounds
@@ -244,7 +248,7 @@ def field_prime(field_bits: int, value_bits: int = 32, sec_param: int = SEC_PARA
     return blum_prime(max(field_bits, value_bits + sec_param + 2))
 
 
-def secint_for(mpc: Any, field_bits: int, value_bits: int = 32) -> type:
+def secint_for(mpc: Any, field_bits: int, value_bits: int = 32) -> MpcType:
     """An MPyC ``SecInt(value_bits, p)`` over :func:`field_prime` (field_bits, value_bits).
 
     ``value_bits`` only matters for secure comparisons (the minor-allele swap, which
@@ -367,7 +371,7 @@ def _lehmer(
 # --------------------------------------------------------------------------- share level
 
 
-async def _shares(mpc: Any, x: Any) -> tuple[type, np.ndarray]:
+async def _shares(mpc: Any, x: Any) -> tuple[MpcType, np.ndarray]:
     """This party's shares of a secure array: (field, object array of ints in [0, p)).
 
     The share-level code works on raw ints and reduces mod p once per inner product
@@ -377,7 +381,7 @@ async def _shares(mpc: Any, x: Any) -> tuple[type, np.ndarray]:
     return shares.field, shares.value
 
 
-async def _randoms(mpc: Any, field: type, n: int) -> np.ndarray:
+async def _randoms(mpc: Any, field: MpcType, n: int) -> np.ndarray:
     """Shares of n uniformly random field elements (PRSS: no communication)."""
     r = mpc._np_randoms(field, n)
     if mpc.options.no_prss:
@@ -385,7 +389,7 @@ async def _randoms(mpc: Any, field: type, n: int) -> np.ndarray:
     return r.value
 
 
-async def _reshare(mpc: Any, field: type, local: Sequence[np.ndarray]) -> list[np.ndarray]:
+async def _reshare(mpc: Any, field: MpcType, local: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Degree-2t local products (sums of products) back to degree-t shares, in one round.
 
     ``local`` are equally long 1-D raw int arrays; they travel as one message.
@@ -397,7 +401,7 @@ async def _reshare(mpc: Any, field: type, local: Sequence[np.ndarray]) -> list[n
     return [z[i * size : (i + 1) * size] for i in range(len(local))]
 
 
-async def _open_products(mpc: Any, field: type, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+async def _open_products(mpc: Any, field: MpcType, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Open a·b elementwise for degree-t shares a, b (raw ints) without resharing a·b.
 
     The local product is a degree-2t sharing whose polynomial is not uniformly random;
@@ -438,7 +442,7 @@ def _balanced_bound(p: int) -> int:
 
 async def _open_ratio_shares(
     mpc: Any,
-    field: type,
+    field: MpcType,
     num: Any,
     den: np.ndarray,
     num_bound: int,
@@ -514,7 +518,7 @@ async def _open_ints(mpc: Any, x: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- allele counts
 
 
-def _max_alleles(stype: type, max_alleles: int | None) -> int:
+def _max_alleles(stype: MpcType, max_alleles: int | None) -> int:
     return (1 << stype.bit_length) if max_alleles is None else int(max_alleles)
 
 
@@ -837,7 +841,7 @@ async def secure_linear(
 
 async def _open_beta_se2(
     mpc: Any,
-    field: type,
+    field: MpcType,
     nmiss: np.ndarray,
     det: np.ndarray,
     b: np.ndarray,
@@ -1000,7 +1004,7 @@ async def secure_newton_step(
 # --------------------------------------------------------------------------- field conversion
 
 
-async def convert_field(mpc: Any, x: Any, target: type, bits: int) -> Any:
+async def convert_field(mpc: Any, x: Any, target: MpcType, bits: int) -> Any:
     """The values of secure integer array ``x`` (|x| < 2^(bits-1)) in ``target``'s field.
 
     Sites share their wide statistics as integers in a modest field (few bytes per
@@ -1028,7 +1032,7 @@ async def convert_field(mpc: Any, x: Any, target: type, bits: int) -> Any:
     uci = mpc._prss_uci()  # one unique input: the same r in both fields
     draws = [(subset, prf(uci, xv.shape)) for subset, prf in prfs.items()]
 
-    def share_of_r(f: type) -> np.ndarray:
+    def share_of_r(f: MpcType) -> np.ndarray:
         total = np.zeros(xv.shape, dtype=object)
         for subset, r in draws:
             total = total + r * int(thresha._f_S_i(f, m, mpc.pid, subset))

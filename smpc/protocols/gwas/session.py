@@ -178,10 +178,10 @@ async def _regression(
     g = reg.group
     if not len(rows):  # no variant passes the filters
         empty = _result(np.zeros(0, dtype=np.int64))
-        second = "se2" if g == "qt" else "t2"
+        spread = "se2" if g == "qt" else "t2"
         return {
             f"{g}.{name}": empty
-            for name in ("nmiss", "beta.num", "beta.den", f"{second}.num", f"{second}.den")
+            for name in ("nmiss", "beta.num", "beta.den", f"{spread}.num", f"{spread}.den")
         }
     results = []
     for start in range(0, len(rows), REGRESSION_BATCH):  # bounds the memory
@@ -256,7 +256,7 @@ def _stored(path: Path, modulus: int, shape: tuple[int, ...]) -> np.ndarray:
 
 
 async def _widened(
-    mpc: Any, shares: np.ndarray, modulus: int, big: type, *, packed: bool = False
+    mpc: Any, shares: np.ndarray, modulus: int, big: Any, *, packed: bool = False
 ) -> Any:
     """Shares the sites made in the 192-bit field as ``big`` secure integers
     (:func:`.secure.convert_field`); ``packed`` upper triangles unfold to symmetric

@@ -421,7 +421,14 @@ def _vcf_tables(path: Path) -> tuple[VariantTable, SampleTable]:
     fid = np.where(split, parts[:, 0], ids)
     iid = np.where(split, parts[:, 2], ids)
     n = len(ids)
-    variants = VariantTable(chrom, snp, np.zeros(len(snp)), bp, _dot_to_zero(np.asarray(a1)), a2)
+    variants = VariantTable(
+        np.asarray(chrom),
+        np.asarray(snp),
+        np.zeros(len(snp)),
+        np.asarray(bp),
+        _dot_to_zero(np.asarray(a1)),
+        np.asarray(a2),
+    )
     samples = SampleTable(fid, iid, np.full(n, "0"), np.full(n, "0"), np.zeros(n), np.full(n, -9.0))
     return variants, samples
 
