@@ -74,11 +74,6 @@ TABLE_COLUMNS = ("chrom", "snp", "cm", "bp", "a1", "a2")
 CHUNK = 2000  # variants per chunk at the sites
 
 
-def quantitative_tests(spec: Any) -> bool:
-    """Whether the spec needs a quantitative phenotype's statistics."""
-    return "linear" in spec.tests or ("assoc" in spec.tests and spec.pheno is not None)
-
-
 def statistics_mode(spec: Any) -> bool:
     """``reveal: statistics``: the statistics are computed and opened inside MPyC."""
     return "statistics" in spec.reveal

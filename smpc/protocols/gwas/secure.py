@@ -114,9 +114,6 @@ class Ratio:
         out[ok] = [n / d for n, d in zip(self.num[ok], self.den[ok], strict=True)]
         return out
 
-    def fractions(self) -> list[Fraction | None]:
-        return [None if d == 0 else Fraction(n, d) for n, d in zip(self.num, self.den, strict=True)]
-
 
 @dataclass(frozen=True)
 class AssocResult:
