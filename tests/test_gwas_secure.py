@@ -43,7 +43,7 @@ import time
 import numpy as np
 from mpyc.runtime import mpc
 
-from smpc.protocols.gwas import secure
+from smpc.protocols.gwas import secure, session
 
 
 def ratio_json(r):
@@ -70,8 +70,9 @@ async def main():
         x.update({k: secret(small, data[k]) for k in ["f_a1", "f_total"]})
         await mpc.gather(list(x.values()))
         t0 = time.perf_counter()
-        swap = await secure.secure_minor_swap(
-            mpc, x["f_a1"], x["f_total"], max_alleles=c["max_alleles"]
+        # The session's own sign code: A1 is swapped where 2·a1 > total among founders.
+        swap = await session._signs(
+            mpc, x["f_total"] - 2 * x["f_a1"], c["max_alleles"].bit_length() + 1, lt=True
         )
         t1 = time.perf_counter()
         res = await secure.secure_assoc(
@@ -119,8 +120,6 @@ async def main():
             "from_field": src.field.order.bit_length(), "to_field": p.bit_length(),
         }
     if "signs" in cfg:
-        from smpc.protocols.gwas import session
-
         fast = mpc.SecInt(session.FAST_BITS, p=session.MERSENNE61)
         x = secret(fast, data["sign_x"])
         width, side = cfg["signs"]["width"], cfg["signs"]["side"]
@@ -133,7 +132,11 @@ async def main():
     if "ratio" in cfg:
         stype = secure.secint_for(mpc, 128, 32)
         num, den = secret(stype, data["r_num"]), secret(stype, data["r_den"])
-        r = await secure.open_ratio(mpc, num, den, num_bound=2**40, den_bound=2**40)
+        field, num_v = await secure._shares(mpc, num)
+        _, den_v = await secure._shares(mpc, den)
+        r = await secure._open_ratio_shares(
+            mpc, field, num_v.reshape(-1), den_v.reshape(-1), 2**40, 2**40
+        )
         out["ratio"] = ratio_json(r)
     await mpc.shutdown()
     if mpc.pid == 0:
