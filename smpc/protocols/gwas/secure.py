@@ -125,9 +125,9 @@ class AssocResult:
     @property
     def p(self) -> np.ndarray:
         """Chi-square(1 df) upper tail, computed in the clear; NaN for NA."""
-        from scipy.stats import chi2
+        from smpc.protocols.gwas.pvalues import chiprob_p
 
-        return chi2.sf(self.chisq.to_float(), 1)
+        return chiprob_p(self.chisq.to_float(), 1.0)
 
 
 @dataclass(frozen=True)
@@ -149,11 +149,11 @@ class LinearResult:
     @property
     def p(self) -> np.ndarray:
         """Two-sided Student-t P with NMISS − k degrees of freedom, in the clear."""
-        from scipy.stats import t as student_t
+        from smpc.protocols.gwas.pvalues import t_two_sided
 
         df = (self.nmiss - self.n_params).astype(float)
         df[df <= 0] = np.nan
-        return 2.0 * student_t.sf(np.abs(self.t), df)
+        return t_two_sided(self.t, df)
 
 
 # --------------------------------------------------------------------------- bounds
