@@ -74,7 +74,6 @@ __all__ = [
     "assoc_field_bits",
     "convert_field",
     "field_prime",
-    "laplace_minors",
     "linear_bounds",
     "linear_targets",
     "newton_bounds",
@@ -596,36 +595,12 @@ def _reduced(num: np.ndarray, den: np.ndarray) -> Ratio:
 # --------------------------------------------------------------------------- linear regression
 
 
-def laplace_minors(
-    targets: Sequence[tuple[Sequence[int], Sequence[int]]],
-    entry: Callable[[int, int], Any],
-    mul: Callable[[Any, Any], Any] = operator.mul,
-    reduce_level: Callable[[list[Any]], list[Any]] = list,
-) -> list[Any]:
-    """Determinants of the submatrices ``M[rows, cols]`` (ordered) named in ``targets``.
-
-    Laplace expansion along the last listed row, memoised on (row prefix, column
-    set): the minors of one size form one batch, so in MPC a level costs one reshare
-    per minor (an inner product), however many products it sums. ``entry(i, j)``
-    gives M[i, j]; ``reduce_level(list)`` turns a level's local results into usable
-    values (a reshare in MPC; the identity in the clear, so the same code is checked
-    against NumPy on plain integers).
-    """
-    steps = _minors_stepwise(targets, entry, mul)
-    local = next(steps)
-    while True:
-        try:
-            local = steps.send(reduce_level(local))
-        except StopIteration as stop:
-            return stop.value
-
-
 def _minors_stepwise(
     targets: Sequence[tuple[Sequence[int], Sequence[int]]],
     entry: Callable[[int, int], Any],
     mul: Callable[[Any, Any], Any],
 ) -> Generator[list[Any], list[Any], list[Any]]:
-    """Generator form of :func:`laplace_minors`: yields each level's local sums."""
+    """Generator form of :func:`_async_minors`: yields each level's local sums."""
     canonical = []
     for rows, cols in targets:
         order = sorted(range(len(cols)), key=lambda i: cols[i])
@@ -841,7 +816,15 @@ def _swap_allele(
 
 
 async def _async_minors(targets: Any, entry: Any, reshared: Any) -> list[Any]:
-    """:func:`laplace_minors` with an asynchronous per-level reshare."""
+    """Determinants of the submatrices ``M[rows, cols]`` (ordered) named in ``targets``.
+
+    Laplace expansion along the last listed row, memoised on (row prefix, column
+    set): the minors of one size form one batch, so in MPC a level costs one reshare
+    per minor (an inner product), however many products it sums. ``entry(i, j)``
+    gives M[i, j]; ``reshared(list)`` (awaited) turns a level's local results into usable
+    values (a reshare in MPC; the identity in the clear, so the same code is checked
+    against NumPy on plain integers).
+    """
     steps = _minors_stepwise(targets, entry, operator.mul)
     local = next(steps)
     while True:
