@@ -143,6 +143,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from smpc.errors import UserError
+from smpc.names import INPUT_PATTERN, NAME_PATTERN
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -294,13 +295,17 @@ class InvalidHeader(EnvelopeError, ValueError):
 
 
 def _check_name(what: str, value: object) -> str:
-    """Routing names travel in clear and in topic names: short, printable text."""
+    """Routing names travel in clear and in topic names: the patterns of :mod:`smpc.names`
+    (an input name for ``input``, a member or job name otherwise)."""
     if not isinstance(value, str) or not value:
         raise InvalidHeader(f"{what} must be a non-empty string, got {value!r}")
     if not value.isprintable():
         raise InvalidHeader(f"{what} {value!r} contains control characters")
     if len(value.encode("utf-8")) > MAX_NAME_BYTES:
         raise InvalidHeader(f"{what} is longer than {MAX_NAME_BYTES} bytes of UTF-8")
+    pattern = INPUT_PATTERN if what == "input" else NAME_PATTERN
+    if not pattern.fullmatch(value):
+        raise InvalidHeader(f"{what} {value!r} does not match {pattern.pattern}")
     return value
 
 

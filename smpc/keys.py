@@ -69,8 +69,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from smpc.errors import UserError
+from smpc.names import NAME_PATTERN
 from smpc.spec.federation import (
-    NAME_PATTERN,
     Federation,
     Role,
     load_federation,

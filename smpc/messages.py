@@ -45,15 +45,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from smpc.errors import UserError
 from smpc.keys import Directory
+from smpc.names import INPUT_RE, NAME_RE
 from smpc.sharing import SCHEMES, Scheme
 
 Kind = Literal["job", "ack", "status", "result"]
 StatusState = Literal["accepted", "refused", "holding", "done", "failed"]
 _CONTEXT = b"smpc signed message v1\x00"
 _ROLE_OF_KIND = {"job": "analyst", "ack": "party", "status": "party", "result": "party"}
-NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_MODEL_BYTES = 4 * 1024 * 1024  # the .npz of a global model carried in a job message
-INPUT_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"  # e.g. "age.sum": input "age", statistic "sum"
 
 
 class MessageError(UserError):

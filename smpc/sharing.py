@@ -251,8 +251,3 @@ def _extension_coefficients(t: int, x: int) -> tuple[int, ...]:
         assert c.denominator == 1
         coeffs.append(int(c))
     return tuple(coeffs)
-
-
-def upload_factor(n: int, t: int, scheme: Scheme, compact: bool) -> int:
-    """How many copies of the data a site uploads (seeds are negligible)."""
-    return n - random_count(n, t, scheme) if compact else n

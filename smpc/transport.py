@@ -115,7 +115,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from smpc.errors import UserError
-from smpc.spec.federation import NAME_PATTERN
+from smpc.names import NAME_PATTERN
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -164,7 +164,7 @@ FRAME_VERSION = 1
 _FRAME = struct.Struct("<4sBBH16sIIIQ32s")
 FRAME_HEADER_SIZE = _FRAME.size  # 76
 
-_CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}(\.[A-Za-z0-9_-]{1,128})?")
+_CLIENT_ID = re.compile(NAME_PATTERN.pattern + r"(\.[A-Za-z0-9_-]{1,128})?")
 
 
 # --- errors ---------------------------------------------------------------------------

@@ -308,7 +308,7 @@ def test_minor_allele_choice_equals_plink(cohort: dict, tmp_path: Path) -> None:
     # and the data tell PLINK's rule apart from "phenotyped founders" or "all samples"
     ref = count_tensor(cohort["geno"], cohort["fam"])
     phenotyped = ref.copy()
-    phenotyped[:, qc.MISSING_PHENO] = 0
+    phenotyped[:, qc.PHENO_MISSING] = 0
     everyone = ref.copy()
     everyone[:, :, 1] += everyone[:, :, 0]
     assert (qc.minor_allele_swap(phenotyped) != swap).any()
@@ -335,8 +335,14 @@ FILTERS = [
 ]
 
 
+def qc_keep(counts: np.ndarray, **kw) -> np.ndarray:
+    """The variants the pooled analysis keeps: the intersection of :func:`qc.qc_filters`."""
+    masks = qc.qc_filters(counts, **kw)
+    return masks["geno"] & masks["hwe"] & masks["maf"]
+
+
 def qc_args(flags: tuple[str, ...]) -> dict:
-    """Keyword arguments of :func:`qc.qc_keep` for a PLINK flag list."""
+    """Keyword arguments of :func:`qc.qc_filters` for a PLINK flag list."""
     names = {"--maf": "maf", "--max-maf": "max_maf", "--geno": "geno", "--hwe": "hwe"}
     modifiers = {"midp": "hwe_midp", "include-nonctrl": "hwe_include_nonctrl"}
     kw: dict = {}
@@ -358,13 +364,13 @@ def plink_kept(bfile: Path, out: Path, flags: tuple[str, ...], snps: list[str]) 
 def test_filters_equal_plink(cohort: dict, tmp_path: Path, flags: tuple[str, ...]) -> None:
     variants, counts, _ = oriented(cohort)
     expected = plink_kept(cohort["root"] / "pooled", tmp_path / "plink", flags, variants["snp"])
-    got = qc.qc_keep(counts, **qc_args(flags))
+    got = qc_keep(counts, **qc_args(flags))
     diff = [variants["snp"][i] for i in np.flatnonzero(got != expected)]
     assert not diff, f"{' '.join(flags)}: differs from PLINK on {diff}"
     assert 0 < expected.sum() < expected.size  # the filter did something
     # the reference orientation gives the same answer
     np.testing.assert_array_equal(
-        qc.qc_keep(count_tensor(cohort["geno"], cohort["fam"]), **qc_args(flags)), got
+        qc_keep(count_tensor(cohort["geno"], cohort["fam"]), **qc_args(flags)), got
     )
 
 
@@ -409,7 +415,7 @@ def test_other_phenotypes_equal_plink(cohort: dict, tmp_path: Path, layout: str)
     for hwe in ("0.001", "0.05"):
         flags = ("--hwe", hwe)
         expected = plink_kept(tmp_path / "pooled", tmp_path / f"f{hwe}", flags, variants["snp"])
-        got = qc.qc_keep(counts, hwe=float(hwe), quantitative=quantitative)
+        got = qc_keep(counts, hwe=float(hwe), quantitative=quantitative)
         assert (got == expected).all(), f"{layout} --hwe {hwe}"
 
 

@@ -10,6 +10,7 @@ ratio, and scipy / ``numpy.linalg.lstsq`` otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -43,7 +44,7 @@ import time
 import numpy as np
 from mpyc.runtime import mpc
 
-from smpc.protocols.gwas import secure
+from smpc.protocols.gwas import secure, session
 
 
 def ratio_json(r):
@@ -70,8 +71,9 @@ async def main():
         x.update({k: secret(small, data[k]) for k in ["f_a1", "f_total"]})
         await mpc.gather(list(x.values()))
         t0 = time.perf_counter()
-        swap = await secure.secure_minor_swap(
-            mpc, x["f_a1"], x["f_total"], max_alleles=c["max_alleles"]
+        # The session's own sign code: A1 is swapped where 2·a1 > total among founders.
+        swap = await session._signs(
+            mpc, x["f_total"] - 2 * x["f_a1"], c["max_alleles"].bit_length() + 1, lt=True
         )
         t1 = time.perf_counter()
         res = await secure.secure_assoc(
@@ -119,8 +121,6 @@ async def main():
             "from_field": src.field.order.bit_length(), "to_field": p.bit_length(),
         }
     if "signs" in cfg:
-        from smpc.protocols.gwas import session
-
         fast = mpc.SecInt(session.FAST_BITS, p=session.MERSENNE61)
         x = secret(fast, data["sign_x"])
         width, side = cfg["signs"]["width"], cfg["signs"]["side"]
@@ -133,7 +133,11 @@ async def main():
     if "ratio" in cfg:
         stype = secure.secint_for(mpc, 128, 32)
         num, den = secret(stype, data["r_num"]), secret(stype, data["r_den"])
-        r = await secure.open_ratio(mpc, num, den, num_bound=2**40, den_bound=2**40)
+        field, num_v = await secure._shares(mpc, num)
+        _, den_v = await secure._shares(mpc, den)
+        r = await secure._open_ratio_shares(
+            mpc, field, num_v.reshape(-1), den_v.reshape(-1), 2**40, 2**40
+        )
         out["ratio"] = ratio_json(r)
     await mpc.shutdown()
     if mpc.pid == 0:
@@ -183,6 +187,15 @@ def test_rational_reconstruct_refuses_bad_bounds_and_keeps_shape():
         secure.rational_reconstruct(np.array([pow(2**30 + 1, -1, p)], object), p, 2**10, 2**20)
 
 
+async def _in_the_clear(local: list) -> list:
+    return local
+
+
+def laplace_minors(targets, entry) -> list:
+    """The sessions' own minors code (:func:`secure._async_minors`) on plain integers."""
+    return asyncio.run(secure._async_minors(targets, entry, _in_the_clear))
+
+
 def test_laplace_minors_match_numpy_determinants():
     rng = np.random.default_rng(7)
     for k in range(2, 7):
@@ -192,9 +205,7 @@ def test_laplace_minors_match_numpy_determinants():
             y = rng.integers(-20, 21, size=15).astype(object)
             z = np.column_stack([x, y])
             m = z.T @ z
-            det, b, c = secure.laplace_minors(
-                secure.linear_targets(k, t), lambda i, j, m=m: m[i, j]
-            )
+            det, b, c = laplace_minors(secure.linear_targets(k, t), lambda i, j, m=m: m[i, j])
             a_t = m[:k, :k].copy()
             a_t[:, t] = m[:k, k]
             others = [j for j in range(k) if j != t] + [k]
@@ -213,7 +224,7 @@ def test_newton_minors_give_the_step_and_variance_of_numpy():
             w = rng.integers(1, 4, size=20).astype(object)  # π(1 − π), scaled to integers
             h = (x * w[:, None]).T @ x
             g = x.T @ rng.integers(-3, 4, size=20).astype(object)
-            minors = secure.laplace_minors(
+            minors = laplace_minors(
                 secure.newton_targets(k, t),
                 lambda i, j, h=h, g=g, k=k: g[i] if j == k else h[i, j],
             )
@@ -234,7 +245,7 @@ def test_newton_bounds_hold_at_the_extremes():
         w = rng.integers(0, 2 ** (scale_bits - 2) + 1, size=n).astype(object)  # ≤ 2^s/4
         h = (x * w[:, None]).T @ x
         g = x.T @ rng.choice([-(2**scale_bits), 2**scale_bits], size=n).astype(object)
-        minors = secure.laplace_minors(
+        minors = laplace_minors(
             secure.newton_targets(4, 1), lambda i, j, h=h, g=g: g[i] if j == 4 else h[i, j]
         )
         assert 0 <= minors[0] <= bounds.det
@@ -250,7 +261,7 @@ def test_linear_bounds_hold_at_the_extremes():
         x = np.column_stack([rng.choice([-b, b], size=n) for b in bx]).astype(object)
         y = rng.choice([-by, by], size=n).astype(object)
         m = np.column_stack([x, y]).T @ np.column_stack([x, y])
-        det, b, c = secure.laplace_minors(secure.linear_targets(4, 1), lambda i, j, m=m: m[i, j])
+        det, b, c = laplace_minors(secure.linear_targets(4, 1), lambda i, j, m=m: m[i, j])
         assert 0 <= det <= bounds.beta_den and abs(b) <= bounds.beta_num
         assert 0 <= c * det - b * b <= bounds.t2_den
         assert (n - 4) * b * b <= bounds.t2_num

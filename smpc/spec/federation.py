@@ -61,11 +61,11 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from smpc.errors import UserError
+from smpc.names import NAME_PATTERN
 
 Role = Literal["party", "site", "analyst"]
 """Role of a participant; also the OU of its federation-CA client certificate."""
 
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 RESERVED_NAMES = frozenset({"broker"})
 MIN_MPYC_PORT = 1024
 MAX_PORT = 65535

@@ -98,6 +98,7 @@ from pydantic import (
 
 from smpc.dp import default_frac_bits
 from smpc.errors import UserError
+from smpc.names import INPUT_PATTERN, NAME_PATTERN
 from smpc.spec.federation import Federation, read_yaml_mapping, user_error_from_validation
 
 ProtocolName = Literal["sum", "fedavg", "gwas"]
@@ -131,8 +132,6 @@ DEFAULT_TIMEOUT = 600.0
 _FAST_FIELD = "GF(2^61-1)"
 _FAST_FIELD_HALF = (1 << 60) - 1  # largest |v| read back as signed in GF(2^61-1)
 
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-INPUT_PATTERN = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,127}")
 _COLUMN_PATTERN = re.compile(r"[^\s,]{1,128}")
 
 _GWAS_ONLY = ("tests", "pheno", "covar", "filters")

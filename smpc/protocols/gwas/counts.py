@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import special
+
+from smpc.protocols.gwas.pvalues import chiprob_p, tprob
 
 from .plink_format import fmt_g, fmt_int, plink_maxsnp, write_table
 
@@ -57,6 +58,7 @@ __all__ = [
     "PHENO_CASE",
     "PHENO_CONTROL",
     "PHENO_MISSING",
+    "SMALL_EPSILON",
     "Variants",
     "as_variants",
     "assoc_table",
@@ -75,8 +77,9 @@ NONFOUNDER, FOUNDER = 0, 1
 GENO_A1A1, GENO_A1A2, GENO_A2A2, GENO_MISSING = 0, 1, 2, 3
 MODEL_TESTS = ("GENO", "TREND", "ALLELIC", "DOM", "REC")
 
-# PLINK's SMALL_EPSILON (2^-44); chi-square statistics below its square print as 0.
-_SMALL_EPSILON = 2.0**-44
+SMALL_EPSILON = 2.0**-44
+"""PLINK's ``SMALL_EPSILON``: the slack on its filter thresholds; a chi-square statistic
+below its square prints as 0."""
 
 
 @dataclass(frozen=True)
@@ -131,41 +134,6 @@ def case_control_genotypes(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return by_pheno[:, PHENO_CONTROL, :3], by_pheno[:, PHENO_CASE, :3]
 
 
-# dcdflib's exparg(1): 0.99999 * ((DBL_MIN_EXP - 2) * ln 2); erfc1 gives 0 beyond it.
-_EXPARG_NEG = 0.99999e0 * (-1022.0 * 0.69314718055995e0)
-
-
-def chiprob_p(chisq: np.ndarray, df: np.ndarray | float) -> np.ndarray:
-    """Upper-tail chi-square probability as PLINK's ``chiprob_p`` (dcdflib) returns it.
-
-    SciPy agrees with dcdflib to far more than the 4 printed digits for normal
-    doubles; in the subnormal tail we mimic dcdflib: with 1 df it returns exactly 0
-    once ``chisq / 2`` exceeds ``-exparg(1)`` (chisq > ~1416.78), with 2 df it keeps
-    ``exp(-chisq / 2)`` down to the smallest subnormal.  NaN in, NaN out.
-    """
-    x = np.asarray(chisq, dtype=np.float64)
-    d = np.asarray(df, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-        p = special.chdtrc(d, x)
-        rt = np.sqrt(x * 0.5)
-        p = np.where((d == 1.0) & ((rt * rt > -_EXPARG_NEG) | (rt > 100.0)), 0.0, p)
-        p = np.where((d == 2.0) & (p < 1e-300), np.exp(-(x * 0.5)), p)
-    return p
-
-
-def tprob(t: np.ndarray, df: np.ndarray) -> np.ndarray:
-    """Two-sided Student t probability (PLINK's ``calc_tprob``); NaN when undefined.
-
-    PLINK returns "not a number" (printed NA) for non-finite t or df < 1.
-    """
-    t = np.asarray(t, dtype=np.float64)
-    df = np.asarray(df, dtype=np.float64)
-    ok = np.isfinite(t) & (df >= 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = 2.0 * special.stdtr(np.where(ok, df, 1.0), -np.abs(np.where(ok, t, 0.0)))
-    return np.where(ok, p, np.nan)
-
-
 def _chi22(m11: np.ndarray, row1: np.ndarray, col1: np.ndarray, total: np.ndarray):
     """PLINK's ``chi22_eval``: 2x2 chi-square; second value marks a zero margin.
 
@@ -210,7 +178,7 @@ def _chi23x(m11, m12, m13, m21, m22, m23) -> tuple[np.ndarray, np.ndarray]:
                 expect = dxx * cs
                 delta = cell.astype(np.float64) - expect
                 chisq = chisq + delta * delta / expect
-    chisq = np.where(chisq < _SMALL_EPSILON * _SMALL_EPSILON, 0.0, chisq)
+    chisq = np.where(chisq < SMALL_EPSILON * SMALL_EPSILON, 0.0, chisq)
     df = np.full(row1.shape, 2, dtype=np.int64)
     # lone zero columns -> 1-df tests
     alt_a = _chi22x(m12, row1, col2, total)  # column 1 empty

@@ -33,7 +33,6 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "fmt_fixed",
     "fmt_g",
     "fmt_int",
     "plink_maxsnp",
@@ -220,18 +219,6 @@ def fmt_int(x: np.ndarray | int | Sequence[int]) -> np.ndarray:
     """Integers as decimal strings (PLINK's ``uint32toa``)."""
     a = np.atleast_1d(np.asarray(x)).astype(np.int64)
     return np.array([str(i) for i in a.ravel().tolist()], dtype=object).reshape(a.shape)
-
-
-def fmt_fixed(
-    x: np.ndarray | float | Sequence[float], decimals: int, nan: str = "NA"
-) -> np.ndarray:
-    """Fixed-point rendering (PLINK's ``dtoa_f_p{decimals}``-style columns).
-
-    Rounds like C's ``%.{decimals}f`` (round half to even on the binary value).
-    """
-    a = _as_float_array(x)
-    out = [nan if v != v else f"{v:.{decimals}f}" for v in a.ravel().tolist()]
-    return np.array(out, dtype=object).reshape(a.shape)
 
 
 def plink_maxsnp(snp_ids: Sequence[str] | np.ndarray) -> int:

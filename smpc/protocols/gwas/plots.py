@@ -36,11 +36,6 @@ def _pyplot():
     return plt
 
 
-def _chromosome_order(name: str) -> tuple[int, int, str]:
-    """1, 2, ..., 22, then named chromosomes alphabetically."""
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
-
-
 def manhattan(path: Path, chrom: np.ndarray, bp: np.ndarray, p: np.ndarray, title: str) -> Path:
     """−log10 P along the genome, chromosomes in alternating colours, 5e-8 marked."""
     plt = _pyplot()

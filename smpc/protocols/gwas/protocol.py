@@ -44,6 +44,7 @@ from smpc.errors import UserError
 from smpc.field import PrimeField, field_for
 from smpc.messages import JobInput
 from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
+from smpc.protocols.gwas.counts import SMALL_EPSILON
 
 logger = logging.getLogger("smpc.gwas")
 
@@ -73,11 +74,6 @@ TEST_EXTENSION = {
 PUBLIC_BITS = 57
 TABLE_COLUMNS = ("chrom", "snp", "cm", "bp", "a1", "a2")
 CHUNK = 2000  # variants per chunk at the sites
-
-
-def quantitative_tests(spec: Any) -> bool:
-    """Whether the spec needs a quantitative phenotype's statistics."""
-    return "linear" in spec.tests or ("assoc" in spec.tests and spec.pheno is not None)
 
 
 def statistics_mode(spec: Any) -> bool:
@@ -265,7 +261,7 @@ def mind_keep(site: Any, analysed: np.ndarray, mind: float) -> np.ndarray:
     missing = np.zeros(site.n_samples, dtype=np.int64)
     for _, chunk in iter_chunks(site, index, CHUNK):
         missing += np.count_nonzero(chunk < 0, axis=1)
-    return missing <= int(mind * len(index) * (1 + 2.0**-44))
+    return missing <= int(mind * len(index) * (1 + SMALL_EPSILON))
 
 
 def _site_statistics(
@@ -973,7 +969,7 @@ def _linear_from_ratios(opened: Mapping[str, np.ndarray], k: int) -> dict[str, n
     NA where PLINK's regression has no solution: n <= k, a singular XᵀX or RSS = 0
     (exactly: T²'s denominator is 0). STAT = sign(BETA)·√T², P two-sided with n − k df.
     """
-    from smpc.protocols.gwas.regression import _t_two_sided
+    from smpc.protocols.gwas.pvalues import t_two_sided
 
     n = np.asarray(opened["linear.nmiss"]).astype(np.int64).reshape(-1)
     beta = _opened_ratio(opened, "linear.beta").to_float()
@@ -982,7 +978,7 @@ def _linear_from_ratios(opened: Mapping[str, np.ndarray], k: int) -> dict[str, n
     with np.errstate(invalid="ignore"):
         stat = np.where(ok, np.sign(beta) * np.sqrt(t2.to_float()), np.nan)
         df = np.maximum(n - k, 1).astype(np.float64)
-        pval = np.where(ok, _t_two_sided(stat, df), np.nan)
+        pval = np.where(ok, t_two_sided(stat, df), np.nan)
     beta = np.where(ok, beta, np.nan)
     return {"NMISS": n, "BETA": beta, "STAT": stat, "P": pval, "ok": ok}
 

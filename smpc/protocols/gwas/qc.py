@@ -45,6 +45,13 @@ from typing import Any
 
 import numpy as np
 
+from smpc.protocols.gwas.counts import (
+    GENO_MISSING,
+    PHENO_CASE,
+    PHENO_CONTROL,
+    PHENO_MISSING,
+    SMALL_EPSILON,
+)
 from smpc.protocols.gwas.plink_format import fmt_g, plink_maxsnp, render_table, write_table
 
 __all__ = [
@@ -52,15 +59,12 @@ __all__ = [
     "minor_allele_swap",
     "plink_chrom_order",
     "qc_filters",
-    "qc_keep",
     "swap_alleles",
     "write_frq",
     "write_hwe",
     "write_lmiss",
 ]
 
-SMALL_EPSILON = 2.0**-44
-"""PLINK's slack on thresholds (``SMALL_EPSILON``)."""
 SMALLISH_EPSILON = 2.0**-35
 """Call rates within this of 1 count as 1 (``SMALLISH_EPSILON``)."""
 EXACT_TEST_BIAS = 2.0**-83
@@ -70,9 +74,6 @@ _START = (1 - SMALL_EPSILON) * EXACT_TEST_BIAS
 _TIE = (1 - 2 * SMALL_EPSILON) * EXACT_TEST_BIAS
 _SCALAR_BELOW = 24
 """Finish the HWE recursion in plain Python once this few tables are still running."""
-
-CONTROL, CASE, MISSING_PHENO = 0, 1, 2
-HOM_A1, HET, HOM_A2, MISSING_CALL = 0, 1, 2, 3
 
 
 # --------------------------------------------------------------------------------------
@@ -299,10 +300,10 @@ def swap_alleles(counts: np.ndarray, swap: np.ndarray) -> np.ndarray:
 
 def _hwe_counts(counts: np.ndarray, quantitative: bool, include_nonctrl: bool) -> np.ndarray:
     """The founder counts ``--hwe`` tests: controls only when there are any controls."""
-    controls = counts[0, CONTROL].sum() if counts.shape[0] else 0
+    controls = counts[0, PHENO_CONTROL].sum() if counts.shape[0] else 0
     if quantitative or include_nonctrl or controls == 0:
         return _founders(counts)
-    return counts[:, CONTROL, 1, :]
+    return counts[:, PHENO_CONTROL, 1, :]
 
 
 def qc_filters(
@@ -320,7 +321,13 @@ def qc_filters(
 
     Separate masks because PLINK's reports sit between the steps: ``--freq`` and
     ``--missing`` see every variant, ``--hardy`` the variants passing ``geno``, and
-    association tests all three. Arguments as :func:`qc_keep`.
+    association tests all three. PLINK applies ``--geno``, then ``--hwe``, then
+    ``--maf``, but all three read the counts taken before any filtering, so the kept
+    set is the intersection of the masks. The comparisons and their ``2**-44`` slack
+    are PLINK's (see the module docstring). ``quantitative`` marks a quantitative
+    phenotype (``--hwe`` then uses all founders); ``hwe_midp`` and
+    ``hwe_include_nonctrl`` are ``--hwe``'s ``midp``/``include-nonctrl``; ``max_maf``
+    is ``--max-maf``. Counts may be in either allele orientation.
     """
     counts = _check(counts)
     masks = {name: np.ones(counts.shape[0], dtype=bool) for name in ("geno", "hwe", "maf")}
@@ -341,39 +348,6 @@ def qc_filters(
         if max_maf is not None:
             masks["maf"] &= ~(minor > max_maf * (1 + SMALL_EPSILON))
     return masks
-
-
-def qc_keep(
-    counts: np.ndarray,
-    maf: float | None = None,
-    geno: float | None = None,
-    hwe: float | None = None,
-    *,
-    max_maf: float | None = None,
-    hwe_midp: bool = False,
-    hwe_include_nonctrl: bool = False,
-    quantitative: bool = False,
-) -> np.ndarray:
-    """Variants that pass ``--geno geno --hwe hwe --maf maf`` (and ``--max-maf``) as PLINK 1.9.
-
-    PLINK applies ``--geno``, then ``--hwe``, then ``--maf``, but all three read the
-    counts taken before any filtering, so the kept set is the intersection. The
-    comparisons and their ``2**-44`` slack are PLINK's (see the module docstring).
-    ``quantitative`` marks a quantitative phenotype (``--hwe`` then uses all founders);
-    ``hwe_midp`` and ``hwe_include_nonctrl`` are ``--hwe``'s ``midp``/``include-nonctrl``.
-    Counts may be in either allele orientation.
-    """
-    masks = qc_filters(
-        counts,
-        maf,
-        geno,
-        hwe,
-        max_maf=max_maf,
-        hwe_midp=hwe_midp,
-        hwe_include_nonctrl=hwe_include_nonctrl,
-        quantitative=quantitative,
-    )
-    return masks["geno"] & masks["hwe"] & masks["maf"]
 
 
 # --------------------------------------------------------------------------------------
@@ -485,7 +459,7 @@ def write_lmiss(
     v = counts.shape[0]
     chrom, snp, _, _ = _labels(variants, v)
     allc = counts.sum(axis=(1, 2))
-    n_miss = allc[:, MISSING_CALL]
+    n_miss = allc[:, GENO_MISSING]
     n_geno = allc.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         f_miss = n_miss.astype(np.float64) / n_geno.astype(np.float64)
@@ -528,13 +502,13 @@ def write_hwe(
     counts = _check(counts)
     v = counts.shape[0]
     chrom, snp, a1, a2 = _labels(variants, v)
-    has_pheno = v > 0 and counts[0, :MISSING_PHENO].sum() > 0
+    has_pheno = v > 0 and counts[0, :PHENO_MISSING].sum() > 0
     founders = counts[:, :, 1, :3]
     if has_pheno and not quantitative:
         groups = [
             ("ALL", founders.sum(axis=1)),
-            ("AFF", founders[:, CASE]),
-            ("UNAFF", founders[:, CONTROL]),
+            ("AFF", founders[:, PHENO_CASE]),
+            ("UNAFF", founders[:, PHENO_CONTROL]),
         ]
     else:
         groups = [("ALL(QT)" if has_pheno else "ALL(NP)", founders.sum(axis=1))]

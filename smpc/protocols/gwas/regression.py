@@ -81,6 +81,7 @@ from typing import Any
 import numpy as np
 
 from smpc.protocols.gwas.plink_format import fmt_g, plink_maxsnp, render_table
+from smpc.protocols.gwas.pvalues import chi2_1df, t_two_sided
 
 # scipy is imported where P-values are computed: every uploader imports this module for
 # its sufficient statistics only, and importing scipy.stats costs each one ~0.5 s of CPU.
@@ -185,72 +186,6 @@ def _samples(
 def _xindex(q: int) -> np.ndarray:
     """Design index of base column a (0 = intercept -> 0, covariate a >= 1 -> a + 1)."""
     return np.array([0, *range(2, q + 1)], dtype=np.int64)
-
-
-# --------------------------------------------------------------------------------------
-# P-values (PLINK: dcdflib's cdft / cdfchi)
-# --------------------------------------------------------------------------------------
-
-# dcdflib's exparg(1): 0.99999 * (emin - 1) * ln 2; erfc(x) is 0 once x^2 exceeds it
-_ERFC_ZERO = -0.99999 * (-1022 * 0.69314718055995)
-
-
-def _log_betainc_cf(a: np.ndarray, b: float, x: np.ndarray, iters: int = 200) -> np.ndarray:
-    """log I_x(a, b) by the continued fraction (modified Lentz), valid for x < (a+1)/(a+b+2).
-
-    Used only deep in the t tail, where I_x underflows in direct evaluation but PLINK
-    still prints subnormal p-values (e.g. ``5.336e-322``).
-    """
-    tiny = 1e-300
-
-    def clamp(z: np.ndarray) -> np.ndarray:
-        return np.where(np.abs(z) < tiny, tiny, z)
-
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = np.ones_like(x)
-    d = 1.0 / clamp(1.0 - qab * x / qap)
-    h = d.copy()
-    for m in range(1, iters + 1):
-        m2 = 2 * m
-        for aa in (
-            m * (b - m) * x / ((qam + m2) * (a + m2)),
-            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
-        ):
-            d = 1.0 / clamp(1.0 + aa * d)
-            c = clamp(1.0 + aa / c)
-            h = h * d * c
-    from scipy import special
-
-    log_front = a * np.log(x) + b * np.log1p(-x) - np.log(a) - special.betaln(a, b)
-    return log_front + np.log(h)
-
-
-def _t_two_sided(t: np.ndarray, df: np.ndarray) -> np.ndarray:
-    """Two-sided Student t p-value, I_{df/(df+t²)}(df/2, 1/2), down to subnormals."""
-    from scipy import stats as sstats
-
-    t = np.abs(np.asarray(t, dtype=np.float64))
-    df = np.asarray(df, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        p = np.asarray(2.0 * sstats.t.sf(t, df))
-        deep = np.isfinite(t) & (df > 0) & (p < 1e-280)
-        if deep.any():
-            td, dd = t[deep], df[deep]
-            x = dd / (dd + td * td)
-            w = np.exp(_log_betainc_cf(dd / 2.0, 0.5, x))
-            # cdft returns the one-sided 0.5·w and PLINK doubles it: for subnormal w an
-            # odd last bit is lost to round-half-even, as in PLINK
-            p[deep] = 2.0 * (0.5 * w)
-    return p
-
-
-def _chi2_1df(z: np.ndarray) -> np.ndarray:
-    """P(χ²₁ > z²) = erfc(|z|/√2) as dcdflib computes it (0 once z²/2 > 708.39)."""
-    from scipy import special
-
-    x2 = 0.5 * (np.asarray(z, dtype=np.float64) ** 2)
-    with np.errstate(all="ignore"):
-        return np.where(x2 > _ERFC_ZERO, 0.0, special.erfc(np.sqrt(x2)))
 
 
 # --------------------------------------------------------------------------------------
@@ -431,7 +366,7 @@ def linear_from_stats(stats: LinearStats, vif: float = VIF_DEFAULT) -> dict[str,
         b1 = np.where(ok, beta[:, 1], np.nan)
         t = b1 / se
         df = np.maximum(n - p, 1).astype(np.float64)
-        pval = np.where(ok, _t_two_sided(t, df), np.nan)
+        pval = np.where(ok, t_two_sided(t, df), np.nan)
     return {"NMISS": n, "BETA": b1, "SE": se, "STAT": t, "P": pval, "ok": ok}
 
 
@@ -713,7 +648,7 @@ def logistic_fit(
         b1 = np.where(ok, coef[:, 1].astype(np.float64), np.nan)
         se = np.where(ok, np.sqrt(var), np.nan)
         z = b1 / se
-        pval = np.where(ok, _chi2_1df(z), np.nan)
+        pval = np.where(ok, chi2_1df(z), np.nan)
         odds = np.exp(b1)
     return {
         "NMISS": n_out,

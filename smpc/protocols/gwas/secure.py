@@ -7,7 +7,7 @@ NMISS. Pooled counts and sums stay secret.
 
 **How.** Integer arithmetic on shares, vectorised over variants: no SecFxp, no
 secure division. A statistic num/den is opened without its parts
-(:func:`open_ratio`): for a secret random r the parties open den·r, uniformly
+(:func:`_open_ratio_shares`): for a secret random r the parties open den·r, uniformly
 random unless den = 0 (then the statistic is NA, which PLINK prints anyway, and
 nothing more about that variant is opened); elsewhere they open num·r, compute
 num/den mod p in the clear and recover the reduced fraction by rational
@@ -74,17 +74,14 @@ __all__ = [
     "assoc_field_bits",
     "convert_field",
     "field_prime",
-    "laplace_minors",
     "linear_bounds",
     "linear_targets",
     "newton_bounds",
     "newton_targets",
-    "open_ratio",
     "rational_reconstruct",
     "secint_for",
     "secure_assoc",
     "secure_linear",
-    "secure_minor_swap",
     "secure_newton_step",
 ]
 
@@ -117,9 +114,6 @@ class Ratio:
         out[ok] = [n / d for n, d in zip(self.num[ok], self.den[ok], strict=True)]
         return out
 
-    def fractions(self) -> list[Fraction | None]:
-        return [None if d == 0 else Fraction(n, d) for n, d in zip(self.num, self.den, strict=True)]
-
 
 @dataclass(frozen=True)
 class AssocResult:
@@ -133,9 +127,9 @@ class AssocResult:
     @property
     def p(self) -> np.ndarray:
         """Chi-square(1 df) upper tail, computed in the clear; NaN for NA."""
-        from scipy.stats import chi2
+        from smpc.protocols.gwas.pvalues import chiprob_p
 
-        return chi2.sf(self.chisq.to_float(), 1)
+        return chiprob_p(self.chisq.to_float(), 1.0)
 
 
 @dataclass(frozen=True)
@@ -158,11 +152,11 @@ class LinearResult:
     @property
     def p(self) -> np.ndarray:
         """Two-sided Student-t P with NMISS − k degrees of freedom, in the clear."""
-        from scipy.stats import t as student_t
+        from smpc.protocols.gwas.pvalues import t_two_sided
 
         df = (self.nmiss - self.n_params).astype(float)
         df[df <= 0] = np.nan
-        return np.asarray(2.0 * student_t.sf(np.abs(self.t), df))
+        return t_two_sided(self.t, df)
 
 
 # --------------------------------------------------------------------------- bounds
@@ -451,7 +445,13 @@ async def _open_ratio_shares(
     *,
     den_nonzero: bool = False,
 ) -> Ratio:
-    """:func:`open_ratio` on raw 1-D shares.
+    """Open num/den (raw 1-D shares) as exact reduced fractions.
+
+    Opens den·r first for a fresh secret random r: zero exactly where den = 0, which
+    makes that variant NA (0/0) and opens nothing more about it; elsewhere den·r is
+    uniform and independent of den. Then num·r is opened for the other variants only
+    and num/den = (num·r)·(den·r)⁻¹ mod p is reconstructed. Leak: the NA pattern and
+    the fraction, nothing else. Returns a :class:`Ratio`.
 
     With ``r`` given (shares of the mask of den), ``num`` is a pair (x, y) of shares
     with x·y = num·r: K of ``--assoc`` opens (n1·n2)·(N·r), three factors. Where den
@@ -482,31 +482,6 @@ async def _open_ratio_shares(
     return Ratio(out_num, out_den)
 
 
-async def open_ratio(
-    mpc: Any, num: Any, den: Any, *, num_bound: int | None = None, den_bound: int | None = None
-) -> Ratio:
-    """Open num/den (secure integer arrays, same shape) as exact reduced fractions.
-
-    Opens den·r first for a fresh secret random r: zero exactly where den = 0, which
-    makes that variant NA (0/0) and opens nothing more about it; elsewhere den·r is
-    uniform and independent of den. Then num·r is opened for the other variants only
-    and num/den = (num·r)·(den·r)⁻¹ mod p is reconstructed. Leak: the NA pattern and
-    the fraction, nothing else. Bounds default to √(p/8) each (balanced); pass the
-    true bounds when they are lopsided. Returns a :class:`Ratio` (1-D, flattened).
-    """
-    field, num_v = await _shares(mpc, num)
-    _, den_v = await _shares(mpc, den)
-    balanced = _balanced_bound(field.order)
-    return await _open_ratio_shares(
-        mpc,
-        field,
-        num_v.reshape(-1),
-        den_v.reshape(-1),
-        balanced if num_bound is None else num_bound,
-        balanced if den_bound is None else den_bound,
-    )
-
-
 async def _open_ints(mpc: Any, x: Any) -> np.ndarray:
     """Open a secure integer array as signed Python ints (what PLINK prints anyway)."""
     field, values = await _shares(mpc, x)
@@ -520,30 +495,6 @@ async def _open_ints(mpc: Any, x: Any) -> np.ndarray:
 
 def _max_alleles(stype: MpcType, max_alleles: int | None) -> int:
     return (1 << stype.bit_length) if max_alleles is None else int(max_alleles)
-
-
-async def secure_minor_swap(
-    mpc: Any, founder_a1_count: Any, founder_allele_total: Any, *, max_alleles: int | None = None
-) -> np.ndarray:
-    """Public bits: the reference A1 is the major allele among founders (2·a1 > total).
-
-    PLINK reports the minor allele as A1, so these bits are printed anyway (ties keep
-    the reference order). One secure comparison per variant (MPyC ``np_sgn`` with
-    LT) on ⌈log₂ max_alleles⌉ + 1 bits, since |total − 2·a1| ≤ total ≤ max_alleles
-    (default: the secure type's bit length). MPyC's comparison costs per bit and per
-    field bit, so give the founder counts a small field (``secint_for(mpc, 0, l)``).
-    """
-    stype = type(founder_a1_count).sectype
-    width = stype.bit_length if max_alleles is None else int(max_alleles).bit_length() + 1
-    if width > stype.bit_length:
-        raise ValueError(
-            f"{max_alleles} alleles need a secure type of at least {width} bits, "
-            f"not {stype.bit_length} (see secint_for)"
-        )
-    diff = founder_allele_total - 2 * founder_a1_count
-    bits = mpc.np_sgn(diff, l=width, LT=True)
-    opened = await mpc.output(bits)
-    return np.asarray(opened, dtype=np.int64).reshape(-1).astype(bool)
 
 
 async def secure_assoc(
@@ -561,7 +512,7 @@ async def secure_assoc(
     a = ``a_case`` A1 alleles among ``n_case`` called case alleles, c = ``a_ctrl`` of
     ``n_ctrl``; b = n_case − a, d = n_ctrl − c, N = n_case + n_ctrl. Opens exactly
     F_A = a/n_case and F_U = c/n_ctrl, and K = N·n_case·n_ctrl / ((a+c)·(b+d)) where
-    F_A ≠ F_U, each as an exact fraction (:func:`open_ratio`). The rest follows in the
+    F_A ≠ F_U, each as an exact fraction (:func:`_open_ratio_shares`). The rest follows in the
     clear, so it says nothing more:
 
     - OR = ad/(bc) = F_A·(1 − F_U) / ((1 − F_A)·F_U), NA where that denominator is 0;
@@ -570,7 +521,7 @@ async def secure_assoc(
       where F_A ≠ F_U. Elsewhere CHISQ is 0, or NA where no A1 or no A2 was called
       (F_A = F_U = 0 or 1) or a class has no call (F NA).
 
-    Public ``swap`` bits (from :func:`secure_minor_swap`) make A1 the other allele:
+    Public ``swap`` bits (the session's founder signs) make A1 the other allele:
     F ↦ 1 − F in the clear, which is what a ↦ n_case − a and c ↦ n_ctrl − c do
     (K and CHISQ do not change). The exact fractions F_A and F_U say more than PLINK's
     4 significant digits (e.g. the called allele count when the fraction is in lowest
@@ -648,36 +599,12 @@ def _reduced(num: np.ndarray, den: np.ndarray) -> Ratio:
 # --------------------------------------------------------------------------- linear regression
 
 
-def laplace_minors(
-    targets: Sequence[tuple[Sequence[int], Sequence[int]]],
-    entry: Callable[[int, int], Any],
-    mul: Callable[[Any, Any], Any] = operator.mul,
-    reduce_level: Callable[[list[Any]], list[Any]] = list,
-) -> list[Any]:
-    """Determinants of the submatrices ``M[rows, cols]`` (ordered) named in ``targets``.
-
-    Laplace expansion along the last listed row, memoised on (row prefix, column
-    set): the minors of one size form one batch, so in MPC a level costs one reshare
-    per minor (an inner product), however many products it sums. ``entry(i, j)``
-    gives M[i, j]; ``reduce_level(list)`` turns a level's local results into usable
-    values (a reshare in MPC; the identity in the clear, so the same code is checked
-    against NumPy on plain integers).
-    """
-    steps = _minors_stepwise(targets, entry, mul)
-    local = next(steps)
-    while True:
-        try:
-            local = steps.send(reduce_level(local))
-        except StopIteration as stop:
-            return stop.value
-
-
 def _minors_stepwise(
     targets: Sequence[tuple[Sequence[int], Sequence[int]]],
     entry: Callable[[int, int], Any],
     mul: Callable[[Any, Any], Any],
 ) -> Generator[list[Any], list[Any], list[Any]]:
-    """Generator form of :func:`laplace_minors`: yields each level's local sums."""
+    """Generator form of :func:`_async_minors`: yields each level's local sums."""
     canonical = []
     for rows, cols in targets:
         order = sorted(range(len(cols)), key=lambda i: cols[i])
@@ -777,7 +704,7 @@ async def secure_linear(
     Pass ``bounds`` from :func:`linear_bounds` (checked against the field); without
     them the rational reconstruction assumes balanced magnitudes up to √(p/8).
 
-    ``swap`` (public bits, e.g. from :func:`secure_minor_swap`) recodes the ADD column
+    ``swap`` (public bits, e.g. the session's founder signs) recodes the ADD column
     (index ``test_index``, unscaled allele counts next to an unscaled intercept in
     column 0) as g' = 2 − g where set: x' = T·x with T the identity but row t =
     (2, 0, .., −1, ..), so XᵀX' = T·XᵀX·Tᵀ and Xᵀy' = T·Xᵀy, on the shares.
@@ -893,7 +820,15 @@ def _swap_allele(
 
 
 async def _async_minors(targets: Any, entry: Any, reshared: Any) -> list[Any]:
-    """:func:`laplace_minors` with an asynchronous per-level reshare."""
+    """Determinants of the submatrices ``M[rows, cols]`` (ordered) named in ``targets``.
+
+    Laplace expansion along the last listed row, memoised on (row prefix, column
+    set): the minors of one size form one batch, so in MPC a level costs one reshare
+    per minor (an inner product), however many products it sums. ``entry(i, j)``
+    gives M[i, j]; ``reshared(list)`` (awaited) turns a level's local results into usable
+    values (a reshare in MPC; the identity in the clear, so the same code is checked
+    against NumPy on plain integers).
+    """
     steps = _minors_stepwise(targets, entry, operator.mul)
     local = next(steps)
     while True:
