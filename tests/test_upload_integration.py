@@ -111,6 +111,23 @@ def _start_party(name: str, keys_dir: Path, workdir: Path) -> subprocess.Popen:
     return proc
 
 
+def _start_site(config: Path, log_path: Path) -> subprocess.Popen:
+    """``smpc site serve`` on ``config``, logging to ``log_path``, once it serves."""
+    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smpc.cli", "site", "serve", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    try:
+        _wait_for_log(proc, "event=site-serving")
+    except BaseException:
+        _stop([proc])
+        raise
+    return proc
+
+
 def _wait_for_log(proc: subprocess.Popen, text: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -308,15 +325,8 @@ def test_site_serve_answers_a_new_job_once(keys_dir, tmp_path):
             procs = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
             for proc in procs:
                 _wait_for_log(proc, "event=party-connected")
-            site_log = open(tmp_path / "oslo-site.log", "ab")  # noqa: SIM115
-            site = subprocess.Popen(
-                [sys.executable, "-m", "smpc.cli", "site", "serve", "--config", str(config)],
-                stdout=site_log,
-                stderr=subprocess.STDOUT,
-            )
-            site.log_path = tmp_path / "oslo-site.log"
+            site = _start_site(config, tmp_path / "oslo-site.log")
             procs.append(site)
-            _wait_for_log(site, "event=site-serving")
             _publish(keys_dir, "job-s")
             _wait_for_log(site, "event=upload-complete", timeout=60)
         finally:
@@ -415,15 +425,8 @@ def test_site_serve_logs_bad_inputs_and_skipped_jobs_and_keeps_serving(keys_dir,
             procs = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
             for proc in procs:
                 _wait_for_log(proc, "event=party-connected")
-            site_log = open(tmp_path / "oslo-site.log", "ab")  # noqa: SIM115
-            site = subprocess.Popen(
-                [sys.executable, "-m", "smpc.cli", "site", "serve", "--config", str(config)],
-                stdout=site_log,
-                stderr=subprocess.STDOUT,
-            )
-            site.log_path = tmp_path / "oslo-site.log"
+            site = _start_site(config, tmp_path / "oslo-site.log")
             procs.append(site)
-            _wait_for_log(site, "event=site-serving")
             _publish(keys_dir, "job-latin1")
             _wait_for_log(site, "event=upload-failed job=job-latin1", timeout=60)
             spec = parse_spec(
