@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from smpc.analyst import build_job, run_job, write_outputs
-from smpc.broker import MosquittoBroker
-from smpc.keys import init_keys, load_broker_kit, load_kit
-from smpc.spec.federation import load_federation
-from smpc.spec.protocol import load_spec
-from smpc.transport import Connection, Topics
+from smpc.analyst.jobs import build_job, run_job, write_outputs
+from smpc.broker.broker import MosquittoBroker
+from smpc.config.federation import load_federation
+from smpc.config.spec import load_spec
+from smpc.net.transport import Connection, Topics
+from smpc.pki.keys import init_keys, load_broker_kit, load_kit
 
 PARTIES = ("alpha", "beta", "gamma")
 

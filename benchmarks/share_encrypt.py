@@ -28,9 +28,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from smpc.encoding import FixedPoint
-from smpc.field import FAST
-from smpc.packaging import open_share, seal_shares
+from smpc.core.encoding import FixedPoint
+from smpc.core.field import FAST
+from smpc.wire.packaging import open_share, seal_shares
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
     # The envelopes must open to shares of x: check once, outside the timing.
     keys = {"site": site.public_key()}
     shares = {i: open_share(e, parties[i], keys, party=i).values() for i, e in enumerate(envelopes)}
-    from smpc.sharing import reconstruct
+    from smpc.core.sharing import reconstruct
 
     back = encoding.decode(reconstruct({0: shares[0], 2: shares[2]}, FAST, 1), FAST)
     assert np.abs(back - x).max() <= 2.0**-24, "shares do not reconstruct the input"

@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from smpc.analyst import publish_job
-from smpc.broker import MosquittoBroker
-from smpc.field import FAST
-from smpc.keys import init_keys, load_broker_kit, load_kit
-from smpc.messages import Job, JobInput
-from smpc.spec.federation import load_federation
-from smpc.transport import Connection, Topics
+from smpc.analyst.jobs import publish_job
+from smpc.broker.broker import MosquittoBroker
+from smpc.config.federation import load_federation
+from smpc.core.field import FAST
+from smpc.net.transport import Connection, Topics
+from smpc.pki.keys import init_keys, load_broker_kit, load_kit
+from smpc.wire.messages import Job, JobInput
 
 PARTIES = ("alpha", "beta", "gamma")
 

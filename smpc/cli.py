@@ -18,7 +18,7 @@ from smpc.errors import UserError
 
 
 def _keys_init(args: argparse.Namespace) -> int:
-    from smpc.keys import init_keys
+    from smpc.pki.keys import init_keys
 
     report = init_keys(Path(args.federation), Path(args.out))
     for line in report.lines():
@@ -45,15 +45,15 @@ def _daemon(serve, config) -> int:
 
 
 def _party_serve(args: argparse.Namespace) -> int:
-    from smpc.party import load_party_config, serve
+    from smpc.party.service import load_party_config, serve
 
     return _daemon(serve, load_party_config(Path(args.config)))
 
 
 def _party_status(args: argparse.Namespace) -> int:
-    from smpc.party import load_party_config
-    from smpc.status import holdings, print_rows
-    from smpc.store import PartyStore
+    from smpc.party.service import load_party_config
+    from smpc.party.status import holdings, print_rows
+    from smpc.party.store import PartyStore
 
     config = load_party_config(Path(args.config))
     with PartyStore(config.store) as store:
@@ -62,9 +62,9 @@ def _party_status(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from smpc.party import load_party_config
-    from smpc.status import jobs, print_rows
-    from smpc.store import PartyStore
+    from smpc.party.service import load_party_config
+    from smpc.party.status import jobs, print_rows
+    from smpc.party.store import PartyStore
 
     config = load_party_config(Path(args.config))
     with PartyStore(config.store) as store:
@@ -76,10 +76,10 @@ def _upload(args: argparse.Namespace) -> int:
     import asyncio
 
     from smpc import log
-    from smpc.inputs import parse_assignment
-    from smpc.keys import load_kit
-    from smpc.site import default_keep_dir, upload
-    from smpc.spec.federation import load_federation
+    from smpc.config.federation import load_federation
+    from smpc.io.inputs import parse_assignment
+    from smpc.pki.keys import load_kit
+    from smpc.site.service import default_keep_dir, upload
 
     log.setup("warning")
     kit = load_kit(Path(args.kit))
@@ -89,11 +89,11 @@ def _upload(args: argparse.Namespace) -> int:
             "give either --data PATH (the job's protocol reads it) or --input NAME=PATH"
         )
     if args.data:
-        from smpc.site import protocol_inputs
+        from smpc.site.service import protocol_inputs
 
         inputs = protocol_inputs(Path(args.data), federation)
     else:
-        from smpc.site import configured_inputs
+        from smpc.site.service import configured_inputs
 
         sources: dict[str, str] = {}
         for assignment in args.input:
@@ -126,7 +126,7 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _site_serve(args: argparse.Namespace) -> int:
-    from smpc.site import load_site_config, serve
+    from smpc.site.service import load_site_config, serve
 
     return _daemon(serve, load_site_config(Path(args.config)))
 
@@ -135,10 +135,10 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from smpc import log
-    from smpc.analyst import build_job, logistic_rounds, run_gwas, run_job, write_outputs
-    from smpc.keys import load_kit
-    from smpc.spec.federation import load_federation
-    from smpc.spec.protocol import load_spec
+    from smpc.analyst.jobs import build_job, logistic_rounds, run_gwas, run_job, write_outputs
+    from smpc.config.federation import load_federation
+    from smpc.config.spec import load_spec
+    from smpc.pki.keys import load_kit
 
     log.setup("warning")
     kit = load_kit(Path(args.kit))
@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(Path(args.spec), federation)
     out = Path(args.out or spec.name)
     if spec.rounds > 1:
-        from smpc.fl import train
+        from smpc.protocols.fedavg.training import train
 
         print(f"{spec.name}: {spec.rounds} rounds of fedavg over {len(federation.site_names)} "
               f"sites, {len(federation.parties)} parties")  # fmt: skip
@@ -176,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from smpc.inputs import parse_assignment
+    from smpc.io.inputs import parse_assignment
     from smpc.local import run_local
 
     sites: dict[str, str | None] = {}

@@ -40,11 +40,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from smpc.encoding import FixedPoint
-from smpc.keys import init_keys, load_kit
+from smpc.core.encoding import FixedPoint
 from smpc.mpc.launch import run_local_sessions
 from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
-from smpc.packaging import open_share, seal_shares
+from smpc.pki.keys import init_keys, load_kit
+from smpc.wire.packaging import open_share, seal_shares
 
 SITES = ("oslo", "bergen", "tromso")
 PARTIES = ("alpha", "beta", "gamma")

@@ -5,9 +5,9 @@ embedded amqtt broker; ``--broker``), N ``smpc party serve`` daemons, one ``smpc
 upload`` process per site and the analyst (this process) running the spec: the same
 code paths as a distributed deployment, on 127.0.0.1.
 
-With a trainer (``--trainer module:function``, see :mod:`smpc.fl`) every site
+With a trainer (``--trainer module:function``, see :mod:`smpc.protocols.fedavg.training`) every site
 runs ``smpc site serve`` with that trainer instead of one upload, and the
-analyst runs every round of the spec (:func:`smpc.fl.train`).
+analyst runs every round of the spec (:func:`smpc.protocols.fedavg.training.train`).
 
 Every site is the user's own here, so a site whose upload fails fails the run, naming
 the site and its reason, unless the spec sets ``min_sites`` itself (then the run goes
@@ -31,13 +31,13 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from smpc.analyst import Outcome, build_job, logistic_rounds, run_gwas, run_job, write_outputs
-from smpc.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
+from smpc.analyst.jobs import Outcome, build_job, logistic_rounds, run_gwas, run_job, write_outputs
+from smpc.broker.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
+from smpc.config.federation import load_federation, read_yaml_mapping
+from smpc.config.spec import load_spec
 from smpc.errors import UserError
-from smpc.inputs import data_exists
-from smpc.keys import init_keys, load_broker_kit, load_kit
-from smpc.spec.federation import load_federation, read_yaml_mapping
-from smpc.spec.protocol import load_spec
+from smpc.io.inputs import data_exists
+from smpc.pki.keys import init_keys, load_broker_kit, load_kit
 
 BROKERS = ("auto", "mosquitto", "embedded")
 """``smpc local --broker``: ``auto`` is Mosquitto when installed, else the embedded one."""
@@ -156,8 +156,8 @@ def _site_serve(
 
 
 def _train(analyst, federation, spec, out: Path, initial_model: Path | None) -> dict[str, Any]:
-    from smpc.fl import train
-    from smpc.modelfile import read_model
+    from smpc.io.modelfile import read_model
+    from smpc.protocols.fedavg.training import train
 
     model = None if initial_model is None else read_model(initial_model)[0]
     _, history = asyncio.run(train(analyst, federation, spec, initial_model=model, out=out))
@@ -196,7 +196,7 @@ def run_local(
     if initial_model is not None and not Path(initial_model).exists():
         raise UserError(f"--initial-model {initial_model}: no such file")
     if trainer is not None:
-        from smpc.fl import load_trainer
+        from smpc.protocols.fedavg.training import load_trainer
 
         load_trainer(trainer)  # a typo fails here, not in every site's log
     if workdir is None:

@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
-from smpc.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
-from smpc.keys import Kit, load_broker_kit, load_kit
-from smpc.spec.federation import Federation, load_federation
-from smpc.transport import Connection
+from smpc.broker.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
+from smpc.config.federation import Federation, load_federation
+from smpc.net.transport import Connection
+from smpc.pki.keys import Kit, load_broker_kit, load_kit
 
 HAVE_MOSQUITTO = Path(MOSQUITTO).is_file() or shutil.which("mosquitto") is not None
 requires_mosquitto = pytest.mark.skipif(

@@ -3,7 +3,7 @@
 The parties are played by the test: each connects with its own kit, accepts the
 analyst's signed job holding every site, and answers the closed job with a signed
 result and a signed status, as a party daemon does (results first, then ``done``).
-What is under test is the analyst (:func:`smpc.analyst.run_job`): a complete answer is
+What is under test is the analyst (:func:`smpc.analyst.jobs.run_job`): a complete answer is
 taken, and an answer that lacks or adds an output, a party's failure or a party that
 never answers end the job at once (or at the timeout) with the outputs and the parties.
 """
@@ -16,8 +16,10 @@ from collections.abc import Callable
 
 import pytest
 
-from smpc.analyst import JobFailed, build_job, run_job
-from smpc.messages import (
+from smpc.analyst.jobs import JobFailed, build_job, run_job
+from smpc.config.spec import parse_spec
+from smpc.net.transport import Connection, Topics
+from smpc.wire.messages import (
     Job,
     OpenedOutput,
     PartyResult,
@@ -26,8 +28,6 @@ from smpc.messages import (
     sign,
     verify_job,
 )
-from smpc.spec.protocol import parse_spec
-from smpc.transport import Connection, Topics
 from tests.brokers import federation_of, kit, mosquitto, requires_mosquitto
 
 pytestmark = [requires_mosquitto, pytest.mark.timeout(90)]
@@ -186,9 +186,7 @@ def test_silent_parties_time_out_naming_them_and_their_outputs(keys_dir, tmp_pat
     with pytest.raises(JobFailed) as failed:
         collect(keys_dir, tmp_path, job, answer, timeout=4)
     names = ", ".join(o.name for o in job.delivered)
-    assert str(failed.value).endswith(
-        f"no complete result within 4 s: no {names} from alpha, beta"
-    )
+    assert str(failed.value).endswith(f"no complete result within 4 s: no {names} from alpha, beta")
 
 
 def test_t_plus_one_agreeing_opened_results_do_not_wait_for_a_dead_party(keys_dir, tmp_path):

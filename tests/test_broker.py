@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from smpc.broker import (
+from smpc.broker.broker import (
     BrokerStartError,
     EmbeddedBroker,
     MosquittoBroker,
@@ -30,9 +30,9 @@ from smpc.broker import (
     mosquitto_config,
     write_mosquitto_files,
 )
-from smpc.keys import TlsFiles, load_broker_kit
-from smpc.spec.federation import load_federation
-from smpc.transport import ConnectFailed, Connection, Message, SubscriptionRefused, Topics
+from smpc.config.federation import load_federation
+from smpc.net.transport import ConnectFailed, Connection, Message, SubscriptionRefused, Topics
+from smpc.pki.keys import TlsFiles, load_broker_kit
 from tests.brokers import (
     connect,
     embedded_broker,
@@ -188,7 +188,7 @@ def test_deploy_files_are_current(tmp_path: Path) -> None:
 def test_mosquitto_files_command(tmp_path: Path) -> None:
     out = subprocess.run(
         [
-            *(sys.executable, "-m", "smpc.broker", "mosquitto-files"),
+            *(sys.executable, "-m", "smpc.broker.broker", "mosquitto-files"),
             *(str(ROOT / "parties" / "federation.yaml"), "--out", str(tmp_path)),
         ],
         capture_output=True,

@@ -15,10 +15,10 @@ import math
 import numpy as np
 import pytest
 
-from smpc import dp
+from smpc.config.spec import DP
+from smpc.core import dp
 from smpc.local import run_local
 from smpc.protocols.linear import fedavg_statistics
-from smpc.spec.protocol import DP
 
 
 def test_calibration_is_the_smallest_mu_meeting_epsilon():

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smpc.envelope import (
+from smpc.errors import UserError
+from smpc.wire.envelope import (
     DEFAULT_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
     DigestMismatch,
@@ -43,7 +44,6 @@ from smpc.envelope import (
     peek_route,
     seal,
 )
-from smpc.errors import UserError
 
 P61 = 2**61 - 1
 KIB = 1024
@@ -513,7 +513,7 @@ def test_header_json_is_canonical_and_strict() -> None:
 
 def test_every_output_byte_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
     """open decrypts into a buffer that is not zeroed first: no stale byte may survive."""
-    import smpc.envelope as envelope
+    import smpc.wire.envelope as envelope
 
     monkeypatch.setattr(envelope, "_new_buffer", lambda size: bytearray(b"\xaa" * size))
     for count in [0, 1, 9000, 300_000]:  # 300,000 × 8 bytes: hashed on the worker thread

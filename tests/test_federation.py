@@ -12,13 +12,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smpc.errors import UserError
-from smpc.spec.federation import (
+from smpc.config.federation import (
     Federation,
     PortRange,
     load_federation,
     parse_federation,
 )
+from smpc.errors import UserError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "parties" / "federation.yaml"
 

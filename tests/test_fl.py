@@ -1,4 +1,5 @@
-"""Multi-round federated training (smpc.fl) through real processes: ``smpc local --trainer``.
+"""Multi-round federated training (smpc.protocols.fedavg.training) through real processes:
+``smpc local --trainer``.
 
 Every site runs ``smpc site serve`` with a trainer, three party daemons and the
 embedded broker run as for any job, and the analyst runs the rounds. The example
@@ -17,7 +18,7 @@ import pytest
 
 from smpc.errors import UserError
 from smpc.local import run_local
-from smpc.messages import MAX_MODEL_BYTES, decode_model, encode_model
+from smpc.wire.messages import MAX_MODEL_BYTES, decode_model, encode_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "breast_cancer.py"
@@ -38,7 +39,7 @@ def bc():
 
 def s2_down(model, round, *, site):
     """The example's trainer, except that site s2 never uploads (its training fails)."""
-    from smpc.fl import load_trainer
+    from smpc.protocols.fedavg.training import load_trainer
 
     if site == "s2":
         raise RuntimeError("s2 is down")

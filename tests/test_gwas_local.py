@@ -1,6 +1,6 @@
 """GWAS end to end through ``smpc local`` against PLINK 1.9 on the pooled data.
 
-A fresh simulated cohort (:mod:`smpc.protocols.gwas.simulate`): 3 sites of unequal
+A fresh simulated cohort (:mod:`tests.simulate`): 3 sites of unequal
 size, each fileset written by its own ``plink --make-bed`` (so each site's A1 is its
 local minor allele), one site's variants shuffled, missing calls, missing phenotypes,
 covariates, a quantitative trait, and variants absent at a site, with mismatched alleles,
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from smpc.local import run_local
-from smpc.protocols.gwas.simulate import simulate_cohort
+from tests.simulate import simulate_cohort
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -3,7 +3,7 @@
 Every pair of values of any two option dimensions (:data:`DIMENSIONS`) appears in at
 least one row (``allpairspy``, so a new value extends the array). A row runs ``smpc
 local`` (real broker, party daemons, site uploads and MPyC sessions) on a small simulated
-cohort (:mod:`smpc.protocols.gwas.simulate`) with its sites in the row's formats, and
+cohort (:mod:`tests.simulate`) with its sites in the row's formats, and
 every table it writes must equal PLINK 1.9's on the pooled data (the sites' data as
 PLINK imports them, without the expected exclusions, merged in site order) with the
 same options (:func:`tests.test_gwas_local.assert_same_table`). A combination smpc
@@ -30,7 +30,7 @@ from allpairspy import AllPairs
 from smpc.errors import UserError
 from smpc.local import run_local
 from smpc.protocols.gwas.protocol import TEST_EXTENSION
-from smpc.protocols.gwas.simulate import simulate_cohort
+from tests.simulate import simulate_cohort
 from tests.test_gwas_local import PLINK, assert_same_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]

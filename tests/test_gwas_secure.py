@@ -269,7 +269,7 @@ def test_linear_bounds_hold_at_the_extremes():
 
 
 def test_field_prime_is_mpyc_s_choice_and_large_enough():
-    from smpc.field import mpyc_modulus
+    from smpc.core.field import mpyc_modulus
 
     p = secure.field_prime(200, 16)
     assert p.bit_length() == 200 and p % 4 == 3 and p == mpyc_modulus(200 - 32)

@@ -23,7 +23,6 @@ from smpc.protocols.gwas.align import (
     write_excluded,
 )
 from smpc.protocols.gwas.protocol import a1_is_minor, a1_sides, side_signs
-from smpc.protocols.gwas.simulate import simulate_cohort
 from smpc.protocols.gwas.sitedata import (
     VariantTable,
     iter_chunks,
@@ -31,6 +30,7 @@ from smpc.protocols.gwas.sitedata import (
     read_covar,
     read_pheno,
 )
+from tests.simulate import simulate_cohort
 
 PLINK = shutil.which("plink1.9")
 PLINK2 = shutil.which("plink2")

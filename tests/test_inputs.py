@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from smpc.errors import UserError
-from smpc.inputs import parse_assignment, read_input
+from smpc.io.inputs import parse_assignment, read_input
 
 
 def test_csv_column_npy_and_npz(tmp_path):

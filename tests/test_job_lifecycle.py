@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smpc.analyst import JobFailed, build_job, publish_job, run_job, write_outputs
-from smpc.keys import load_broker_kit
-from smpc.messages import Job, open_result, sign, stamp_job, verify_status
-from smpc.site import KeptUpload, protocol_inputs, upload
-from smpc.spec.protocol import parse_spec
-from smpc.store import PartyStore
-from smpc.transport import Connection, Topics
+from smpc.analyst.jobs import JobFailed, build_job, publish_job, run_job, write_outputs
+from smpc.config.spec import parse_spec
+from smpc.net.transport import Connection, Topics
+from smpc.party.store import PartyStore
+from smpc.pki.keys import load_broker_kit
+from smpc.site.service import KeptUpload, protocol_inputs, upload
+from smpc.wire.messages import Job, open_result, sign, stamp_job, verify_status
 from tests.brokers import federation_of, kit, requires_mosquitto
 from tests.test_upload_integration import (
     PARTIES,
@@ -277,7 +277,7 @@ def test_stale_and_future_jobs_are_refused(fed, tmp_path):
 
 
 def test_envelope_on_another_sites_topic_is_refused(fed, tmp_path):
-    from smpc.site import seal_inputs
+    from smpc.site.service import seal_inputs
 
     job = _job(fed, "name: topic\nprotocol: sum\ninputs: [x]\n")
     asyncio.run(publish_job(fed.analyst, fed.federation, job))

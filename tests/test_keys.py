@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from smpc.cli import main as cli_main
 from smpc.errors import UserError
-from smpc.keys import (
+from smpc.pki.keys import (
     init_keys,
     load_broker_kit,
     load_directory,

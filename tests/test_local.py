@@ -14,12 +14,12 @@ import sys
 import numpy as np
 import pytest
 
-from smpc.analyst import JobFailed, _open
+from smpc.analyst.jobs import JobFailed, _open
+from smpc.core.field import FAST
+from smpc.core.sharing import split
 from smpc.errors import UserError
-from smpc.field import FAST
 from smpc.local import run_local
-from smpc.messages import Job, JobInput
-from smpc.sharing import split
+from smpc.wire.messages import Job, JobInput
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,8 +9,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from smpc.errors import UserError
+from smpc.io.modelfile import read_model, write_model
 from smpc.local import run_local
-from smpc.modelfile import read_model, write_model
 
 
 def _model(rng):

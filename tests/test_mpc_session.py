@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smpc.encoding import FixedPoint
-from smpc.field import MERSENNE61
-from smpc.keys import load_kit
+from smpc.core.encoding import FixedPoint
+from smpc.core.field import MERSENNE61
 from smpc.mpc.launch import SessionFailed, run_local_sessions, session_command
 from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
-from smpc.packaging import open_share, seal_shares
+from smpc.pki.keys import load_kit
+from smpc.wire.packaging import open_share, seal_shares
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(180)

@@ -9,12 +9,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from smpc.encoding import EncodingError, FixedPoint
-from smpc.envelope import WrongRecipient, WrongSigner
-from smpc.field import FAST, field_for, mpyc_modulus
-from smpc.packaging import open_share, seal_shares
-from smpc.prg import BLOCK_ELEMENTS
-from smpc.sharing import reconstruct
+from smpc.core.encoding import EncodingError, FixedPoint
+from smpc.core.field import FAST, field_for, mpyc_modulus
+from smpc.core.prg import BLOCK_ELEMENTS
+from smpc.core.sharing import reconstruct
+from smpc.wire.envelope import WrongRecipient, WrongSigner
+from smpc.wire.packaging import open_share, seal_shares
 
 SITE = Ed25519PrivateKey.generate()
 PARTIES = [X25519PrivateKey.generate() for _ in range(5)]

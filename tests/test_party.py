@@ -7,15 +7,15 @@ import time
 import numpy as np
 import pytest
 
-from smpc.encoding import FixedPoint
-from smpc.field import FAST, field_for, mpyc_modulus
-from smpc.keys import load_kit
-from smpc.messages import Job, JobInput, MessageError, sign, stamp_job, verify_ack
-from smpc.packaging import seal_shares
-from smpc.party import PartyService
-from smpc.sharing import reconstruct
-from smpc.spec.federation import load_federation
-from smpc.store import PartyStore
+from smpc.config.federation import load_federation
+from smpc.core.encoding import FixedPoint
+from smpc.core.field import FAST, field_for, mpyc_modulus
+from smpc.core.sharing import reconstruct
+from smpc.party.service import PartyService
+from smpc.party.store import PartyStore
+from smpc.pki.keys import load_kit
+from smpc.wire.messages import Job, JobInput, MessageError, sign, stamp_job, verify_ack
+from smpc.wire.packaging import seal_shares
 
 ENCODING = FixedPoint(16, 20)
 ISSUED = time.time()  # one issue time for every job of this module, so _job() is reproducible
@@ -183,7 +183,7 @@ def test_jobs_must_be_signed_by_an_analyst(kits, tmp_path):
 
 
 def _envelope_ack():
-    from smpc.messages import Ack
+    from smpc.wire.messages import Ack
 
     return Ack(job="j", input="x", site="oslo", party=1, digest="", envelope_id="", status="stored")
 
@@ -192,7 +192,7 @@ def _envelope_ack():
 
 
 def _policy_party(kits, tmp_path, **policy):
-    from smpc.party import Policy
+    from smpc.party.service import Policy
 
     kit = kits["beta"]
     return PartyService(
@@ -201,7 +201,7 @@ def _policy_party(kits, tmp_path, **policy):
 
 
 def _status(reply, kits):
-    from smpc.messages import verify_status
+    from smpc.wire.messages import verify_status
 
     return verify_status(reply.status, kits["alpha"].directory)[1]
 
@@ -255,7 +255,7 @@ def test_site_sets_one_site_apart_are_refused(kits, tmp_path):
 
 
 def test_closed_job_yields_result_shares_that_reconstruct(kits, tmp_path):
-    from smpc.envelope import open_envelope
+    from smpc.wire.envelope import open_envelope
 
     sites = ("oslo", "bergen")
     services = []

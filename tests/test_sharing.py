@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from smpc.encoding import EncodingError, FixedPoint
-from smpc.field import FAST, MERSENNE61, BigPrimeField, field_for, mpyc_modulus
-from smpc.prg import BLOCK_ELEMENTS, expand, fresh_seed
-from smpc.sharing import Share, SharingError, reconstruct, split
+from smpc.core.encoding import EncodingError, FixedPoint
+from smpc.core.field import FAST, MERSENNE61, BigPrimeField, field_for, mpyc_modulus
+from smpc.core.prg import BLOCK_ELEMENTS, expand, fresh_seed
+from smpc.core.sharing import Share, SharingError, reconstruct, split
 
 FIELDS = [FAST, field_for(mpyc_modulus(32)), field_for(mpyc_modulus(32, 16))]
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6)
@@ -304,7 +304,7 @@ def test_field_too_small_for_sum_is_refused():
 @settings(max_examples=60, deadline=None)
 def test_bytes_travel_as_words_through_sharing(data, t):
     """Public metadata: bytes → 56-bit words → encoded, shared, reconstructed → bytes."""
-    from smpc.encoding import bytes_to_words, words_to_bytes
+    from smpc.core.encoding import bytes_to_words, words_to_bytes
 
     words = bytes_to_words(data)
     encoding = FixedPoint(0, 57)

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from smpc.analyst import build_job
-from smpc.site import SkipJob, configured_inputs
-from smpc.spec.federation import load_federation
-from smpc.spec.protocol import parse_spec
+from smpc.analyst.jobs import build_job
+from smpc.config.federation import load_federation
+from smpc.config.spec import parse_spec
+from smpc.site.service import SkipJob, configured_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDERATION = load_federation(ROOT / "parties" / "federation.yaml")

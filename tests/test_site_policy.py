@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from smpc.core.field import FAST
 from smpc.errors import UserError
-from smpc.field import FAST
-from smpc.messages import Job, JobInput
-from smpc.site import SitePolicy, load_site_config
+from smpc.site.service import SitePolicy, load_site_config
+from smpc.wire.messages import Job, JobInput
 
 
 def _job(**changes) -> Job:

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from smpc.errors import UserError
-from smpc.spec.federation import Federation, load_federation, parse_federation
-from smpc.spec.protocol import (
+from smpc.config.federation import Federation, load_federation, parse_federation
+from smpc.config.spec import (
     DP,
     Encoding,
     Filters,
@@ -19,6 +18,7 @@ from smpc.spec.protocol import (
     load_spec,
     parse_spec,
 )
+from smpc.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOLS = ROOT / "protocols"

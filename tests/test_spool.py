@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from smpc.transport import Reassembler, encode_frames
+from smpc.net.transport import Reassembler, encode_frames
 
 KIB = 1024
 

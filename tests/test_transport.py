@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smpc.transport import (
+from smpc.net.transport import (
     FRAME_HEADER_SIZE,
     MIN_CHUNK,
     Connection,
@@ -61,7 +61,8 @@ def test_topic_parse_round_trip() -> None:
     assert t.parse(t.upload("oslo", "alpha")) == ("upload", {"site": "oslo", "party": "alpha"})
     assert t.parse(t.ack("oslo", "alpha")) == ("ack", {"site": "oslo", "party": "alpha"})
     assert t.parse(t.result("ana", "j1", "beta")) == (
-        "result", {"analyst": "ana", "job": "j1", "party": "beta"}
+        "result",
+        {"analyst": "ana", "job": "j1", "party": "beta"},
     )
     kind, fields = t.parse(t.status("j1", "beta"))
     assert (kind, fields) == ("status", {"job": "j1", "party": "beta"})
@@ -322,8 +323,8 @@ T = Topics("test")
 SUBSCRIBER = textwrap.dedent(
     """
     import asyncio, hashlib, sys
-    from smpc.keys import load_kit
-    from smpc.transport import Connection, Topics
+    from smpc.pki.keys import load_kit
+    from smpc.net.transport import Connection, Topics
 
     async def main(port, kit_dir, count):
         kit = load_kit(kit_dir)

@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smpc.analyst import publish_job
-from smpc.broker import MosquittoBroker
-from smpc.encoding import FixedPoint
-from smpc.envelope import ShareHeader
-from smpc.field import FAST
-from smpc.keys import load_broker_kit
-from smpc.messages import Job, JobInput
-from smpc.packaging import InputShare
-from smpc.sharing import reconstruct
-from smpc.store import PartyStore
+from smpc.analyst.jobs import publish_job
+from smpc.broker.broker import MosquittoBroker
+from smpc.core.encoding import FixedPoint
+from smpc.core.field import FAST
+from smpc.core.sharing import reconstruct
+from smpc.party.store import PartyStore
+from smpc.pki.keys import load_broker_kit
+from smpc.wire.envelope import ShareHeader
+from smpc.wire.messages import Job, JobInput
+from smpc.wire.packaging import InputShare
 from tests.brokers import federation_of, kit, requires_mosquitto
 
 pytestmark = [requires_mosquitto, pytest.mark.timeout(240)]
@@ -63,7 +63,7 @@ class Recorder:
     async def _run(self, host, port, tls) -> None:
         import aiomqtt
 
-        from smpc.transport import client_tls_context
+        from smpc.net.transport import client_tls_context
 
         async with aiomqtt.Client(
             host, port, identifier="analyst.recorder", tls_context=client_tls_context(tls)
@@ -402,8 +402,8 @@ def test_site_serve_logs_bad_inputs_and_skipped_jobs_and_keeps_serving(keys_dir,
     the site has no input for is skipped with its reason; the next good job is answered."""
     import shutil
 
-    from smpc.analyst import build_job
-    from smpc.spec.protocol import parse_spec
+    from smpc.analyst.jobs import build_job
+    from smpc.config.spec import parse_spec
 
     gwas = Path(__file__).resolve().parents[1] / "smpc" / "data" / "gwas"
     for ext in ("bed", "bim", "fam", "pheno", "cov"):
@@ -460,8 +460,8 @@ def test_site_serve_logs_bad_inputs_and_skipped_jobs_and_keeps_serving(keys_dir,
 
 def test_upload_takes_the_specs_input_names(keys_dir, tmp_path):
     """``smpc upload --input age=FILE.csv:age``: the job asks for age.sum and age.count."""
-    from smpc.analyst import build_job
-    from smpc.spec.protocol import parse_spec
+    from smpc.analyst.jobs import build_job
+    from smpc.config.spec import parse_spec
 
     csv = tmp_path / "oslo.csv"
     csv.write_text("age,bmi\n40,21.5\n50,\n61,30.25\n")

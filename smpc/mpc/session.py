@@ -71,12 +71,12 @@ from mpyc import asyncoro
 from mpyc.runtime import mpc  # parses and strips MPyC's own options from sys.argv
 
 from smpc import log as events
-from smpc.dp import skellam
+from smpc.core.dp import skellam
+from smpc.core.field import PrimeField
+from smpc.core.prg import expand
 from smpc.errors import UserError
-from smpc.field import PrimeField
-from smpc.keys import mpyc_party_index
 from smpc.mpc.task import SessionTask, TaskInput
-from smpc.prg import expand
+from smpc.pki.keys import mpyc_party_index
 
 CONNECT_GRACE = 30.0  # seconds the other peers get once one peer has connected
 KEEPALIVE = (5, 2, 3)  # TCP keepalive: idle seconds, seconds between probes, probes
@@ -399,7 +399,7 @@ async def compute(task: SessionTask, file_dir: Path) -> dict:
 
 
 async def noise_share(task: SessionTask, stype, field: PrimeField, shape) -> np.ndarray:
-    """This party's Shamir share of the sum of every party's Skellam draw (smpc.dp).
+    """This party's Shamir share of the sum of every party's Skellam draw (smpc.core.dp).
 
     Each party inputs its own draw; MPyC shares it with a random polynomial of degree
     t, party i holding the evaluation at i+1 like the sites' shares, so the sum of the

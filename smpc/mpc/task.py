@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from smpc.field import field_for, mpyc_modulus
+from smpc.core.field import field_for, mpyc_modulus
 
 
 class _Strict(BaseModel):
@@ -116,7 +116,7 @@ class SessionTask(_Strict):
     sectype: SecType
     inputs: list[TaskInput] = Field(default_factory=list)
     # "sum" opens every input's sum; "noise" opens nothing and returns this party's
-    # shares of the dp noise all parties input (deliver: analyst, see smpc.dp).
+    # shares of the dp noise all parties input (deliver: analyst, see smpc.core.dp).
     compute: Literal["sum", "noise", "gwas", "newton"] = "sum"
     gwas: GwasSession | None = None  # compute "gwas": smpc.protocols.gwas.session
     newton: NewtonSession | None = None  # compute "newton": a logistic round's step

@@ -29,12 +29,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from smpc.dp import clip_rows, clip_update
-from smpc.dp import plan as dp_plan
+from smpc.core.dp import clip_rows, clip_update
+from smpc.core.dp import plan as dp_plan
 from smpc.errors import UserError
-from smpc.inputs import exceeds, read_input
-from smpc.messages import JobInput
-from smpc.modelfile import read_model, write_model
+from smpc.io.inputs import exceeds, read_input
+from smpc.io.modelfile import read_model, write_model
+from smpc.wire.messages import JobInput
 
 COUNT_BITS = 40  # record counts below 2^40
 LARGE = 10_000  # arrays with more elements go to .npy files next to result.json
@@ -74,7 +74,7 @@ def site_statistics(
     source per spec input (``FILE.csv:COLUMN``, ``FILE.npz:ARRAY``, as a site's
     ``inputs:`` or ``smpc upload --input`` name them; fedavg's weight is the input
     ``num_examples``). ``base`` is the round's global model (fedavg): with dp the site
-    shares its clipped update from it (:mod:`smpc.dp`).
+    shares its clipped update from it (:mod:`smpc.core.dp`).
     """
     clip = None if spec.dp is None else spec.dp.clip
     if isinstance(source, Mapping):

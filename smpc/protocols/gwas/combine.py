@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smpc.field import PrimeField
+from smpc.core.field import PrimeField
 
 GENOTYPE_FLIP = np.array([2, 1, 0, 3])
 """Genotype class order after swapping A1 and A2: hom A1 <-> hom A2; het, missing stay."""

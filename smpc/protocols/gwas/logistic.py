@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from smpc.errors import UserError
-from smpc.messages import JobInput
 from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
+from smpc.wire.messages import JobInput
 
 logger = logging.getLogger("smpc.gwas")
 
@@ -169,7 +169,7 @@ def run_rounds(
 
     ``mind``: the aligned variants' IDs when ``filters: {mind}`` is set (the sites drop
     the same samples as in the first job)."""
-    from smpc.analyst import build_job, run_job
+    from smpc.analyst.jobs import build_job, run_job
     from smpc.protocols.gwas.protocol import join_limbs, statistics_mode
     from smpc.protocols.gwas.regression import logistic_fit
 
@@ -224,7 +224,7 @@ def pooled_round(job: Any, share_of: Any, workdir: Any) -> Any:
     Each is the sum of the sites' shares, in the field the sites shared it in (the
     session converts the gradient and Hessian to the Newton field, :func:`newton_field`).
     """
-    from smpc.field import field_for
+    from smpc.core.field import field_for
     from smpc.mpc.task import NewtonSession
 
     files, sizes, moduli = {}, {}, {}

@@ -39,12 +39,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from smpc.encoding import bytes_to_words, words_to_bytes
+from smpc.core.encoding import bytes_to_words, words_to_bytes
+from smpc.core.field import PrimeField, field_for
 from smpc.errors import UserError
-from smpc.field import PrimeField, field_for
-from smpc.messages import JobInput
 from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
 from smpc.protocols.gwas.counts import SMALL_EPSILON
+from smpc.wire.messages import JobInput
 
 logger = logging.getLogger("smpc.gwas")
 
@@ -396,7 +396,7 @@ def scale_cross_products(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 
     Powers of two scale float64 exactly and rounding to an integer is exact, so each
     entry is round(entry·2^(scale_i + scale_j)) as an integral float64, which encodes
-    exactly however wide (:class:`smpc.encoding.FixedPoint`).
+    exactly however wide (:class:`smpc.core.encoding.FixedPoint`).
     """
     k = parts["xtx"].shape[-1]
     col = 2.0 ** column_scale_bits(k).astype(np.float64)

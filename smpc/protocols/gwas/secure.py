@@ -237,7 +237,7 @@ def field_prime(field_bits: int, value_bits: int = 32, sec_param: int = SEC_PARA
     largest Blum prime below that power of two), computed without importing MPyC. Use it
     as ``SecType(kind="int", bit_length=value_bits, prime=field_prime(...))``.
     """
-    from smpc.field import blum_prime
+    from smpc.core.field import blum_prime
 
     return blum_prime(max(field_bits, value_bits + sec_param + 2))
 

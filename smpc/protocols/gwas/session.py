@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from smpc.field import FAST, MERSENNE61, field_for
+from smpc.core.field import FAST, MERSENNE61, field_for
 from smpc.protocols.gwas.protocol import side_signs
 
 FAST_BITS = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)

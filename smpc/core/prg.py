@@ -27,7 +27,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 if TYPE_CHECKING:
-    from smpc.field import PrimeField
+    from smpc.core.field import PrimeField
 
 SEED_BYTES = 32
 BLOCK_ELEMENTS = 1 << 16  # elements per independently keyed block of an expansion

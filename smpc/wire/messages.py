@@ -1,6 +1,6 @@
 """Signed control messages: jobs (analyst → all), acks and statuses (party → all).
 
-Shares travel in envelopes (:mod:`smpc.envelope`); everything else that steers a
+Shares travel in envelopes (:mod:`smpc.wire.envelope`); everything else that steers a
 job is small, public to the federation and must be attributable, so it is a
 signed JSON document::
 
@@ -43,10 +43,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from smpc.core.sharing import SCHEMES, Scheme
 from smpc.errors import UserError
-from smpc.keys import Directory
 from smpc.names import INPUT_RE, NAME_RE
-from smpc.sharing import SCHEMES, Scheme
+from smpc.pki.keys import Directory
 
 Kind = Literal["job", "ack", "status", "result"]
 StatusState = Literal["accepted", "refused", "holding", "done", "failed"]
@@ -69,7 +69,7 @@ class JobInput(_Strict):
     name: str = Field(pattern=INPUT_RE)
     frac_bits: int = Field(ge=0, le=64)
     int_bits: int = Field(ge=1, le=200)
-    noised: bool = False  # dp: the parties add noise before it is opened (smpc.dp)
+    noised: bool = False  # dp: the parties add noise before it is opened (smpc.core.dp)
     # Public metadata a protocol needs at every party (a GWAS site's variant table):
     # shared with t = 0, so every party's "share" is the value itself. Encrypted to
     # each party like any share; never secret from the parties.
@@ -205,7 +205,7 @@ class PartyResult(_Strict):
 
 
 # A signed result travels to its analyst as the body of a share envelope sealed to the
-# analyst's key (smpc.envelope), so neither the broker nor another analyst can read it.
+# analyst's key (smpc.wire.envelope), so neither the broker nor another analyst can read it.
 RESULT_INPUT = "result"
 
 
@@ -218,7 +218,7 @@ def seal_result(
     signer: Ed25519PrivateKey,
 ) -> bytes:
     """A party's signed result message, encrypted to the analyst and signed again."""
-    from smpc.envelope import ShareHeader, seal
+    from smpc.wire.envelope import ShareHeader, seal
 
     body = message + b" " * (-len(message) % 8)  # whole 8-byte words; JSON ignores the padding
     header = ShareHeader(
@@ -230,7 +230,7 @@ def seal_result(
 
 def open_result(data: bytes, kit: Any) -> tuple[str, PartyResult]:
     """The signed result inside a sealed result envelope (``kit``: the analyst's)."""
-    from smpc.envelope import EnvelopeError, open_envelope
+    from smpc.wire.envelope import EnvelopeError, open_envelope
 
     party_keys = {p: kit.directory.verify_key(p) for p in kit.directory.parties}
     try:

@@ -23,7 +23,7 @@ receipts, ``result`` a party's result envelopes for the job's analyst (sealed to
 analyst's key, whether opened inside MPyC or reconstructed by the analyst), ``status`` a party's
 acceptance or refusal of a job and its view of which sites' shares it holds (what the
 parties need to agree on before they open anything). The broker enforces who may
-publish and read what (:mod:`smpc.broker` generates the per-participant ACL from the
+publish and read what (:mod:`smpc.broker.broker` generates the per-participant ACL from the
 federation file); everything on these topics is also signed end to end, so the ACL is
 a second line of defence, not the only one.
 
@@ -56,7 +56,7 @@ interleave on one topic and chunks on different topics (different senders, by th
 never mix. It accepts chunks in any order, ignores duplicates (QoS 1 redelivers), and
 yields a body only when all chunks are there and the SHA-256 matches. Sets that do not
 verify (hash mismatch, inconsistent headers, a body over ``max_body``) are dropped with
-a warning on the ``smpc.transport`` logger. Incomplete sets are bounded: in number, in
+a warning on the ``smpc.net.transport`` logger. Incomplete sets are bounded: in number, in
 bytes held (when over the limit, the topic holding the most loses its stalest set, so
 one sender cannot push out the others) and in age (no chunk for ``pending_ttl``
 seconds). A zero-length MQTT payload (how MQTT clears a retained message) is ignored
@@ -120,8 +120,8 @@ from smpc.names import NAME_PATTERN
 if TYPE_CHECKING:
     import aiomqtt
 
-    from smpc.keys import Kit, TlsFiles
-    from smpc.spec.federation import Federation
+    from smpc.config.federation import Federation
+    from smpc.pki.keys import Kit, TlsFiles
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -643,7 +643,7 @@ def client_tls_context(tls: TlsFiles) -> ssl.SSLContext:
 
 class _ErrorCapture(logging.Handler):
     """Keeps the last error paho logs (e.g. the TLS alert of a refused certificate) and
-    passes every record on to the ``smpc.transport.mqtt`` logger."""
+    passes every record on to the ``smpc.net.transport.mqtt`` logger."""
 
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)

@@ -34,12 +34,15 @@ from typing import Any
 import numpy as np
 
 from smpc import log
-from smpc.encoding import FixedPoint
-from smpc.envelope import EnvelopeError, open_envelope
+from smpc.config.federation import Federation
+from smpc.core.encoding import FixedPoint
+from smpc.core.field import FAST, field_for
+from smpc.core.sharing import inconsistent_shares, reconstruct
 from smpc.errors import UserError
-from smpc.field import FAST, field_for
-from smpc.keys import Kit
-from smpc.messages import (
+from smpc.net.transport import Connection, Topics
+from smpc.pki.keys import Kit
+from smpc.wire.envelope import EnvelopeError, open_envelope
+from smpc.wire.messages import (
     Job,
     MessageError,
     encode_model,
@@ -48,9 +51,6 @@ from smpc.messages import (
     stamp_job,
     verify_status,
 )
-from smpc.sharing import inconsistent_shares, reconstruct
-from smpc.spec.federation import Federation
-from smpc.transport import Connection, Topics
 
 logger = log.logging.getLogger("smpc.analyst")
 
@@ -92,7 +92,8 @@ def build_job(
 ) -> Job:
     """The job a linear-protocol spec asks the federation for.
 
-    For multi-round training (:func:`smpc.fl.train`) ``round`` is the round index and
+    For multi-round training (:func:`smpc.protocols.fedavg.training.train`) ``round`` is
+    the round index and
     ``model`` the previous round's global model, sent to every site in the clear.
     """
     from smpc.protocols.linear import job_inputs

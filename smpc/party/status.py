@@ -12,7 +12,7 @@ from collections import defaultdict
 from rich.console import Console
 from rich.table import Table
 
-from smpc.store import PartyStore
+from smpc.party.store import PartyStore
 
 
 def holdings(store: PartyStore) -> list[dict]:

@@ -17,8 +17,11 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from smpc.encoding import FixedPoint
-from smpc.envelope import (
+from smpc.core.encoding import FixedPoint
+from smpc.core.field import PrimeField, field_for
+from smpc.core.prg import expand
+from smpc.core.sharing import Scheme, Splitter
+from smpc.wire.envelope import (
     EnvelopeWriter,
     ShapeMismatch,
     ShareHeader,
@@ -26,9 +29,6 @@ from smpc.envelope import (
     open_envelope,
     seal,
 )
-from smpc.field import PrimeField, field_for
-from smpc.prg import expand
-from smpc.sharing import Scheme, Splitter
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def seal_shares(
     full-size intermediate array exists. With ``sinks`` (one seekable binary
     file per party) the envelopes are written there and None is returned in
     their place; otherwise the envelopes are returned. Raises
-    :class:`~smpc.encoding.EncodingError` for a value that does not fit, before
+    :class:`~smpc.core.encoding.EncodingError` for a value that does not fit, before
     any envelope is complete.
     """
     n = len(recipients)

@@ -31,22 +31,22 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from smpc import log
 from smpc.aio import until
-from smpc.encoding import FixedPoint
-from smpc.envelope import envelope_id
-from smpc.errors import UserError
-from smpc.field import field_for
-from smpc.inputs import read_input
-from smpc.keys import Kit, load_kit
-from smpc.messages import Job, MessageError, decode_model, verify_ack, verify_job
-from smpc.packaging import seal_shares
-from smpc.spec.federation import (
+from smpc.config.federation import (
     Federation,
     load_federation,
     read_yaml_mapping,
     user_error_from_validation,
 )
-from smpc.store import write_durably
-from smpc.transport import Connection, Topics, run_with_reconnect
+from smpc.core.encoding import FixedPoint
+from smpc.core.field import field_for
+from smpc.errors import UserError
+from smpc.io.inputs import read_input
+from smpc.net.transport import Connection, Topics, run_with_reconnect
+from smpc.party.store import write_durably
+from smpc.pki.keys import Kit, load_kit
+from smpc.wire.envelope import envelope_id
+from smpc.wire.messages import Job, MessageError, decode_model, verify_ack, verify_job
+from smpc.wire.packaging import seal_shares
 
 logger = logging.getLogger("smpc.site")
 
@@ -225,8 +225,8 @@ def configured_inputs(
     """
 
     def compute(job: Job) -> SiteData:
+        from smpc.config.spec import parse_spec
         from smpc.protocols.linear import declared_records, site_statistics
-        from smpc.spec.protocol import parse_spec
 
         names = [s.name for s in job.inputs]
         if all(name in sources for name in names):
@@ -255,8 +255,8 @@ def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], Sit
     """Inputs computed from a site's data file by the job's protocol (its local statistics)."""
 
     def compute(job: Job) -> SiteData:
+        from smpc.config.spec import parse_spec
         from smpc.protocols.linear import declared_records, site_statistics
-        from smpc.spec.protocol import parse_spec
 
         spec = parse_spec(job.spec, f"job {job.id}", federation)
         if spec.protocol == "gwas" and job.round > 0:
@@ -448,7 +448,8 @@ class SiteConfig(BaseModel):
       used before ``inputs``;
     - ``trainer``: ``module:function`` or ``file.py:function`` called on every fedavg
       job (every round of multi-round training) with the job's global model and round
-      index; it returns the local model and its number of examples (:mod:`smpc.fl`).
+      index; it returns the local model and its number of examples
+      (:mod:`smpc.protocols.fedavg.training`).
       ``trainer_args`` are passed to it as keyword arguments, and ``site=NAME`` when
       it takes a ``site`` argument.
     """
@@ -520,7 +521,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
     fail (a bad file, a value out of range) one ``event=upload-failed`` line, and the
     daemon goes on with the next job.
     """
-    from smpc.fl import answer_round, load_trainer
+    from smpc.protocols.fedavg.training import answer_round, load_trainer
 
     kit = load_kit(config.kit)
     federation = load_federation(config.federation or kit.federation_file)
@@ -575,9 +576,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
                         policy=config.policy,
                     )  # fmt: skip
                 elif from_inputs is not None:
-                    await upload(
-                        kit, federation, job, from_inputs, keep=keep, policy=config.policy
-                    )
+                    await upload(kit, federation, job, from_inputs, keep=keep, policy=config.policy)
                 else:
                     skipped(job, f"no data file for {job.protocol} jobs in the site config")
                     continue

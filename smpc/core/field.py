@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from smpc.prg import KeyStream
+    from smpc.core.prg import KeyStream
 
 MERSENNE61 = (1 << 61) - 1
 _U64 = np.uint64

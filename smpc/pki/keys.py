@@ -68,14 +68,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from smpc.errors import UserError
-from smpc.names import NAME_PATTERN
-from smpc.spec.federation import (
+from smpc.config.federation import (
     Federation,
     Role,
     load_federation,
     user_error_from_validation,
 )
+from smpc.errors import UserError
+from smpc.names import NAME_PATTERN
 
 __all__ = [
     "BrokerKit",

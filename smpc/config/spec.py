@@ -46,14 +46,14 @@ Decisions worth knowing:
   error. ``gwas`` multiplies shares, which MPyC's Shamir protocols do only with
   ``N >= 2t+1``; sums and federated averaging are linear and run with any ``t < N``.
 - ``encoding``: a real x travels as ``round(x * 2^frac_bits)`` and must satisfy
-  ``|x| < 2^int_bits`` (:mod:`smpc.encoding`). Linear protocols add the sites' values in
+  ``|x| < 2^int_bits`` (:mod:`smpc.core.encoding`). Linear protocols add the sites' values in
   GF(2^61-1) and read the result back as a signed number, so a sum must stay below
   2^60 in magnitude: ``frac_bits + int_bits <= 59`` is what lets at least two sites be
   added, and against a federation the sum over all its sites must fit (58 bits: 4
   sites, 54 bits (the default): 64 sites).
 - ``dp``: the parties add Skellam noise calibrated to ``epsilon`` and ``delta``
   (default 1e-6) over all rounds, after each record (sum) or each site's model update
-  (fedavg) was clipped to L2 norm ``clip`` by its site (:mod:`smpc.dp`); counts and
+  (fedavg) was clipped to L2 norm ``clip`` by its site (:mod:`smpc.core.dp`); counts and
   ``num_examples`` stay exact. Its default encoding has ``20 - ceil(log2(clip))``
   fractional bits, so the noise stays within what can be drawn exactly. Not for gwas.
 - gwas reads each site's PLINK files (genotypes, ``.fam`` phenotype, covariate file);
@@ -71,7 +71,7 @@ itself a valid spec file, so a job message can carry it and a party can re-valid
 with :func:`parse_spec` against its own federation file.
 
 Every problem is a :class:`smpc.errors.UserError` naming the file, the field path and the
-fix, one line per problem, as for the federation file (:mod:`smpc.spec.federation`).
+fix, one line per problem, as for the federation file (:mod:`smpc.config.federation`).
 """
 
 from __future__ import annotations
@@ -96,10 +96,10 @@ from pydantic import (
     ValidationError,
 )
 
-from smpc.dp import default_frac_bits
+from smpc.config.federation import Federation, read_yaml_mapping, user_error_from_validation
+from smpc.core.dp import default_frac_bits
 from smpc.errors import UserError
 from smpc.names import INPUT_PATTERN, NAME_PATTERN
-from smpc.spec.federation import Federation, read_yaml_mapping, user_error_from_validation
 
 ProtocolName = Literal["sum", "fedavg", "gwas"]
 PROTOCOLS: tuple[ProtocolName, ...] = ("sum", "fedavg", "gwas")
@@ -206,7 +206,7 @@ class _Model(BaseModel):
 
 
 class Encoding(_Model):
-    """Fixed-point encoding of the values sites share (see :mod:`smpc.encoding`)."""
+    """Fixed-point encoding of the values sites share (see :mod:`smpc.core.encoding`)."""
 
     frac_bits: Annotated[StrictInt, Field(ge=0)] = DEFAULT_FRAC_BITS
     int_bits: Annotated[StrictInt, Field(ge=1)] = DEFAULT_INT_BITS

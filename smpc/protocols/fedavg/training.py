@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from smpc import log
+from smpc.config.federation import Federation
 from smpc.errors import UserError
-from smpc.keys import Kit
-from smpc.messages import Job, decode_model
-from smpc.spec.federation import Federation
+from smpc.pki.keys import Kit
+from smpc.wire.messages import Job, decode_model
 
 logger = logging.getLogger("smpc.fl")
 
@@ -103,7 +103,7 @@ def _accepts(function: Callable, name: str) -> bool:
 def local_update(job: Job, trainer: Trainer, site: str):
     """Run the trainer on the job's global model; the statistics the site shares."""
     from smpc.protocols.linear import fedavg_statistics
-    from smpc.site import SiteData
+    from smpc.site.service import SiteData
 
     if job.protocol != "fedavg":
         raise UserError(f"job {job.id}: a trainer answers fedavg jobs, not {job.protocol}")
@@ -135,7 +135,7 @@ async def answer_round(
     kit: Kit, federation: Federation, job: Job, trainer: Trainer, *, timeout: float | None = None
 ):
     """Train on the job's global model (in a thread) and upload the update to every party."""
-    from smpc.site import upload
+    from smpc.site.service import upload
 
     started = time.monotonic()
     data = await asyncio.to_thread(local_update, job, trainer, kit.name)
@@ -167,8 +167,8 @@ async def train(
     ``out/model.npz`` (the final global model), ``out/rounds/model-r<k>.npz`` and
     ``out/history.json`` (per round: job, sites, total examples, seconds).
     """
-    from smpc.analyst import build_job, new_job_id, run_job
-    from smpc.modelfile import write_model
+    from smpc.analyst.jobs import build_job, new_job_id, run_job
+    from smpc.io.modelfile import write_model
     from smpc.protocols.linear import fedavg_model, noise_summary
 
     if spec.protocol != "fedavg":

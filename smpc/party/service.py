@@ -2,7 +2,7 @@
 
 :class:`PartyService` is the party's logic without a network: it takes a job
 message or an upload envelope and returns what to answer. :func:`serve` wires
-it to the broker (:mod:`smpc.transport`): it subscribes to the federation's jobs
+it to the broker (:mod:`smpc.net.transport`): it subscribes to the federation's jobs
 and to the uploads addressed to this party, and publishes a signed ack for every
 envelope it stored or rejected.
 
@@ -11,7 +11,7 @@ names this party; its job is known; its signature verifies against the
 federation's key for the named site (and the site is one the job asks); it
 decrypts with this party's key; its header agrees with the job (input, scheme,
 t, n, modulus, fixed-point bits, element layout). It is then stored durably
-(:mod:`smpc.store`) and only then acknowledged. Anything else is rejected with
+(:mod:`smpc.party.store`) and only then acknowledged. Anything else is rejected with
 a logged reason and leaves the stored data as it was.
 
 The daemon (:class:`_Daemon`) handles every message under a guard, so one bad
@@ -41,14 +41,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from smpc import log
 from smpc.aio import until
-from smpc.dp import NoisePlan, skellam
-from smpc.dp import plan as noise_plan
-from smpc.encoding import words_to_bytes
-from smpc.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route, seal
+from smpc.config.federation import (
+    Federation,
+    load_federation,
+    read_yaml_mapping,
+    user_error_from_validation,
+)
+from smpc.config.spec import parse_spec
+from smpc.core.dp import NoisePlan, skellam
+from smpc.core.dp import plan as noise_plan
+from smpc.core.encoding import words_to_bytes
+from smpc.core.field import MERSENNE61, field_for
 from smpc.errors import UserError
-from smpc.field import MERSENNE61, field_for
-from smpc.keys import Kit, load_kit
-from smpc.messages import (
+from smpc.mpc.launch import run_session_process, session_command
+from smpc.mpc.task import GwasSession, SecType, SessionTask, ShareRef, TaskInput
+from smpc.net.transport import Connection, Topics, TransportError
+from smpc.party.store import PartyStore, ShareConflict, StoredJob, StoredShare
+from smpc.pki.keys import Kit, load_kit
+from smpc.wire.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route, seal
+from smpc.wire.messages import (
     Ack,
     Job,
     JobInput,
@@ -61,18 +72,7 @@ from smpc.messages import (
     sign,
     verify_job,
 )
-from smpc.mpc.launch import run_session_process, session_command
-from smpc.mpc.task import GwasSession, SecType, SessionTask, ShareRef, TaskInput
-from smpc.packaging import InputShare, open_share
-from smpc.spec.federation import (
-    Federation,
-    load_federation,
-    read_yaml_mapping,
-    user_error_from_validation,
-)
-from smpc.spec.protocol import parse_spec
-from smpc.store import PartyStore, ShareConflict, StoredJob, StoredShare
-from smpc.transport import Connection, Topics, TransportError
+from smpc.wire.packaging import InputShare, open_share
 
 logger = logging.getLogger("smpc.party")
 
@@ -499,7 +499,7 @@ class PartyService:
         return ShareHeader.from_json(shares[(name, job.close[0])].header.encode()).shape
 
     def noise_plan(self, job: Job, shares: dict) -> NoisePlan | None:
-        """The dp noise this party adds for ``job``, or None without dp (smpc.dp)."""
+        """The dp noise this party adds for ``job``, or None without dp (smpc.core.dp)."""
         dp = job.spec.get("dp")
         if not dp:
             return None

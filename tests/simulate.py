@@ -24,7 +24,7 @@ restricted to the variants that should survive alignment; it is what tests run P
 
 Command line (the bundled ``smpc/data/gwas`` cohort)::
 
-    python -m smpc.protocols.gwas.simulate OUT_DIR --samples 600 --snps 1000 --sites 3 --seed 7
+    python -m tests.simulate OUT_DIR --samples 600 --snps 1000 --sites 3 --seed 7
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ def _shuffle_variants(prefix: Path, rng: np.random.Generator) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m smpc.protocols.gwas.simulate OUT_DIR [--samples --snps --sites --seed]``."""
+    """``python -m tests.simulate OUT_DIR [--samples --snps --sites --seed]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--samples", type=int, default=1000)

@@ -21,9 +21,9 @@ from typing import cast
 
 import numpy as np
 
+from smpc.core.field import PrimeField
+from smpc.core.sharing import CHUNK_ELEMENTS
 from smpc.errors import UserError
-from smpc.field import PrimeField
-from smpc.sharing import CHUNK_ELEMENTS
 
 # Called with the flat index of the first value that does not fit; raises.
 Refuse = Callable[[int], None]
