@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from smpc.analyst.jobs import build_job, run_job, write_outputs
+from smpc.analyst.driver import write_outputs
+from smpc.analyst.jobs import build_job, run_job
 from smpc.broker.broker import MosquittoBroker
 from smpc.config.federation import load_federation
-from smpc.config.spec import load_spec
 from smpc.net.transport import Connection, Topics
 from smpc.pki.keys import init_keys, load_broker_kit, load_kit
+from smpc.protocols.registry import load_spec
 
 PARTIES = ("alpha", "beta", "gamma")
 

@@ -91,7 +91,7 @@ def _upload(args: argparse.Namespace) -> int:
     if args.data:
         from smpc.site.service import protocol_inputs
 
-        inputs = protocol_inputs(Path(args.data), federation)
+        inputs = protocol_inputs(Path(args.data), federation, kit.name)
     else:
         from smpc.site.service import configured_inputs
 
@@ -104,7 +104,7 @@ def _upload(args: argparse.Namespace) -> int:
             if not Path(path).exists():
                 raise UserError(f"--input {name}={source}: file {path} does not exist")
             sources[name] = source
-        inputs = configured_inputs(sources, federation)
+        inputs = configured_inputs(sources, federation, kit.name)
     keep = Path(args.keep) if args.keep else default_keep_dir(kit.name)
     report = asyncio.run(
         upload(
@@ -135,43 +135,31 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from smpc import log
-    from smpc.analyst.jobs import build_job, logistic_rounds, run_gwas, run_job, write_outputs
+    from smpc.analyst.driver import run_spec
     from smpc.config.federation import load_federation
-    from smpc.config.spec import load_spec
     from smpc.pki.keys import load_kit
+    from smpc.protocols.registry import load_spec
+    from smpc.wire.messages import Job
 
     log.setup("warning")
     kit = load_kit(Path(args.kit))
     federation = load_federation(Path(args.federation) if args.federation else kit.federation_file)
     spec = load_spec(Path(args.spec), federation)
     out = Path(args.out or spec.name)
-    if spec.rounds > 1:
-        from smpc.protocols.fedavg.training import train
+    announced = False
 
-        print(f"{spec.name}: {spec.rounds} rounds of fedavg over {len(federation.site_names)} "
-              f"sites, {len(federation.parties)} parties")  # fmt: skip
-        _, history = asyncio.run(train(kit, federation, spec, out=out))
-        print(f"{spec.name}: {len(history)} rounds; model in {out}/model.npz")
-        return 0
-    if spec.protocol == "gwas":
-        print(f"{spec.name}: gwas over {len(federation.site_names)} sites, "
-              f"{len(federation.parties)} parties")  # fmt: skip
-        outcome = run_gwas(kit, federation, spec, upload_window=args.wait, timeout=spec.timeout)
-        logistic = logistic_rounds(kit, federation, spec, outcome, timeout=spec.timeout)
-        write_outputs(spec, outcome, out, logistic=logistic)
-        sites = ", ".join(outcome.sites)
-        print(f"{spec.name}: {len(outcome.sites)} sites ({sites}); results in {out}/")
-        return 0
-    job = build_job(spec, kit, federation)
-    print(f"job {job.id}: {spec.protocol} over {len(federation.site_names)} sites, "
-          f"{len(federation.parties)} parties, t={job.t} ({job.scheme})")  # fmt: skip
-    outcome = asyncio.run(
-        run_job(kit, federation, job, upload_window=args.wait, timeout=spec.timeout)
+    async def announce(job: Job) -> None:  # the first job's id: sites upload for it
+        nonlocal announced
+        if not announced:
+            sites, parties = len(federation.site_names), len(federation.parties)
+            print(f"job {job.id}: {spec.protocol} over {sites} sites, {parties} parties, "
+                  f"t={job.t} ({job.scheme})", flush=True)  # fmt: skip
+            announced = True
+
+    run = asyncio.run(
+        run_spec(kit, federation, spec, out=out, upload_window=args.wait, on_job=announce)
     )
-    write_outputs(spec, outcome, out)
-    print(
-        f"job {job.id}: {len(outcome.sites)} sites ({', '.join(outcome.sites)}); results in {out}/"
-    )
+    print(f"{spec.name}: {len(run.sites)} sites ({', '.join(run.sites)}); results in {out}/")
     return 0
 
 

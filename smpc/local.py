@@ -31,13 +31,16 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from smpc.analyst.jobs import Outcome, build_job, logistic_rounds, run_gwas, run_job, write_outputs
+from smpc.analyst.driver import Run, run_spec
 from smpc.broker.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
 from smpc.config.federation import load_federation, read_yaml_mapping
-from smpc.config.spec import load_spec
 from smpc.errors import UserError
 from smpc.io.inputs import data_exists
+from smpc.io.modelfile import read_model
 from smpc.pki.keys import init_keys, load_broker_kit, load_kit
+from smpc.protocols.base import RunContext
+from smpc.protocols.registry import PROTOCOLS, load_spec, protocol
+from smpc.wire.messages import Job
 
 BROKERS = ("auto", "mosquitto", "embedded")
 """``smpc local --broker``: ``auto`` is Mosquitto when installed, else the embedded one."""
@@ -155,15 +158,6 @@ def _site_serve(
         )
 
 
-def _train(analyst, federation, spec, out: Path, initial_model: Path | None) -> dict[str, Any]:
-    from smpc.io.modelfile import read_model
-    from smpc.protocols.fedavg.training import train
-
-    model = None if initial_model is None else read_model(initial_model)[0]
-    _, history = asyncio.run(train(analyst, federation, spec, initial_model=model, out=out))
-    return {"rounds": history}
-
-
 def run_local(
     spec_path: Path,
     sites: Mapping[str, Path | None],
@@ -215,124 +209,59 @@ def run_local(
     except UserError as exc:  # the federation file is ours: name the user's arguments
         raise UserError(_as_arguments(str(exc), federation_file)) from None
     allow_fewer = "min_sites" in read_yaml_mapping(spec_path)
-    failed: dict[str, str] = {}
-    if spec.rounds > 1 and trainer is None:
-        raise UserError(
-            f"{spec.name}: rounds: {spec.rounds} needs a trainer (--trainer module:function) "
-            "that trains each site's model on the previous round's global model"
-        )
-    if trainer is not None and spec.protocol != "fedavg":
-        raise UserError(f"{spec.name}: --trainer runs fedavg specs, not {spec.protocol}")
-    if spec.protocol == "fedavg" and not spec.inputs and trainer is None:
-        from smpc.protocols.linear import fedavg_parameter_names
-
-        first = next(iter(sites.values()))
-        assert first is not None  # a fedavg run without a trainer has every site's data
-        spec = spec.model_copy(update={"inputs": fedavg_parameter_names(Path(first))})
+    family = protocol(spec.protocol)
+    problem = family.local_problem(spec, trainer is not None)
+    if problem:
+        raise UserError(problem)
+    if trainer is not None and not family.trains:
+        trainers = ", ".join(name for name, p in PROTOCOLS.items() if p.trains)
+        raise UserError(f"{spec.name}: --trainer runs {trainers} specs, not {spec.protocol}")
+    context = RunContext(
+        initial_model=None if initial_model is None else read_model(initial_model)[0],
+        training=trainer is not None,
+        out=out if trainer is not None else None,
+        site_files=tuple(Path(p) for p in sites.values() if p is not None)
+        if trainer is None
+        else (),
+    )
+    spec = family.complete_spec(spec, context)
+    # several jobs (or a trainer): every site answers each one as `smpc site serve`
+    served = trainer is not None or family.jobs_per_run(spec) > 1
     keys = workdir / "keys"
     init_keys(federation_file, keys)
     kits = keys / "kits"
     procs: list[subprocess.Popen] = []
+    failed: dict[str, str] = {}
     with _broker(broker, federation, workdir):
         try:
             for party in federation.party_names:
-                config = workdir / f"{party}.yaml"
-                config.write_text(f"kit: {kits / party}\nstore: {workdir / 'store' / party}\n")
-                log_path = workdir / f"{party}.log"
-                with open(log_path, "ab") as log_file:
-                    proc = subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "smpc.cli",
-                            "party",
-                            "serve",
-                            "--config",
-                            str(config),
-                        ],
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                    )
-                procs.append(proc)
-                _wait_for(log_path, "event=party-connected", proc)
+                procs.append(_party_serve(workdir, kits, party))
             analyst = load_kit(kits / "analyst")
-            if trainer is not None:
+            if served:
                 for site, path in sites.items():
                     procs.append(_site_serve(workdir, kits, site, trainer, path))
                     _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
-                summary = _train(analyst, federation, spec, out, initial_model)
-                used = tuple(sorted({s for r in summary["rounds"] for s in r.get("sites", ())}))
-                return LocalRun(spec, summary, used or tuple(sites))
-            mind = spec.filters is not None and spec.filters.mind is not None
-            if spec.protocol == "gwas" and ("logistic" in spec.tests or mind):
-                # several jobs: every site answers each one as `smpc site serve`
-                for site, path in sites.items():
-                    procs.append(_site_serve(workdir, kits, site, None, path))
-                    _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
                 try:
-                    outcome = run_gwas(
-                        analyst, federation, spec, upload_window=timeout / 2, timeout=timeout
-                    )
-                    fit = logistic_rounds(analyst, federation, spec, outcome, timeout=timeout)
+                    run = asyncio.run(
+                        run_spec(
+                            analyst, federation, spec, out=out, context=context,
+                            upload_window=timeout / 2, timeout=timeout,
+                        )
+                    )  # fmt: skip
                 except UserError as exc:
                     raise UserError(f"{exc}{_site_log_reasons(workdir, sites)}") from None
-                _check_sites(
-                    spec, sites, outcome.sites, _served_failures(workdir, sites), allow_fewer
-                )
-                return LocalRun(
-                    spec, write_outputs(spec, outcome, out, logistic=fit), outcome.sites
-                )
-            job = build_job(spec, analyst, federation)
-
-            async def analyst_and_sites() -> Outcome:
-                running = asyncio.create_task(
-                    run_job(analyst, federation, job, upload_window=timeout / 2, timeout=timeout)
-                )
-                uploads = [
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "smpc.cli",
-                        "upload",
-                        "--kit",
-                        str(kits / site),
-                        "--job",
-                        job.id,
-                        "--data",
-                        str(path),
-                        "--timeout",
-                        str(timeout / 2),
-                        "--keep",
-                        str(workdir / "uploads" / site),
-                        stdout=asyncio.subprocess.DEVNULL,
-                        stderr=asyncio.subprocess.PIPE,
-                        env=SITE_ENV,
+                if trainer is None:
+                    _check_sites(
+                        spec, sites, run.sites, _served_failures(workdir, sites), allow_fewer
                     )
-                    for site, path in sites.items()
-                ]
-
-                async def watch(site: str, up: asyncio.subprocess.Process) -> None:
-                    _, err = await up.communicate()
-                    if up.returncode != 0:
-                        failed[site] = _last_line(err.decode(errors="replace"))
-                        if not allow_fewer:
-                            running.cancel()  # the job cannot succeed: do not wait for it
-
-                await asyncio.gather(*(watch(s, up) for s, up in zip(sites, uploads, strict=True)))
-                try:
-                    return await running
-                except asyncio.CancelledError:
-                    if not running.cancelled():
-                        raise
-                    raise UserError(_site_failures(spec, failed)) from None
-                except UserError as exc:
-                    detail = "; ".join(f"site {s}: {r}" for s, r in failed.items())
-                    raise UserError(
-                        f"{exc}" + (f" (uploads: {detail})" if detail else "")
-                    ) from None
-
-            outcome = asyncio.run(analyst_and_sites())
-            used = outcome.sites
+                assert run.summary is not None  # written into out
+                return LocalRun(spec, run.summary, run.sites or tuple(sites))
+            run = asyncio.run(
+                _run_with_uploads(
+                    analyst, federation, spec, sites, out, workdir, kits, timeout,
+                    failed, allow_fewer,
+                )
+            )  # fmt: skip
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -342,9 +271,77 @@ def run_local(
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    _check_sites(spec, sites, used, failed, allow_fewer)
-    summary = write_outputs(spec, outcome, out)
-    return LocalRun(spec, summary, used)
+    assert run.summary is not None  # written into out
+    _check_sites(spec, sites, run.sites, failed, allow_fewer)
+    return LocalRun(spec, run.summary, run.sites)
+
+
+def _party_serve(workdir: Path, kits: Path, party: str) -> subprocess.Popen:
+    """``smpc party serve`` for one party, once it has connected to the broker."""
+    config = workdir / f"{party}.yaml"
+    config.write_text(f"kit: {kits / party}\nstore: {workdir / 'store' / party}\n")
+    log_path = workdir / f"{party}.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "smpc.cli", "party", "serve", "--config", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    _wait_for(log_path, "event=party-connected", proc)
+    return proc
+
+
+async def _run_with_uploads(
+    analyst: Any,
+    federation: Any,
+    spec: Any,
+    sites: Mapping[str, Path | None],
+    out: Path,
+    workdir: Path,
+    kits: Path,
+    timeout: float,
+    failed: dict[str, str],
+    allow_fewer: bool,
+) -> Run:
+    """A one-job run whose every site answers with one ``smpc upload`` process; a site
+    whose upload fails ends the run at once unless the spec allows fewer sites."""
+    watchers: list[asyncio.Task] = []
+    running: asyncio.Task[Run] | None = None
+
+    async def watch(site: str, up: asyncio.subprocess.Process) -> None:
+        _, err = await up.communicate()
+        if up.returncode != 0:
+            failed[site] = _last_line(err.decode(errors="replace"))
+            if not allow_fewer and running is not None:
+                running.cancel()  # the job cannot succeed: do not wait for it
+
+    async def start_uploads(job: Job) -> None:
+        for site, path in sites.items():
+            up = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "smpc.cli", "upload", "--kit", str(kits / site),
+                "--job", job.id, "--data", str(path), "--timeout", str(timeout / 2),
+                "--keep", str(workdir / "uploads" / site),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=SITE_ENV,
+            )  # fmt: skip
+            watchers.append(asyncio.create_task(watch(site, up)))
+
+    running = asyncio.create_task(
+        run_spec(
+            analyst, federation, spec, out=out, upload_window=timeout / 2, timeout=timeout,
+            on_job=start_uploads,
+        )
+    )  # fmt: skip
+    try:
+        return await running
+    except asyncio.CancelledError:
+        if not running.cancelled():
+            raise
+        raise UserError(_site_failures(spec, failed)) from None
+    except UserError as exc:
+        detail = "; ".join(f"site {s}: {r}" for s, r in failed.items())
+        raise UserError(f"{exc}" + (f" (uploads: {detail})" if detail else "")) from None
+    finally:
+        await asyncio.gather(*watchers, return_exceptions=True)
 
 
 def _last_line(text: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 from smpc.config.spec import DP
 from smpc.core import dp
 from smpc.local import run_local
-from smpc.protocols.linear import fedavg_statistics
+from smpc.protocols.fedavg.protocol import fedavg_statistics
 
 
 def test_calibration_is_the_smallest_mu_meeting_epsilon():

@@ -29,10 +29,10 @@ import numpy as np
 import pytest
 
 from smpc.analyst.jobs import build_job, publish_job
-from smpc.config.spec import parse_spec
 from smpc.core.field import FAST
 from smpc.net.transport import Connection, Topics
 from smpc.party.store import PartyStore
+from smpc.protocols.registry import parse_spec
 from smpc.wire.messages import Job, JobInput, Status, stamp_job, verify_status
 from tests.brokers import federation_of, kit, requires_mosquitto
 from tests.test_upload_integration import ENCODING, _broker, _start_party, _stop, _wait_for_log

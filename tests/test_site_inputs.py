@@ -14,7 +14,7 @@ import pytest
 
 from smpc.analyst.jobs import build_job
 from smpc.config.federation import load_federation
-from smpc.config.spec import parse_spec
+from smpc.protocols.registry import parse_spec
 from smpc.site.service import SkipJob, configured_inputs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -403,7 +403,7 @@ def test_site_serve_logs_bad_inputs_and_skipped_jobs_and_keeps_serving(keys_dir,
     import shutil
 
     from smpc.analyst.jobs import build_job
-    from smpc.config.spec import parse_spec
+    from smpc.protocols.registry import parse_spec
 
     gwas = Path(__file__).resolve().parents[1] / "smpc" / "data" / "gwas"
     for ext in ("bed", "bim", "fam", "pheno", "cov"):
@@ -461,7 +461,7 @@ def test_site_serve_logs_bad_inputs_and_skipped_jobs_and_keeps_serving(keys_dir,
 def test_upload_takes_the_specs_input_names(keys_dir, tmp_path):
     """``smpc upload --input age=FILE.csv:age``: the job asks for age.sum and age.count."""
     from smpc.analyst.jobs import build_job
-    from smpc.config.spec import parse_spec
+    from smpc.protocols.registry import parse_spec
 
     csv = tmp_path / "oslo.csv"
     csv.write_text("age,bmi\n40,21.5\n50,\n61,30.25\n")

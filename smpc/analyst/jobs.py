@@ -1,6 +1,6 @@
 """The analyst side: publish a signed job, close it, collect and check the results.
 
-``smpc run SPEC`` (:func:`run_job`):
+One job (:func:`run_job`; :mod:`smpc.analyst.driver` runs every job of a run through it):
 
 1. builds the job from the spec and publishes it, signed and retained;
 2. reads the parties' statuses: a refusal ends the job with the party's reason;
@@ -27,8 +27,6 @@ import contextlib
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,11 +39,12 @@ from smpc.core.sharing import inconsistent_shares, reconstruct
 from smpc.errors import UserError
 from smpc.net.transport import Connection, Topics
 from smpc.pki.keys import Kit
+from smpc.protocols.base import Outcome, RunContext, Step
+from smpc.protocols.registry import protocol
 from smpc.wire.envelope import EnvelopeError, open_envelope
 from smpc.wire.messages import (
     Job,
     MessageError,
-    encode_model,
     open_result,
     sign,
     stamp_job,
@@ -84,58 +83,21 @@ def build_job(
     spec: Any,
     kit: Kit,
     federation: Federation,
+    step: Step | None = None,
     *,
     job_id: str | None = None,
-    round: int = 0,
-    model: dict[str, np.ndarray] | None = None,
-    preliminary: bool = False,
 ) -> Job:
-    """The job a linear-protocol spec asks the federation for.
-
-    For multi-round training (:func:`smpc.protocols.fedavg.training.train`) ``round`` is
-    the round index and
-    ``model`` the previous round's global model, sent to every site in the clear.
-    """
-    from smpc.protocols.linear import job_inputs
-
-    outputs = None
-    deliver = spec.deliver
-    if spec.protocol == "gwas":
-        from smpc.protocols.gwas.protocol import job_parts
-
-        if "statistics" in spec.reveal:
-            unsupported = []
-            if spec.filters and spec.filters.hwe is not None and "hardy" not in spec.tests:
-                unsupported.append("the hwe filter without hardy (it tests the counts .hwe prints)")
-            if unsupported:
-                raise UserError(
-                    f"{spec.name}: with reveal: statistics this version cannot compute "
-                    f"{', '.join(unsupported)}; "
-                    "use reveal: aggregates for those"
-                )
-            deliver = "parties"  # opened inside MPyC, signed by every party
-        if round > 0:  # a Newton round of the logistic test (smpc.protocols.gwas.logistic)
-            from smpc.protocols.gwas.logistic import round_inputs, round_outputs
-
-            inputs = round_inputs(spec)
-            if deliver == "parties":  # reveal: statistics: the step is computed in MPyC
-                outputs = round_outputs(spec)
-        elif preliminary:  # filters: {mind} first needs the variants every site has
-            from smpc.protocols.gwas.protocol import alignment_parts
-
-            inputs, outputs = alignment_parts()
-            deliver = "analyst"
-        else:
-            inputs, outputs = job_parts(spec)
-    else:
-        inputs = job_inputs(spec)
+    """The job for one :class:`~smpc.protocols.base.Step` of a run of ``spec`` (default:
+    the run's first step, as the spec's protocol plans it)."""
+    if step is None:
+        step = next(protocol(spec.protocol).plan(spec, RunContext()))
     n = len(federation.parties)
     t = spec.threshold if spec.scheme == "shamir" else n - 1
     return Job(
         id=job_id or new_job_id(spec),
         protocol=spec.protocol,
-        inputs=inputs,
-        outputs=outputs,
+        inputs=step.inputs,
+        outputs=step.outputs,
         scheme=spec.scheme,
         t=t,
         n=n,
@@ -143,56 +105,10 @@ def build_job(
         compact=spec.compact,
         min_sites=spec.min_sites,
         analyst=kit.name,
-        deliver=deliver,
+        deliver=step.deliver or spec.deliver,
         spec=spec.to_dict(),
-        round=round,
-        model=None if model is None else encode_model(model),
+        payload={} if step.payload is None else step.payload.model_dump(mode="json"),
     )
-
-
-@dataclass
-class Outcome:
-    job: Job
-    sites: tuple[str, ...]
-    opened: dict[str, np.ndarray]
-
-
-def logistic_rounds(
-    kit: Kit, federation: Federation, spec: Any, outcome: Outcome, *, timeout: float
-) -> Any:
-    """The Newton rounds of a GWAS's ``logistic`` test after its first job (or None)."""
-    if spec.protocol != "gwas" or "logistic" not in spec.tests:
-        return None
-    from smpc.protocols.gwas.logistic import run_rounds
-    from smpc.protocols.gwas.protocol import analysed_ids, analysed_variants
-
-    mind = spec.filters is not None and spec.filters.mind is not None
-    return run_rounds(
-        kit, federation, spec, analysed_variants(spec, outcome.opened),
-        run_id=outcome.job.id, upload_window=timeout / 2, timeout=timeout,
-        mind=analysed_ids(outcome.opened) if mind else None,
-    )  # fmt: skip
-
-
-def run_gwas(
-    kit: Kit, federation: Federation, spec: Any, *, upload_window: float, timeout: float
-) -> Outcome:
-    """A GWAS's jobs before its Newton rounds (blocking): with ``filters: {mind}`` first a
-    job that only aligns the sites' variant tables, then the job whose model names the
-    analysed variants (each site drops its samples missing too many of them)."""
-    model = None
-    mind = spec.filters is not None and spec.filters.mind is not None
-    if mind:
-        from smpc.protocols.gwas.protocol import analysed_ids
-
-        first = build_job(spec, kit, federation, preliminary=True)
-        aligned = asyncio.run(
-            run_job(kit, federation, first, upload_window=upload_window, timeout=timeout)
-        )
-        ids = analysed_ids(aligned.opened)
-        model = {"snp": np.char.encode(np.asarray(ids).astype(str), "utf-8")}
-    job = build_job(spec, kit, federation, model=model)
-    return asyncio.run(run_job(kit, federation, job, upload_window=upload_window, timeout=timeout))
 
 
 async def run_job(
@@ -420,7 +336,7 @@ def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:
                 f"job {job.id}: parties disagree on the opened {spec.name!r} "
                 f"(parties {differ} differ from party {min(shares)}); nothing written"
             )
-        if job.protocol == "gwas":  # exact integers (fractions' parts), never fixed point
+        if protocol(job.protocol).exact_openings(job):  # e.g. fractions' parts, counts
             return first
         return FixedPoint(spec.frac_bits, spec.int_bits).decode(field.from_int(first), field)
     if job.scheme == "shamir":
@@ -435,18 +351,3 @@ def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:
         shares, field, job.t, job.scheme, n=job.n if job.scheme == "additive" else None
     )
     return FixedPoint(spec.frac_bits, spec.int_bits).decode(secret, field)
-
-
-def write_outputs(
-    spec: Any, outcome: Outcome, out: Path, *, logistic: Any = None
-) -> dict[str, Any]:
-    """The result files of a finished job (``logistic``: a GWAS's Newton fit)."""
-    from smpc.protocols.linear import finalize, noise_summary
-
-    if spec.protocol == "gwas":
-        from smpc.protocols.gwas.protocol import finalize as gwas_finalize
-
-        return gwas_finalize(spec, outcome.opened, out, logistic=logistic)
-    job = outcome.job
-    dp = None if spec.dp is None else noise_summary(spec, outcome.opened, job.n, job.t)
-    return finalize(spec, outcome.opened, out, sites=len(outcome.sites), dp=dp)

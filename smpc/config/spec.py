@@ -65,10 +65,14 @@ Decisions worth knowing:
   sum, ``inputs`` on gwas), and so are unknown keys. Integers and booleans are strict:
   ``rounds: "3"`` and ``compact: "yes"`` are errors.
 
-The resolved :class:`Spec` carries every default explicitly; :meth:`Spec.to_dict` /
-:meth:`Spec.to_json` give its canonical form (only the fields of its protocol), which is
+This module holds what every protocol's spec shares: the file's schema (:class:`SpecFile`),
+the field types and the common resolved fields (:class:`SpecBase`). Each protocol family
+resolves its own fields into its own spec model (``smpc/protocols/*``), and
+:func:`smpc.protocols.registry.parse_spec` puts them together. A resolved spec carries
+every default explicitly; :meth:`SpecBase.to_dict` / :meth:`SpecBase.to_json` give its
+canonical form (only the fields of its protocol), which is
 itself a valid spec file, so a job message can carry it and a party can re-validate it
-with :func:`parse_spec` against its own federation file.
+with :func:`smpc.protocols.registry.parse_spec` against its own federation file.
 
 Every problem is a :class:`smpc.errors.UserError` naming the file, the field path and the
 fix, one line per problem, as for the federation file (:mod:`smpc.config.federation`).
@@ -80,7 +84,6 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -93,31 +96,14 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
-    ValidationError,
 )
 
-from smpc.config.federation import Federation, read_yaml_mapping, user_error_from_validation
+from smpc.config.federation import Federation
 from smpc.core.dp import default_frac_bits
-from smpc.errors import UserError
 from smpc.names import INPUT_PATTERN, NAME_PATTERN
 
-ProtocolName = Literal["sum", "fedavg", "gwas"]
-PROTOCOLS: tuple[ProtocolName, ...] = ("sum", "fedavg", "gwas")
 SCHEMES = ("shamir", "additive")
 DELIVERIES = ("analyst", "parties")
-MULTIPLYING_PROTOCOLS = frozenset({"gwas"})
-"""Protocols whose secure computation multiplies shares (Shamir needs N >= 2t+1)."""
-
-REVEALS: dict[str, tuple[str, ...]] = {
-    "sum": ("sum", "count", "mean"),
-    "fedavg": ("model",),
-    "gwas": ("statistics", "aggregates"),
-}
-DEFAULT_REVEAL: dict[str, tuple[str, ...]] = {
-    "sum": ("sum", "count", "mean"),
-    "fedavg": ("model",),
-    "gwas": ("statistics",),
-}
 GWAS_TESTS = ("assoc", "model", "hardy", "freq", "missing", "linear", "logistic")
 NUM_EXAMPLES = "num_examples"
 """The scalar every fedavg site sends as its weight; never a model array."""
@@ -129,18 +115,15 @@ MAX_ENCODING_BITS = 59
 DEFAULT_ROUND_TIMEOUT = 300.0
 DEFAULT_TIMEOUT = 600.0
 
-_FAST_FIELD = "GF(2^61-1)"
+FAST_FIELD = "GF(2^61-1)"
 _FAST_FIELD_HALF = (1 << 60) - 1  # largest |v| read back as signed in GF(2^61-1)
 
 _COLUMN_PATTERN = re.compile(r"[^\s,]{1,128}")
 
-_GWAS_ONLY = ("tests", "pheno", "covar", "filters")
-
-
 # --- field types ----------------------------------------------------------------------
 
 
-def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
     """A validator accepting one of ``choices``, suggesting the closest on a typo."""
 
     def check(value: str) -> str:
@@ -198,7 +181,7 @@ Probability = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 InputName = Annotated[StrictStr, AfterValidator(_check_input_name)]
 Column = Annotated[StrictStr, AfterValidator(_check_column)]
 Reveal = Annotated[list[StrictStr], BeforeValidator(_as_list), AfterValidator(_unique)]
-GwasTest = Annotated[StrictStr, AfterValidator(_one_of(GWAS_TESTS))]
+GwasTest = Annotated[StrictStr, AfterValidator(one_of(GWAS_TESTS))]
 
 
 class _Model(BaseModel):
@@ -238,17 +221,20 @@ class Filters(_Model):
     mind: Annotated[Probability, Field(ge=0, le=1)] | None = None
 
 
-class _SpecFile(_Model):
-    """A spec file as written: every optional field is None when absent."""
+class SpecFile(_Model):
+    """A spec file as written: every optional field is None when absent.
+
+    One schema for every protocol, so an unknown key is reported with every key a spec
+    may have; which protocol uses which key is each protocol's ``uses``."""
 
     name: Annotated[StrictStr, AfterValidator(_check_name)]
-    protocol: Annotated[StrictStr, AfterValidator(_one_of(PROTOCOLS))]
+    protocol: StrictStr
     inputs: Annotated[list[InputName], AfterValidator(_unique)] | None = None
-    scheme: Annotated[StrictStr, AfterValidator(_one_of(SCHEMES))] | None = None
+    scheme: Annotated[StrictStr, AfterValidator(one_of(SCHEMES))] | None = None
     threshold: Annotated[StrictInt, Field(ge=0)] | None = None
     min_sites: Annotated[StrictInt, Field(ge=1)] | None = None
     reveal: Reveal | None = None
-    deliver: Annotated[StrictStr, AfterValidator(_one_of(DELIVERIES))] | None = None
+    deliver: Annotated[StrictStr, AfterValidator(one_of(DELIVERIES))] | None = None
     compact: StrictBool | None = None
     encoding: Encoding | None = None
     rounds: Annotated[StrictInt, Field(ge=1)] | None = None
@@ -264,19 +250,16 @@ class _SpecFile(_Model):
 # --- the resolved spec ----------------------------------------------------------------
 
 
-class Spec(_Model):
-    """A validated protocol spec with every default filled in.
+class SpecBase(_Model):
+    """The fields every protocol's resolved spec has, every default filled in.
 
-    Build it with :func:`load_spec`, :func:`parse_spec` or :meth:`Spec.from_json`; the
-    constructor does not apply the cross-field rules. ``inputs`` is None for fedavg when
-    every array of the site's .npz is an input, and for gwas (which has none);
-    ``threshold`` is None only when the spec was read without a federation. Fields of
-    another protocol hold their empty value (``tests == ()`` for a sum).
+    Build one with :func:`smpc.protocols.registry.parse_spec` (or ``load_spec``); the
+    constructor does not apply the cross-field rules. ``threshold`` is None only when the
+    spec was read without a federation.
     """
 
     name: str
-    protocol: ProtocolName
-    inputs: tuple[str, ...] | None
+    protocol: str
     scheme: Literal["shamir", "additive"]
     threshold: int | None
     min_sites: int
@@ -284,82 +267,93 @@ class Spec(_Model):
     deliver: Literal["analyst", "parties"]
     compact: bool
     encoding: Encoding
-    rounds: int
     round_timeout: float
     timeout: float
-    dp: DP | None = None
-    tests: tuple[str, ...] = ()
-    pheno: str | None = None
-    covar: tuple[str, ...] = ()
-    filters: Filters | None = None
-
-    @property
-    def multiplies(self) -> bool:
-        """True if the secure computation multiplies shares (Shamir needs N >= 2t+1)."""
-        return self.protocol in MULTIPLYING_PROTOCOLS
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-ready form: the fields of this protocol, defaults explicit.
 
         It is a valid spec file: ``parse_spec(spec.to_dict(), ...)`` gives ``spec`` back.
         """
-        data = self.model_dump(mode="json", exclude_none=True)
-        if self.protocol != "gwas":
-            for key in _GWAS_ONLY:
-                data.pop(key, None)
-        else:
-            data.pop("dp", None)
-            data["filters"] = self.filters.model_dump(exclude_none=True) if self.filters else {}
-        if self.dp is not None:
-            data["dp"] = self.dp.model_dump(exclude_none=True)
-        return data
+        return self.model_dump(mode="json", exclude_none=True)
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): stable bytes for a signed job."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    @classmethod
-    def from_json(
-        cls, text: str | bytes, federation: Federation | None = None, source: str = "<job spec>"
-    ) -> Spec:
-        """Re-validate a spec carried in a job message (against this party's federation)."""
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise UserError(f"{source}: invalid JSON: {exc}") from None
-        return parse_spec(data, source, federation)
+
+def common_fields(
+    raw: SpecFile,
+    federation: Federation | None,
+    problem: Callable[[str, str], None],
+    *,
+    multiplies: bool,
+    reveals: tuple[str, ...],
+    default_reveal: tuple[str, ...],
+) -> dict[str, Any]:
+    """The resolved fields of :class:`SpecBase`, with the rules every protocol shares."""
+    scheme = raw.scheme or "shamir"
+    if multiplies and scheme == "additive":
+        problem("scheme", f"{raw.protocol} multiplies shares; use scheme: shamir")
+    threshold = _resolve_threshold(raw, scheme, federation, problem, multiplies)
+
+    min_sites = raw.min_sites if raw.min_sites is not None else DEFAULT_MIN_SITES
+    if federation is not None and min_sites > len(federation.sites):
+        problem(
+            "min_sites",
+            f"{min_sites} is more than the {len(federation.sites)} sites of federation "
+            f"{federation.name!r}: lower min_sites or add sites to the federation",
+        )
+
+    reveal = _resolve_reveal(raw.reveal, raw.protocol, reveals, default_reveal, problem)
+
+    encoding = raw.encoding or (
+        Encoding(frac_bits=default_frac_bits(raw.dp.clip)) if raw.dp else Encoding()
+    )
+    if encoding.total_bits > MAX_ENCODING_BITS:
+        problem(
+            "encoding",
+            f"frac_bits + int_bits = {encoding.frac_bits} + {encoding.int_bits} = "
+            f"{encoding.total_bits} is more than {MAX_ENCODING_BITS}: the parties add the "
+            f"sites' values in {FAST_FIELD}, where a signed sum must stay below 2^60 for "
+            "sums of many sites; lower int_bits or frac_bits",
+        )
+
+    timeout = raw.timeout if raw.timeout is not None else DEFAULT_TIMEOUT
+    round_timeout = raw.round_timeout if raw.round_timeout is not None else DEFAULT_ROUND_TIMEOUT
+    if round_timeout > timeout:
+        problem(
+            "round_timeout",
+            f"{round_timeout:g} s is longer than the whole job's timeout ({timeout:g} s): "
+            "lower round_timeout or raise timeout",
+        )
+    return {
+        "name": raw.name,
+        "protocol": raw.protocol,
+        "scheme": scheme,
+        "threshold": threshold,
+        "min_sites": min_sites,
+        "reveal": reveal,
+        "deliver": raw.deliver or "analyst",
+        "compact": True if raw.compact is None else raw.compact,
+        "encoding": encoding,
+        "round_timeout": float(round_timeout),
+        "timeout": float(timeout),
+    }
 
 
-# --- loading --------------------------------------------------------------------------
-
-
-def load_spec(path: str | Path, federation: Federation | None = None) -> Spec:
-    """Read and validate a spec file; every problem raises a UserError.
-
-    With a ``federation`` the threshold is resolved from it and checked against its number
-    of computing parties and sites; without one those checks wait until a federation is
-    known (``threshold`` is then None unless the file sets it).
-    """
-    return parse_spec(read_yaml_mapping(path), str(path), federation)
-
-
-def parse_spec(
-    data: object, source: str | Path = "<spec>", federation: Federation | None = None
-) -> Spec:
-    """Validate already-parsed data (a spec built in code, or one from a job message)."""
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: a spec must be a mapping of keys to values")
-    try:
-        raw = _SpecFile.model_validate(data)
-    except ValidationError as exc:
-        error = user_error_from_validation(source, exc, _SpecFile)
-        raise UserError("\n".join(map(_suggest_key, str(error).splitlines()))) from None
-    problems: list[tuple[str, str]] = []
-    spec = _resolve(raw, federation, problems)
-    if problems:
-        raise UserError("\n".join(f"{source}: {field}: {message}" for field, message in problems))
-    assert spec is not None
-    return spec
+def summands_problem(encoding: Encoding, federation: Federation | None) -> str:
+    """Why the sum of every site's values would not fit in GF(2^61-1) ("" if it fits)."""
+    if federation is None or encoding.total_bits > MAX_ENCODING_BITS:
+        return ""
+    fit = encoding.max_summands
+    if len(federation.sites) <= fit:
+        return ""
+    return (
+        f"frac_bits + int_bits = {encoding.total_bits} lets sums of at most {fit} sites "
+        f"fit in {FAST_FIELD}, but federation {federation.name!r} has "
+        f"{len(federation.sites)} sites; lower int_bits or frac_bits"
+    )
 
 
 _UNKNOWN_KEY = re.compile(
@@ -367,7 +361,7 @@ _UNKNOWN_KEY = re.compile(
 )
 
 
-def _suggest_key(line: str) -> str:
+def suggest_key(line: str) -> str:
     """Add "did you mean" to an unknown-key line when an allowed key is close."""
     match = _UNKNOWN_KEY.fullmatch(line)
     if not match:
@@ -378,166 +372,12 @@ def _suggest_key(line: str) -> str:
     return f"{match['head']} (did you mean {close[0]!r}? allowed here: {match['keys']})"
 
 
-def _resolve(
-    raw: _SpecFile, federation: Federation | None, problems: list[tuple[str, str]]
-) -> Spec | None:
-    """Fill defaults by protocol and apply the cross-field and federation rules."""
-    protocol = raw.protocol
-    given = raw.model_fields_set
-
-    def problem(field: str, message: str) -> None:
-        problems.append((field, message))
-
-    # fields a protocol does not use
-    if protocol != "gwas":
-        for key in _GWAS_ONLY:
-            if key in given:
-                problem(key, f"only protocol gwas uses {key}; drop it (protocol is {protocol})")
-    if protocol == "gwas" and "inputs" in given:
-        problem(
-            "inputs",
-            "gwas reads each site's PLINK files, not named inputs: drop inputs "
-            "(name the phenotype with pheno and covariates with covar)",
-        )
-    if protocol == "gwas" and raw.dp is not None:
-        problem("dp", "differential privacy is offered for protocols sum and fedavg only; drop dp")
-    if protocol != "fedavg" and raw.rounds not in (None, 1):
-        problem(
-            "rounds",
-            f"{raw.rounds}: only protocol fedavg runs several rounds; drop rounds",
-        )
-
-    # inputs
-    inputs: tuple[str, ...] | None = None
-    if protocol == "sum":
-        if raw.inputs is None:
-            problem(
-                "inputs",
-                "required for protocol sum: list the columns (or .npz/.npy arrays) to add up, "
-                "e.g. inputs: [age, bmi]",
-            )
-        elif not raw.inputs:
-            problem("inputs", "empty: list at least one column or array to add up")
-        else:
-            inputs = tuple(raw.inputs)
-    elif protocol == "fedavg" and raw.inputs is not None:
-        if not raw.inputs:
-            problem(
-                "inputs",
-                "empty: list the model arrays to average, or drop inputs to average every "
-                f"array of the site's .npz except {NUM_EXAMPLES}",
-            )
-        elif NUM_EXAMPLES in raw.inputs:
-            problem(
-                "inputs",
-                f"{NUM_EXAMPLES} is each site's weight and is always sent: remove it from inputs",
-            )
-        else:
-            inputs = tuple(raw.inputs)
-
-    # scheme and threshold
-    scheme = raw.scheme or "shamir"
-    if protocol in MULTIPLYING_PROTOCOLS and scheme == "additive":
-        problem("scheme", f"{protocol} multiplies shares; use scheme: shamir")
-    threshold = _resolve_threshold(raw, scheme, federation, problem)
-
-    # sites
-    min_sites = raw.min_sites if raw.min_sites is not None else DEFAULT_MIN_SITES
-    if federation is not None and min_sites > len(federation.sites):
-        problem(
-            "min_sites",
-            f"{min_sites} is more than the {len(federation.sites)} sites of federation "
-            f"{federation.name!r}: lower min_sites or add sites to the federation",
-        )
-
-    reveal = _resolve_reveal(raw.reveal, protocol, problem)
-
-    # encoding
-    encoding = raw.encoding or (
-        Encoding(frac_bits=default_frac_bits(raw.dp.clip)) if raw.dp else Encoding()
-    )
-    if encoding.total_bits > MAX_ENCODING_BITS:
-        problem(
-            "encoding",
-            f"frac_bits + int_bits = {encoding.frac_bits} + {encoding.int_bits} = "
-            f"{encoding.total_bits} is more than {MAX_ENCODING_BITS}: the parties add the "
-            f"sites' values in {_FAST_FIELD}, where a signed sum must stay below 2^60 for "
-            "sums of many sites; lower int_bits or frac_bits",
-        )
-    elif federation is not None and protocol != "gwas":
-        fit = encoding.max_summands
-        if len(federation.sites) > fit:
-            problem(
-                "encoding",
-                f"frac_bits + int_bits = {encoding.total_bits} lets sums of at most {fit} sites "
-                f"fit in {_FAST_FIELD}, but federation {federation.name!r} has "
-                f"{len(federation.sites)} sites; lower int_bits or frac_bits",
-            )
-
-    # timing
-    rounds = raw.rounds or 1
-    timeout = raw.timeout if raw.timeout is not None else DEFAULT_TIMEOUT
-    round_timeout = raw.round_timeout if raw.round_timeout is not None else DEFAULT_ROUND_TIMEOUT
-    if round_timeout > timeout:
-        problem(
-            "round_timeout",
-            f"{round_timeout:g} s is longer than the whole job's timeout ({timeout:g} s): "
-            "lower round_timeout or raise timeout",
-        )
-
-    # gwas
-    tests: tuple[str, ...] = ()
-    covar: tuple[str, ...] = ()
-    filters: Filters | None = None
-    if protocol == "gwas":
-        tests = tuple(raw.tests) if raw.tests is not None else ("assoc",)
-        if not tests:
-            problem("tests", f"empty: list at least one of {', '.join(GWAS_TESTS)}")
-        case_control = [t for t in tests if t in ("model", "logistic")]
-        if "linear" in tests and case_control:
-            problem(
-                "tests",
-                f"linear needs a quantitative phenotype and {', '.join(case_control)} a "
-                "case/control one: a spec has one phenotype, so split it into two specs",
-            )
-        covar = tuple(raw.covar or ())
-        if covar and not {"linear", "logistic"} & set(tests):
-            problem(
-                "covar",
-                "covariates are used by the linear and logistic tests only: add one of them "
-                "to tests or drop covar",
-            )
-        filters = raw.filters or Filters()
-
-    if problems:
-        return None
-    return Spec(
-        name=raw.name,
-        protocol=protocol,  # type: ignore[arg-type]  # checked by _one_of(PROTOCOLS)
-        inputs=inputs,
-        scheme=scheme,  # type: ignore[arg-type]
-        threshold=threshold,
-        min_sites=min_sites,
-        reveal=reveal,
-        deliver=raw.deliver or "analyst",  # type: ignore[arg-type]
-        compact=True if raw.compact is None else raw.compact,
-        encoding=encoding,
-        rounds=rounds,
-        round_timeout=float(round_timeout),
-        timeout=float(timeout),
-        dp=raw.dp if protocol != "gwas" else None,
-        tests=tests,
-        pheno=raw.pheno if protocol == "gwas" else None,
-        covar=covar,
-        filters=filters,
-    )
-
-
 def _resolve_threshold(
-    raw: _SpecFile,
+    raw: SpecFile,
     scheme: str,
     federation: Federation | None,
     problem: Callable[[str, str], None],
+    multiplies: bool,
 ) -> int | None:
     if federation is None:
         return raw.threshold
@@ -558,7 +398,7 @@ def _resolve_threshold(
             f"{t} must be below the number of computing parties ({n}): privacy needs one "
             f"party outside any coalition of t; set threshold: {n - 1} or lower",
         )
-    elif raw.protocol in MULTIPLYING_PROTOCOLS and n < 2 * t + 1:
+    elif multiplies and n < 2 * t + 1:
         problem(
             "threshold",
             f"{t}{origin} needs at least {2 * t + 1} computing parties for protocol "
@@ -569,12 +409,15 @@ def _resolve_threshold(
 
 
 def _resolve_reveal(
-    value: list[str] | None, protocol: str, problem: Callable[[str, str], None]
+    value: list[str] | None,
+    protocol: str,
+    allowed: tuple[str, ...],
+    default: tuple[str, ...],
+    problem: Callable[[str, str], None],
 ) -> tuple[str, ...]:
     if value is None:
-        return DEFAULT_REVEAL[protocol]
+        return default
     items = list(value)
-    allowed = REVEALS[protocol]
     bad = [item for item in items if item not in allowed]
     if bad:
         problem(
@@ -584,10 +427,4 @@ def _resolve_reveal(
         )
     elif not items:
         problem("reveal", f"empty: nothing would be opened; list some of {', '.join(allowed)}")
-    elif protocol == "gwas" and len(items) != 1:
-        problem(
-            "reveal",
-            "gwas reveals either statistics (test results only) or aggregates (the summed "
-            "counts and matrices, from which statistics follow): choose one",
-        )
     return tuple(item for item in allowed if item in items)  # canonical order

@@ -64,18 +64,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from mpyc import asyncoro
 from mpyc.runtime import mpc  # parses and strips MPyC's own options from sys.argv
 
 from smpc import log as events
-from smpc.core.dp import skellam
-from smpc.core.field import PrimeField
-from smpc.core.prg import expand
 from smpc.errors import UserError
-from smpc.mpc.task import SessionTask, TaskInput
+from smpc.mpc.task import SessionError, SessionTask
 from smpc.pki.keys import mpyc_party_index
 
 CONNECT_GRACE = 30.0  # seconds the other peers get once one peer has connected
@@ -83,10 +79,6 @@ KEEPALIVE = (5, 2, 3)  # TCP keepalive: idle seconds, seconds between probes, pr
 DEAD_HOST_BOUND = 15  # seconds: keepalive gives up after 5 + 3 * 2; unacked data after 15
 PARENT_POLL = 0.5  # seconds between checks that the starting process is alive
 LINGER = 2.0  # seconds a party failed by a lost peer stays connected before it exits
-
-
-class SessionError(Exception):
-    """The session cannot complete; the message is the reason."""
 
 
 def report(name: str, **fields: object) -> None:
@@ -237,28 +229,6 @@ def _bind_listening_socket(host: str) -> None:
     loop.create_server = functools.partial(original, host=host)
 
 
-def load_input(spec: TaskInput, field: PrimeField) -> np.ndarray:
-    """Sum one input's shares over all sites, locally, in the field."""
-    count = int(np.prod(spec.shape, dtype=np.int64))
-    total: np.ndarray | None = None
-    for ref in spec.shares:
-        body = ref.path.read_bytes()
-        if ref.seed:
-            share = expand(field, body, count).reshape(spec.shape)
-        else:
-            expected = count * field.element_size
-            if len(body) != expected:
-                raise SessionError(
-                    f"share of {spec.name!r} from site {ref.site!r} has {len(body)} bytes, "
-                    f"expected {expected} for shape {spec.shape}"
-                )
-            share = field.from_bytes(body, spec.shape)
-        total = share.copy() if total is None else field.add(total, share)
-    if total is None:
-        raise SessionError(f"input {spec.name!r} has no shares")
-    return total
-
-
 async def _connect(watch: _Watch, timeout: float, grace: float) -> None:
     """``mpc.start()``, bounded: ``timeout`` for all, ``grace`` after the first peer."""
     loop = mpc._loop
@@ -337,82 +307,19 @@ async def run_task(
 
 
 async def compute(task: SessionTask, file_dir: Path) -> dict:
-    """The task's computation between connecting and shutting down."""
+    """The task's computation between connecting and shutting down: its protocol's."""
+    from smpc.protocols.registry import protocol
+
     sectype = task.sectype
-    field = sectype.field
     if sectype.kind == "int":
         stype = mpc.SecInt(sectype.bit_length, p=sectype.prime)
     else:
         stype = mpc.SecFxp(sectype.bit_length, sectype.frac_bits, p=sectype.prime)
-    if stype.field.modulus != field.modulus:
-        raise SessionError(f"MPyC chose modulus {stype.field.modulus}, shares use {field.modulus}")
-    if task.compute in ("gwas", "newton"):
-        from smpc.protocols.gwas.session import run_gwas, run_newton
-
-        run = run_gwas if task.compute == "gwas" else run_newton
-        return {"job": task.job, "party": mpc.pid, "outputs": await run(mpc, task, file_dir)}
-    outputs: dict = {}
-    noise_files: dict[str, str] = {}
-    for spec in task.inputs:
-        if task.compute == "noise":
-            if spec.name in task.noised:
-                share = await noise_share(task, stype, field, spec.shape)
-                file = f"noise-{mpc.pid}-{len(noise_files)}.npy"
-                np.save(file_dir / file, share)
-                noise_files[spec.name] = file
-            continue
-        values = load_input(spec, field)
-        if spec.name in task.noised:
-            if task.scheme == "additive":  # this party's own draw is its share of the noise
-                own = skellam(task.noise_mu, spec.shape)
-                values = field.add(values, field.from_int(own))
-            else:
-                values = field.add(values, await noise_share(task, stype, field, spec.shape))
-        if task.scheme == "additive":
-            # Every party sends its summed share to every other over the party-CA TLS
-            # links; the sum of all N is the secret.
-            everyone = await mpc.transfer(values)
-            signed = field.to_signed(
-                field.sum([np.asarray(v, dtype=field.dtype) for v in everyone])
-            )
-            outputs[spec.name] = {
-                "shape": list(spec.shape),
-                "frac_bits": sectype.frac_bits,
-                "values": [int(v) for v in np.asarray(signed, dtype=object).reshape(-1)],
-            }
-            continue
-        field_array = stype.field.array(np.asarray(values, dtype=object))
-        if sectype.kind == "int":
-            secure = stype.array(field_array)
-        else:
-            secure = stype.array(field_array, integral=False)
-        opened = await mpc.output(secure, raw=True)
-        signed = field.to_signed(np.asarray(opened.value, dtype=object).reshape(spec.shape))
-        outputs[spec.name] = {
-            "shape": list(spec.shape),
-            "frac_bits": sectype.frac_bits,
-            "values": [int(v) for v in np.asarray(signed, dtype=object).reshape(-1)],
-        }
-    if task.compute == "noise":
-        return {"job": task.job, "party": mpc.pid, "noise": noise_files}
-    return {"job": task.job, "party": mpc.pid, "outputs": outputs}
-
-
-async def noise_share(task: SessionTask, stype, field: PrimeField, shape) -> np.ndarray:
-    """This party's Shamir share of the sum of every party's Skellam draw (smpc.core.dp).
-
-    Each party inputs its own draw; MPyC shares it with a random polynomial of degree
-    t, party i holding the evaluation at i+1 like the sites' shares, so the sum of the
-    inputs adds to the summed site shares and opens with them.
-    """
-    own = skellam(task.noise_mu, shape)
-    secure = stype.array(stype.field.array(np.asarray(own, dtype=object) % field.modulus))
-    inputs = mpc.input(secure, senders=list(range(len(mpc.parties))))
-    total = inputs[0]
-    for other in inputs[1:]:
-        total = total + other
-    share = await mpc.gather(total)
-    return field.from_int(np.asarray(share.value, dtype=object).reshape(shape))
+    if stype.field.modulus != sectype.field.modulus:
+        raise SessionError(
+            f"MPyC chose modulus {stype.field.modulus}, shares use {sectype.field.modulus}"
+        )
+    return await protocol(task.protocol).session(mpc, task, file_dir)
 
 
 def main() -> int:

@@ -1,9 +1,10 @@
 """What one MPyC session computes: the task file a party hands its session process.
 
 A computing party never imports MPyC in-process (MPyC parses ``sys.argv`` on
-import and keeps a global runtime, see DESIGN.md): for each job it writes a
+import and keeps a global runtime, docs/architecture.md): for each job it writes a
 :class:`SessionTask` as JSON and starts ``python -m smpc.mpc.session``. This
-module holds the schema both sides share, and nothing that imports MPyC.
+module holds the schema both sides share and reads a task's share files, and nothing
+that imports MPyC.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from smpc.core.field import field_for, mpyc_modulus
+from smpc.core.field import PrimeField, field_for, mpyc_modulus
+from smpc.core.prg import expand
 
 
 class _Strict(BaseModel):
@@ -115,11 +118,13 @@ class SessionTask(_Strict):
     party: int = Field(ge=0)
     sectype: SecType
     inputs: list[TaskInput] = Field(default_factory=list)
+    # The protocol whose session hook runs the task, and which of its steps: a linear
     # "sum" opens every input's sum; "noise" opens nothing and returns this party's
     # shares of the dp noise all parties input (deliver: analyst, see smpc.core.dp).
-    compute: Literal["sum", "noise", "gwas", "newton"] = "sum"
-    gwas: GwasSession | None = None  # compute "gwas": smpc.protocols.gwas.session
-    newton: NewtonSession | None = None  # compute "newton": a logistic round's step
+    protocol: str = "sum"
+    step: str = "sum"
+    gwas: GwasSession | None = None  # a GWAS scan: smpc.protocols.gwas.session
+    newton: NewtonSession | None = None  # a logistic round's step
     noise_mu: float = Field(default=0.0, ge=0)  # Skellam parameter each party draws
     noised: list[str] = Field(default_factory=list)  # inputs that get the noise
     # Shamir shares open with MPyC's output(); additive shares (run with -T 0) are
@@ -145,3 +150,29 @@ class SessionTask(_Strict):
     @classmethod
     def read(cls, path: Path) -> SessionTask:
         return cls.model_validate_json(path.read_text())
+
+
+class SessionError(Exception):
+    """The session cannot complete; the message says why."""
+
+
+def load_input(spec: TaskInput, field: PrimeField) -> np.ndarray:
+    """Sum one input's shares over all sites, locally, in the field."""
+    count = int(np.prod(spec.shape, dtype=np.int64))
+    total: np.ndarray | None = None
+    for ref in spec.shares:
+        body = ref.path.read_bytes()
+        if ref.seed:
+            share = expand(field, body, count).reshape(spec.shape)
+        else:
+            expected = count * field.element_size
+            if len(body) != expected:
+                raise SessionError(
+                    f"share of {spec.name!r} from site {ref.site!r} has {len(body)} bytes, "
+                    f"expected {expected} for shape {spec.shape}"
+                )
+            share = field.from_bytes(body, spec.shape)
+        total = share.copy() if total is None else field.add(total, share)
+    if total is None:
+        raise SessionError(f"input {spec.name!r} has no shares")
+    return total

@@ -47,17 +47,16 @@ from smpc.config.federation import (
     read_yaml_mapping,
     user_error_from_validation,
 )
-from smpc.config.spec import parse_spec
 from smpc.core.dp import NoisePlan, skellam
 from smpc.core.dp import plan as noise_plan
-from smpc.core.encoding import words_to_bytes
 from smpc.core.field import MERSENNE61, field_for
 from smpc.errors import UserError
 from smpc.mpc.launch import run_session_process, session_command
-from smpc.mpc.task import GwasSession, SecType, SessionTask, ShareRef, TaskInput
+from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
 from smpc.net.transport import Connection, Topics, TransportError
 from smpc.party.store import PartyStore, ShareConflict, StoredJob, StoredShare
 from smpc.pki.keys import Kit, load_kit
+from smpc.protocols.registry import PROTOCOLS, parse_spec, protocol
 from smpc.wire.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route, seal
 from smpc.wire.messages import (
     Ack,
@@ -87,7 +86,7 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    protocols: tuple[str, ...] = ("sum", "fedavg", "gwas")  # allowed protocols
+    protocols: tuple[str, ...] = tuple(PROTOCOLS)  # allowed protocols
     # Safe defaults: t = 0 (each party holds the sites' values in the clear) and one-site
     # results (a site's own data opened) only where a party's policy says so.
     min_threshold: int = 1  # refuse jobs whose collusion threshold is lower
@@ -177,7 +176,7 @@ class PartyService:
         for stored in store.jobs():  # a restart recovers every job it had accepted
             self._jobs[stored.id] = verify_job(stored.closed or stored.message, directory)[1]
             if stored.status == "computing":  # interrupted: never computed (or noised) twice
-                self._failed(self._jobs[stored.id], "the party restarted while computing")
+                self.failed(self._jobs[stored.id], "the party restarted while computing")
 
     @classmethod
     def from_config(cls, config: PartyConfig) -> PartyService:
@@ -260,7 +259,7 @@ class PartyService:
         self._jobs[job.id] = job
         problem = self.close_refusal(job)
         if problem:
-            return self._failed(job, problem)
+            return self.failed(job, problem)
         return self.compute(job)
 
     def refusal(self, job: Job, analyst: str | None = None) -> str:
@@ -298,10 +297,10 @@ class PartyService:
         signed job with a malformed field (``timeout: "60"``) is refused with the field's
         name instead of failing later inside a computation.
         """
-        if not job.spec:
-            return ""
         try:
-            parse_spec(job.spec, f"job {job.id}: spec", self.federation)
+            protocol(job.protocol).payload(job)
+            if job.spec:
+                parse_spec(job.spec, f"job {job.id}: spec", self.federation)
         except UserError as exc:
             return "; ".join(str(exc).splitlines())
         return ""
@@ -354,7 +353,7 @@ class PartyService:
         ]
         if missing:
             reason = f"this party lacks shares of the agreed sites: {', '.join(missing)}"
-            return self._failed(job, reason)
+            return self.failed(job, reason)
         other = [
             f"{site} (holds {shares[(i.name, site)].upload}, "
             f"the close says {(job.uploads or {}).get(site)})"
@@ -363,124 +362,46 @@ class PartyService:
             if shares[(i.name, site)].upload != (job.uploads or {}).get(site)
         ]
         if other:
-            return self._failed(job, f"other uploads than the agreed ones: {', '.join(other)}")
+            return self.failed(job, f"other uploads than the agreed ones: {', '.join(other)}")
         disclosure = self._disclosure_problem(job, shares)
         if disclosure:
-            return self._failed(job, disclosure)
-        if job.protocol == "gwas" and job.input("site") is not None:
-            return self.compute_gwas(job, shares)  # else a Newton round: plain sums
-        if job.protocol == "gwas" and job.deliver == "parties":  # ... or its step in MPyC
-            return self.compute_newton(job, shares)
+            return self.failed(job, disclosure)
+        return protocol(job.protocol).combine(self, job, self._spec(job), shares)
+
+    def _spec(self, job: Job) -> Any:
+        """The job's spec, as this party validates it (None: a job that carries none)."""
+        return parse_spec(job.spec, f"job {job.id}", self.federation) if job.spec else None
+
+    def sum_shares(self, job: Job, spec: Any, shares: dict) -> JobReply:
+        """Add the agreed sites' shares per input; with dp, this party's noise share.
+
+        The sums are sealed to the analyst, or opened inside MPyC (``deliver: parties``).
+        """
         try:
             noise = self.noise_plan(job, shares)
         except UserError as exc:
-            return self._failed(job, str(exc))
+            return self.failed(job, str(exc))
         if job.deliver == "parties" or (noise is not None and job.scheme == "shamir"):
             # Shamir noise is an MPyC input of every party, so it needs a session even
             # when the analyst opens the result.
-            return JobReply(None, session=self.session_task(job, shares, noise))
+            return self.session(self.session_task(job, shares, noise))
         own_noise = None if noise is None else {
             i.name: skellam(noise.per_party, self._shape(job, shares, i.name))
             for i in job.inputs if i.noised
         }  # fmt: skip
         return self.seal_results(job, shares, own_noise)
 
-    def compute_gwas(self, job: Job, shares: dict) -> JobReply:
-        """Align the sites' GWAS statistics on shares and add them (smpc.protocols.gwas).
-
-        ``reveal: aggregates`` seals the pooled statistics to the analyst; ``statistics``
-        hands them to this party's MPyC session, which opens only the printed values.
-        """
-        from smpc.protocols.gwas.protocol import combine, phenotype_problem, statistics_mode
-
-        field = field_for(job.modulus)
-        spec = parse_spec(job.spec, f"job {job.id}", self.federation)
-
-        def share_of(name: str, site: str) -> np.ndarray:
-            return self.share_values(shares[(name, site)])
-
-        def pooled() -> Iterator[tuple[str, np.ndarray]]:
-            try:
-                for name, values in combine(job, field, share_of):
-                    if name == "alignment":  # the sites' phenotype: refuse before any sum
-                        summary = json.loads(words_to_bytes(field.to_signed(values)))
-                        problem = phenotype_problem(spec, summary["phenotype"])
-                        if problem:
-                            raise UserError(problem)
-                    yield name, values
-            except (ValueError, KeyError, IndexError) as exc:
-                logger.exception("job %s: the sites' statistics do not combine", job.id)
-                raise UserError(f"the sites' statistics do not combine: {exc}") from None
-
-        if not statistics_mode(spec) or job.input("counts") is None:
-            outputs = {o.name: o for o in job.delivered}
-            return self.seal_outputs(job, ((outputs[n], v) for n, v in pooled()))
-        workdir = self.store.root / "sessions" / job.id
-        workdir.mkdir(parents=True, exist_ok=True)
-        arrays = {}
-        try:
-            for name, values in pooled():
-                arrays[name] = values
-        except UserError as exc:
-            return self._failed(job, str(exc))
-        summary = json.loads(words_to_bytes(field.to_signed(arrays["alignment"])))
-        quantitative = summary["phenotype"] != "case/control"
-        np.save(workdir / "alignment.npy", field.to_signed(arrays["alignment"]))
-        (workdir / "counts.bin").write_bytes(field.to_bytes(arrays["counts"].reshape(-1, 24)))
-        alleles = job.input("alleles")
-        if alleles is not None:
-            big = field_for(alleles.modulus)
-            (workdir / "alleles.bin").write_bytes(big.to_bytes(arrays["alleles"]))
-        from smpc.protocols.gwas.protocol import assoc_modulus, regression_sessions
-
-        regression = regression_sessions(spec, job, arrays, workdir)
-
-        modulus, bits = assoc_modulus() if alleles is not None else (None, None)
-        task = SessionTask(
-            job=job.id,
-            party=self.index,
-            sectype=SecType(kind="int", bit_length=MERSENNE61.bit_length() - 32, prime=job.modulus),
-            compute="gwas",
-            gwas=GwasSession(
-                variants=int(arrays["counts"].shape[0]),
-                samples=self._declared_records(job, shares),
-                tests=list(spec.tests),
-                a1_side=summary.get("a1_side", ""),
-                counts="counts.bin",
-                alleles="alleles.bin" if alleles is not None else None,
-                assoc_modulus=modulus,
-                assoc_field_bits=bits,
-                geno=spec.filters.geno if spec.filters else None,
-                maf=spec.filters.maf if spec.filters else None,
-                hwe=spec.filters.hwe if spec.filters else None,
-                quantitative=quantitative,
-                regression=regression,
-            ),
-        )
+    def session(self, task: SessionTask) -> JobReply:
+        """Hand ``task`` to this party's MPyC session (the daemon runs it in the background)."""
         return JobReply(None, session=task)
 
-    def compute_newton(self, job: Job, shares: dict) -> JobReply:
-        """A logistic Newton round with ``reveal: statistics``: add the sites' gradients and
-        Hessians and hand them to the MPyC session, which opens only the step."""
-        from smpc.protocols.gwas.logistic import pooled_round
-
+    def session_dir(self, job: Job) -> Path:
+        """The folder of ``job``'s session files in this party's store (created)."""
         workdir = self.store.root / "sessions" / job.id
         workdir.mkdir(parents=True, exist_ok=True)
+        return workdir
 
-        def share_of(name: str, site: str) -> np.ndarray:
-            return self.share_values(shares[(name, site)])
-
-        newton = pooled_round(job, share_of, workdir)
-        task = SessionTask(
-            job=job.id,
-            party=self.index,
-            sectype=SecType(kind="int", bit_length=MERSENNE61.bit_length() - 32, prime=job.modulus),
-            compute="newton",
-            newton=newton,
-        )
-        return JobReply(None, session=task)
-
-    def _declared_records(self, job: Job, shares: dict) -> int:
+    def declared_records(self, job: Job, shares: dict) -> int:
         """The records the agreed sites declare in all (their envelope headers)."""
         assert job.close is not None  # computed only once closed
         first = job.inputs[0].name
@@ -511,7 +432,7 @@ class PartyService:
             parties=job.n,
             threshold=job.t,
             frac_bits=noised[0].frac_bits if noised else 0,
-            compositions=spec.rounds,
+            compositions=spec.rounds_of_noise,
         )
         log.event(logger, "dp-noise", job=job.id, mu=plan.mu, per_party=plan.per_party)
         return plan
@@ -567,7 +488,7 @@ class PartyService:
                 results.append((spec.name, seal(header, body, analyst_key, self.kit.signing_key)))
                 del total, body
         except UserError as exc:
-            return self._failed(job, str(exc))
+            return self.failed(job, str(exc))
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), outputs=len(results))
         return self._done(job, tuple(results))
 
@@ -575,7 +496,7 @@ class PartyService:
         """Minimum cell count and differencing, before anything is computed."""
         assert job.close is not None  # computed only once closed
         if self.policy.min_cell:
-            total = self._declared_records(job, shares)
+            total = self.declared_records(job, shares)
             if total < self.policy.min_cell:
                 return (
                     f"the agreed sites declare {total} records in all, fewer than this party's "
@@ -589,7 +510,7 @@ class PartyService:
                 other = verify_job(earlier.closed or earlier.message, self.kit.directory)[1]
                 if other.protocol != job.protocol or {i.name for i in other.inputs} != inputs:
                     continue
-                if other.model != job.model:
+                if other.payload != job.payload:
                     # Training rounds start from different global models: subtracting two
                     # rounds' results does not isolate one site's update.
                     continue
@@ -614,7 +535,8 @@ class PartyService:
             party=self.index,
             sectype=SecType(kind="int", bit_length=bits, prime=job.modulus),
             scheme=job.scheme,
-            compute="noise" if noise is not None and job.deliver == "analyst" else "sum",
+            protocol=job.protocol,
+            step="noise" if noise is not None and job.deliver == "analyst" else "sum",
             noise_mu=0.0 if noise is None else noise.per_party,
             noised=[i.name for i in job.inputs if i.noised] if noise is not None else [],
             inputs=[
@@ -668,7 +590,7 @@ class PartyService:
             cmd, limit=limit, on_line=functools.partial(_session_line, job.id)
         )
         if failure:
-            return await call(self._failed, job, f"MPyC session failed: {failure}")
+            return await call(self.failed, job, f"MPyC session failed: {failure}")
         return await call(self.session_reply, job, task)
 
     def _session_setup(
@@ -692,7 +614,7 @@ class PartyService:
         assert job.close is not None  # computed only once closed
         workdir = self.store.root / "sessions" / job.id
         result_path = workdir / "result.json"
-        if task.compute == "noise":
+        if task.step == "noise":  # the dp noise shares of sums sealed to the analyst
             noise = json.loads(result_path.read_text())["noise"]
             noise_shares = {name: np.load(workdir / file) for name, file in noise.items()}
             reply = self.seal_results(job, self._held(job), noise_shares)
@@ -700,13 +622,10 @@ class PartyService:
                 (workdir / file).unlink(missing_ok=True)
             return reply
         opened = json.loads(result_path.read_text())["outputs"]
-        if task.compute == "gwas":  # the alignment is public: every party computed the same
-            words = np.load(workdir / "alignment.npy")
-            opened["alignment"] = {"shape": list(words.shape), "values": words.tolist()}
-            opened = {**self._unread_outputs(job, task), **opened}  # opened values win
+        opened = protocol(job.protocol).session_openings(self, job, self._spec(job), task, opened)
         problem = outputs_problem(job, opened)
         if problem:
-            return self._failed(job, problem)
+            return self.failed(job, problem)
         result = PartyResult(
             job=job.id,
             party=self.index,
@@ -736,17 +655,7 @@ class PartyService:
             return 0.0
         return parse_spec(job.spec, f"job {job.id}: spec", self.federation).timeout
 
-    def _unread_outputs(self, job: Job, task: SessionTask) -> dict[str, dict[str, Any]]:
-        """The announced GWAS outputs the sites' phenotype does not read, as empty arrays
-        (:func:`.protocols.gwas.protocol.unread_outputs`)."""
-        assert task.gwas is not None  # a GWAS task
-        from smpc.protocols.gwas.protocol import unread_outputs
-
-        spec = parse_spec(job.spec, f"job {job.id}", self.federation)
-        kind = "quantitative" if task.gwas.quantitative else "case/control"
-        return {name: {"shape": [0], "values": []} for name in unread_outputs(spec, kind)}
-
-    def _failed(self, job: Job, reason: str) -> JobReply:
+    def failed(self, job: Job, reason: str) -> JobReply:
         log.event(logger, "job-failed", logging.ERROR, job=job.id, reason=reason)
         status = self._status(job.id, "failed", reason=reason)
         self.store.release(job.id, "failed", status)

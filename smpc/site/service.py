@@ -44,8 +44,10 @@ from smpc.io.inputs import read_input
 from smpc.net.transport import Connection, Topics, run_with_reconnect
 from smpc.party.store import write_durably
 from smpc.pki.keys import Kit, load_kit
+from smpc.protocols.base import SiteData, SiteSource, SkipJob
+from smpc.protocols.registry import PROTOCOLS, parse_spec, protocol
 from smpc.wire.envelope import envelope_id
-from smpc.wire.messages import Job, MessageError, decode_model, verify_ack, verify_job
+from smpc.wire.messages import Job, MessageError, verify_ack, verify_job
 from smpc.wire.packaging import seal_shares
 
 logger = logging.getLogger("smpc.site")
@@ -132,7 +134,7 @@ class SitePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     analysts: tuple[str, ...] | None = None  # None: every analyst of the federation
-    protocols: tuple[str, ...] = ("sum", "fedavg", "gwas")
+    protocols: tuple[str, ...] = tuple(PROTOCOLS)
     min_threshold: int = Field(default=1, ge=0)  # t = 0 puts the site's values in the clear
     min_sites: int = Field(default=2, ge=1)  # a result of fewer sites may open this site's data
 
@@ -201,83 +203,38 @@ class KeptUpload:
             file.unlink()
 
 
-@dataclass(frozen=True)
-class SiteData:
-    """What a site shares for a job: the arrays, and how many records they summarise."""
+def site_inputs(source: SiteSource, federation: Federation) -> Callable[[Job], SiteData]:
+    """What this site shares for a job: its protocol's local statistics from ``source``
+    (:meth:`smpc.protocols.base.Protocol.site_data`).
 
-    arrays: Mapping[str, np.ndarray]
-    records: int | None = None
-
-
-class SkipJob(UserError):
-    """This site does not answer the job; the message says why (``event=job-skipped``)."""
-
-
-def configured_inputs(
-    sources: Mapping[str, str], federation: Federation
-) -> Callable[[Job], SiteData]:
-    """Inputs from a site's ``NAME: SOURCE`` assignments (``inputs:``, ``--input``).
-
-    The names are the spec's inputs (``age``, ``bmi``; a fedavg model's arrays and
-    ``num_examples``): the job's protocol computes its local statistics from them
-    (``age.sum``, ``age.count``: :func:`smpc.protocols.linear.site_statistics`). A job
-    whose own input names are all given exactly gets those arrays as they are.
+    A job whose own input names are all among the site's named inputs gets those arrays
+    as they are, whatever its protocol.
     """
 
     def compute(job: Job) -> SiteData:
-        from smpc.config.spec import parse_spec
-        from smpc.protocols.linear import declared_records, site_statistics
-
-        names = [s.name for s in job.inputs]
-        if all(name in sources for name in names):
-            return SiteData({name: read_input(sources[name], name) for name in names})
-        if job.protocol not in ("sum", "fedavg"):
-            raise SkipJob(
-                f"a {job.protocol} job reads a data file (data: in the site config, "
-                "--data PATH), not named inputs"
-            )
+        if source.inputs is not None:
+            names = [s.name for s in job.inputs]
+            if all(name in source.inputs for name in names):
+                return SiteData({name: read_input(source.inputs[name], name) for name in names})
         spec = parse_spec(job.spec, f"job {job.id}", federation)
-        wanted = list(spec.inputs or ()) + (["num_examples"] if spec.protocol == "fedavg" else [])
-        missing = [name for name in wanted if name not in sources]
-        if missing:
-            raise SkipJob(
-                f"its spec's inputs {', '.join(missing)} are not among this site's inputs "
-                f"({', '.join(sources) or 'none'})"
-            )
-        base = None if job.model is None else decode_model(job.model)
-        stats = site_statistics(spec, {name: sources[name] for name in wanted}, base)
-        return SiteData(stats, declared_records(spec, stats))
+        return protocol(job.protocol).site_data(spec, job, source)
 
     return compute
 
 
-def protocol_inputs(source: Path, federation: Federation) -> Callable[[Job], SiteData]:
+def configured_inputs(
+    sources: Mapping[str, str], federation: Federation, site: str = ""
+) -> Callable[[Job], SiteData]:
+    """Inputs from a site's ``NAME: SOURCE`` assignments (``inputs:``, ``--input``): the
+    spec's inputs (``age``, ``bmi``; a fedavg model's arrays and ``num_examples``)."""
+    return site_inputs(SiteSource(site=site, inputs=sources), federation)
+
+
+def protocol_inputs(
+    data: Path, federation: Federation, site: str = ""
+) -> Callable[[Job], SiteData]:
     """Inputs computed from a site's data file by the job's protocol (its local statistics)."""
-
-    def compute(job: Job) -> SiteData:
-        from smpc.config.spec import parse_spec
-        from smpc.protocols.linear import declared_records, site_statistics
-
-        spec = parse_spec(job.spec, f"job {job.id}", federation)
-        if spec.protocol == "gwas" and job.round > 0:
-            from smpc.protocols.gwas.logistic import site_round
-
-            assert job.model is not None  # a Newton round carries the model
-            arrays, samples = site_round(spec, source, decode_model(job.model))
-            return SiteData(arrays, samples)
-        if spec.protocol == "gwas":
-            from smpc.protocols.gwas.protocol import site_statistics as gwas_statistics
-
-            model = None if job.model is None else decode_model(job.model)
-            analysed = None if model is None else np.char.decode(model["snp"], "utf-8")
-            table_only = job.input("counts") is None  # the alignment job of filters: mind
-            arrays, samples = gwas_statistics(spec, source, analysed, table_only=table_only)
-            return SiteData(arrays, samples)
-        base = None if job.model is None else decode_model(job.model)
-        stats = site_statistics(spec, source, base)
-        return SiteData(stats, declared_records(spec, stats))
-
-    return compute
+    return site_inputs(SiteSource(site=site, data=data), federation)
 
 
 async def upload(
@@ -361,8 +318,8 @@ async def upload(
         await conn.subscribe(topics.acks_for(kit.name))
         if known is None:
             known = await fetch_job(conn, topics, kit, job_id, deadline - time.monotonic())
-        if not envelopes:
-            prepare(known)
+        if not envelopes:  # computing the statistics may take long: the loop goes on serving
+            await asyncio.to_thread(prepare, known)
         if not pending:
             return  # every party acknowledged this upload before
         await send(conn, known, pending)
@@ -521,7 +478,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
     fail (a bad file, a value out of range) one ``event=upload-failed`` line, and the
     daemon goes on with the next job.
     """
-    from smpc.protocols.fedavg.training import answer_round, load_trainer
+    from smpc.protocols.fedavg.training import load_trainer
 
     kit = load_kit(config.kit)
     federation = load_federation(config.federation or kit.federation_file)
@@ -535,7 +492,6 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         else None
     )
     keep = state.parent / f"{state.name}.uploads"  # envelopes awaiting acks
-    from_inputs = configured_inputs(config.inputs, federation) if config.inputs else None
 
     def skipped(job: Job, reason: str) -> None:
         log.event(logger, "job-skipped", job=job.id, site=kit.name, reason=reason)
@@ -566,20 +522,22 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
             if job.sites is not None and kit.name not in job.sites:
                 skipped(job, f"it asks only sites {', '.join(job.sites)}")
                 continue
-            data = config.data_for(job.protocol)
+            source = SiteSource(
+                site=kit.name, data=config.data_for(job.protocol),
+                inputs=config.inputs or None, trainer=trainer,
+            )  # fmt: skip
+            if source.data is None and source.inputs is None and source.trainer is None:
+                skipped(job, f"no data file for {job.protocol} jobs in the site config")
+                continue
             try:
-                if trainer is not None and job.protocol == "fedavg":
-                    await answer_round(kit, federation, job, trainer)
-                elif data is not None:
-                    await upload(
-                        kit, federation, job, protocol_inputs(data, federation), keep=keep,
-                        policy=config.policy,
-                    )  # fmt: skip
-                elif from_inputs is not None:
-                    await upload(kit, federation, job, from_inputs, keep=keep, policy=config.policy)
-                else:
-                    skipped(job, f"no data file for {job.protocol} jobs in the site config")
-                    continue
+                # a trainer answers within a round's upload window
+                window = (
+                    parse_spec(job.spec, job.id, federation).round_timeout if trainer else 120.0
+                )
+                await upload(
+                    kit, federation, job, site_inputs(source, federation), keep=keep,
+                    policy=config.policy, timeout=window,
+                )  # fmt: skip
             except SkipJob as exc:
                 skipped(job, str(exc))
                 continue

@@ -20,13 +20,14 @@ with ``close`` naming the agreed sites, which every party must hold; then the
 parties compute and send their result shares (``done``), or say why not
 (``failed``).
 
-A round of multi-round training is one job (``<run>-r<k>``) whose ``round`` is k
-and whose ``model`` carries the previous round's global model (None in round 0
-unless the analyst starts from a model): an ``.npz`` archive, base64 in the
-signed JSON. That model is public to every site and party. It must fit in
-:data:`MAX_MODEL_BYTES` (4 MiB): a job message is one MQTT message, retained,
-stored by every party and re-sent when the job closes, so larger models would
-need a channel of their own (e.g. a signed download), which this version lacks.
+What a job carries for its protocol alone is its ``payload``, typed by the protocol
+(:mod:`smpc.protocols`): a round of multi-round training carries its round index and
+the previous round's global model, a GWAS Newton round its variants and coefficients.
+Arrays travel as an ``.npz`` archive, base64 in the signed JSON (:func:`encode_model`),
+public to every site and party. One must fit in :data:`MAX_MODEL_BYTES` (4 MiB): a job
+message is one MQTT message, retained, stored by every party and re-sent when the job
+closes, so larger models would need a channel of their own (e.g. a signed download),
+which this version lacks.
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ class Job(_Strict):
     # deadline has passed, so a recorded job cannot be replayed later (stamp_job).
     issued: float = 0.0
     deadline: float = 0.0
-    round: int = Field(default=0, ge=0)  # multi-round training: this job's round index
-    # The previous round's global model (public): base64 of an .npz, at most MAX_MODEL_BYTES.
-    model: str | None = Field(default=None, max_length=4 * ((MAX_MODEL_BYTES + 2) // 3))
+    # The protocol's own fields (a round index, a model, a variant list), typed by the
+    # protocol's payload model (smpc.protocols.base.Protocol.payload_model); public.
+    payload: dict[str, Any] = Field(default_factory=dict)
     # What the parties deliver when it is not the summed inputs themselves (a GWAS
     # delivers its sites' statistics aligned into one variant order, and the alignment).
     outputs: tuple[JobInput, ...] | None = None

@@ -26,15 +26,18 @@ each iteration's step and (H⁻¹)_tt. Nothing per site.
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import logging
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 
 from smpc.errors import UserError
+from smpc.protocols.base import Outcome, Step
 from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
-from smpc.wire.messages import JobInput
+from smpc.protocols.gwas.spec import GwasPayload
+from smpc.wire.messages import JobInput, encode_model
 
 logger = logging.getLogger("smpc.gwas")
 
@@ -154,53 +157,52 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
     return arrays, int(keep.sum())
 
 
-def run_rounds(
-    kit: Any,
-    federation: Any,
+def newton_plan(
     spec: Any,
     variants: dict[str, np.ndarray],
     *,
-    run_id: str,
-    upload_window: float,
-    timeout: float,
+    deliver: str,
     mind: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Fit every analysed variant by Newton rounds through the federation (blocking).
+) -> Generator[Step, Outcome, dict[str, np.ndarray]]:
+    """The Newton rounds that fit every analysed variant: one job per iteration of
+    :func:`.regression.logistic_iterations`, as many as PLINK iterates.
 
     ``mind``: the aligned variants' IDs when ``filters: {mind}`` is set (the sites drop
-    the same samples as in the first job)."""
-    from smpc.analyst.jobs import build_job, run_job
+    the same samples as in the scan). With ``deliver: parties`` (``reveal: statistics``)
+    each round's step is computed inside MPyC and only it is opened."""
     from smpc.protocols.gwas.protocol import join_limbs, statistics_mode
-    from smpc.protocols.gwas.regression import logistic_fit
+    from smpc.protocols.gwas.regression import logistic_iterations
 
     v, p = len(variants["snp"]), 2 + len(spec.covar)
-    rounds = 0
-
-    def evaluate(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        nonlocal rounds
-        rounds += 1
-        job = build_job(
-            spec, kit, federation, job_id=f"{run_id}-r{rounds}", round=rounds,
-            model=round_model(variants, beta, mind),
-        )  # fmt: skip
-        try:
-            outcome = asyncio.run(
-                run_job(kit, federation, job, upload_window=upload_window, timeout=timeout)
-            )
-        except UserError as exc:
-            raise type(exc)(f"logistic round {rounds}: {exc}") from None
-        opened = outcome.opened
-        logger.info("logistic round %d: %d variants", rounds, v)
-        n = np.rint(np.asarray(opened["logistic.n"], dtype=np.float64))
-        if secure:
-            return n, *opened_step(opened, v, p)
-        grad, hess = (
-            join_limbs(opened[f"logistic.{x}.hi"], opened[f"logistic.{x}.lo"]) for x in PARTS
-        )
-        return n, grad, unpack_symmetric(hess)
-
     secure = statistics_mode(spec)
-    return logistic_fit(evaluate, v, p, steps=secure)
+    inputs = round_inputs(spec)
+    outputs = round_outputs(spec) if deliver == "parties" else None
+    iterations = logistic_iterations(v, p, steps=secure)
+    try:
+        beta = next(iterations)
+        for k in itertools.count(1):
+            outcome = yield Step(
+                inputs=inputs, outputs=outputs, deliver=deliver,  # type: ignore[arg-type]
+                payload=GwasPayload(
+                    stage="newton",
+                    round=k,
+                    variants=encode_model(round_model(variants, beta, mind)),
+                ),
+                suffix=f"-r{k}", label=f"logistic round {k}",
+            )  # fmt: skip
+            opened = outcome.opened
+            logger.info("logistic round %d: %d variants", k, v)
+            n = np.rint(np.asarray(opened["logistic.n"], dtype=np.float64))
+            if secure:
+                beta = iterations.send((n, *opened_step(opened, v, p)))
+                continue
+            grad, hess = (
+                join_limbs(opened[f"logistic.{x}.hi"], opened[f"logistic.{x}.lo"]) for x in PARTS
+            )
+            beta = iterations.send((n, grad, unpack_symmetric(hess)))
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("unreachable: the Newton iterations end")
 
 
 def opened_step(opened: Any, v: int, p: int) -> tuple[np.ndarray, np.ndarray]:

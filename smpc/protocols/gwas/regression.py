@@ -74,7 +74,7 @@ Where PLINK's output is decided by float32 rounding noise
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -544,18 +544,35 @@ def logistic_fit(
     *,
     steps: bool = False,
 ) -> dict[str, np.ndarray]:
-    """PLINK 1.9's logistic Newton–Raphson with pooled sums from ``evaluate(beta)``.
+    """:func:`logistic_iterations` with each iteration's sums from ``evaluate(beta)``."""
+    iterations = logistic_iterations(V, p, steps=steps)
+    try:
+        beta = next(iterations)
+        while True:
+            beta = iterations.send(evaluate(beta))
+    except StopIteration as stop:
+        return stop.value
 
-    With ``steps`` (``reveal: statistics``) ``evaluate`` returns ``(n, step, var)``
+
+def logistic_iterations(
+    V: int, p: int, *, steps: bool = False
+) -> Generator[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]:
+    """PLINK 1.9's logistic Newton–Raphson, one pooled evaluation per iteration.
+
+    It yields the coefficients ``beta`` (V, p) at which it needs the pooled sums and is
+    sent them back: a generator, so that each evaluation can be a job through the
+    federation (:func:`.logistic.newton_plan`) or a plain function (:func:`logistic_fit`).
+
+    With ``steps`` (``reveal: statistics``) an evaluation is ``(n, step, var)``
     instead: the exact Newton step H⁻¹·Σ(y − π)x and (H⁻¹)_tt opened inside MPyC
     (:func:`.secure.secure_newton_step`), NaN where H is singular. The iterations,
     stopping and non-convergence rules are PLINK's, on the step rounded to single
     precision; the checks that need H itself (its Cholesky pivots against float32
     noise, the correlations of H⁻¹) are not evaluated: only the step is opened.
 
-    ``evaluate(beta (V, p) float64)`` returns the pooled ``(n, grad, hess)`` (see
-    :func:`logistic_site_stats`); one call is one round trip to the sites, and there are
-    as many calls as PLINK's largest per-variant iteration count (at most
+    Each evaluation at ``beta (V, p) float64`` is the pooled ``(n, grad, hess)`` (see
+    :func:`logistic_site_stats`); one is one round trip to the sites, and there are
+    as many as PLINK's largest per-variant iteration count (at most
     :data:`LOGISTIC_MAX_ITER`). Variants that stopped keep their coefficients; their
     later sums are ignored. Returns NMISS, OR, BETA, SE, STAT (Wald z), P (NaN = NA),
     ``ok`` and ``iterations`` (per variant, PLINK's count; 0 when n <= p).
@@ -570,10 +587,10 @@ def logistic_fit(
     n_out: np.ndarray | None = None
     active = np.ones(V, dtype=bool)
     iteration = 0
-    with np.errstate(all="ignore"):
-        while active.any():
-            iteration += 1
-            n, grad, hess = evaluate(coef.astype(np.float64))
+    while active.any():
+        iteration += 1
+        n, grad, hess = yield coef.astype(np.float64)
+        with np.errstate(all="ignore"):
             n = np.asarray(n, dtype=np.int64)
             if n_out is None:
                 n_out = n.copy()
