@@ -7,7 +7,7 @@ code paths as a distributed deployment, on 127.0.0.1.
 
 With a trainer (``--trainer module:function``, see :mod:`smpc.protocols.fedavg.training`) every site
 runs ``smpc site serve`` with that trainer instead of one upload, and the
-analyst runs every round of the spec (:func:`smpc.protocols.fedavg.training.train`).
+analyst runs every round of the spec (:func:`smpc.fl.train`).
 
 Every site is the user's own here, so a site whose upload fails fails the run, naming
 the site and its reason, unless the spec sets ``min_sites`` itself (then the run goes

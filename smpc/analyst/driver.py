@@ -1,6 +1,6 @@
 """The one analyst driver: a whole run of a spec, whatever its protocol.
 
-``smpc run``, ``smpc local`` and :func:`smpc.protocols.fedavg.training.train` all call
+``smpc run``, ``smpc local`` and :func:`smpc.fl.train` all call
 :func:`run_spec`. It asks the spec's protocol for its plan (:meth:`.Protocol.plan`), runs
 each job the plan yields through :func:`smpc.analyst.jobs.run_job` and sends the outcome
 back, so one job, FedAvg rounds and Newton rounds are one loop; then the protocol writes

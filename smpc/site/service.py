@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from smpc import log
@@ -37,6 +37,7 @@ from smpc.config.federation import (
     read_yaml_mapping,
     user_error_from_validation,
 )
+from smpc.config.spec import one_of
 from smpc.core.encoding import FixedPoint
 from smpc.core.field import field_for
 from smpc.errors import UserError
@@ -392,6 +393,9 @@ def _take_ack(data, kit, job, expected, pending, refused, report) -> None:
 # -- smpc site serve -------------------------------------------------------------------------
 
 
+ProtocolName = Annotated[str, AfterValidator(one_of(tuple(PROTOCOLS)))]
+
+
 class SiteConfig(BaseModel):
     """``parties/<site>.yaml``: a site's kit and what it answers jobs with.
 
@@ -416,7 +420,7 @@ class SiteConfig(BaseModel):
     kit: Path
     federation: Path | None = None
     inputs: dict[str, str] = {}
-    data: Path | dict[Literal["sum", "fedavg", "gwas"], Path] | None = None
+    data: Path | dict[ProtocolName, Path] | None = None
     trainer: str | None = None
     trainer_args: dict[str, Any] = {}
     state: Path | None = None  # where answered job ids are kept (default: next to the config)
@@ -426,7 +430,7 @@ class SiteConfig(BaseModel):
     def data_for(self, protocol: str) -> Path | None:
         """The data file for a job of ``protocol`` (None: use ``inputs``)."""
         if isinstance(self.data, dict):
-            return cast("dict[str, Path]", self.data).get(protocol)
+            return self.data.get(protocol)
         return self.data
 
 

@@ -39,6 +39,7 @@ from smpc.core.dp import clip_update
 from smpc.errors import UserError
 from smpc.io.modelfile import read_model, write_model
 from smpc.protocols.base import Outcome, Payload, Plan, RunContext, SiteData, SiteSource, Step
+from smpc.protocols.fedavg.training import run_trainer
 from smpc.protocols.linear import COUNT_BITS, LinearProtocol, LinearSpec, reader
 from smpc.wire.messages import MAX_MODEL_BYTES, Job, JobInput, decode_model, encode_model
 
@@ -254,11 +255,16 @@ class FedavgProtocol(LinearProtocol):
     # --- site ---------------------------------------------------------------------------
 
     def site_data(self, spec: Any, job: Job, source: SiteSource) -> SiteData:
-        if source.trainer is not None:
-            from smpc.protocols.fedavg.training import local_update
-
-            return local_update(job, self.payload(job), spec, source.trainer, source.site)
-        return super().site_data(spec, job, source)
+        if source.trainer is None:
+            return super().site_data(spec, job, source)
+        payload = self.payload(job)
+        base = payload.arrays()
+        arrays, n = run_trainer(source.trainer, base, payload.round, source.site, job.id)
+        names = [i.name.removesuffix(".weighted") for i in job.inputs if i.name != NUM_EXAMPLES]
+        clip = None if spec.dp is None else spec.dp.clip
+        where = f"site {source.site}, trainer of {job.id}"
+        stats = fedavg_statistics(names, arrays, n, where, clip=clip, base=base)
+        return SiteData(stats, n)
 
     def statistics(
         self, spec: Any, job: Job, source: Path | Mapping[str, str]

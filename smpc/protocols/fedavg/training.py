@@ -1,12 +1,10 @@
-"""Training with secure FedAvg: trainers at the sites, and the analyst's Python API.
+"""Trainers: loading a site's trainer and running it on a round's global model.
 
 A trainer is any callable ``trainer(global_model, round) -> (local_model, num_examples)``;
-one that takes a ``site`` keyword argument is given the site's name. Site side:
-:func:`local_update` (``smpc site serve`` with ``trainer:`` in its config runs it for
-every fedavg job, through :meth:`.protocol.FedavgProtocol.site_data`) and
-:func:`answer_round`. Analyst side: :func:`train`, which runs the rounds through the one
-analyst driver (:mod:`smpc.analyst.driver`), as ``smpc run`` and ``smpc local`` do. The
-rounds themselves are :meth:`.protocol.FedavgProtocol.plan`.
+one that takes a ``site`` keyword argument is given the site's name. ``smpc site serve``
+with ``trainer:`` in its config runs it for every fedavg job
+(:meth:`.protocol.FedavgProtocol.site_data`); the Python API of training is
+:mod:`smpc.fl`.
 """
 
 from __future__ import annotations
@@ -25,11 +23,7 @@ from typing import Any
 import numpy as np
 
 from smpc import log
-from smpc.config.federation import Federation
 from smpc.errors import UserError
-from smpc.pki.keys import Kit
-from smpc.protocols.base import SiteData
-from smpc.wire.messages import Job
 
 logger = logging.getLogger("smpc.fl")
 
@@ -85,19 +79,18 @@ def _accepts(function: Callable, name: str) -> bool:
 # -- site side -------------------------------------------------------------------------------
 
 
-def local_update(job: Job, payload: Any, spec: Any, trainer: Trainer, site: str) -> SiteData:
-    """Run the trainer on the job's global model; the statistics the site shares."""
-    from smpc.protocols.fedavg.protocol import fedavg_statistics
-
+def run_trainer(
+    trainer: Trainer, model: Model | None, round: int, site: str, job_id: str
+) -> tuple[Model, int]:
+    """The trainer's local model and number of examples for one round, checked."""
     started = time.monotonic()
-    model = payload.arrays()
     try:
-        result = trainer(model, payload.round)
+        result = trainer(model, round)
     except UserError:
         raise
     except Exception as exc:
-        logger.exception("trainer of site %s failed on job %s", site, job.id)
-        raise UserError(f"site {site}: the trainer failed on {job.id}: {exc!r}") from None
+        logger.exception("trainer of site %s failed on job %s", site, job_id)
+        raise UserError(f"site {site}: the trainer failed on {job_id}: {exc!r}") from None
     try:
         arrays, num_examples = result
         num_examples = int(num_examples)
@@ -106,60 +99,8 @@ def local_update(job: Job, payload: Any, spec: Any, trainer: Trainer, site: str)
             f"site {site}: the trainer must return (dict of arrays, num_examples), "
             f"got {type(result).__name__}"
         ) from None
-    names = [i.name.removesuffix(".weighted") for i in job.inputs if i.name != "num_examples"]
-    clip = None if spec.dp is None else spec.dp.clip
-    stats = fedavg_statistics(
-        names, arrays, num_examples, f"site {site}, trainer of {job.id}", clip=clip, base=model
-    )
     log.event(
-        logger, "local-update", job=job.id, round=payload.round, site=site,
+        logger, "local-update", job=job_id, round=round, site=site,
         examples=num_examples, seconds=f"{time.monotonic() - started:.2f}",
     )  # fmt: skip
-    return SiteData(stats, num_examples)
-
-
-# -- analyst side ----------------------------------------------------------------------------
-
-
-async def train(
-    kit: Kit,
-    federation: Federation,
-    spec: Any,
-    *,
-    initial_model: Mapping[str, np.ndarray] | None = None,
-    out: Path | None = None,
-    on_round: Callable[[int, Any], None] | None = None,
-) -> tuple[Model, list[dict[str, Any]]]:
-    """Run ``spec.rounds`` rounds of secure FedAvg; return the final model and the history.
-
-    Round k is job ``<run>-r<k>`` with upload window ``spec.round_timeout`` and overall
-    limit ``spec.timeout`` (each round). With ``out``, writes ``out/model.npz`` (the final
-    global model), ``out/rounds/model-r<k>.npz`` and ``out/history.json`` (per round: job,
-    sites, total examples, seconds).
-    """
-    from smpc.analyst.driver import run_spec
-    from smpc.protocols.base import RunContext
-
-    if spec.protocol != "fedavg":
-        raise UserError(f"{spec.name}: multi-round training needs protocol fedavg")
-    context = RunContext(initial_model=initial_model, training=True, out=out, on_round=on_round)
-    run = await run_spec(kit, federation, spec, context=context, out=out)
-    return run.result.model, run.result.history
-
-
-async def answer_round(
-    kit: Kit, federation: Federation, job: Job, trainer: Trainer, *, timeout: float | None = None
-) -> Any:
-    """Train on the job's global model and upload the update to every party (a site's
-    answer to one round from Python; ``smpc site serve`` does the same for every round)."""
-    from smpc.protocols.base import SiteSource
-    from smpc.protocols.registry import parse_spec, protocol
-    from smpc.site.service import upload
-
-    spec = parse_spec(job.spec, f"job {job.id}", federation)
-    family = protocol(job.protocol)
-    source = SiteSource(site=kit.name, trainer=trainer)
-    window = timeout if timeout is not None else spec.round_timeout
-    return await upload(
-        kit, federation, job, lambda job: family.site_data(spec, job, source), timeout=window
-    )
+    return arrays, num_examples
