@@ -45,13 +45,14 @@ def _daemon(serve, config) -> int:
 
 
 def _party_serve(args: argparse.Namespace) -> int:
-    from smpc.party.service import load_party_config, serve
+    from smpc.party.config import load_party_config
+    from smpc.party.service import serve
 
     return _daemon(serve, load_party_config(Path(args.config)))
 
 
 def _party_status(args: argparse.Namespace) -> int:
-    from smpc.party.service import load_party_config
+    from smpc.party.config import load_party_config
     from smpc.party.status import holdings, print_rows
     from smpc.party.store import PartyStore
 
@@ -62,7 +63,7 @@ def _party_status(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from smpc.party.service import load_party_config
+    from smpc.party.config import load_party_config
     from smpc.party.status import jobs, print_rows
     from smpc.party.store import PartyStore
 

@@ -192,7 +192,7 @@ def _envelope_ack():
 
 
 def _policy_party(kits, tmp_path, **policy):
-    from smpc.party.service import Policy
+    from smpc.party.config import Policy
 
     kit = kits["beta"]
     return PartyService(

@@ -1,0 +1,171 @@
+"""A party's handling of upload envelopes: verify, check against the job, store, ack."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from smpc import log
+from smpc.config.federation import (
+    Federation,
+)
+from smpc.core.field import field_for
+from smpc.party.config import Policy
+from smpc.party.replies import Reply
+from smpc.party.store import PartyStore, ShareConflict
+from smpc.pki.keys import Kit
+from smpc.wire.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route
+from smpc.wire.messages import (
+    Ack,
+    Job,
+    sign,
+)
+from smpc.wire.packaging import open_share
+
+logger = logging.getLogger("smpc.party")
+
+
+class Uploads:
+    """The upload half of :class:`smpc.party.service.PartyService` (a mixin)."""
+
+    kit: Kit
+    federation: Federation
+    store: PartyStore
+    policy: Policy
+    index: int
+    _jobs: dict[str, Job]
+    _site_keys: dict[str, Any]
+
+    # -- uploads ----------------------------------------------------------------------------
+    def handle_upload(self, data: bytes, sender: str | None = None) -> Reply | None:
+        """Verify, check, store and acknowledge one envelope (see module docstring).
+
+        ``sender`` is the site named by the topic it arrived on (the broker lets a site
+        publish only on its own): it must be the envelope's signer.
+
+        Returns the ack to publish, or None when there is nobody to answer: the
+        bytes are not an envelope, or its job is not known yet (the site
+        re-publishes until it hears back, so a job announced late still works).
+        """
+        try:
+            route = peek_route(data)
+            eid = envelope_id(data)
+        except EnvelopeError as exc:
+            self._reject(str(exc), job=None, input=None, site=None)
+            return None
+        job = self._jobs.get(route.job)
+        if job is None:
+            log.event(
+                logger, "upload-deferred", job=route.job, site=route.site, reason="unknown job"
+            )
+            return None
+        context: dict[str, Any] = {"job": route.job, "input": route.input, "site": route.site}
+
+        def rejected(reason: str, digest: str = "") -> Reply:
+            return self._reply_rejected(reason, route=route, envelope=eid, digest=digest)
+
+        stored = self.store.share(job.id, route.input, route.site)
+        if route.party == self.index and stored is not None and stored.envelope_id == eid:
+            # The very envelope stored before (a site re-publishing while the ack was on
+            # its way): same signed id, so acknowledge again without decrypting it.
+            log.event(logger, "share-duplicate", **context)
+            ack = Ack(
+                job=job.id, input=route.input, site=route.site, party=self.index,
+                digest=stored.digest, envelope_id=eid, status="stored",
+            )  # fmt: skip
+            return Reply(route.site, ack, self._sign(ack))
+
+        if route.party != self.index:
+            return rejected(f"envelope is for party {route.party}")
+        if sender is not None and sender != route.site:
+            return rejected(f"envelope of site {route.site!r} arrived on {sender!r}'s topic")
+        if job.sites is not None and route.site not in job.sites:
+            return rejected(f"site {route.site!r} is not part of job {job.id}")
+        assert self.kit.encryption_key is not None  # every party kit has one
+        try:
+            share = open_share(data, self.kit.encryption_key, self._site_keys, party=self.index)
+        except EnvelopeError as exc:
+            return rejected(str(exc))
+        header = share.header
+        problem = header_problem(header, job) or self._too_few_records(header)
+        upload = header.meta.get("upload")
+        if not problem and not (isinstance(upload, str) and upload):
+            problem = "the envelope carries no upload id (share it with this version)"
+        if problem:
+            return rejected(problem, header.digest)
+        try:
+            outcome = self.store.put_share(
+                job=header.job,
+                input=header.input,
+                site=header.site,
+                digest=header.digest,
+                envelope_id=eid,
+                seed=header.seed,
+                header=header.to_json().decode(),
+                body=share.body,
+                upload=str(upload),
+            )
+        except ShareConflict as exc:
+            return rejected(str(exc), header.digest)
+        log.event(logger, f"share-{outcome}", **context, bytes=len(share.body), seed=header.seed)
+        ack = Ack(
+            job=header.job, input=header.input, site=header.site, party=self.index,
+            digest=header.digest, envelope_id=eid, status="stored",
+        )  # fmt: skip
+        return Reply(header.site, ack, self._sign(ack))
+
+    def _too_few_records(self, header: ShareHeader) -> str:
+        records = header.meta.get("records")
+        if self.policy.min_records and (
+            not isinstance(records, int) or records < self.policy.min_records
+        ):
+            return (
+                f"site {header.site} declares {records} records, fewer than this party's "
+                f"minimum of {self.policy.min_records} per site"
+            )
+        return ""
+
+    def _reply_rejected(self, reason: str, *, route: Route, envelope: str, digest: str) -> Reply:
+        self._reject(reason, job=route.job, input=route.input, site=route.site)
+        ack = Ack(
+            job=route.job, input=route.input, site=route.site, party=self.index,
+            digest=digest, envelope_id=envelope, status="rejected", reason=reason,
+        )  # fmt: skip
+        return Reply(route.site, ack, self._sign(ack))
+
+    def _reject(self, reason: str, *, job: str | None, input: str | None, site: str | None) -> None:
+        self.store.reject(reason, job=job, input=input, site=site)
+        log.event(
+            logger,
+            "share-rejected",
+            logging.WARNING,
+            job=job,
+            input=input,
+            site=site,
+            reason=reason,
+        )
+
+    def _sign(self, ack: Ack) -> bytes:
+        return sign("ack", ack, self.kit.name, self.kit.signing_key)
+
+
+def header_problem(header: ShareHeader, job: Job) -> str:
+    """Why an envelope header does not fit its job ("" if it does)."""
+    spec = job.input(header.input)
+    if spec is None:
+        return f"job {job.id} has no input {header.input!r}"
+    expected = {
+        "scheme": "shamir" if spec.public else job.scheme,
+        "t": 0 if spec.public else job.t,
+        "n": job.n,
+        "modulus": spec.modulus or job.modulus,
+        "frac_bits": spec.frac_bits,
+        "dtype": field_for(spec.modulus or job.modulus).dtype_tag,
+    }
+    for name, want in expected.items():
+        got = getattr(header, name)
+        if got != want:
+            return f"header {name} is {got!r}, job {job.id} says {want!r}"
+    if header.seed and not job.compact:
+        return f"job {job.id} asks for full shares, got a seed"
+    return ""
