@@ -37,7 +37,8 @@ from smpc.config.federation import load_federation, read_yaml_mapping
 from smpc.config.spec import load_spec
 from smpc.errors import UserError
 from smpc.io.inputs import data_exists
-from smpc.pki.keys import init_keys, load_broker_kit, load_kit
+from smpc.pki.kit import load_broker_kit, load_kit
+from smpc.pki.provision import init_keys
 
 BROKERS = ("auto", "mosquitto", "embedded")
 """``smpc local --broker``: ``auto`` is Mosquitto when installed, else the embedded one."""

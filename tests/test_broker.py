@@ -32,7 +32,7 @@ from smpc.broker.broker import (
 )
 from smpc.config.federation import load_federation
 from smpc.net.transport import ConnectFailed, Connection, Message, SubscriptionRefused, Topics
-from smpc.pki.keys import TlsFiles, load_broker_kit
+from smpc.pki.kit import TlsFiles, load_broker_kit
 from tests.brokers import (
     connect,
     embedded_broker,

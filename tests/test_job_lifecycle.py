@@ -23,7 +23,7 @@ from smpc.analyst.jobs import JobFailed, build_job, publish_job, run_job, write_
 from smpc.config.spec import parse_spec
 from smpc.net.transport import Connection, Topics
 from smpc.party.store import PartyStore
-from smpc.pki.keys import load_broker_kit
+from smpc.pki.kit import load_broker_kit
 from smpc.site.service import KeptUpload, protocol_inputs, upload
 from smpc.wire.messages import Job, open_result, sign, stamp_job, verify_status
 from tests.brokers import federation_of, kit, requires_mosquitto

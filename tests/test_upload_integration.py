@@ -27,7 +27,7 @@ from smpc.core.encoding import FixedPoint
 from smpc.core.field import FAST
 from smpc.core.sharing import reconstruct
 from smpc.party.store import PartyStore
-from smpc.pki.keys import load_broker_kit
+from smpc.pki.kit import load_broker_kit
 from smpc.wire.envelope import ShareHeader
 from smpc.wire.messages import Job, JobInput
 from smpc.wire.packaging import InputShare

@@ -40,7 +40,7 @@ from smpc.core.field import FAST, field_for
 from smpc.core.sharing import inconsistent_shares, reconstruct
 from smpc.errors import UserError
 from smpc.net.transport import Connection, Topics
-from smpc.pki.keys import Kit
+from smpc.pki.kit import Kit
 from smpc.wire.envelope import EnvelopeError, open_envelope
 from smpc.wire.messages import (
     Job,

@@ -101,7 +101,7 @@ from typing import Any
 from smpc.config.federation import Federation, load_federation, parse_federation
 from smpc.errors import UserError
 from smpc.net.transport import MAX_CHUNK, Topics
-from smpc.pki.keys import BrokerKit, TlsFiles
+from smpc.pki.kit import BrokerKit, TlsFiles
 
 __all__ = [
     "MAX_PACKET_SIZE",

@@ -76,7 +76,7 @@ from smpc.core.field import PrimeField
 from smpc.core.prg import expand
 from smpc.errors import UserError
 from smpc.mpc.task import SessionTask, TaskInput
-from smpc.pki.keys import mpyc_party_index
+from smpc.pki.certs import mpyc_party_index
 
 CONNECT_GRACE = 30.0  # seconds the other peers get once one peer has connected
 KEEPALIVE = (5, 2, 3)  # TCP keepalive: idle seconds, seconds between probes, probes

@@ -121,7 +121,7 @@ if TYPE_CHECKING:
     import aiomqtt
 
     from smpc.config.federation import Federation
-    from smpc.pki.keys import Kit, TlsFiles
+    from smpc.pki.kit import Kit, TlsFiles
 
 __all__ = [
     "DEFAULT_CHUNK",

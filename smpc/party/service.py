@@ -57,7 +57,7 @@ from smpc.mpc.launch import run_session_process, session_command
 from smpc.mpc.task import GwasSession, SecType, SessionTask, ShareRef, TaskInput
 from smpc.net.transport import Connection, Topics, TransportError
 from smpc.party.store import PartyStore, ShareConflict, StoredJob, StoredShare
-from smpc.pki.keys import Kit, load_kit
+from smpc.pki.kit import Kit, load_kit
 from smpc.wire.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route, seal
 from smpc.wire.messages import (
     Ack,

@@ -43,7 +43,7 @@ from smpc.errors import UserError
 from smpc.io.inputs import read_input
 from smpc.net.transport import Connection, Topics, run_with_reconnect
 from smpc.party.store import write_durably
-from smpc.pki.keys import Kit, load_kit
+from smpc.pki.kit import Kit, load_kit
 from smpc.wire.envelope import envelope_id
 from smpc.wire.messages import Job, MessageError, decode_model, verify_ack, verify_job
 from smpc.wire.packaging import seal_shares

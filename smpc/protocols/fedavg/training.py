@@ -43,7 +43,7 @@ import numpy as np
 from smpc import log
 from smpc.config.federation import Federation
 from smpc.errors import UserError
-from smpc.pki.keys import Kit
+from smpc.pki.kit import Kit
 from smpc.wire.messages import Job, decode_model
 
 logger = logging.getLogger("smpc.fl")
