@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from smpc.analyst.jobs import build_job, run_job, write_outputs
-from smpc.broker.broker import MosquittoBroker
+from smpc.broker.mosquitto import MosquittoBroker
 from smpc.config.federation import load_federation
 from smpc.config.spec import load_spec
 from smpc.net.transport import Connection, Topics

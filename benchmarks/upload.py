@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from smpc.analyst.jobs import publish_job
-from smpc.broker.broker import MosquittoBroker
+from smpc.broker.mosquitto import MosquittoBroker
 from smpc.config.federation import load_federation
 from smpc.core.field import FAST
 from smpc.net.transport import Connection, Topics

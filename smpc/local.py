@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 import yaml
 
 from smpc.analyst.jobs import Outcome, build_job, logistic_rounds, run_gwas, run_job, write_outputs
-from smpc.broker.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
+from smpc.broker.embedded import EmbeddedBroker
+from smpc.broker.mosquitto import MOSQUITTO, MosquittoBroker
 from smpc.config.federation import load_federation, read_yaml_mapping
 from smpc.config.spec import load_spec
 from smpc.errors import UserError

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from smpc.analyst.jobs import publish_job
-from smpc.broker.broker import MosquittoBroker
+from smpc.broker.mosquitto import MosquittoBroker
 from smpc.core.encoding import FixedPoint
 from smpc.core.field import FAST
 from smpc.core.sharing import reconstruct

@@ -72,8 +72,7 @@ from mpyc.runtime import mpc  # parses and strips MPyC's own options from sys.ar
 
 from smpc import log as events
 from smpc.core.dp import skellam
-from smpc.core.field import PrimeField
-from smpc.core.prg import expand
+from smpc.core.field import PrimeField, expand
 from smpc.errors import UserError
 from smpc.mpc.task import SessionTask, TaskInput
 from smpc.pki.certs import mpyc_party_index
