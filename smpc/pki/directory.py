@@ -16,9 +16,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from smpc.config.federation import (
-    Role,
-)
+from smpc.config.federation import Role
 from smpc.errors import UserError
 from smpc.names import NAME_PATTERN
 from smpc.pki.files import StrictModel, read_json

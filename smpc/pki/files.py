@@ -22,9 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from smpc.config.federation import (
-    user_error_from_validation,
-)
+from smpc.config.federation import user_error_from_validation
 from smpc.errors import UserError
 
 __all__ = [

@@ -1,5 +1,7 @@
-"""Loading a participant's kit, or the broker's, as :func:`smpc.pki.provision.init_keys`
-wrote it; every key is checked against the public directory.
+"""Loading the kit of a participant or of the broker, checked against the public directory.
+
+Kits are what :func:`smpc.pki.provision.init_keys` writes; :func:`load_kit` checks every
+key of a participant's kit against its copy of ``directory.json``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from smpc.config.federation import (
-    Role,
-)
+from smpc.config.federation import Role
 from smpc.errors import UserError
 from smpc.pki.certs import mpyc_party_index
 from smpc.pki.directory import Directory, load_directory
