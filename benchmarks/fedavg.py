@@ -33,10 +33,11 @@ import yaml
 
 from smpc.analyst.driver import write_outputs
 from smpc.analyst.jobs import build_job, run_job
-from smpc.broker.broker import MosquittoBroker
+from smpc.broker.mosquitto import MosquittoBroker
 from smpc.config.federation import load_federation
 from smpc.net.transport import Connection, Topics
-from smpc.pki.keys import init_keys, load_broker_kit, load_kit
+from smpc.pki.kit import load_broker_kit, load_kit
+from smpc.pki.provision import init_keys
 from smpc.protocols.registry import load_spec
 
 PARTIES = ("alpha", "beta", "gamma")

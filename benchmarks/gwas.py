@@ -60,7 +60,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fedavg import _vm_hwm_mb
 
-from smpc.broker.broker import MOSQUITTO
+from smpc.broker.mosquitto import MOSQUITTO
 
 PLINK = "plink1.9"
 SITE_NAMES = ("oslo", "bergen", "tromso", "stavanger", "trondheim", "bodo", "alta", "molde")
@@ -227,7 +227,7 @@ def _role(pid: int) -> str:
         return "uploader"
     if b"smpc.mpc.session" in argv:
         return "mpyc_session"
-    if b"smpc.broker.broker" in argv or argv[0].endswith(b"mosquitto"):
+    if b"smpc.broker" in argv or argv[0].endswith(b"mosquitto"):
         return "broker"
     return "other"
 

@@ -35,11 +35,12 @@ import numpy as np
 import yaml
 
 from smpc.analyst.jobs import publish_job
-from smpc.broker.broker import MosquittoBroker
+from smpc.broker.mosquitto import MosquittoBroker
 from smpc.config.federation import load_federation
 from smpc.core.field import FAST
 from smpc.net.transport import Connection, Topics
-from smpc.pki.keys import init_keys, load_broker_kit, load_kit
+from smpc.pki.kit import load_broker_kit, load_kit
+from smpc.pki.provision import init_keys
 from smpc.wire.messages import Job, JobInput
 
 PARTIES = ("alpha", "beta", "gamma")

@@ -18,7 +18,7 @@ from smpc.errors import UserError
 
 
 def _keys_init(args: argparse.Namespace) -> int:
-    from smpc.pki.keys import init_keys
+    from smpc.pki.provision import init_keys
 
     report = init_keys(Path(args.federation), Path(args.out))
     for line in report.lines():
@@ -79,7 +79,7 @@ def _upload(args: argparse.Namespace) -> int:
     from smpc import log
     from smpc.config.federation import load_federation
     from smpc.io.inputs import parse_assignment
-    from smpc.pki.keys import load_kit
+    from smpc.pki.kit import load_kit
     from smpc.site.service import default_keep_dir, upload
 
     log.setup("warning")
@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     from smpc import log
     from smpc.analyst.driver import run_spec
     from smpc.config.federation import load_federation
-    from smpc.pki.keys import load_kit
+    from smpc.pki.kit import load_kit
     from smpc.protocols.registry import load_spec
     from smpc.wire.messages import Job
 

@@ -43,7 +43,8 @@ from rich.table import Table
 from smpc.core.encoding import FixedPoint
 from smpc.mpc.launch import run_local_sessions
 from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
-from smpc.pki.keys import init_keys, load_kit
+from smpc.pki.kit import load_kit
+from smpc.pki.provision import init_keys
 from smpc.wire.packaging import open_share, seal_shares
 
 SITES = ("oslo", "bergen", "tromso")

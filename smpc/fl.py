@@ -18,7 +18,7 @@ import numpy as np
 from smpc.analyst.driver import run_spec
 from smpc.config.federation import Federation
 from smpc.errors import UserError
-from smpc.pki.keys import Kit
+from smpc.pki.kit import Kit
 from smpc.protocols.base import RunContext, SiteSource
 from smpc.protocols.fedavg.training import Model, Trainer
 from smpc.protocols.registry import parse_spec, protocol

@@ -32,12 +32,14 @@ from typing import Any, NamedTuple
 import yaml
 
 from smpc.analyst.driver import Run, run_spec
-from smpc.broker.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
+from smpc.broker.embedded import EmbeddedBroker
+from smpc.broker.mosquitto import MOSQUITTO, MosquittoBroker
 from smpc.config.federation import load_federation, read_yaml_mapping
 from smpc.errors import UserError
 from smpc.io.inputs import data_exists
 from smpc.io.modelfile import read_model
-from smpc.pki.keys import init_keys, load_broker_kit, load_kit
+from smpc.pki.kit import load_broker_kit, load_kit
+from smpc.pki.provision import init_keys
 from smpc.protocols.base import RunContext
 from smpc.protocols.registry import PROTOCOLS, load_spec, protocol
 from smpc.wire.messages import Job

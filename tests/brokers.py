@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 
-from smpc.broker.broker import MOSQUITTO, EmbeddedBroker, MosquittoBroker
+from smpc.broker.embedded import EmbeddedBroker
+from smpc.broker.mosquitto import MOSQUITTO, MosquittoBroker
 from smpc.config.federation import Federation, load_federation
 from smpc.net.transport import Connection
-from smpc.pki.keys import Kit, load_broker_kit, load_kit
+from smpc.pki.kit import Kit, load_broker_kit, load_kit
 
 HAVE_MOSQUITTO = Path(MOSQUITTO).is_file() or shutil.which("mosquitto") is not None
 requires_mosquitto = pytest.mark.skipif(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smpc.pki.keys import init_keys
+from smpc.pki.provision import init_keys
 
 
 def free_port() -> int:

@@ -20,19 +20,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from smpc.broker.broker import (
-    BrokerStartError,
-    EmbeddedBroker,
-    MosquittoBroker,
-    access_rules,
-    filter_matches,
-    mosquitto_acl,
-    mosquitto_config,
-    write_mosquitto_files,
-)
+from smpc.broker.acl import access_rules, filter_matches, mosquitto_acl
+from smpc.broker.embedded import EmbeddedBroker
+from smpc.broker.mosquitto import MosquittoBroker, mosquitto_config, write_mosquitto_files
+from smpc.broker.runner import BrokerStartError
 from smpc.config.federation import load_federation
 from smpc.net.transport import ConnectFailed, Connection, Message, SubscriptionRefused, Topics
-from smpc.pki.keys import TlsFiles, load_broker_kit
+from smpc.pki.kit import TlsFiles, load_broker_kit
 from tests.brokers import (
     connect,
     embedded_broker,
@@ -188,7 +182,7 @@ def test_deploy_files_are_current(tmp_path: Path) -> None:
 def test_mosquitto_files_command(tmp_path: Path) -> None:
     out = subprocess.run(
         [
-            *(sys.executable, "-m", "smpc.broker.broker", "mosquitto-files"),
+            *(sys.executable, "-m", "smpc.broker", "mosquitto-files"),
             *(str(ROOT / "parties" / "federation.yaml"), "--out", str(tmp_path)),
         ],
         capture_output=True,

@@ -23,7 +23,7 @@ from smpc.analyst.driver import write_outputs
 from smpc.analyst.jobs import JobFailed, build_job, publish_job, run_job
 from smpc.net.transport import Connection, Topics
 from smpc.party.store import PartyStore
-from smpc.pki.keys import load_broker_kit
+from smpc.pki.kit import load_broker_kit
 from smpc.protocols.registry import parse_spec
 from smpc.site.service import KeptUpload, protocol_inputs, upload
 from smpc.wire.messages import Job, open_result, sign, stamp_job, verify_status

@@ -21,13 +21,10 @@ from cryptography.x509.oid import NameOID
 
 from smpc.cli import main as cli_main
 from smpc.errors import UserError
-from smpc.pki.keys import (
-    init_keys,
-    load_broker_kit,
-    load_directory,
-    load_kit,
-    mpyc_party_index,
-)
+from smpc.pki.certs import mpyc_party_index
+from smpc.pki.directory import load_directory
+from smpc.pki.kit import load_broker_kit, load_kit
+from smpc.pki.provision import init_keys
 
 FEDERATION: dict[str, Any] = {
     "name": "test",

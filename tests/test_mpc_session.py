@@ -18,7 +18,7 @@ from smpc.core.encoding import FixedPoint
 from smpc.core.field import MERSENNE61
 from smpc.mpc.launch import SessionFailed, run_local_sessions, session_command
 from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
-from smpc.pki.keys import load_kit
+from smpc.pki.kit import load_kit
 from smpc.wire.packaging import open_share, seal_shares
 from tests.conftest import free_port
 

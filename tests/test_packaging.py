@@ -10,8 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from smpc.core.encoding import EncodingError, FixedPoint
-from smpc.core.field import FAST, field_for, mpyc_modulus
-from smpc.core.prg import BLOCK_ELEMENTS
+from smpc.core.field import BLOCK_ELEMENTS, FAST, field_for, mpyc_modulus
 from smpc.core.sharing import reconstruct
 from smpc.wire.envelope import WrongRecipient, WrongSigner
 from smpc.wire.packaging import open_share, seal_shares

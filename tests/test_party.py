@@ -13,7 +13,7 @@ from smpc.core.field import FAST, field_for, mpyc_modulus
 from smpc.core.sharing import reconstruct
 from smpc.party.service import PartyService
 from smpc.party.store import PartyStore
-from smpc.pki.keys import load_kit
+from smpc.pki.kit import load_kit
 from smpc.wire.messages import Job, JobInput, MessageError, sign, stamp_job, verify_ack
 from smpc.wire.packaging import seal_shares
 

@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from smpc.core.encoding import EncodingError, FixedPoint
-from smpc.core.field import FAST, MERSENNE61, BigPrimeField, field_for, mpyc_modulus
-from smpc.core.prg import BLOCK_ELEMENTS, expand, fresh_seed
+from smpc.core.field import (
+    BLOCK_ELEMENTS,
+    FAST,
+    MERSENNE61,
+    BigPrimeField,
+    expand,
+    field_for,
+    mpyc_modulus,
+)
+from smpc.core.prg import fresh_seed
 from smpc.core.sharing import Share, SharingError, reconstruct, split
 
 FIELDS = [FAST, field_for(mpyc_modulus(32)), field_for(mpyc_modulus(32, 16))]

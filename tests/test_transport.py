@@ -323,7 +323,7 @@ T = Topics("test")
 SUBSCRIBER = textwrap.dedent(
     """
     import asyncio, hashlib, sys
-    from smpc.pki.keys import load_kit
+    from smpc.pki.kit import load_kit
     from smpc.net.transport import Connection, Topics
 
     async def main(port, kit_dir, count):

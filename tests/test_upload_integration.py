@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 from smpc.analyst.jobs import publish_job
-from smpc.broker.broker import MosquittoBroker
+from smpc.broker.mosquitto import MosquittoBroker
 from smpc.core.encoding import FixedPoint
 from smpc.core.field import FAST
 from smpc.core.sharing import reconstruct
 from smpc.party.store import PartyStore
-from smpc.pki.keys import load_broker_kit
+from smpc.pki.kit import load_broker_kit
 from smpc.wire.envelope import ShareHeader
 from smpc.wire.messages import Job, JobInput
 from smpc.wire.packaging import InputShare

@@ -18,7 +18,7 @@ from typing import Any
 from smpc.analyst.jobs import build_job, new_job_id, run_job
 from smpc.config.federation import Federation
 from smpc.errors import UserError
-from smpc.pki.keys import Kit
+from smpc.pki.kit import Kit
 from smpc.protocols.base import Outcome, RunContext
 from smpc.protocols.registry import protocol
 from smpc.wire.messages import Job

@@ -38,7 +38,7 @@ from smpc.core.field import FAST, field_for
 from smpc.core.sharing import inconsistent_shares, reconstruct
 from smpc.errors import UserError
 from smpc.net.transport import Connection, Topics
-from smpc.pki.keys import Kit
+from smpc.pki.kit import Kit
 from smpc.protocols.base import Outcome, RunContext, Step
 from smpc.protocols.registry import protocol
 from smpc.wire.envelope import EnvelopeError, open_envelope

@@ -18,6 +18,14 @@ importing MPyC's runtime (which parses ``sys.argv`` on import; see DESIGN.md).
 Elements travel as little-endian ``uint64`` limbs (:meth:`PrimeField.to_bytes`):
 one limb per element for fields below 2^64, ``K`` limbs for wider ones. The
 ``dtype`` tag ``"<u8"`` or ``"<u8*K"`` names that layout in share envelopes.
+
+:func:`expand` defines the field elements a seed stands for, in blocks of
+:data:`BLOCK_ELEMENTS`: block b is drawn from the ChaCha20 stream
+(:mod:`smpc.core.prg`) with nonce b (so no nonce repeats under one key), and a
+rejected draw is replaced from the same block's stream. The expansion of a range
+of blocks therefore does not depend on how a producer or consumer cuts the array
+into chunks, and a 10-million element share can be made and checked chunk by
+chunk in cache-sized pieces.
 """
 
 from __future__ import annotations
@@ -25,14 +33,13 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from smpc.core.prg import KeyStream
+from smpc.core.prg import KeyStream
 
 MERSENNE61 = (1 << 61) - 1
+BLOCK_ELEMENTS = 1 << 16  # elements per independently keyed block of an expansion
 _U64 = np.uint64
 
 
@@ -360,3 +367,20 @@ def mpyc_modulus(bit_length: int, frac_bits: int = 0, *, sec_param: int = 30) ->
     2^(l + f + k + 2) for statistical security parameter k (MPyC's default 30).
     """
     return blum_prime(bit_length + frac_bits + sec_param + 2)
+
+
+def expand(field: PrimeField, seed: bytes, count: int, start: int = 0) -> np.ndarray:
+    """Elements ``start .. start+count`` (flat) of the expansion of ``seed``.
+
+    ``start`` must be a multiple of :data:`BLOCK_ELEMENTS`.
+    """
+    if start % BLOCK_ELEMENTS:
+        raise ValueError(f"expansion starts on a block boundary ({BLOCK_ELEMENTS} elements)")
+    first = start // BLOCK_ELEMENTS
+    parts = [
+        field.random((min(BLOCK_ELEMENTS, count - o),), KeyStream(seed, first + i))
+        for i, o in enumerate(range(0, count, BLOCK_ELEMENTS))
+    ]
+    if not parts:
+        return field.random((0,), KeyStream(seed, first))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -4,14 +4,8 @@ All randomness of sharing comes from here, never from NumPy's generators.
 A :class:`KeyStream` is ChaCha20 (from ``cryptography``) keyed with a 32-byte
 seed: the same seed always expands to the same words, which is what lets a
 compact share travel as its seed. :func:`fresh_seed` draws seeds from the
-operating system (``os.urandom``).
-
-:func:`expand` defines the field elements a seed stands for, in blocks of
-:data:`BLOCK_ELEMENTS`: block b is drawn from the stream with nonce b (so no
-nonce repeats under one key), and a rejected draw is replaced from the same
-block's stream. The expansion of a range of blocks therefore does not depend
-on how a producer or consumer cuts the array into chunks, and a 10-million
-element share can be made and checked chunk by chunk in cache-sized pieces.
+operating system (``os.urandom``). Which field elements a seed stands for is
+:func:`smpc.core.field.expand`.
 
 The stream is produced with ``update_into`` over a reusable zero buffer, a few
 MiB at a time: ChaCha20 runs at several GB/s here, far faster than any
@@ -21,16 +15,11 @@ per-element approach.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-if TYPE_CHECKING:
-    from smpc.core.field import PrimeField
-
 SEED_BYTES = 32
-BLOCK_ELEMENTS = 1 << 16  # elements per independently keyed block of an expansion
 _BLOCK = 1 << 22  # bytes of key stream produced per call into the cipher
 _ZEROS = bytes(_BLOCK)
 
@@ -68,20 +57,3 @@ class KeyStream:
     def fresh(cls) -> KeyStream:
         """A stream from a fresh random seed that is never stored or sent."""
         return cls(fresh_seed())
-
-
-def expand(field: PrimeField, seed: bytes, count: int, start: int = 0) -> np.ndarray:
-    """Elements ``start .. start+count`` (flat) of the expansion of ``seed``.
-
-    ``start`` must be a multiple of :data:`BLOCK_ELEMENTS`.
-    """
-    if start % BLOCK_ELEMENTS:
-        raise ValueError(f"expansion starts on a block boundary ({BLOCK_ELEMENTS} elements)")
-    first = start // BLOCK_ELEMENTS
-    parts = [
-        field.random((min(BLOCK_ELEMENTS, count - o),), KeyStream(seed, first + i))
-        for i, o in enumerate(range(0, count, BLOCK_ELEMENTS))
-    ]
-    if not parts:
-        return field.random((0,), KeyStream(seed, first))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)

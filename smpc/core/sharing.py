@@ -43,8 +43,8 @@ from typing import Literal
 
 import numpy as np
 
-from smpc.core.field import PrimeField
-from smpc.core.prg import BLOCK_ELEMENTS, expand, fresh_seed
+from smpc.core.field import BLOCK_ELEMENTS, PrimeField, expand
+from smpc.core.prg import fresh_seed
 
 Scheme = Literal["shamir", "additive"]
 SCHEMES: tuple[Scheme, ...] = ("shamir", "additive")
@@ -103,7 +103,7 @@ class Splitter:
     next piece of the flattened secret and returns all N shares of that piece,
     so a site can seal shares of an array far larger than its cache (or memory)
     piece by piece. Pieces other than the last must be a multiple of
-    :data:`~smpc.core.prg.BLOCK_ELEMENTS` long, the granularity of seed expansion.
+    :data:`~smpc.core.field.BLOCK_ELEMENTS` long, the granularity of seed expansion.
     """
 
     def __init__(self, field: PrimeField, n: int, t: int, scheme: Scheme = "shamir") -> None:

@@ -72,7 +72,7 @@ from mpyc.runtime import mpc  # parses and strips MPyC's own options from sys.ar
 from smpc import log as events
 from smpc.errors import UserError
 from smpc.mpc.task import SessionError, SessionTask
-from smpc.pki.keys import mpyc_party_index
+from smpc.pki.certs import mpyc_party_index
 
 CONNECT_GRACE = 30.0  # seconds the other peers get once one peer has connected
 KEEPALIVE = (5, 2, 3)  # TCP keepalive: idle seconds, seconds between probes, probes

@@ -15,8 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from smpc.core.field import PrimeField, field_for, mpyc_modulus
-from smpc.core.prg import expand
+from smpc.core.field import PrimeField, expand, field_for, mpyc_modulus
 
 
 class _Strict(BaseModel):

@@ -23,7 +23,7 @@ receipts, ``result`` a party's result envelopes for the job's analyst (sealed to
 analyst's key, whether opened inside MPyC or reconstructed by the analyst), ``status`` a party's
 acceptance or refusal of a job and its view of which sites' shares it holds (what the
 parties need to agree on before they open anything). The broker enforces who may
-publish and read what (:mod:`smpc.broker.broker` generates the per-participant ACL from the
+publish and read what (:mod:`smpc.broker.acl` generates the per-participant ACL from the
 federation file); everything on these topics is also signed end to end, so the ACL is
 a second line of defence, not the only one.
 
@@ -121,7 +121,7 @@ if TYPE_CHECKING:
     import aiomqtt
 
     from smpc.config.federation import Federation
-    from smpc.pki.keys import Kit, TlsFiles
+    from smpc.pki.kit import Kit, TlsFiles
 
 __all__ = [
     "DEFAULT_CHUNK",

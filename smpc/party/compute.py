@@ -28,7 +28,7 @@ from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
 from smpc.party.config import Policy
 from smpc.party.replies import JobReply
 from smpc.party.store import PartyStore, StoredShare
-from smpc.pki.keys import Kit
+from smpc.pki.kit import Kit
 from smpc.protocols.registry import parse_spec, protocol
 from smpc.wire.envelope import ShareHeader, seal
 from smpc.wire.messages import (

@@ -46,7 +46,7 @@ from smpc.party.config import PartyConfig, Policy
 from smpc.party.replies import JobReply, Reply
 from smpc.party.store import PartyStore, StoredJob
 from smpc.party.uploads import Uploads
-from smpc.pki.keys import Kit, load_kit
+from smpc.pki.kit import Kit, load_kit
 from smpc.protocols.registry import parse_spec, protocol
 from smpc.wire.envelope import EnvelopeError, envelope_id, peek_route
 from smpc.wire.messages import (

@@ -13,7 +13,7 @@ from smpc.core.field import field_for
 from smpc.party.config import Policy
 from smpc.party.replies import Reply
 from smpc.party.store import PartyStore, ShareConflict
-from smpc.pki.keys import Kit
+from smpc.pki.kit import Kit
 from smpc.wire.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route
 from smpc.wire.messages import (
     Ack,

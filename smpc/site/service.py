@@ -44,7 +44,7 @@ from smpc.errors import UserError
 from smpc.io.inputs import read_input
 from smpc.net.transport import Connection, Topics, run_with_reconnect
 from smpc.party.store import write_durably
-from smpc.pki.keys import Kit, load_kit
+from smpc.pki.kit import Kit, load_kit
 from smpc.protocols.base import SiteData, SiteSource, SkipJob
 from smpc.protocols.registry import PROTOCOLS, parse_spec, protocol
 from smpc.wire.envelope import envelope_id

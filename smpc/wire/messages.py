@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from smpc.core.sharing import SCHEMES, Scheme
 from smpc.errors import UserError
 from smpc.names import INPUT_RE, NAME_RE
-from smpc.pki.keys import Directory
+from smpc.pki.directory import Directory
 
 Kind = Literal["job", "ack", "status", "result"]
 StatusState = Literal["accepted", "refused", "holding", "done", "failed"]

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from smpc.core.encoding import FixedPoint
-from smpc.core.field import PrimeField, field_for
-from smpc.core.prg import expand
+from smpc.core.field import PrimeField, expand, field_for
 from smpc.core.sharing import Scheme, Splitter
 from smpc.wire.envelope import (
     EnvelopeWriter,
