@@ -252,7 +252,6 @@ def test_protocol_name_comparison_detector() -> None:
     assert not hits("protocol in REGISTRY")
 
 
-@IN_PROGRESS
 def test_no_protocol_name_literals_outside_protocols() -> None:
     found = protocol_name_comparisons()
     assert not found, (
