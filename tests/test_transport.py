@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smpc.net.reconnect import run_with_reconnect
 from smpc.net.transport import (
     FRAME_HEADER_SIZE,
     MIN_CHUNK,
@@ -30,7 +31,6 @@ from smpc.net.transport import (
     Topics,
     decode_frame,
     encode_frames,
-    run_with_reconnect,
 )
 from tests.brokers import connect, federation_of, kit, mosquitto, requires_mosquitto
 

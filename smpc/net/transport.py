@@ -92,7 +92,7 @@ Errors
 certificate, or its certificate is not from the federation CA), :class:`ConnectionLost`
 (from :meth:`~Connection.messages` and the publish methods when the broker goes away),
 :class:`SubscriptionRefused`, :class:`PublishTimeout`. A daemon reconnects with
-:func:`run_with_reconnect`.
+:func:`smpc.net.reconnect.run_with_reconnect`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,6 @@ import hashlib
 import logging
 import math
 import os
-import random
 import re
 import ssl
 import struct
@@ -142,7 +141,6 @@ __all__ = [
     "client_tls_context",
     "decode_frame",
     "encode_frames",
-    "run_with_reconnect",
 ]
 
 log = logging.getLogger("smpc.transport")
@@ -183,7 +181,7 @@ class ConnectFailed(TransportError):
 
 
 class ConnectionLost(TransportError):
-    """The broker connection dropped; reconnect (see :func:`run_with_reconnect`)."""
+    """The broker connection dropped; reconnect (:func:`smpc.net.reconnect.run_with_reconnect`)."""
 
 
 class SubscriptionRefused(TransportError):
@@ -1050,46 +1048,3 @@ class Connection:
 def _code(code: Any) -> int:
     value = getattr(code, "value", code)
     return int(value)
-
-
-# --- reconnecting ---------------------------------------------------------------------
-
-
-async def run_with_reconnect(
-    connect: Callable[[], Connection],
-    session: Callable[[Connection], Awaitable[_T]],
-    *,
-    min_delay: float = 0.5,
-    max_delay: float = 30.0,
-    stable_after: float = 60.0,
-    attempts: int | None = None,
-) -> _T:
-    """Run ``session(conn)`` on a fresh connection, reconnecting with backoff.
-
-    Retries on ConnectionLost and on ConnectFailed that is not permanent, waiting
-    ``min_delay`` doubling up to ``max_delay`` (with jitter); the delay resets after a
-    connection that lasted ``stable_after`` seconds. Permanent ConnectFailed (refused
-    certificate) and any other exception propagate; so does the last error after
-    ``attempts`` failed tries in a row. Returns what ``session`` returns. ``session``
-    must (re)subscribe: with a persistent session the broker already has the
-    subscriptions, but the first connection or an expired session does not.
-    """
-    delay = min_delay
-    failures = 0
-    while True:
-        started = time.monotonic()
-        try:
-            async with connect() as conn:
-                return await session(conn)
-        except (ConnectionLost, ConnectFailed) as exc:
-            if isinstance(exc, ConnectFailed) and exc.permanent:
-                raise
-            if time.monotonic() - started >= stable_after:
-                delay, failures = min_delay, 0
-            failures += 1
-            if attempts is not None and failures >= attempts:
-                raise
-            wait = delay * random.uniform(0.8, 1.2)
-            log.warning("%s; reconnecting in %.1f s", exc, wait)
-            await asyncio.sleep(wait)
-            delay = min(max_delay, delay * 2)
