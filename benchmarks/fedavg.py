@@ -35,7 +35,8 @@ from smpc.analyst.driver import write_outputs
 from smpc.analyst.jobs import build_job, run_job
 from smpc.broker.broker import MosquittoBroker
 from smpc.config.federation import load_federation
-from smpc.net.transport import Connection, Topics
+from smpc.net.topics import Topics
+from smpc.net.transport import Connection
 from smpc.pki.keys import init_keys, load_broker_kit, load_kit
 from smpc.protocols.registry import load_spec
 

@@ -38,7 +38,8 @@ from smpc.analyst.jobs import publish_job
 from smpc.broker.broker import MosquittoBroker
 from smpc.config.federation import load_federation
 from smpc.core.field import FAST
-from smpc.net.transport import Connection, Topics
+from smpc.net.topics import Topics
+from smpc.net.transport import Connection
 from smpc.pki.keys import init_keys, load_broker_kit, load_kit
 from smpc.wire.messages import Job, JobInput
 

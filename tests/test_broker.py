@@ -31,7 +31,8 @@ from smpc.broker.broker import (
     write_mosquitto_files,
 )
 from smpc.config.federation import load_federation
-from smpc.net.transport import ConnectFailed, Connection, Message, SubscriptionRefused, Topics
+from smpc.net.topics import Topics
+from smpc.net.transport import ConnectFailed, Connection, Message, SubscriptionRefused
 from smpc.pki.keys import TlsFiles, load_broker_kit
 from tests.brokers import (
     connect,

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smpc.net.reconnect import run_with_reconnect
+from smpc.net.topics import Topics
 from smpc.net.transport import (
     FRAME_HEADER_SIZE,
     MIN_CHUNK,
@@ -28,7 +29,6 @@ from smpc.net.transport import (
     Message,
     Reassembler,
     SubscriptionRefused,
-    Topics,
     decode_frame,
     encode_frames,
 )
@@ -324,7 +324,8 @@ SUBSCRIBER = textwrap.dedent(
     """
     import asyncio, hashlib, sys
     from smpc.pki.keys import load_kit
-    from smpc.net.transport import Connection, Topics
+    from smpc.net.topics import Topics
+    from smpc.net.transport import Connection
 
     async def main(port, kit_dir, count):
         kit = load_kit(kit_dir)

@@ -100,7 +100,8 @@ from typing import Any
 
 from smpc.config.federation import Federation, load_federation, parse_federation
 from smpc.errors import UserError
-from smpc.net.transport import MAX_CHUNK, Topics
+from smpc.net.topics import Topics
+from smpc.net.transport import MAX_CHUNK
 from smpc.pki.keys import BrokerKit, TlsFiles
 
 __all__ = [

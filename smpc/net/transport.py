@@ -111,7 +111,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from smpc.errors import UserError
 from smpc.names import NAME_PATTERN
@@ -136,7 +136,6 @@ __all__ = [
     "PublishTimeout",
     "Reassembler",
     "SubscriptionRefused",
-    "Topics",
     "TransportError",
     "client_tls_context",
     "decode_frame",
@@ -144,8 +143,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("smpc.transport")
-
-ROOT = "smpc"
 
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 15 * 1024 * 1024  # the Mosquitto config allows 16 MiB packets
@@ -194,95 +191,6 @@ class PublishTimeout(TransportError):
 
 class FrameError(ValueError):
     """A payload that is not a valid frame; the message is the reason."""
-
-
-# --- topics ---------------------------------------------------------------------------
-
-
-def _name(what: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"invalid {what} {value!r}: expected 1-63 characters from a-z, 0-9, '_' and '-', "
-            "starting with a letter or digit"
-        )
-    return value
-
-
-class ParsedTopic(NamedTuple):
-    """``kind`` (job, upload, ack, result, status) and the names in the topic."""
-
-    kind: str
-    fields: dict[str, str]
-
-
-# kind -> (topic level after smpc/<fed>/, names of the remaining levels)
-_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "job": ("jobs", ("job",)),
-    "upload": ("up", ("site", "party")),
-    "ack": ("ack", ("site", "party")),
-    "result": ("result", ("analyst", "job", "party")),
-    "status": ("status", ("job", "party")),
-}
-_BY_LEVEL = {level: (kind, names) for kind, (level, names) in _KINDS.items()}
-
-
-class Topics:
-    """Topic names and subscription filters of one federation (layout: module docstring)."""
-
-    def __init__(self, federation: str) -> None:
-        self.federation = _name("federation name", federation)
-        self.prefix = f"{ROOT}/{federation}"
-
-    def __repr__(self) -> str:
-        return f"Topics({self.federation!r})"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}/jobs/{_name('job id', job_id)}"
-
-    def jobs(self) -> str:
-        return f"{self.prefix}/jobs/+"
-
-    def upload(self, site: str, party: str) -> str:
-        return f"{self.prefix}/up/{_name('site', site)}/{_name('party', party)}"
-
-    def uploads_for(self, party: str) -> str:
-        return f"{self.prefix}/up/+/{_name('party', party)}"
-
-    def ack(self, site: str, party: str) -> str:
-        return f"{self.prefix}/ack/{_name('site', site)}/{_name('party', party)}"
-
-    def acks_for(self, site: str) -> str:
-        return f"{self.prefix}/ack/{_name('site', site)}/+"
-
-    def result(self, analyst: str, job_id: str, party: str) -> str:
-        return (
-            f"{self.prefix}/result/{_name('analyst', analyst)}/{_name('job id', job_id)}/"
-            f"{_name('party', party)}"
-        )
-
-    def results(self, analyst: str, job_id: str) -> str:
-        return f"{self.prefix}/result/{_name('analyst', analyst)}/{_name('job id', job_id)}/+"
-
-    def status(self, job_id: str, party: str) -> str:
-        return f"{self.prefix}/status/{_name('job id', job_id)}/{_name('party', party)}"
-
-    def statuses(self, job_id: str) -> str:
-        return f"{self.prefix}/status/{_name('job id', job_id)}/+"
-
-    def parse(self, topic: str) -> ParsedTopic:
-        """``(kind, fields)`` of a topic of this federation; ValueError for anything else."""
-        levels = topic.split("/") if isinstance(topic, str) else []
-        if len(levels) < 3 or levels[0] != ROOT or levels[1] != self.federation:
-            raise ValueError(f"not a topic of federation {self.federation!r}: {topic!r}")
-        entry = _BY_LEVEL.get(levels[2])
-        if entry is None or len(levels) != 3 + len(entry[1]):
-            raise ValueError(f"unknown topic {topic!r}")
-        kind, names = entry
-        try:
-            fields = {n: _name(n, v) for n, v in zip(names, levels[3:], strict=True)}
-        except ValueError as exc:
-            raise ValueError(f"invalid topic {topic!r}: {exc}") from None
-        return ParsedTopic(kind, fields)
 
 
 # --- frames ---------------------------------------------------------------------------

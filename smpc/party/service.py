@@ -53,7 +53,8 @@ from smpc.errors import UserError
 from smpc.mpc.launch import run_session_process, session_command
 from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
 from smpc.net.reconnect import run_with_reconnect
-from smpc.net.transport import Connection, Topics, TransportError
+from smpc.net.topics import Topics
+from smpc.net.transport import Connection, TransportError
 from smpc.party.store import PartyStore, ShareConflict, StoredJob, StoredShare
 from smpc.pki.keys import Kit, load_kit
 from smpc.protocols.registry import PROTOCOLS, parse_spec, protocol

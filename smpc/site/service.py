@@ -42,7 +42,8 @@ from smpc.core.field import field_for
 from smpc.errors import UserError
 from smpc.io.inputs import read_input
 from smpc.net.reconnect import run_with_reconnect
-from smpc.net.transport import Connection, Topics
+from smpc.net.topics import Topics
+from smpc.net.transport import Connection
 from smpc.party.store import write_durably
 from smpc.pki.keys import Kit, load_kit
 from smpc.protocols.base import SiteData, SiteSource, SkipJob
