@@ -18,6 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smpc.net.reconnect import run_with_reconnect
+from smpc.net.topics import Topics
 from smpc.net.transport import (
     FRAME_HEADER_SIZE,
     MIN_CHUNK,
@@ -27,10 +29,8 @@ from smpc.net.transport import (
     Message,
     Reassembler,
     SubscriptionRefused,
-    Topics,
     decode_frame,
     encode_frames,
-    run_with_reconnect,
 )
 from tests.brokers import connect, federation_of, kit, mosquitto, requires_mosquitto
 
@@ -324,7 +324,10 @@ SUBSCRIBER = textwrap.dedent(
     """
     import asyncio, hashlib, sys
     from smpc.pki.kit import load_kit
-    from smpc.net.transport import Connection, Topics
+    from smpc.net.transport import Connection
+    from smpc.net.topics import Topics
+    from smpc.net.topics import Topics
+    from smpc.net.transport import Connection
 
     async def main(port, kit_dir, count):
         kit = load_kit(kit_dir)

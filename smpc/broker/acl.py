@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smpc.config.federation import Federation
-from smpc.net.transport import Topics
+from smpc.net.topics import Topics
 
 __all__ = ["Access", "access_rules", "filter_matches", "filters_overlap", "mosquitto_acl"]
 

@@ -92,7 +92,7 @@ Errors
 certificate, or its certificate is not from the federation CA), :class:`ConnectionLost`
 (from :meth:`~Connection.messages` and the publish methods when the broker goes away),
 :class:`SubscriptionRefused`, :class:`PublishTimeout`. A daemon reconnects with
-:func:`run_with_reconnect`.
+:func:`smpc.net.reconnect.run_with_reconnect`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,6 @@ import hashlib
 import logging
 import math
 import os
-import random
 import re
 import ssl
 import struct
@@ -112,7 +111,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from smpc.errors import UserError
 from smpc.names import NAME_PATTERN
@@ -137,17 +136,13 @@ __all__ = [
     "PublishTimeout",
     "Reassembler",
     "SubscriptionRefused",
-    "Topics",
     "TransportError",
     "client_tls_context",
     "decode_frame",
     "encode_frames",
-    "run_with_reconnect",
 ]
 
 log = logging.getLogger("smpc.transport")
-
-ROOT = "smpc"
 
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 15 * 1024 * 1024  # the Mosquitto config allows 16 MiB packets
@@ -183,7 +178,7 @@ class ConnectFailed(TransportError):
 
 
 class ConnectionLost(TransportError):
-    """The broker connection dropped; reconnect (see :func:`run_with_reconnect`)."""
+    """The broker connection dropped; reconnect (:func:`smpc.net.reconnect.run_with_reconnect`)."""
 
 
 class SubscriptionRefused(TransportError):
@@ -196,95 +191,6 @@ class PublishTimeout(TransportError):
 
 class FrameError(ValueError):
     """A payload that is not a valid frame; the message is the reason."""
-
-
-# --- topics ---------------------------------------------------------------------------
-
-
-def _name(what: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"invalid {what} {value!r}: expected 1-63 characters from a-z, 0-9, '_' and '-', "
-            "starting with a letter or digit"
-        )
-    return value
-
-
-class ParsedTopic(NamedTuple):
-    """``kind`` (job, upload, ack, result, status) and the names in the topic."""
-
-    kind: str
-    fields: dict[str, str]
-
-
-# kind -> (topic level after smpc/<fed>/, names of the remaining levels)
-_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "job": ("jobs", ("job",)),
-    "upload": ("up", ("site", "party")),
-    "ack": ("ack", ("site", "party")),
-    "result": ("result", ("analyst", "job", "party")),
-    "status": ("status", ("job", "party")),
-}
-_BY_LEVEL = {level: (kind, names) for kind, (level, names) in _KINDS.items()}
-
-
-class Topics:
-    """Topic names and subscription filters of one federation (layout: module docstring)."""
-
-    def __init__(self, federation: str) -> None:
-        self.federation = _name("federation name", federation)
-        self.prefix = f"{ROOT}/{federation}"
-
-    def __repr__(self) -> str:
-        return f"Topics({self.federation!r})"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}/jobs/{_name('job id', job_id)}"
-
-    def jobs(self) -> str:
-        return f"{self.prefix}/jobs/+"
-
-    def upload(self, site: str, party: str) -> str:
-        return f"{self.prefix}/up/{_name('site', site)}/{_name('party', party)}"
-
-    def uploads_for(self, party: str) -> str:
-        return f"{self.prefix}/up/+/{_name('party', party)}"
-
-    def ack(self, site: str, party: str) -> str:
-        return f"{self.prefix}/ack/{_name('site', site)}/{_name('party', party)}"
-
-    def acks_for(self, site: str) -> str:
-        return f"{self.prefix}/ack/{_name('site', site)}/+"
-
-    def result(self, analyst: str, job_id: str, party: str) -> str:
-        return (
-            f"{self.prefix}/result/{_name('analyst', analyst)}/{_name('job id', job_id)}/"
-            f"{_name('party', party)}"
-        )
-
-    def results(self, analyst: str, job_id: str) -> str:
-        return f"{self.prefix}/result/{_name('analyst', analyst)}/{_name('job id', job_id)}/+"
-
-    def status(self, job_id: str, party: str) -> str:
-        return f"{self.prefix}/status/{_name('job id', job_id)}/{_name('party', party)}"
-
-    def statuses(self, job_id: str) -> str:
-        return f"{self.prefix}/status/{_name('job id', job_id)}/+"
-
-    def parse(self, topic: str) -> ParsedTopic:
-        """``(kind, fields)`` of a topic of this federation; ValueError for anything else."""
-        levels = topic.split("/") if isinstance(topic, str) else []
-        if len(levels) < 3 or levels[0] != ROOT or levels[1] != self.federation:
-            raise ValueError(f"not a topic of federation {self.federation!r}: {topic!r}")
-        entry = _BY_LEVEL.get(levels[2])
-        if entry is None or len(levels) != 3 + len(entry[1]):
-            raise ValueError(f"unknown topic {topic!r}")
-        kind, names = entry
-        try:
-            fields = {n: _name(n, v) for n, v in zip(names, levels[3:], strict=True)}
-        except ValueError as exc:
-            raise ValueError(f"invalid topic {topic!r}: {exc}") from None
-        return ParsedTopic(kind, fields)
 
 
 # --- frames ---------------------------------------------------------------------------
@@ -1050,46 +956,3 @@ class Connection:
 def _code(code: Any) -> int:
     value = getattr(code, "value", code)
     return int(value)
-
-
-# --- reconnecting ---------------------------------------------------------------------
-
-
-async def run_with_reconnect(
-    connect: Callable[[], Connection],
-    session: Callable[[Connection], Awaitable[_T]],
-    *,
-    min_delay: float = 0.5,
-    max_delay: float = 30.0,
-    stable_after: float = 60.0,
-    attempts: int | None = None,
-) -> _T:
-    """Run ``session(conn)`` on a fresh connection, reconnecting with backoff.
-
-    Retries on ConnectionLost and on ConnectFailed that is not permanent, waiting
-    ``min_delay`` doubling up to ``max_delay`` (with jitter); the delay resets after a
-    connection that lasted ``stable_after`` seconds. Permanent ConnectFailed (refused
-    certificate) and any other exception propagate; so does the last error after
-    ``attempts`` failed tries in a row. Returns what ``session`` returns. ``session``
-    must (re)subscribe: with a persistent session the broker already has the
-    subscriptions, but the first connection or an expired session does not.
-    """
-    delay = min_delay
-    failures = 0
-    while True:
-        started = time.monotonic()
-        try:
-            async with connect() as conn:
-                return await session(conn)
-        except (ConnectionLost, ConnectFailed) as exc:
-            if isinstance(exc, ConnectFailed) and exc.permanent:
-                raise
-            if time.monotonic() - started >= stable_after:
-                delay, failures = min_delay, 0
-            failures += 1
-            if attempts is not None and failures >= attempts:
-                raise
-            wait = delay * random.uniform(0.8, 1.2)
-            log.warning("%s; reconnecting in %.1f s", exc, wait)
-            await asyncio.sleep(wait)
-            delay = min(max_delay, delay * 2)

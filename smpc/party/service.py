@@ -24,7 +24,6 @@ How quickly a session notices a missing or dead peer is stated in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import time
@@ -40,7 +39,9 @@ from smpc.config.federation import (
 )
 from smpc.errors import UserError
 from smpc.mpc.task import SessionTask
-from smpc.net.transport import Connection, Topics, TransportError
+from smpc.net.reconnect import run_with_reconnect
+from smpc.net.topics import Topics
+from smpc.net.transport import Connection, TransportError
 from smpc.party.compute import Computation
 from smpc.party.config import PartyConfig, Policy
 from smpc.party.replies import JobReply, Reply
@@ -289,31 +290,32 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
     name = service.kit.name
     daemon = _Daemon(service, stop)
     federation = service.federation
-    backoff = 0.5
     log.event(logger, "party-start", party=name, index=service.index, store=config.store)
+
+    def connect() -> Connection:
+        # Large uploads are reassembled on disk, so memory stays bounded
+        # however many sites upload at once.
+        return Connection.from_kit(service.kit, federation, spool_dir=Path(config.store) / "spool")
+
+    async def session(conn: Connection) -> None:
+        await conn.subscribe(daemon.topics.jobs())
+        await conn.subscribe(daemon.topics.uploads_for(name))
+        log.event(logger, "party-connected", party=name, broker=federation.broker.host)
+        daemon.conn = conn
+        try:
+            async for message in until(conn.messages(), stop):
+                await daemon.dispatch(message)
+        finally:
+            daemon.conn = None
+
+    def lost(exc: Exception, wait: float) -> None:
+        log.event(logger, "broker-lost", logging.WARNING, party=name, reason=exc)
+
     try:
-        while not stop.is_set():
-            try:
-                # Large uploads are reassembled on disk, so memory stays bounded
-                # however many sites upload at once.
-                async with Connection.from_kit(
-                    service.kit, federation, spool_dir=Path(config.store) / "spool"
-                ) as conn:
-                    await conn.subscribe(daemon.topics.jobs())
-                    await conn.subscribe(daemon.topics.uploads_for(name))
-                    log.event(logger, "party-connected", party=name, broker=federation.broker.host)
-                    backoff = 0.5
-                    daemon.conn = conn
-                    try:
-                        async for message in until(conn.messages(), stop):
-                            await daemon.dispatch(message)
-                    finally:
-                        daemon.conn = None
-            except TransportError as exc:
-                log.event(logger, "broker-lost", logging.WARNING, party=name, reason=exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(2 * backoff, reconnect_max)
+        await run_with_reconnect(
+            connect, session, max_delay=reconnect_max,
+            transient=(TransportError,), stop=stop, on_retry=lost,
+        )  # fmt: skip
     finally:
         await daemon.stop_sessions()
         service.store.close()

@@ -42,7 +42,9 @@ from smpc.core.encoding import FixedPoint
 from smpc.core.field import field_for
 from smpc.errors import UserError
 from smpc.io.inputs import read_input
-from smpc.net.transport import Connection, Topics, run_with_reconnect
+from smpc.net.reconnect import run_with_reconnect
+from smpc.net.topics import Topics
+from smpc.net.transport import Connection
 from smpc.party.store import write_durably
 from smpc.pki.kit import Kit, load_kit
 from smpc.protocols.base import SiteData, SiteSource, SkipJob
@@ -500,7 +502,10 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
     def skipped(job: Job, reason: str) -> None:
         log.event(logger, "job-skipped", job=job.id, site=kit.name, reason=reason)
 
-    async with Connection.from_kit(kit, federation) as conn:
+    def connect() -> Connection:
+        return Connection.from_kit(kit, federation)
+
+    async def session(conn: Connection) -> None:
         await conn.subscribe(topics.jobs())
         log.event(
             logger, "site-serving", site=kit.name, inputs=",".join(config.inputs) or None,
@@ -555,3 +560,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
                 continue
             answered.add(job.id)
             state.write_text("\n".join(sorted(answered)) + "\n")
+
+    # a broker restart or a lost connection reconnects and re-subscribes; a refused
+    # certificate or client id ends the daemon with the reason
+    await run_with_reconnect(connect, session, stop=stop)
