@@ -46,7 +46,7 @@ def _daemon(serve, config) -> int:
 
 def _party_serve(args: argparse.Namespace) -> int:
     from smpc.party.config import load_party_config
-    from smpc.party.service import serve
+    from smpc.party.daemon import serve
 
     return _daemon(serve, load_party_config(Path(args.config)))
 
@@ -80,7 +80,8 @@ def _upload(args: argparse.Namespace) -> int:
     from smpc.config.federation import load_federation
     from smpc.io.inputs import parse_assignment
     from smpc.pki.kit import load_kit
-    from smpc.site.service import default_keep_dir, upload
+    from smpc.site.kept import default_keep_dir
+    from smpc.site.upload import upload
 
     log.setup("warning")
     kit = load_kit(Path(args.kit))
@@ -90,11 +91,11 @@ def _upload(args: argparse.Namespace) -> int:
             "give either --data PATH (the job's protocol reads it) or --input NAME=PATH"
         )
     if args.data:
-        from smpc.site.service import protocol_inputs
+        from smpc.site.inputs import protocol_inputs
 
         inputs = protocol_inputs(Path(args.data), federation, kit.name)
     else:
-        from smpc.site.service import configured_inputs
+        from smpc.site.inputs import configured_inputs
 
         sources: dict[str, str] = {}
         for assignment in args.input:
@@ -127,7 +128,8 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _site_serve(args: argparse.Namespace) -> int:
-    from smpc.site.service import load_site_config, serve
+    from smpc.site.config import load_site_config
+    from smpc.site.daemon import serve
 
     return _daemon(serve, load_site_config(Path(args.config)))
 

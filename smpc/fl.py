@@ -22,7 +22,7 @@ from smpc.pki.kit import Kit
 from smpc.protocols.base import RunContext, SiteSource
 from smpc.protocols.fedavg.training import Model, Trainer
 from smpc.protocols.registry import parse_spec, protocol
-from smpc.site.service import UploadReport, upload
+from smpc.site.upload import UploadReport, upload
 from smpc.wire.messages import Job
 
 

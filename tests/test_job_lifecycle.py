@@ -26,7 +26,9 @@ from smpc.net.transport import Connection
 from smpc.party.store import PartyStore
 from smpc.pki.kit import load_broker_kit
 from smpc.protocols.registry import parse_spec
-from smpc.site.service import KeptUpload, protocol_inputs, upload
+from smpc.site.inputs import protocol_inputs
+from smpc.site.kept import KeptUpload
+from smpc.site.upload import upload
 from smpc.wire.messages import Job, open_result, sign, stamp_job, verify_status
 from tests.brokers import federation_of, kit, requires_mosquitto
 from tests.test_upload_integration import (
@@ -279,7 +281,7 @@ def test_stale_and_future_jobs_are_refused(fed, tmp_path):
 
 
 def test_envelope_on_another_sites_topic_is_refused(fed, tmp_path):
-    from smpc.site.service import seal_inputs
+    from smpc.site.upload import seal_inputs
 
     job = _job(fed, "name: topic\nprotocol: sum\ninputs: [x]\n")
     asyncio.run(publish_job(fed.analyst, fed.federation, job))

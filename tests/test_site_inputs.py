@@ -14,8 +14,9 @@ import pytest
 
 from smpc.analyst.jobs import build_job
 from smpc.config.federation import load_federation
+from smpc.protocols.base import SkipJob
 from smpc.protocols.registry import parse_spec
-from smpc.site.service import SkipJob, configured_inputs
+from smpc.site.inputs import configured_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDERATION = load_federation(ROOT / "parties" / "federation.yaml")

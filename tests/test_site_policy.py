@@ -6,7 +6,8 @@ import pytest
 
 from smpc.core.field import FAST
 from smpc.errors import UserError
-from smpc.site.service import SitePolicy, load_site_config
+from smpc.site.config import load_site_config
+from smpc.site.policy import SitePolicy
 from smpc.wire.messages import Job, JobInput
 
 
