@@ -2,7 +2,7 @@
 
 :class:`PartyService` is the party's logic without a network: it takes a job
 message or an upload envelope and returns what to answer. :func:`serve` wires
-it to the broker (:mod:`smpc.net.transport`): it subscribes to the federation's jobs
+it to the broker (:mod:`smpc.net.connection`): it subscribes to the federation's jobs
 and to the uploads addressed to this party, and publishes a signed ack for every
 envelope it stored or rejected.
 
@@ -39,9 +39,10 @@ from smpc.config.federation import (
 )
 from smpc.errors import UserError
 from smpc.mpc.task import SessionTask
+from smpc.net.connection import Connection
+from smpc.net.errors import TransportError
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection, TransportError
 from smpc.party.compute import Computation
 from smpc.party.config import PartyConfig, Policy
 from smpc.party.replies import JobReply, Reply

@@ -42,9 +42,9 @@ from smpc.core.encoding import FixedPoint
 from smpc.core.field import field_for
 from smpc.errors import UserError
 from smpc.io.inputs import read_input
+from smpc.net.connection import Connection
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
 from smpc.party.store import write_durably
 from smpc.pki.kit import Kit, load_kit
 from smpc.protocols.base import SiteData, SiteSource, SkipJob
