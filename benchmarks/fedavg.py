@@ -35,8 +35,8 @@ from smpc.analyst.driver import write_outputs
 from smpc.analyst.jobs import build_job, run_job
 from smpc.broker.mosquitto import MosquittoBroker
 from smpc.config.federation import load_federation
+from smpc.net.connection import Connection
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
 from smpc.pki.kit import load_broker_kit, load_kit
 from smpc.pki.provision import init_keys
 from smpc.protocols.registry import load_spec

@@ -38,8 +38,8 @@ from smpc.analyst.jobs import publish_job
 from smpc.broker.mosquitto import MosquittoBroker
 from smpc.config.federation import load_federation
 from smpc.core.field import FAST
+from smpc.net.connection import Connection
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
 from smpc.pki.kit import load_broker_kit, load_kit
 from smpc.pki.provision import init_keys
 from smpc.wire.messages import Job, JobInput

@@ -30,7 +30,7 @@ import pytest
 from smpc.broker.embedded import EmbeddedBroker
 from smpc.broker.mosquitto import MOSQUITTO, MosquittoBroker
 from smpc.config.federation import Federation, load_federation
-from smpc.net.transport import Connection
+from smpc.net.connection import Connection
 from smpc.pki.kit import Kit, load_broker_kit, load_kit
 
 HAVE_MOSQUITTO = Path(MOSQUITTO).is_file() or shutil.which("mosquitto") is not None

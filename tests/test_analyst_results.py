@@ -17,8 +17,8 @@ from collections.abc import Callable
 import pytest
 
 from smpc.analyst.jobs import JobFailed, build_job, run_job
+from smpc.net.connection import Connection
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
 from smpc.protocols.registry import parse_spec
 from smpc.wire.messages import (
     Job,

@@ -25,8 +25,10 @@ from smpc.broker.embedded import EmbeddedBroker
 from smpc.broker.mosquitto import MosquittoBroker, mosquitto_config, write_mosquitto_files
 from smpc.broker.runner import BrokerStartError
 from smpc.config.federation import load_federation
+from smpc.net.connection import Connection
+from smpc.net.errors import ConnectFailed, SubscriptionRefused
+from smpc.net.reassembly import Message
 from smpc.net.topics import Topics
-from smpc.net.transport import ConnectFailed, Connection, Message, SubscriptionRefused
 from smpc.pki.kit import TlsFiles, load_broker_kit
 from tests.brokers import (
     connect,

@@ -21,8 +21,8 @@ import pytest
 
 from smpc.analyst.driver import write_outputs
 from smpc.analyst.jobs import JobFailed, build_job, publish_job, run_job
+from smpc.net.connection import Connection
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
 from smpc.party.store import PartyStore
 from smpc.pki.kit import load_broker_kit
 from smpc.protocols.registry import parse_spec

@@ -30,8 +30,8 @@ import pytest
 
 from smpc.analyst.jobs import build_job, publish_job
 from smpc.core.field import FAST
+from smpc.net.connection import Connection
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
 from smpc.party.store import PartyStore
 from smpc.protocols.registry import parse_spec
 from smpc.wire.messages import Job, JobInput, Status, stamp_job, verify_status

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from smpc.net.transport import Reassembler, encode_frames
+from smpc.net.frames import encode_frames
+from smpc.net.reassembly import Reassembler
 
 KIB = 1024
 

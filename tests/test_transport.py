@@ -18,20 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smpc.net.connection import Connection
+from smpc.net.errors import ConnectionLost, SubscriptionRefused
+from smpc.net.frames import FRAME_HEADER_SIZE, MIN_CHUNK, FrameError, decode_frame, encode_frames
+from smpc.net.reassembly import Message, Reassembler
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.net.transport import (
-    FRAME_HEADER_SIZE,
-    MIN_CHUNK,
-    Connection,
-    ConnectionLost,
-    FrameError,
-    Message,
-    Reassembler,
-    SubscriptionRefused,
-    decode_frame,
-    encode_frames,
-)
 from tests.brokers import connect, federation_of, kit, mosquitto, requires_mosquitto
 
 KIB = 1024
@@ -324,10 +316,8 @@ SUBSCRIBER = textwrap.dedent(
     """
     import asyncio, hashlib, sys
     from smpc.pki.kit import load_kit
-    from smpc.net.transport import Connection
+    from smpc.net.connection import Connection
     from smpc.net.topics import Topics
-    from smpc.net.topics import Topics
-    from smpc.net.transport import Connection
 
     async def main(port, kit_dir, count):
         kit = load_kit(kit_dir)

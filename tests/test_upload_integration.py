@@ -63,7 +63,7 @@ class Recorder:
     async def _run(self, host, port, tls) -> None:
         import aiomqtt
 
-        from smpc.net.transport import client_tls_context
+        from smpc.net.connection import client_tls_context
 
         async with aiomqtt.Client(
             host, port, identifier="analyst.recorder", tls_context=client_tls_context(tls)

@@ -37,8 +37,8 @@ from smpc.core.encoding import FixedPoint
 from smpc.core.field import FAST, field_for
 from smpc.core.sharing import inconsistent_shares, reconstruct
 from smpc.errors import UserError
+from smpc.net.connection import Connection
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
 from smpc.pki.kit import Kit
 from smpc.protocols.base import Outcome, RunContext, Step
 from smpc.protocols.registry import protocol

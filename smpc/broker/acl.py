@@ -1,7 +1,7 @@
 """Who may publish and read what on a federation's broker, and the Mosquitto ACL.
 
 Who may do what (the same rules for both brokers, from :func:`access_rules`; topics as in
-:mod:`smpc.net.transport`; ``<fed>`` is the federation name, every participant's user name
+:class:`smpc.net.topics.Topics`; ``<fed>`` is the federation name, every participant's user name
 is the common name of its federation-CA client certificate):
 
 =========  ========================================  =========================================

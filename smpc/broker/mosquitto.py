@@ -21,7 +21,7 @@ from pathlib import Path
 from smpc.broker.acl import mosquitto_acl
 from smpc.broker.runner import BrokerStartError, LocalBroker
 from smpc.config.federation import Federation, load_federation
-from smpc.net.transport import MAX_CHUNK
+from smpc.net.frames import MAX_CHUNK
 from smpc.pki.kit import BrokerKit, TlsFiles
 
 __all__ = [

@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from smpc.net.transport import ConnectFailed, Connection, ConnectionLost
+from smpc.net.connection import Connection
+from smpc.net.errors import ConnectFailed, ConnectionLost
 
 __all__ = ["run_with_reconnect"]
 

@@ -1,4 +1,4 @@
-"""Topic names and subscription filters of one federation (layout: :mod:`smpc.net.transport`).
+"""Topic names and subscription filters of one federation (layout: :class:`Topics`).
 
 All names match :data:`smpc.names.NAME_PATTERN`, so each is exactly one topic level and
 never a wildcard; the broker ACL (:mod:`smpc.broker.acl`) is written against this layout.
@@ -43,7 +43,29 @@ _BY_LEVEL = {level: (kind, names) for kind, (level, names) in _KINDS.items()}
 
 
 class Topics:
-    """Topic names and subscription filters of one federation (layout: module docstring)."""
+    """Topic names and subscription filters of one federation.
+
+    Every topic of federation ``<fed>`` lives under ``smpc/<fed>/``:
+
+    =======================================  ======================  =========================
+    topic                                    who publishes           who subscribes (filter)
+    =======================================  ======================  =========================
+    ``smpc/<fed>/jobs/<job>``                analysts (retained)     everyone: ``jobs/+``
+    ``smpc/<fed>/up/<site>/<party>``         site ``<site>``         party: ``up/+/<party>``
+    ``smpc/<fed>/ack/<site>/<party>``        party ``<party>``       site: ``ack/<site>/+``
+    ``smpc/<fed>/result/<a>/<job>/<party>``  party ``<party>``       analyst ``<a>`` only:
+                                                                     ``result/<a>/<job>/+``
+    ``smpc/<fed>/status/<job>/<party>``      party ``<party>``       parties, analysts:
+                                                                     ``status/<job>/+``
+    =======================================  ======================  =========================
+
+    ``up`` carries share envelopes (one site to one party), ``ack`` the party's signed
+    receipts, ``result`` a party's result envelopes for the job's analyst (sealed to that
+    analyst's key), ``status`` a party's acceptance or refusal of a job and its view of
+    which sites' shares it holds. The broker enforces who may publish and read what;
+    everything on these topics is also signed end to end, so the ACL is a second line of
+    defence, not the only one.
+    """
 
     def __init__(self, federation: str) -> None:
         self.federation = _name("federation name", federation)

@@ -1,7 +1,7 @@
 """The computing-party daemon: ``smpc party serve --config parties/<party>.yaml``.
 
 :func:`serve` wires :class:`smpc.party.service.PartyService` to the broker
-(:mod:`smpc.net.transport`): it subscribes to the federation's jobs and to the uploads
+(:mod:`smpc.net.connection`): it subscribes to the federation's jobs and to the uploads
 addressed to this party, and publishes a signed ack for every envelope it stored or
 rejected.
 
@@ -26,7 +26,8 @@ from smpc.aio import until
 from smpc.mpc.task import SessionTask
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection, TransportError
+from smpc.net.connection import Connection
+from smpc.net.errors import TransportError
 from smpc.party.config import PartyConfig
 from smpc.party.replies import JobReply, Reply
 from smpc.party.service import PartyService

@@ -13,7 +13,7 @@ from smpc.config.federation import (
 from smpc.errors import UserError
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
+from smpc.net.connection import Connection
 from smpc.pki.kit import load_kit
 from smpc.protocols.base import SiteSource, SkipJob
 from smpc.protocols.registry import parse_spec

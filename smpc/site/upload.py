@@ -33,7 +33,7 @@ from smpc.core.field import field_for
 from smpc.errors import UserError
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.net.transport import Connection
+from smpc.net.connection import Connection
 from smpc.pki.kit import Kit
 from smpc.protocols.base import SiteData, SkipJob
 from smpc.site.kept import KeptUpload
