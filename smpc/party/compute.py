@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 
 from smpc import log
-from smpc.config.federation import (
-    Federation,
-)
+from smpc.config.federation import Federation
 from smpc.core.dp import NoisePlan, skellam
 from smpc.core.dp import plan as noise_plan
 from smpc.core.field import MERSENNE61, field_for

@@ -24,17 +24,15 @@ from typing import Any
 from smpc import log
 from smpc.aio import until
 from smpc.mpc.task import SessionTask
-from smpc.net.reconnect import run_with_reconnect
-from smpc.net.topics import Topics
 from smpc.net.connection import Connection
 from smpc.net.errors import TransportError
+from smpc.net.reconnect import run_with_reconnect
+from smpc.net.topics import Topics
 from smpc.party.config import PartyConfig
 from smpc.party.replies import JobReply, Reply
 from smpc.party.service import PartyService
 from smpc.wire.envelope import EnvelopeError, envelope_id, peek_route
-from smpc.wire.messages import (
-    Job,
-)
+from smpc.wire.messages import Job
 
 logger = logging.getLogger("smpc.party")
 

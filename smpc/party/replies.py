@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smpc.mpc.task import SessionTask
-from smpc.wire.messages import (
-    Ack,
-)
+from smpc.wire.messages import Ack
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,7 @@ import logging
 from typing import Any
 
 from smpc import log
-from smpc.config.federation import (
-    Federation,
-)
+from smpc.config.federation import Federation
 from smpc.core.field import field_for
 from smpc.party.config import Policy
 from smpc.party.replies import Reply

@@ -7,13 +7,11 @@ import logging
 
 from smpc import log
 from smpc.aio import until
-from smpc.config.federation import (
-    load_federation,
-)
+from smpc.config.federation import load_federation
 from smpc.errors import UserError
+from smpc.net.connection import Connection
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.net.connection import Connection
 from smpc.pki.kit import load_kit
 from smpc.protocols.base import SiteSource, SkipJob
 from smpc.protocols.registry import parse_spec

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from smpc.config.federation import (
-    Federation,
-)
+from smpc.config.federation import Federation
 from smpc.io.inputs import read_input
 from smpc.protocols.base import SiteData, SiteSource
 from smpc.protocols.registry import parse_spec, protocol

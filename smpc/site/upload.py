@@ -25,15 +25,13 @@ import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from smpc import log
-from smpc.config.federation import (
-    Federation,
-)
+from smpc.config.federation import Federation
 from smpc.core.encoding import FixedPoint
 from smpc.core.field import field_for
 from smpc.errors import UserError
+from smpc.net.connection import Connection
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.net.connection import Connection
 from smpc.pki.kit import Kit
 from smpc.protocols.base import SiteData, SkipJob
 from smpc.site.kept import KeptUpload
