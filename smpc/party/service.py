@@ -49,7 +49,8 @@ from smpc.party.store import PartyStore, StoredJob
 from smpc.party.uploads import Uploads
 from smpc.pki.kit import Kit, load_kit
 from smpc.protocols.registry import parse_spec, protocol
-from smpc.wire.envelope import EnvelopeError, envelope_id, peek_route
+from smpc.wire.envelope_errors import EnvelopeError
+from smpc.wire.layout import envelope_id, peek_route
 from smpc.wire.messages import (
     Job,
     MessageError,

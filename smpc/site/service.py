@@ -49,7 +49,7 @@ from smpc.party.store import write_durably
 from smpc.pki.kit import Kit, load_kit
 from smpc.protocols.base import SiteData, SiteSource, SkipJob
 from smpc.protocols.registry import PROTOCOLS, parse_spec, protocol
-from smpc.wire.envelope import envelope_id
+from smpc.wire.layout import envelope_id
 from smpc.wire.messages import Job, MessageError, verify_ack, verify_job
 from smpc.wire.packaging import seal_shares
 
