@@ -6,6 +6,7 @@ import ctypes
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -30,7 +31,7 @@ from smpc.wire.envelope_errors import (
 )
 from smpc.wire.hashing import Hasher
 from smpc.wire.header import ShareHeader
-from smpc.wire.layout import FP, SIG, TAG, parse_prefix
+from smpc.wire.layout import FP, SIG, TAG, Prefix, parse_prefix
 
 __all__ = ["Opened", "VerifyKeys", "open_envelope"]
 
@@ -122,7 +123,19 @@ def open_envelope(
         raise TypeError(f"recipient must be an X25519PrivateKey, got {type(recipient).__name__}")
     view = as_view(data)
     pre = parse_prefix(view)
-    route, ctx = pre.route, pre.ctx()
+    ctx = pre.ctx()
+    _check_length(view, pre, ctx)
+    recipient_raw = _check_addressee(pre, recipient, party, ctx)
+    key = _signer_key(pre, verify_key, ctx)
+    signed = _verify_signature(view, pre, key, ctx)
+    header, body_key, routing_hash = _open_header(view, pre, recipient, recipient_raw, ctx)
+    body = _decrypt_body(view, pre, header, body_key, routing_hash, ctx)
+    return Opened(header=header, body=body, envelope_id=signed.hex())
+
+
+def _check_length(view: memoryview, pre: Prefix, ctx: dict[str, Any]) -> None:
+    """The envelope is exactly as long as its routing part announces."""
+    route = pre.route
     if len(view) < route.size:
         raise TruncatedEnvelope(
             f"{len(view)} bytes, but the routing part announces {route.size} "
@@ -134,6 +147,12 @@ def open_envelope(
             f"{len(view) - route.size} unexpected bytes after the last chunk", **ctx
         )
 
+
+def _check_addressee(
+    pre: Prefix, recipient: X25519PrivateKey, party: int | None, ctx: dict[str, Any]
+) -> bytes:
+    """Addressed to this party and encrypted to its key; returns the raw public key."""
+    route = pre.route
     if party is not None and route.party != party:
         raise WrongRecipient(f"addressed to party {route.party}, not to party {party}", **ctx)
     recipient_raw = raw_key(recipient.public_key())
@@ -144,7 +163,12 @@ def open_envelope(
             "the site holds a wrong or outdated key for this party, or it was misrouted",
             **ctx,
         )
+    return recipient_raw
 
+
+def _signer_key(pre: Prefix, verify_key: VerifyKeys, ctx: dict[str, Any]) -> Ed25519PublicKey:
+    """The directory's key for the named site, which must be the key that signed."""
+    route = pre.route
     key = _lookup(verify_key, route.site)
     if key is None:
         raise UnknownSigner(f"site {route.site!r} is not in the federation's site directory", **ctx)
@@ -156,13 +180,31 @@ def open_envelope(
             f"signed by key {route.signer}, but site {route.site!r} has key {expected}",
             **ctx,
         )
+    return key
+
+
+def _verify_signature(
+    view: memoryview, pre: Prefix, key: Ed25519PublicKey, ctx: dict[str, Any]
+) -> bytes:
+    """Verify the site's signature; returns the signed hash (the envelope id)."""
     p, hl = pre.end, pre.header_len
     signed = hashlib.sha256(view[: p + hl]).digest()
     try:
         key.verify(bytes(view[p + hl : p + hl + SIG]), SIG_CONTEXT + signed)
     except InvalidSignature:
         raise TamperedEnvelope("signature does not verify: modified in transit", **ctx) from None
+    return signed
 
+
+def _open_header(
+    view: memoryview,
+    pre: Prefix,
+    recipient: X25519PrivateKey,
+    recipient_raw: bytes,
+    ctx: dict[str, Any],
+) -> tuple[ShareHeader, bytes, bytes]:
+    """Agree the keys, decrypt and check the header; returns it, the body key, routing hash."""
+    p, hl = pre.end, pre.header_len
     try:
         shared = recipient.exchange(X25519PublicKey.from_public_bytes(pre.ephemeral))
     except ValueError:  # low-order point: only a signing site could have put it there
@@ -180,6 +222,13 @@ def open_envelope(
         header = ShareHeader.from_json(plain)
     except InvalidHeader as e:
         raise InvalidHeader(f"signed header is invalid: {e.reason}", **ctx) from None
+    _check_header(header, pre, ctx)
+    return header, body_key, routing_hash
+
+
+def _check_header(header: ShareHeader, pre: Prefix, ctx: dict[str, Any]) -> None:
+    """The signed header agrees with the routing part and describes a body of its length."""
+    route = pre.route
     for name in ("job", "input", "site", "party"):
         if getattr(header, name) != ctx[name]:
             raise TamperedEnvelope(
@@ -196,12 +245,23 @@ def open_envelope(
         )
         raise ShapeMismatch(f"body is {route.body_len} bytes but the header says {kind}", **ctx)
 
+
+def _decrypt_body(
+    view: memoryview,
+    pre: Prefix,
+    header: ShareHeader,
+    body_key: bytes,
+    routing_hash: bytes,
+    ctx: dict[str, Any],
+) -> bytearray:
+    """Decrypt every chunk (each authenticated) while a second thread hashes; check the digest."""
+    route = pre.route
     body = _new_buffer(route.body_len)
     bv = memoryview(body)
     aead = ChaCha20Poly1305(body_key)
     aad_mid, aad_last = routing_hash + b"\x00", routing_hash + b"\x01"
     cs, chunks = route.chunk_size, route.chunks
-    pos = p + hl + SIG
+    pos = pre.end + pre.header_len + SIG
     hasher = Hasher(bv)
     try:
         for i in range(chunks):
@@ -225,4 +285,4 @@ def open_envelope(
         raise DigestMismatch(
             f"body SHA-256 {digest} differs from the signed digest {header.digest}", **ctx
         )
-    return Opened(header=header, body=body, envelope_id=signed.hex())
+    return body
