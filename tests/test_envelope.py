@@ -21,29 +21,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smpc.errors import UserError
-from smpc.wire.envelope import (
-    DEFAULT_CHUNK_SIZE,
-    MIN_CHUNK_SIZE,
+from smpc.wire.crypto import key_fingerprint
+from smpc.wire.envelope_errors import (
     DigestMismatch,
     EnvelopeError,
-    EnvelopeWriter,
     InvalidHeader,
     NotAnEnvelope,
     ShapeMismatch,
-    ShareHeader,
     TamperedEnvelope,
     TruncatedEnvelope,
     UnknownSigner,
     UnsupportedVersion,
     WrongRecipient,
     WrongSigner,
-    _seal_unchecked,
-    header_with_digest,
-    key_fingerprint,
-    open_envelope,
-    peek_route,
-    seal,
 )
+from smpc.wire.header import ShareHeader, header_with_digest
+from smpc.wire.layout import DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, peek_route
+from smpc.wire.reader import open_envelope
+from smpc.wire.writer import EnvelopeWriter, _seal_unchecked, seal
 
 P61 = 2**61 - 1
 KIB = 1024
@@ -513,9 +508,9 @@ def test_header_json_is_canonical_and_strict() -> None:
 
 def test_every_output_byte_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
     """open decrypts into a buffer that is not zeroed first: no stale byte may survive."""
-    import smpc.wire.envelope as envelope
+    import smpc.wire.reader as reader
 
-    monkeypatch.setattr(envelope, "_new_buffer", lambda size: bytearray(b"\xaa" * size))
+    monkeypatch.setattr(reader, "_new_buffer", lambda size: bytearray(b"\xaa" * size))
     for count in [0, 1, 9000, 300_000]:  # 300,000 × 8 bytes: hashed on the worker thread
         arr = np.random.default_rng(count).integers(1, 2**62, count, dtype=np.uint64)
         env = sealed(header(shape=(count,)), arr, chunk_size=MIN_CHUNK_SIZE)

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from smpc.core.encoding import EncodingError, FixedPoint
 from smpc.core.field import BLOCK_ELEMENTS, FAST, field_for, mpyc_modulus
 from smpc.core.sharing import reconstruct
-from smpc.wire.envelope import WrongRecipient, WrongSigner
+from smpc.wire.envelope_errors import WrongRecipient, WrongSigner
 from smpc.wire.packaging import open_share, seal_shares
 
 SITE = Ed25519PrivateKey.generate()

@@ -255,7 +255,7 @@ def test_site_sets_one_site_apart_are_refused(kits, tmp_path):
 
 
 def test_closed_job_yields_result_shares_that_reconstruct(kits, tmp_path):
-    from smpc.wire.envelope import open_envelope
+    from smpc.wire.reader import open_envelope
 
     sites = ("oslo", "bergen")
     services = []

@@ -28,7 +28,7 @@ from smpc.core.field import FAST
 from smpc.core.sharing import reconstruct
 from smpc.party.store import PartyStore
 from smpc.pki.kit import load_broker_kit
-from smpc.wire.envelope import ShareHeader
+from smpc.wire.header import ShareHeader
 from smpc.wire.messages import Job, JobInput
 from smpc.wire.packaging import InputShare
 from tests.brokers import federation_of, kit, requires_mosquitto

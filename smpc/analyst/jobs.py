@@ -42,7 +42,7 @@ from smpc.net.topics import Topics
 from smpc.pki.kit import Kit
 from smpc.protocols.base import Outcome, RunContext, Step
 from smpc.protocols.registry import protocol
-from smpc.wire.envelope import EnvelopeError, open_envelope
+from smpc.wire.envelope_errors import EnvelopeError
 from smpc.wire.messages import (
     Job,
     MessageError,
@@ -51,6 +51,7 @@ from smpc.wire.messages import (
     stamp_job,
     verify_status,
 )
+from smpc.wire.reader import open_envelope
 
 logger = log.logging.getLogger("smpc.analyst")
 

@@ -28,7 +28,7 @@ from smpc.party.replies import JobReply
 from smpc.party.store import PartyStore, StoredShare
 from smpc.pki.kit import Kit
 from smpc.protocols.registry import parse_spec, protocol
-from smpc.wire.envelope import ShareHeader, seal
+from smpc.wire.header import ShareHeader
 from smpc.wire.messages import (
     Job,
     JobInput,
@@ -41,6 +41,7 @@ from smpc.wire.messages import (
     verify_job,
 )
 from smpc.wire.packaging import InputShare
+from smpc.wire.writer import seal
 
 logger = logging.getLogger("smpc.party")
 

@@ -31,7 +31,8 @@ from smpc.net.topics import Topics
 from smpc.party.config import PartyConfig
 from smpc.party.replies import JobReply, Reply
 from smpc.party.service import PartyService
-from smpc.wire.envelope import EnvelopeError, envelope_id, peek_route
+from smpc.wire.envelope_errors import EnvelopeError
+from smpc.wire.layout import envelope_id, peek_route
 from smpc.wire.messages import Job
 
 logger = logging.getLogger("smpc.party")

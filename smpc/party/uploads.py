@@ -12,7 +12,9 @@ from smpc.party.config import Policy
 from smpc.party.replies import Reply
 from smpc.party.store import PartyStore, ShareConflict
 from smpc.pki.kit import Kit
-from smpc.wire.envelope import EnvelopeError, Route, ShareHeader, envelope_id, peek_route
+from smpc.wire.envelope_errors import EnvelopeError
+from smpc.wire.header import ShareHeader
+from smpc.wire.layout import Route, envelope_id, peek_route
 from smpc.wire.messages import (
     Ack,
     Job,

@@ -36,7 +36,7 @@ from smpc.pki.kit import Kit
 from smpc.protocols.base import SiteData, SkipJob
 from smpc.site.kept import KeptUpload
 from smpc.site.policy import SitePolicy
-from smpc.wire.envelope import envelope_id
+from smpc.wire.layout import envelope_id
 from smpc.wire.messages import Job, MessageError, verify_ack, verify_job
 from smpc.wire.packaging import seal_shares
 

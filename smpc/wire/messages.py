@@ -1,7 +1,7 @@
 """Signed control messages: jobs (analyst → all), acks and statuses (party → all).
 
-Shares travel in envelopes (:mod:`smpc.wire.envelope`); everything else that steers a
-job is small, public to the federation and must be attributable, so it is a
+Shares travel in envelopes (:mod:`smpc.wire.writer`, :mod:`smpc.wire.reader`); everything
+else that steers a job is small, public to the federation and must be attributable, so it is a
 signed JSON document::
 
     {"kind": "job" | "ack" | "status", "signer": NAME, "payload": {...}, "signature": BASE64}
@@ -206,7 +206,7 @@ class PartyResult(_Strict):
 
 
 # A signed result travels to its analyst as the body of a share envelope sealed to the
-# analyst's key (smpc.wire.envelope), so neither the broker nor another analyst can read it.
+# analyst's key (smpc.wire.writer), so neither the broker nor another analyst can read it.
 RESULT_INPUT = "result"
 
 
@@ -219,7 +219,8 @@ def seal_result(
     signer: Ed25519PrivateKey,
 ) -> bytes:
     """A party's signed result message, encrypted to the analyst and signed again."""
-    from smpc.wire.envelope import ShareHeader, seal
+    from smpc.wire.header import ShareHeader
+    from smpc.wire.writer import seal
 
     body = message + b" " * (-len(message) % 8)  # whole 8-byte words; JSON ignores the padding
     header = ShareHeader(
@@ -231,7 +232,8 @@ def seal_result(
 
 def open_result(data: bytes, kit: Any) -> tuple[str, PartyResult]:
     """The signed result inside a sealed result envelope (``kit``: the analyst's)."""
-    from smpc.wire.envelope import EnvelopeError, open_envelope
+    from smpc.wire.envelope_errors import EnvelopeError
+    from smpc.wire.reader import open_envelope
 
     party_keys = {p: kit.directory.verify_key(p) for p in kit.directory.parties}
     try:

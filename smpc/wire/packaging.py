@@ -20,14 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from smpc.core.encoding import FixedPoint
 from smpc.core.field import PrimeField, expand, field_for
 from smpc.core.sharing import Scheme, Splitter
-from smpc.wire.envelope import (
-    EnvelopeWriter,
-    ShapeMismatch,
-    ShareHeader,
-    VerifyKeys,
-    open_envelope,
-    seal,
-)
+from smpc.wire.envelope_errors import ShapeMismatch
+from smpc.wire.header import ShareHeader
+from smpc.wire.reader import VerifyKeys, open_envelope
+from smpc.wire.writer import EnvelopeWriter, seal
 
 
 @dataclass(frozen=True)
