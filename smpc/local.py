@@ -34,14 +34,14 @@ import yaml
 from smpc.analyst.driver import Run, run_spec
 from smpc.broker.embedded import EmbeddedBroker
 from smpc.broker.mosquitto import MOSQUITTO, MosquittoBroker
-from smpc.config.federation import load_federation, read_yaml_mapping
+from smpc.config.federation import Federation, load_federation, read_yaml_mapping
 from smpc.errors import UserError
 from smpc.io.inputs import data_exists
 from smpc.io.modelfile import read_model
 from smpc.pki.kit import load_broker_kit, load_kit
 from smpc.pki.provision import init_keys
 from smpc.protocols.base import RunContext
-from smpc.protocols.registry import PROTOCOLS, load_spec, protocol
+from smpc.protocols.registry import PROTOCOLS, Spec, load_spec, protocol
 from smpc.wire.messages import Job
 
 BROKERS = ("auto", "mosquitto", "embedded")
@@ -182,19 +182,7 @@ def run_local(
     when the site has a path) and the analyst trains for ``spec.rounds`` rounds,
     starting from ``initial_model`` (an .npz) if given.
     """
-    if not sites:
-        raise UserError("smpc local needs at least one --site NAME=PATH")
-    for name, path in sites.items():
-        if path is None and trainer is None:
-            raise UserError(f"--site {name}: give its data file, --site {name}=PATH")
-        if path is not None and not data_exists(Path(path)):
-            raise UserError(f"--site {name}={path}: no such file (or genotype fileset prefix)")
-    if initial_model is not None and not Path(initial_model).exists():
-        raise UserError(f"--initial-model {initial_model}: no such file")
-    if trainer is not None:
-        from smpc.protocols.fedavg.training import load_trainer
-
-        load_trainer(trainer)  # a typo fails here, not in every site's log
+    _check_arguments(sites, trainer, initial_model)
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="smpc-local-") as tmp:
             return run_local(
@@ -205,28 +193,11 @@ def run_local(
     workdir = Path(workdir).resolve()  # daemons run in other directories
     workdir.mkdir(parents=True, exist_ok=True)
     federation_file = _federation(workdir, parties, threshold, list(sites))
-    try:
-        federation = load_federation(federation_file)
-        spec = load_spec(spec_path, federation)
-    except UserError as exc:  # the federation file is ours: name the user's arguments
-        raise UserError(_as_arguments(str(exc), federation_file)) from None
-    allow_fewer = "min_sites" in read_yaml_mapping(spec_path)
-    family = protocol(spec.protocol)
-    problem = family.local_problem(spec, trainer is not None)
-    if problem:
-        raise UserError(problem)
-    if trainer is not None and not family.trains:
-        trainers = ", ".join(name for name, p in PROTOCOLS.items() if p.trains)
-        raise UserError(f"{spec.name}: --trainer runs {trainers} specs, not {spec.protocol}")
-    context = RunContext(
-        initial_model=None if initial_model is None else read_model(initial_model)[0],
-        training=trainer is not None,
-        out=out if trainer is not None else None,
-        site_files=tuple(Path(p) for p in sites.values() if p is not None)
-        if trainer is None
-        else (),
+    federation, spec, context = _prepare(
+        spec_path, federation_file, sites, out, trainer=trainer, initial_model=initial_model
     )
-    spec = family.complete_spec(spec, context)
+    family = protocol(spec.protocol)
+    allow_fewer = "min_sites" in read_yaml_mapping(spec_path)
     # several jobs (or a trainer): every site answers each one as `smpc site serve`
     served = trainer is not None or family.jobs_per_run(spec) > 1
     keys = workdir / "keys"
@@ -265,17 +236,74 @@ def run_local(
                 )
             )  # fmt: skip
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            _stop(procs)
     assert run.summary is not None  # written into out
     _check_sites(spec, sites, run.sites, failed, allow_fewer)
     return LocalRun(spec, run.summary, run.sites)
+
+
+def _check_arguments(
+    sites: Mapping[str, Path | None], trainer: str | None, initial_model: Path | None
+) -> None:
+    """Refuse missing files and a trainer that does not load before anything starts."""
+    if not sites:
+        raise UserError("smpc local needs at least one --site NAME=PATH")
+    for name, path in sites.items():
+        if path is None and trainer is None:
+            raise UserError(f"--site {name}: give its data file, --site {name}=PATH")
+        if path is not None and not data_exists(Path(path)):
+            raise UserError(f"--site {name}={path}: no such file (or genotype fileset prefix)")
+    if initial_model is not None and not Path(initial_model).exists():
+        raise UserError(f"--initial-model {initial_model}: no such file")
+    if trainer is not None:
+        from smpc.protocols.fedavg.training import load_trainer
+
+        load_trainer(trainer)  # a typo fails here, not in every site's log
+
+
+def _prepare(
+    spec_path: Path,
+    federation_file: Path,
+    sites: Mapping[str, Path | None],
+    out: Path,
+    *,
+    trainer: str | None,
+    initial_model: Path | None,
+) -> tuple[Federation, Spec, RunContext]:
+    """The federation, the spec completed by its protocol for this run, and the run's context."""
+    try:
+        federation = load_federation(federation_file)
+        spec = load_spec(spec_path, federation)
+    except UserError as exc:  # the federation file is ours: name the user's arguments
+        raise UserError(_as_arguments(str(exc), federation_file)) from None
+    family = protocol(spec.protocol)
+    problem = family.local_problem(spec, trainer is not None)
+    if problem:
+        raise UserError(problem)
+    if trainer is not None and not family.trains:
+        trainers = ", ".join(name for name, p in PROTOCOLS.items() if p.trains)
+        raise UserError(f"{spec.name}: --trainer runs {trainers} specs, not {spec.protocol}")
+    context = RunContext(
+        initial_model=None if initial_model is None else read_model(initial_model)[0],
+        training=trainer is not None,
+        out=out if trainer is not None else None,
+        site_files=tuple(Path(p) for p in sites.values() if p is not None)
+        if trainer is None
+        else (),
+    )
+    return federation, family.complete_spec(spec, context), context
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process still running, then wait (killing what does not stop)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _party_serve(workdir: Path, kits: Path, party: str) -> subprocess.Popen:
