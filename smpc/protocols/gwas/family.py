@@ -120,14 +120,9 @@ class GwasProtocol(Protocol):
         return True  # fractions' parts and counts, never fixed point
 
     def plan(self, spec: Any, context: RunContext) -> Plan:
+        from smpc.protocols.gwas.job import alignment_parts, job_parts, statistics_mode
         from smpc.protocols.gwas.logistic import newton_plan
-        from smpc.protocols.gwas.protocol import (
-            alignment_parts,
-            analysed_ids,
-            analysed_variants,
-            job_parts,
-            statistics_mode,
-        )
+        from smpc.protocols.gwas.protocol import analysed_ids, analysed_variants
 
         deliver = spec.deliver
         if statistics_mode(spec):
@@ -207,13 +202,13 @@ class GwasProtocol(Protocol):
         ``reveal: aggregates`` seals the pooled statistics to the analyst; ``statistics``
         hands them to this party's MPyC session, which opens only the printed values.
         """
+        from smpc.protocols.gwas.job import statistics_mode
         from smpc.protocols.gwas.protocol import (
-            assoc_modulus,
             combine,
             phenotype_problem,
             regression_sessions,
-            statistics_mode,
         )
+        from smpc.protocols.gwas.sizes import assoc_modulus
 
         field = field_for(job.modulus)
 
@@ -303,7 +298,7 @@ class GwasProtocol(Protocol):
         arrays, the announced outputs the sites' phenotype does not read."""
         if task.step != "scan":
             return opened
-        from smpc.protocols.gwas.protocol import unread_outputs
+        from smpc.protocols.gwas.job import unread_outputs
 
         words = np.load(party.session_dir(job) / "alignment.npy")
         opened["alignment"] = {"shape": list(words.shape), "values": words.tolist()}

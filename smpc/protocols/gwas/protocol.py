@@ -32,62 +32,38 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from smpc.core.encoding import bytes_to_words, words_to_bytes
 from smpc.core.field import PrimeField, field_for
 from smpc.errors import UserError
+from smpc.protocols.gwas.a1 import a1_is_minor, a1_sides, flip_alleles
 from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
 from smpc.protocols.gwas.counts import SMALL_EPSILON
-from smpc.wire.messages import JobInput
+from smpc.protocols.gwas.job import (
+    CROSS_PARTS,
+    RATIOS,
+    TEST_EXTENSION,
+    regression_groups,
+    statistics_mode,
+)
+from smpc.protocols.gwas.sizes import (
+    REG_SCALE_BITS,
+    REG_VALUE_BITS,
+    join_limbs,
+    scale_cross_products,
+    split_limbs,
+)
 
 logger = logging.getLogger("smpc.gwas")
 
-COUNT_BITS = 40
-LIMB_BITS = 32
-"""Cross products travel as hi = floor(v) and lo = round((v - hi)·2^32): exact to 2^-33."""
-CROSS_INT_BITS = 40  # |floor(v)| < 2^40 per site
-CROSS_PARTS = ("xtx", "xty", "yty")
-RegressionGroup = Literal["linear", "qt"]  # .assoc.linear, and the .qassoc of a quantitative assoc
-REG_SCALE_BITS = 32
-"""With ``reveal: statistics`` covariates and the phenotype enter the cross products as
-x·2^32 (the intercept and the allele count unscaled), so every pooled entry is an
-integer, exact to 2^-33 of its sum as in aggregates mode (2^-17 moved PLINK's 4th digit
-of a t statistic near 0)."""
-REG_ENTRY_BITS = 117  # a site's scaled entry: < 2^20 samples · (2^16·2^32)^2
-REG_POOLED_BITS = 150  # pooled entries, signed, for the conversion (up to 2^32 sites)
-REG_SHARE_BITS = 192
-"""The sites share scaled entries in a 192-bit prime field (24 bytes a value); inside
-MPyC the parties convert them to the regression's wide field (:func:`.secure.convert_field`)."""
-REG_VALUE_BITS = 16  # |covariate|, |phenotype| < 2^16 with reveal: statistics
-REG_MAX_SAMPLES = 1 << 20  # samples the secure regressions are sized for
-RATIOS = ("f_a", "f_u", "chisq", "or")
-TEST_EXTENSION = {
-    "assoc": "assoc", "model": "model", "hardy": "hwe", "freq": "frq", "missing": "lmiss",
-    "linear": "assoc.linear", "logistic": "assoc.logistic",
-}  # fmt: skip  # the .assoc columns opened as exact fractions
-PUBLIC_BITS = 57
 TABLE_COLUMNS = ("chrom", "snp", "cm", "bp", "a1", "a2")
 CHUNK = 2000  # variants per chunk at the sites
-
-
-def statistics_mode(spec: Any) -> bool:
-    """``reveal: statistics``: the statistics are computed and opened inside MPyC."""
-    return "statistics" in spec.reveal
-
-
-def assoc_modulus() -> tuple[int, int]:
-    """The prime field of the sites' allele counts for a secure ``assoc``, and its bits."""
-    from smpc.protocols.gwas.secure import assoc_field_bits, field_prime
-    from smpc.protocols.gwas.session import MAX_ALLELES
-
-    bits = assoc_field_bits(MAX_ALLELES)
-    return field_prime(bits), bits
 
 
 PHENOTYPES = ("case/control", "quantitative")
@@ -97,137 +73,10 @@ NO_PHENOTYPE = "none"
 phenotype): the other sites decide the kind."""
 
 
-def regression_groups(spec: Any, phenotype: str | None = None) -> dict[RegressionGroup, int]:
-    """The cross-product groups a spec needs, with their design width k = len(x).
-
-    ``qt`` is ``assoc``'s quantitative reading of a ``pheno:`` column: the sites share
-    its cross products whatever their phenotype (a job is built before they declare
-    it), and a declared ``case/control`` phenotype does not read it.
-    """
-    groups: dict[RegressionGroup, int] = {}
-    if "linear" in spec.tests:
-        groups["linear"] = 2 + len(spec.covar)
-    if "assoc" in spec.tests and spec.pheno is not None and phenotype != "case/control":
-        groups["qt"] = 2
-    return groups
-
-
-def regression_field(
-    k: int, samples: int, pheno_bits: int, covar_bits: Sequence[int]
-) -> tuple[int, Any]:
-    """The prime of a width-``k`` secure regression and the bounds of what
-    :func:`.secure.secure_linear` opens (:class:`.secure.LinearBounds`).
-
-    Sized from what the sites declare publicly (their samples, and the bit length of
-    their largest |phenotype| and |covariate|): pooled, columns scaled by
-    2^REG_SCALE_BITS. Four times the samples cover the sites' rounding of each entry
-    (by at most 1/2 per site, well below a diagonal entry): the rounded matrix's
-    determinant is at most that of the exact one with every diagonal entry doubled.
-    """
-    from smpc.protocols.gwas.secure import field_prime, linear_bounds
-
-    scaled = [1 << (REG_SCALE_BITS + b) for b in covar_bits[: k - 2]]
-    y = 1 << (REG_SCALE_BITS + pheno_bits)
-    bounds = linear_bounds(4 * max(samples, 1), [1, 2, *scaled], y)
-    return field_prime(bounds.field_bits), bounds
-
-
-def real_inputs(name: str, statistics: bool) -> list[JobInput]:
-    """How a site shares a real-valued sum: with ``reveal: statistics`` one scaled integer
-    in the 192-bit field (:func:`scale_cross_products`), else exact hi/lo words in the
-    job's field (:func:`split_limbs`)."""
-    if statistics:
-        return [JobInput(name=name, frac_bits=0, int_bits=REG_ENTRY_BITS, modulus=share_modulus())]
-    return [
-        JobInput(name=f"{name}.hi", frac_bits=0, int_bits=CROSS_INT_BITS),
-        JobInput(name=f"{name}.lo", frac_bits=0, int_bits=LIMB_BITS + 1),
-    ]
-
-
-def share_modulus() -> int:
-    """The 192-bit prime the sites share scaled regression entries in (statistics mode)."""
-    from smpc.protocols.gwas.secure import field_prime
-
-    return field_prime(REG_SHARE_BITS)
-
-
-def column_scale_bits(k: int) -> np.ndarray:
-    """Per column of x = [1, g, covariates...]: its scale's power of two (statistics mode)."""
-    return np.array([0, 0] + [REG_SCALE_BITS] * (k - 2), dtype=np.int64)
-
-
-def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
-    """The inputs every site shares and the outputs every party delivers."""
-    public = JobInput(name="site", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
-    counts = JobInput(name="counts", frac_bits=0, int_bits=COUNT_BITS)
-    alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
-    statistics = statistics_mode(spec)
-    cross = [
-        i
-        for group in regression_groups(spec)
-        for part in CROSS_PARTS
-        for i in real_inputs(f"{group}.{part}", statistics)
-    ]
-    if statistics:
-        inputs = [public, counts, *cross]
-        if "assoc" in spec.tests:  # a case/control phenotype's (whichever the sites have)
-            modulus, _ = assoc_modulus()
-            inputs.append(JobInput(name="alleles", frac_bits=0, int_bits=40, modulus=modulus))
-        return tuple(inputs), (alignment, *statistics_outputs(spec))
-    return (public, counts, *cross), (alignment, counts, *cross)
-
-
-def alignment_parts() -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
-    """The preliminary job of ``filters: {mind}``: variant tables in, alignment out."""
-    public = JobInput(name="site", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
-    alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
-    return (public,), (alignment,)
-
-
 def analysed_ids(opened: Mapping[str, np.ndarray]) -> np.ndarray:
     """The IDs of the variants every site has, from an opened alignment."""
     summary = json.loads(words_to_bytes(np.asarray(opened["alignment"]).astype(np.int64)))
     return parse_table(summary["variants"])["snp"]
-
-
-def statistics_outputs(spec: Any, phenotype: str | None = None) -> list[JobInput]:
-    """What the parties open with ``reveal: statistics`` (:mod:`.session`): the one place
-    that decides it, for the job and for the session alike.
-
-    A job is built before any site declares its phenotype, so the job announces the
-    outputs of either kind (``phenotype`` None): ``assoc`` reads a ``pheno:`` column as
-    case/control (``.assoc``: the ``assoc.*`` ratios) or as quantitative (``.qassoc``:
-    the ``qt`` regression). Once the sites have declared their kind (one of
-    :data:`PHENOTYPES`), the session opens ``statistics_outputs(spec, kind)`` and every
-    party delivers the announced outputs that kind does not read as empty arrays
-    (:func:`unread_outputs`): each party delivers exactly the outputs the job names.
-    """
-    names = ["a1.merge", "a1.swap"]
-    if spec.filters and (spec.filters.geno is not None or spec.filters.maf is not None):
-        names += ["filter.geno", "filter.maf"]
-    if spec.filters and spec.filters.hwe is not None:
-        names += ["filter.hwe"]
-    for test, opened in (
-        ("model", ["model.counts"]),
-        ("hardy", ["hardy.counts"]),
-        ("freq", ["freq.alleles"]),
-        ("missing", ["missing.counts"]),
-    ):
-        if test in spec.tests:
-            names += opened
-    for group in regression_groups(spec, phenotype):
-        ratios = ("beta", "t2") if group == "linear" else ("beta", "se2")
-        names += [f"{group}.nmiss"] + [f"{group}.{r}.{p}" for r in ratios for p in ("num", "den")]
-    if "assoc" in spec.tests and phenotype != "quantitative":  # .assoc's opened ratios
-        names += [f"assoc.{s}.{p}" for s in RATIOS for p in ("num", "den")]
-    return [JobInput(name=n, frac_bits=0, int_bits=200) for n in names]
-
-
-def unread_outputs(spec: Any, phenotype: str) -> list[str]:
-    """The outputs a job announces that the sites' declared ``phenotype`` does not read
-    (:func:`statistics_outputs`): the parties deliver them as empty arrays."""
-    read = {o.name for o in statistics_outputs(spec, phenotype)}
-    return [o.name for o in statistics_outputs(spec) if o.name not in read]
 
 
 # --- site side ------------------------------------------------------------------------
@@ -352,62 +201,6 @@ def _site_statistics(
     return arrays, len(pheno)
 
 
-def a1_is_minor(counts: np.ndarray) -> bool:
-    """Whether every variant's A1 is a minor allele of the site's founders (ties count).
-
-    ``plink --make-bed`` writes each .bim so (A1 is the founders' minor allele), so for
-    such a site this tells nothing its public variant table does not. When every site
-    says so, the pooled founders' A1 alleles cannot exceed their A2 alleles wherever the
-    sites' A1 alleles agree, and the parties need only MPyC's cheap zero test to learn
-    the pooled A1 choice there (:func:`a1_sides`); a secure comparison only elsewhere.
-    """
-    founders = counts[:, :, 1, :].sum(axis=1)  # (V, genotype): A1A1, het, A2A2, missing
-    return bool(np.all(founders[:, 0] <= founders[:, 2]))
-
-
-def a1_sides(claims: Sequence[bool], flips: Sequence[np.ndarray], variants: int) -> str:
-    """Per reference variant, the side of 0 the founders' A2 minus A1 homozygotes are on:
-    ``+`` (≥ 0), ``-`` (≤ 0) or ``?`` (unknown, a secure comparison decides).
-
-    Known when every site claims its A1 minor (:func:`a1_is_minor`) and all sites' A1
-    are the same reference allele: each site's difference has that sign, so their sum has.
-    """
-    if not claims or not all(claims):
-        return "?" * variants
-    flip = np.stack([np.asarray(f, dtype=bool) for f in flips])
-    side = np.full(variants, b"?", dtype="S1")
-    side[~flip.any(axis=0)] = b"+"
-    side[flip.all(axis=0)] = b"-"
-    return side.tobytes().decode()
-
-
-def side_signs(sides: str, variants: int) -> np.ndarray:
-    """:func:`a1_sides` as int8: 1 (≥ 0), -1 (≤ 0), 0 unknown; no string: all unknown."""
-    if not sides:
-        return np.zeros(variants, dtype=np.int8)
-    if len(sides) != variants:
-        raise ValueError(f"a1_side has {len(sides)} entries for {variants} variants")
-    codes = np.frombuffer(sides.encode(), dtype=np.uint8)
-    return (codes == ord("+")).astype(np.int8) - (codes == ord("-"))
-
-
-def scale_cross_products(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cross products of the scaled columns (covariates and y times 2^32), rounded.
-
-    Powers of two scale float64 exactly and rounding to an integer is exact, so each
-    entry is round(entry·2^(scale_i + scale_j)) as an integral float64, which encodes
-    exactly however wide (:class:`smpc.core.encoding.FixedPoint`).
-    """
-    k = parts["xtx"].shape[-1]
-    col = 2.0 ** column_scale_bits(k).astype(np.float64)
-    y = 2.0**REG_SCALE_BITS
-    return {
-        "xtx": np.rint(parts["xtx"] * (col[:, None] * col[None, :])),
-        "xty": np.rint(parts["xty"] * (col * y)),
-        "yty": np.rint(parts["yty"] * (y * y)),
-    }
-
-
 def magnitude_bits(values: np.ndarray) -> int:
     """The least b with |x| < 2^b for every value present (0 when none is)."""
     present = np.abs(values[~np.isnan(values)])
@@ -438,18 +231,6 @@ def case_control_alleles(counts: np.ndarray) -> np.ndarray:
     return np.stack([a1[:, 1], called[:, 1], a1[:, 0], called[:, 0]], axis=1)
 
 
-def split_limbs(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A real array as integers hi = floor(v), lo = round((v - hi)·2^32) (exact split)."""
-    hi = np.floor(value)
-    lo = np.rint((value - hi) * 2.0**LIMB_BITS)  # v - floor(v) is exact in float64
-    return hi.astype(np.int64), lo.astype(np.int64)
-
-
-def join_limbs(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Pooled hi and lo sums back to reals."""
-    return np.asarray(hi, dtype=np.float64) + np.asarray(lo, dtype=np.float64) * 2.0**-LIMB_BITS
-
-
 def _width(covar: np.ndarray | None) -> int:
     """Columns of x = [1, g, covariates]."""
     return 2 + (0 if covar is None else covar.shape[1])
@@ -464,14 +245,6 @@ def phenotype(spec: Any, prefix: Path, samples: Any) -> np.ndarray:
         return read_pheno(prefix, spec.pheno, samples)
     out = np.asarray(samples.phenotype, dtype=np.float64).copy()
     out[(out == 0) | (out == -9)] = np.nan
-    return out
-
-
-def flip_alleles(variants: Mapping[str, np.ndarray], flip: np.ndarray) -> dict[str, np.ndarray]:
-    """A variant table with A1 and A2 exchanged where ``flip``."""
-    out = dict(variants)
-    out["a1"] = np.where(flip, variants["a2"], variants["a1"])
-    out["a2"] = np.where(flip, variants["a1"], variants["a2"])
     return out
 
 
