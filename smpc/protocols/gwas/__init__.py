@@ -9,6 +9,11 @@ Modules (one concern each):
 - :mod:`.sitedata` — a site's genotypes (.bed, .pgen, .vcf), phenotypes and covariates.
 - :mod:`.align` — variant matching across sites, allele flips, exclusions.
 - :mod:`.secure` — the statistics inside MPyC (``reveal: statistics``).
+- :mod:`.job` — the job's parts: what sites share, what parties deliver or open.
+- :mod:`.sizes` — field and bit sizes of the shared values; :mod:`.a1` — the A1 choice.
+- :mod:`.phenotypes` — case/control or quantitative, and which tests run on it.
+- :mod:`.site` — a site's shares; :mod:`.pooling` — the parties' aligned sums.
+- :mod:`.finalize`, :mod:`.opened` — the analyst's PLINK files (aggregates, statistics).
 
 The data model shared by all of them is documented in :mod:`.counts` (genotype count
 tensor) and :mod:`.regression` (cross-product statistics).

@@ -5,7 +5,8 @@ A run is up to three kinds of job, each a :class:`GwasPayload` stage: with
 then the ``scan`` job (counts, alignment, regression sums; its payload names the analysed
 variants when ``mind`` dropped samples); then, for the ``logistic`` test, one ``newton``
 job per Newton iteration carrying the variants and their current coefficients. What each
-computes is in :mod:`.protocol` (site statistics, party combination, outputs),
+computes is in :mod:`.job` (the job's parts), :mod:`.site`, :mod:`.pooling`,
+:mod:`.finalize` and :mod:`.opened` (site statistics, party combination, outputs),
 :mod:`.logistic` (Newton rounds) and :mod:`.session` (inside MPyC).
 """
 
@@ -120,9 +121,9 @@ class GwasProtocol(Protocol):
         return True  # fractions' parts and counts, never fixed point
 
     def plan(self, spec: Any, context: RunContext) -> Plan:
+        from smpc.protocols.gwas.finalize import analysed_ids, analysed_variants
         from smpc.protocols.gwas.job import alignment_parts, job_parts, statistics_mode
         from smpc.protocols.gwas.logistic import newton_plan
-        from smpc.protocols.gwas.protocol import analysed_ids, analysed_variants
 
         deliver = spec.deliver
         if statistics_mode(spec):
@@ -157,7 +158,7 @@ class GwasProtocol(Protocol):
         return GwasRun(scan, fit)
 
     def finalize(self, spec: Any, result: GwasRun, out: Path) -> dict[str, Any]:
-        from smpc.protocols.gwas.protocol import finalize
+        from smpc.protocols.gwas.finalize import finalize
 
         return finalize(spec, result.scan.opened, out, logistic=result.logistic)
 
@@ -178,7 +179,7 @@ class GwasProtocol(Protocol):
                 raise UserError(f"job {job.id}: a Newton round names no variants")
             shared, samples = site_round(spec, source.data, arrays)
             return SiteData(shared, samples)
-        from smpc.protocols.gwas.protocol import site_statistics
+        from smpc.protocols.gwas.site import site_statistics
 
         analysed = None if arrays is None else np.char.decode(arrays["snp"], "utf-8")
         shared, samples = site_statistics(
@@ -203,11 +204,8 @@ class GwasProtocol(Protocol):
         hands them to this party's MPyC session, which opens only the printed values.
         """
         from smpc.protocols.gwas.job import statistics_mode
-        from smpc.protocols.gwas.protocol import (
-            combine,
-            phenotype_problem,
-            regression_sessions,
-        )
+        from smpc.protocols.gwas.phenotypes import phenotype_problem
+        from smpc.protocols.gwas.pooling import combine, regression_sessions
         from smpc.protocols.gwas.sizes import assoc_modulus
 
         field = field_for(job.modulus)

@@ -1,4 +1,32 @@
-"""A GWAS job's parts: what every site shares and what every party delivers or opens."""
+"""A GWAS job's parts: what every site shares and what every party delivers or opens.
+
+**Sites** (:func:`.site.site_statistics`) read their fileset (``--site NAME=PREFIX``), and
+share, in their own variant order and allele orientation:
+
+- ``site`` — public (t = 0, every party reads it; the broker sees ciphertext): the
+  variant table (CHR, SNP, CM, BP, A1, A2 as in its .bim) and whether its phenotype is
+  case/control or quantitative. Variant identities are not patient data; an allele
+  ``0`` tells that no sample of the site carries it, which PLINK's own .bim tells too.
+  With ``reveal: statistics`` also ``a1_minor`` (:func:`.a1.a1_is_minor`): whether every
+  A1 is a minor allele of the site's founders, as a PLINK-written .bim has it.
+- ``counts`` — genotype counts per variant × phenotype class × founder × genotype
+  (:mod:`.counts`), integers;
+- ``linear.*`` — per-variant cross products of x = [1, g, covariates] and y over the
+  samples with a call, a phenotype and every covariate (:mod:`.regression`), each real
+  as two integers, ``.hi`` = floor(v) and ``.lo`` = round((v - floor v)·2^32), so the
+  pooled sums are exact to 2^-33 per site while every word stays within GF(2^61 - 1)'s
+  fast field (one 16-bit fixed point changed PLINK's 4th printed digit where a
+  regression cancels); ``linear`` in ``tests``;
+- ``qt.*`` — the same without covariates for ``assoc`` on a quantitative phenotype.
+
+**Parties** (:func:`.pooling.combine`) align the sites' tables (:mod:`.align`), rearrange
+each site's shares into the reference order and orientation (:mod:`.combine`) and add them.
+With ``reveal: aggregates`` each party seals its share of the pooled statistics and the
+alignment to the analyst.
+
+**The analyst** (:func:`.finalize.finalize`) reconstructs, takes A1 as the founders' minor
+allele as PLINK 1.9 does, applies the quality-control filters and writes PLINK 1.9's files.
+"""
 
 from __future__ import annotations
 

@@ -104,14 +104,9 @@ def _text(values: np.ndarray) -> np.ndarray:
 def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[dict, int]:
     """A site's shares of one Newton round at the model's coefficients."""
     from smpc.protocols.gwas.job import statistics_mode
-    from smpc.protocols.gwas.protocol import (
-        CHUNK,
-        check_regression_values,
-        is_case_control,
-        mind_keep,
-        phenotype,
-    )
+    from smpc.protocols.gwas.phenotypes import is_case_control
     from smpc.protocols.gwas.regression import flip_genotypes, logistic_site_stats
+    from smpc.protocols.gwas.site import CHUNK, check_regression_values, mind_keep, phenotype
     from smpc.protocols.gwas.sitedata import iter_chunks, open_site, read_covar
     from smpc.protocols.gwas.sizes import LIMB_BITS, split_limbs
 
