@@ -6,7 +6,9 @@ Modules (one concern each):
 - :mod:`.counts` — allele-count statistics: ``assoc``/``qassoc``, ``model``.
 - :mod:`.qc` — ``hardy`` (exact test), ``freq``, ``missing``.
 - :mod:`.regression` — ``linear`` and ``logistic`` from pooled sufficient statistics.
-- :mod:`.sitedata` — a site's genotypes (.bed, .pgen, .vcf), phenotypes and covariates.
+- :mod:`.fileset` — a site's variant and sample tables (.bim/.fam, .pvar/.psam, VCF).
+- :mod:`.genotypes` — a site's genotypes (.bed, .pgen, .vcf) in chunks.
+- :mod:`.phenofiles` — a site's phenotypes and covariates (PREFIX.pheno, PREFIX.cov).
 - :mod:`.align` — variant matching across sites, allele flips, exclusions.
 - :mod:`.secure` — the statistics inside MPyC (``reveal: statistics``).
 - :mod:`.job` — the job's parts: what sites share, what parties deliver or open.

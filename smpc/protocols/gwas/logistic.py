@@ -103,11 +103,12 @@ def _text(values: np.ndarray) -> np.ndarray:
 
 def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[dict, int]:
     """A site's shares of one Newton round at the model's coefficients."""
+    from smpc.protocols.gwas.genotypes import iter_chunks, open_site
     from smpc.protocols.gwas.job import statistics_mode
+    from smpc.protocols.gwas.phenofiles import read_covar
     from smpc.protocols.gwas.phenotypes import is_case_control
     from smpc.protocols.gwas.regression import flip_genotypes, logistic_site_stats
     from smpc.protocols.gwas.site import CHUNK, check_regression_values, mind_keep, phenotype
-    from smpc.protocols.gwas.sitedata import iter_chunks, open_site, read_covar
     from smpc.protocols.gwas.sizes import LIMB_BITS, split_limbs
 
     with open_site(prefix) as site:

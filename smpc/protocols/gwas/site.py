@@ -31,7 +31,7 @@ def site_statistics(
     exceed the bound before anything else, so each site drops its own such samples.
     ``table_only``: just the public ``site`` input (the preliminary alignment job).
     """
-    from smpc.protocols.gwas.sitedata import open_site
+    from smpc.protocols.gwas.genotypes import open_site
 
     with open_site(prefix) as site:
         return _site_statistics(spec, prefix, site, analysed, table_only)
@@ -39,7 +39,7 @@ def site_statistics(
 
 def mind_keep(site: Any, analysed: np.ndarray, mind: float) -> np.ndarray:
     """Samples passing PLINK 1.9's ``--mind``: missing calls <= int(mind·V·(1 + 2^-44))."""
-    from smpc.protocols.gwas.sitedata import iter_chunks
+    from smpc.protocols.gwas.genotypes import iter_chunks
 
     rows = {snp: i for i, snp in enumerate(site.variants.snp)}
     absent = [snp for snp in analysed if snp not in rows]
@@ -55,7 +55,7 @@ def mind_keep(site: Any, analysed: np.ndarray, mind: float) -> np.ndarray:
 def _site_statistics(
     spec: Any, prefix: Path, site: Any, analysed: np.ndarray | None, table_only: bool
 ) -> tuple[dict[str, np.ndarray], int]:
-    from smpc.protocols.gwas.sitedata import read_covar
+    from smpc.protocols.gwas.phenofiles import read_covar
 
     samples = site.samples
     keep = np.ones(site.n_samples, dtype=bool)
@@ -127,8 +127,8 @@ def _scan(
     """One pass over the kept samples' genotypes: the count tensor and each group's
     cross products (x = [1, g, the group's covariates])."""
     from smpc.protocols.gwas.align import site_counts
+    from smpc.protocols.gwas.genotypes import iter_chunks
     from smpc.protocols.gwas.regression import linear_site_stats
-    from smpc.protocols.gwas.sitedata import iter_chunks
 
     n_variants = len(site.variants.snp)
     counts = np.zeros((n_variants, 3, 2, 4), dtype=np.int64)
@@ -210,7 +210,7 @@ def _width(covar: np.ndarray | None) -> int:
 def phenotype(spec: Any, prefix: Path, samples: Any) -> np.ndarray:
     """The spec's phenotype per sample (NaN missing): a column of PREFIX.pheno, or the
     .fam phenotype with PLINK's missing codes (0, -9) as NaN."""
-    from smpc.protocols.gwas.sitedata import read_pheno
+    from smpc.protocols.gwas.phenofiles import read_pheno
 
     if spec.pheno is not None:
         return read_pheno(prefix, spec.pheno, samples)
