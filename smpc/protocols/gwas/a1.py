@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
+
+from smpc.protocols.gwas.fileset import VariantTable
 
 
 def a1_is_minor(counts: np.ndarray) -> bool:
@@ -46,9 +49,10 @@ def side_signs(sides: str, variants: int) -> np.ndarray:
     return (codes == ord("+")).astype(np.int8) - (codes == ord("-"))
 
 
-def flip_alleles(variants: Mapping[str, np.ndarray], flip: np.ndarray) -> dict[str, np.ndarray]:
+def flip_alleles(variants: VariantTable, flip: np.ndarray) -> VariantTable:
     """A variant table with A1 and A2 exchanged where ``flip``."""
-    out = dict(variants)
-    out["a1"] = np.where(flip, variants["a2"], variants["a1"])
-    out["a2"] = np.where(flip, variants["a1"], variants["a2"])
-    return out
+    return replace(
+        variants,
+        a1=np.where(flip, variants.a2, variants.a1),
+        a2=np.where(flip, variants.a1, variants.a2),
+    )

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.pvalues import chiprob_p, tprob
 
 from .plink_format import fmt_g, fmt_int, plink_maxsnp, write_table
@@ -108,7 +109,8 @@ class Variants:
 
 
 def as_variants(v: Variants | Mapping[str, Any] | Any) -> Variants:
-    """Accept a :class:`Variants`, a mapping, or any object with the five attributes."""
+    """Accept a :class:`Variants`, a mapping, or any object with the five attributes (as
+    a :class:`.fileset.VariantTable`)."""
     if isinstance(v, Variants):
         return v
     keys = ("chrom", "snp", "bp", "a1", "a2")
@@ -342,7 +344,7 @@ def _fmt_p(p: np.ndarray, output_min_p: float) -> np.ndarray:
 
 def write_assoc(
     path: str | os.PathLike[str],
-    variants: Variants | Mapping[str, Any],
+    variants: Variants | VariantTable | Mapping[str, Any],
     counts: np.ndarray | None,
     snp_width: int | None = None,
     output_min_p: float = 0.0,
@@ -391,7 +393,7 @@ def write_assoc(
 
 def write_model(
     path: str | os.PathLike[str],
-    variants: Variants | Mapping[str, Any],
+    variants: Variants | VariantTable | Mapping[str, Any],
     counts: np.ndarray,
     cell: int = 5,
     snp_width: int | None = None,
@@ -466,7 +468,7 @@ def write_model(
 
 def write_qassoc(
     path: str | os.PathLike[str],
-    variants: Variants | Mapping[str, Any],
+    variants: Variants | VariantTable | Mapping[str, Any],
     qt_stats: Mapping[str, np.ndarray] | None,
     snp_width: int | None = None,
     output_min_p: float = 0.0,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,27 @@ class VariantTable:
     def take(self, index: np.ndarray) -> VariantTable:
         """The rows ``index`` (an integer array or boolean mask)."""
         return VariantTable(*(getattr(self, k)[index] for k in _VARIANT_COLUMNS))
+
+    def to_columns(self) -> dict[str, str]:
+        """The table as one newline-joined text per column, as the public JSON carries it.
+
+        By columns, not rows: each column parses back with one ``split`` and one array
+        conversion, where rows would take a Python loop over every variant at every party.
+        """
+        return {
+            c: "\n".join(np.asarray(getattr(self, c)).astype(str).tolist())
+            for c in _VARIANT_COLUMNS
+        }
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, str]) -> VariantTable:
+        """Inverse of :meth:`to_columns`."""
+        return cls(
+            **{
+                c: np.array(columns[c].split("\n") if columns[c] else [], dtype=str)
+                for c in _VARIANT_COLUMNS
+            }
+        )
 
 
 _VARIANT_COLUMNS = ("chrom", "snp", "cm", "bp", "a1", "a2")

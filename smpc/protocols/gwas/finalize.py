@@ -18,13 +18,13 @@ from smpc.protocols.gwas import qc, regression
 from smpc.protocols.gwas.a1 import flip_alleles
 from smpc.protocols.gwas.align import pooled_bim_swap, write_excluded
 from smpc.protocols.gwas.combine import unpack_symmetric
+from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.job import CROSS_PARTS
 from smpc.protocols.gwas.opened import finalize_statistics, opened_masks
 from smpc.protocols.gwas.phenotypes import phenotype_problem
 from smpc.protocols.gwas.plink_format import plink_maxsnp
 from smpc.protocols.gwas.results import summarise
 from smpc.protocols.gwas.sizes import join_limbs
-from smpc.protocols.gwas.table import parse_table
 
 logger = logging.getLogger("smpc.gwas")
 
@@ -37,14 +37,14 @@ def alignment_summary(opened: Mapping[str, np.ndarray]) -> dict[str, Any]:
 def analysed_ids(opened: Mapping[str, np.ndarray]) -> np.ndarray:
     """The IDs of the variants every site has, from an opened alignment."""
     summary = alignment_summary(opened)
-    return parse_table(summary["variants"])["snp"]
+    return VariantTable.from_columns(summary["variants"]).snp
 
 
 @dataclass
 class Pooled:
     """The opened aggregates in PLINK's orientation, with the quality-control masks."""
 
-    variants: dict[str, np.ndarray]
+    variants: VariantTable
     counts: np.ndarray
     swap: np.ndarray  # minor-allele swap relative to the merged .bim
     cross: dict[str, Any]
@@ -53,7 +53,7 @@ class Pooled:
 
 
 def _orient(
-    spec: Any, opened: Mapping[str, np.ndarray], variants: dict[str, np.ndarray], quantitative: bool
+    spec: Any, opened: Mapping[str, np.ndarray], variants: VariantTable, quantitative: bool
 ) -> Pooled:
     """Orientation as PLINK on the merged fileset: the merge's allele order by pooled
     allele counts (:func:`.align.pooled_bim_swap`), then A1 = the founders' minor allele."""
@@ -88,16 +88,16 @@ def _orient(
     return Pooled(variants, counts, swap, cross, masks, keep)
 
 
-def analysed_variants(spec: Any, opened: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def analysed_variants(spec: Any, opened: Mapping[str, np.ndarray]) -> VariantTable:
     """The variants the association tests analyse (after filters), in PLINK's orientation."""
     summary = alignment_summary(opened)
     quantitative = summary["phenotype"] == "quantitative"
-    variants = parse_table(summary["variants"])
+    variants = VariantTable.from_columns(summary["variants"])
     if "a1.merge" in opened:  # reveal: statistics
         merge, swap, _, keep = opened_masks(opened)
-        return {k: v[keep] for k, v in flip_alleles(variants, merge ^ swap).items()}
+        return flip_alleles(variants, merge ^ swap).take(keep)
     pooled = _orient(spec, opened, variants, quantitative)
-    return {k: v[pooled.keep] for k, v in pooled.variants.items()}
+    return pooled.variants.take(pooled.keep)
 
 
 def finalize(
@@ -118,7 +118,7 @@ def finalize(
     """
     out.mkdir(parents=True, exist_ok=True)
     summary = alignment_summary(opened)
-    variants = parse_table(summary["variants"])
+    variants = VariantTable.from_columns(summary["variants"])
     quantitative = summary["phenotype"] == "quantitative"
     write_excluded(out / f"{spec.name}.excluded", summary["excluded"])  # from .align
     for row in summary["excluded"]:
@@ -132,7 +132,7 @@ def finalize(
     width = plink_maxsnp(pooled.variants["snp"])  # PLINK sizes SNP columns before filtering
     name = out / spec.name
     written = _write_qc_reports(spec, name, pooled, quantitative, width)
-    kept = {k: v[pooled.keep] for k, v in pooled.variants.items()}
+    kept = pooled.variants.take(pooled.keep)
     tested, p_values = _write_association(spec, name, pooled, kept, quantitative, width, logistic)
     return summarise(
         spec, out, kept, p_values, [*written, *tested],
@@ -158,7 +158,7 @@ def _write_qc_reports(
             g = pooled.masks["geno"]
             written.append(f"{spec.name}.hwe")
             qc.write_hwe(
-                f"{name}.hwe", {k: v[g] for k, v in variants.items()}, counts[g],
+                f"{name}.hwe", variants.take(g), counts[g],
                 quantitative=quantitative, swapped=swap[g], snp_width=width,
             )  # fmt: skip
     return written
@@ -168,7 +168,7 @@ def _write_association(
     spec: Any,
     name: Path,
     pooled: Pooled,
-    kept: dict[str, np.ndarray],
+    kept: VariantTable,
     quantitative: bool,
     width: int,
     logistic: Mapping[str, np.ndarray] | None,

@@ -36,6 +36,7 @@ import numpy as np
 from smpc.errors import UserError
 from smpc.protocols.base import Outcome, Step
 from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
+from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.spec import GwasPayload
 from smpc.wire.messages import JobInput, encode_model
 
@@ -77,7 +78,7 @@ def newton_field(k: int) -> tuple[int, Any]:
 
 
 def round_model(
-    variants: dict[str, np.ndarray], beta: np.ndarray, mind: np.ndarray | None = None
+    variants: VariantTable, beta: np.ndarray, mind: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """The public part of a round's job: the variants and their current coefficients;
     with ``filters: {mind}`` also every aligned variant's ID, over which each site counts
@@ -155,7 +156,7 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
 
 def newton_plan(
     spec: Any,
-    variants: dict[str, np.ndarray],
+    variants: VariantTable,
     *,
     deliver: str,
     mind: np.ndarray | None = None,

@@ -12,6 +12,7 @@ from smpc.protocols.gwas import counts as count_tests
 from smpc.protocols.gwas import qc, regression
 from smpc.protocols.gwas.a1 import flip_alleles
 from smpc.protocols.gwas.counts import tprob
+from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.job import RATIOS, TEST_EXTENSION
 from smpc.protocols.gwas.plink_format import plink_maxsnp
 from smpc.protocols.gwas.pvalues import t_two_sided
@@ -24,7 +25,7 @@ def finalize_statistics(
     opened: Mapping[str, np.ndarray],
     out: Path,
     summary: dict[str, Any],
-    variants: dict[str, np.ndarray],
+    variants: VariantTable,
     logistic: Mapping[str, np.ndarray] | None,
 ) -> dict[str, Any]:
     """PLINK's files from what the parties opened inside MPyC (:mod:`.session`).
@@ -38,7 +39,7 @@ def finalize_statistics(
     v = len(variants["snp"])
     width = plink_maxsnp(variants["snp"])
     name = out / spec.name
-    kept = {k: x[keep] for k, x in variants.items()}
+    kept = variants.take(keep)
     counts = _OpenedCounts(opened, merge, swap)
     quantitative = summary["phenotype"] == "quantitative"
 
@@ -50,7 +51,7 @@ def finalize_statistics(
         elif test == "missing":
             qc.write_lmiss(path, variants, counts.missing(), snp_width=width)
         elif test == "hardy":
-            subset = {k: x[geno] for k, x in variants.items()}
+            subset = variants.take(geno)
             qc.write_hwe(
                 path, subset, counts.hardy(geno), swapped=swap[geno], snp_width=width,
                 quantitative=quantitative,

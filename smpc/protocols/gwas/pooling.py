@@ -24,7 +24,6 @@ from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.job import CROSS_PARTS, regression_groups
 from smpc.protocols.gwas.phenotypes import NO_PHENOTYPE
 from smpc.protocols.gwas.sizes import REG_SCALE_BITS
-from smpc.protocols.gwas.table import parse_table, table_columns
 
 ShareOf = Callable[[str, str], np.ndarray]
 
@@ -48,7 +47,7 @@ def combine(
             "sites disagree on the phenotype: "
             + ", ".join(f"{s}: {infos[s]['phenotype']}" for s in sites)
         )
-    tables = [VariantTable(**parse_table(infos[s]["variants"])) for s in sites]
+    tables = [VariantTable.from_columns(infos[s]["variants"]) for s in sites]
     alignment = align(tables, sites)
     inputs = {i.name: i for i in job.inputs}
     summary = _alignment_summary(infos, sites, alignment, kinds.pop() if kinds else NO_PHENOTYPE)
@@ -77,7 +76,7 @@ def _alignment_summary(
     phenotype, and with ``reveal: statistics`` the A1 sides and the regressions' bounds."""
     reference = alignment.variants
     summary = {
-        "variants": table_columns(reference),
+        "variants": reference.to_columns(),
         "excluded": [list(map(str, row)) for row in alignment.excluded],
         "phenotype": phenotype,
         "sites": sites,

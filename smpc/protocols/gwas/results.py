@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from smpc.protocols.gwas.fileset import VariantTable
+
 
 def summarise(
     spec: Any,
     out: Path,
-    tested: Mapping[str, np.ndarray],
+    tested: VariantTable,
     p_values: np.ndarray | None,
     written: list[str],
     **facts: Any,

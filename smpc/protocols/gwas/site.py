@@ -16,7 +16,6 @@ from smpc.protocols.gwas.counts import SMALL_EPSILON
 from smpc.protocols.gwas.job import statistics_mode
 from smpc.protocols.gwas.phenotypes import is_case_control, phenotype_kind
 from smpc.protocols.gwas.sizes import REG_VALUE_BITS, scale_cross_products, split_limbs
-from smpc.protocols.gwas.table import table_columns
 
 CHUNK = 2000  # variants per chunk at the sites
 
@@ -68,7 +67,7 @@ def _site_statistics(
     info: dict[str, Any]
     if table_only:
         info = {
-            "variants": table_columns(site.variants),
+            "variants": site.variants.to_columns(),
             "phenotype": phenotype_kind(pheno),
         }
         return {"site": bytes_to_words(json.dumps(info).encode())}, int(keep.sum())
@@ -84,7 +83,7 @@ def _site_statistics(
         groups["qt"] = None
     counts, cross = _scan(site, keep, pheno, pheno_class, founder, groups)
     info = {
-        "variants": table_columns(site.variants),
+        "variants": site.variants.to_columns(),
         "phenotype": phenotype_kind(pheno),
     }
     if statistics_mode(spec):  # what the site's .bim says when PLINK wrote it (README)
