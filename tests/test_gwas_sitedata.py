@@ -23,9 +23,9 @@ from smpc.protocols.gwas.align import (
     site_counts,
     write_excluded,
 )
-from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.genotypes import iter_chunks, open_site
 from smpc.protocols.gwas.phenofiles import read_covar, read_pheno
+from smpc.protocols.gwas.plink.fileset import VariantTable
 from tests.simulate import simulate_cohort
 
 PLINK = shutil.which("plink1.9")

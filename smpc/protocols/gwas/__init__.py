@@ -2,11 +2,8 @@
 
 Modules (one concern each):
 
-- :mod:`.plink_format` — PLINK 1.9's number formatting and table layout.
-- :mod:`.counts` — allele-count statistics: ``assoc``/``qassoc``, ``model``.
-- :mod:`.qc` — ``hardy`` (exact test), ``freq``, ``missing``.
-- :mod:`.regression` — ``linear`` and ``logistic`` from pooled sufficient statistics.
-- :mod:`.fileset` — a site's variant and sample tables (.bim/.fam, .pvar/.psam, VCF).
+- :mod:`.plink` — PLINK 1.9's side, ported: its filesets (:mod:`.plink.fileset`), number
+  formats, p-values, constants, and the count, QC and regression statistics.
 - :mod:`.genotypes` — a site's genotypes (.bed, .pgen, .vcf) in chunks.
 - :mod:`.phenofiles` — a site's phenotypes and covariates (PREFIX.pheno, PREFIX.cov).
 - :mod:`.align` — variant matching across sites, allele flips, exclusions.
@@ -17,6 +14,6 @@ Modules (one concern each):
 - :mod:`.site` — a site's shares; :mod:`.pooling` — the parties' aligned sums.
 - :mod:`.finalize`, :mod:`.opened` — the analyst's PLINK files (aggregates, statistics).
 
-The data model shared by all of them is documented in :mod:`.counts` (genotype count
-tensor) and :mod:`.regression` (cross-product statistics).
+The data model shared by all of them is documented in :mod:`.plink.counts` (genotype count
+tensor) and :mod:`.plink.regression` (cross-product statistics).
 """

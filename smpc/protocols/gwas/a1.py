@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from smpc.protocols.gwas.fileset import VariantTable
+from smpc.protocols.gwas.plink.fileset import VariantTable
 
 
 def a1_is_minor(counts: np.ndarray) -> bool:

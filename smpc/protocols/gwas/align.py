@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smpc.protocols.gwas.fileset import VariantTable
+from smpc.protocols.gwas.plink.fileset import VariantTable
 
 __all__ = [
     "AUTOSOMES",

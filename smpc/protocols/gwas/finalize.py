@@ -13,16 +13,16 @@ import numpy as np
 
 from smpc.core.encoding import words_to_bytes
 from smpc.errors import UserError
-from smpc.protocols.gwas import counts as count_tests
-from smpc.protocols.gwas import qc, regression
 from smpc.protocols.gwas.a1 import flip_alleles
 from smpc.protocols.gwas.align import pooled_bim_swap, write_excluded
 from smpc.protocols.gwas.combine import unpack_symmetric
-from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.job import CROSS_PARTS
 from smpc.protocols.gwas.opened import finalize_statistics, opened_masks
 from smpc.protocols.gwas.phenotypes import phenotype_problem
-from smpc.protocols.gwas.plink_format import plink_maxsnp
+from smpc.protocols.gwas.plink import counts as count_tests
+from smpc.protocols.gwas.plink import qc, regression
+from smpc.protocols.gwas.plink.fileset import VariantTable
+from smpc.protocols.gwas.plink.formats import plink_maxsnp
 from smpc.protocols.gwas.results import summarise
 from smpc.protocols.gwas.sizes import join_limbs
 

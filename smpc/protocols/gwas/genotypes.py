@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from smpc.errors import UserError
-from smpc.protocols.gwas.fileset import (
+from smpc.protocols.gwas.plink.fileset import (
     read_bim,
     read_fam,
     read_psam,

@@ -10,9 +10,9 @@ share, in their own variant order and allele orientation:
   With ``reveal: statistics`` also ``a1_minor`` (:func:`.a1.a1_is_minor`): whether every
   A1 is a minor allele of the site's founders, as a PLINK-written .bim has it.
 - ``counts`` — genotype counts per variant × phenotype class × founder × genotype
-  (:mod:`.counts`), integers;
+  (:mod:`.plink.counts`), integers;
 - ``linear.*`` — per-variant cross products of x = [1, g, covariates] and y over the
-  samples with a call, a phenotype and every covariate (:mod:`.regression`), each real
+  samples with a call, a phenotype and every covariate (:mod:`.plink.regression`), each real
   as two integers, ``.hi`` = floor(v) and ``.lo`` = round((v - floor v)·2^32), so the
   pooled sums are exact to 2^-33 per site while every word stays within GF(2^61 - 1)'s
   fast field (one 16-bit fixed point changed PLINK's 4th printed digit where a

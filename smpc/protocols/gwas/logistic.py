@@ -10,7 +10,7 @@ PLINK's Newton step needs at those coefficients over its samples — the number 
 samples with a call, the gradient Σ(y − π)x and the Hessian Σπ(1 − π)xxᵀ, each real
 as exact hi/lo integer words (:func:`.sizes.split_limbs`; the Hessian's upper
 triangle only). The parties add the
-shares and deliver the sums; the analyst takes the step (:func:`.regression.logistic_fit`:
+shares and deliver the sums; the analyst takes the step (:func:`.plink.regression.logistic_fit`:
 PLINK's single-precision solve, stopping rules and NA rules) and sends the next
 coefficients, for as many rounds as PLINK iterates (at most 15).
 
@@ -36,7 +36,7 @@ import numpy as np
 from smpc.errors import UserError
 from smpc.protocols.base import Outcome, Step
 from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
-from smpc.protocols.gwas.fileset import VariantTable
+from smpc.protocols.gwas.plink.fileset import VariantTable
 from smpc.protocols.gwas.spec import GwasPayload
 from smpc.wire.messages import JobInput, encode_model
 
@@ -108,7 +108,7 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
     from smpc.protocols.gwas.job import statistics_mode
     from smpc.protocols.gwas.phenofiles import read_covar
     from smpc.protocols.gwas.phenotypes import is_case_control
-    from smpc.protocols.gwas.regression import flip_genotypes, logistic_site_stats
+    from smpc.protocols.gwas.plink.regression import flip_genotypes, logistic_site_stats
     from smpc.protocols.gwas.site import CHUNK, check_regression_values, mind_keep, phenotype
     from smpc.protocols.gwas.sizes import LIMB_BITS, split_limbs
 
@@ -162,13 +162,13 @@ def newton_plan(
     mind: np.ndarray | None = None,
 ) -> Generator[Step, Outcome, dict[str, np.ndarray]]:
     """The Newton rounds that fit every analysed variant: one job per iteration of
-    :func:`.regression.logistic_iterations`, as many as PLINK iterates.
+    :func:`.plink.regression.logistic_iterations`, as many as PLINK iterates.
 
     ``mind``: the aligned variants' IDs when ``filters: {mind}`` is set (the sites drop
     the same samples as in the scan). With ``deliver: parties`` (``reveal: statistics``)
     each round's step is computed inside MPyC and only it is opened."""
     from smpc.protocols.gwas.job import statistics_mode
-    from smpc.protocols.gwas.regression import logistic_iterations
+    from smpc.protocols.gwas.plink.regression import logistic_iterations
     from smpc.protocols.gwas.sizes import join_limbs
 
     v, p = len(variants["snp"]), 2 + len(spec.covar)

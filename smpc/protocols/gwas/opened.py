@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from smpc.protocols.gwas import counts as count_tests
-from smpc.protocols.gwas import qc, regression
 from smpc.protocols.gwas.a1 import flip_alleles
-from smpc.protocols.gwas.counts import tprob
-from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.job import RATIOS, TEST_EXTENSION
-from smpc.protocols.gwas.plink_format import plink_maxsnp
-from smpc.protocols.gwas.pvalues import t_two_sided
+from smpc.protocols.gwas.plink import counts as count_tests
+from smpc.protocols.gwas.plink import qc, regression
+from smpc.protocols.gwas.plink.counts import tprob
+from smpc.protocols.gwas.plink.fileset import VariantTable
+from smpc.protocols.gwas.plink.formats import plink_maxsnp
+from smpc.protocols.gwas.plink.pvalues import t_two_sided
 from smpc.protocols.gwas.results import summarise
 from smpc.protocols.gwas.secure import Ratio
 
@@ -186,7 +186,7 @@ def _qassoc_from_ratios(opened: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     """``.qassoc``'s columns from the opened NMISS, BETA and SE² (:mod:`.session`).
 
     T = BETA/SE and R2 = T²/(T² + n − 2) (the simple regression's r²; 1 for a perfect
-    fit, SE = 0), P two-sided with n − 2 df, as :func:`.counts.qassoc_table`.
+    fit, SE = 0), P two-sided with n − 2 df, as :func:`.plink.counts.qassoc_table`.
     """
     n = np.asarray(opened["qt.nmiss"]).astype(np.int64).reshape(-1)
     beta = _opened_ratio(opened, "qt.beta").to_float()

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from smpc.errors import UserError
-from smpc.protocols.gwas.fileset import MISSING_CODES, SampleTable, read_text
 from smpc.protocols.gwas.genotypes import open_site
+from smpc.protocols.gwas.plink.fileset import MISSING_CODES, SampleTable, read_text
 
 
 def read_table_file(

@@ -20,9 +20,9 @@ from smpc.protocols.gwas.combine import (
     take_cross_products,
     unpack_symmetric,
 )
-from smpc.protocols.gwas.fileset import VariantTable
 from smpc.protocols.gwas.job import CROSS_PARTS, regression_groups
 from smpc.protocols.gwas.phenotypes import NO_PHENOTYPE
+from smpc.protocols.gwas.plink.fileset import VariantTable
 from smpc.protocols.gwas.sizes import REG_SCALE_BITS
 
 ShareOf = Callable[[str, str], np.ndarray]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from smpc.protocols.gwas.fileset import VariantTable
+from smpc.protocols.gwas.plink.fileset import VariantTable
 
 
 def summarise(

@@ -343,8 +343,8 @@ async def _hwe_pass(mpc: Any, gwas: Any, total: Any, hardy: np.ndarray) -> np.nd
     control, else all founders; whether there is a control is one more opened number
     (the controls with a call at the first variant, or none).
     """
-    from smpc.protocols.gwas.counts import SMALL_EPSILON
-    from smpc.protocols.gwas.qc import hwe_pvalues
+    from smpc.protocols.gwas.plink.constants import SMALL_EPSILON
+    from smpc.protocols.gwas.plink.qc import hwe_pvalues
 
     group = hardy.sum(axis=1)  # all founders
     if not gwas.quantitative and gwas.variants:
@@ -368,7 +368,7 @@ async def _filters(
     """
     from fractions import Fraction
 
-    from smpc.protocols.gwas.qc import geno_min_called
+    from smpc.protocols.gwas.plink.qc import geno_min_called
 
     n = gwas.samples
     keep_geno = np.ones(gwas.variants, dtype=bool)

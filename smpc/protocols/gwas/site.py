@@ -12,9 +12,9 @@ from smpc.core.encoding import bytes_to_words
 from smpc.errors import UserError
 from smpc.protocols.gwas.a1 import a1_is_minor
 from smpc.protocols.gwas.combine import pack_symmetric
-from smpc.protocols.gwas.counts import SMALL_EPSILON
 from smpc.protocols.gwas.job import statistics_mode
 from smpc.protocols.gwas.phenotypes import is_case_control, phenotype_kind
+from smpc.protocols.gwas.plink.constants import SMALL_EPSILON
 from smpc.protocols.gwas.sizes import REG_VALUE_BITS, scale_cross_products, split_limbs
 
 CHUNK = 2000  # variants per chunk at the sites
@@ -127,7 +127,7 @@ def _scan(
     cross products (x = [1, g, the group's covariates])."""
     from smpc.protocols.gwas.align import site_counts
     from smpc.protocols.gwas.genotypes import iter_chunks
-    from smpc.protocols.gwas.regression import linear_site_stats
+    from smpc.protocols.gwas.plink.regression import linear_site_stats
 
     n_variants = len(site.variants.snp)
     counts = np.zeros((n_variants, 3, 2, 4), dtype=np.int64)

@@ -1,19 +1,19 @@
 """A site's variant and sample tables, read from its .bim/.fam, .pvar/.psam or VCF.
 
-**Variant table** (:class:`VariantTable`): the columns of a PLINK 1 ``.bim`` — chrom,
-snp, cm, bp, a1, a2 — as the site's file states them (chromosome names are not
-normalised here; :mod:`.align` does that). ``g`` in
-:meth:`.genotypes.SiteGenotypes.read_chunk` is the number of copies of *a1*. For
-.pgen/.vcf a variant's ``a1`` is ALT and ``a2`` is REF, which is what
-``plink2 --make-bed`` (and ``plink1.9 --vcf --keep-allele-order``) writes, so a .bed converted
-from the same data with plink2 reads identically; an ALT of ``.`` becomes ``0`` as in a
-.bim. Which allele is a1 at a site does not matter downstream: :mod:`.align` flips each
-site into one reference orientation. A multi-allelic record (ALT ``A,C``) keeps its
-comma-joined ALT as a1 and reads as missing; :mod:`.align` excludes it. A VCF record
-without an ID keeps ``.``, so several of them are duplicate IDs to :mod:`.align`
-(excluded): set IDs first (e.g. ``plink2 --set-all-var-ids``). Reading a VCF walks its
-records in file order (cyvcf2 has no random access), so chunks in ascending order cost
-one pass.
+**Variant table** (:class:`VariantTable`): the columns of a PLINK 1 ``.bim`` — chrom, snp,
+cm, bp, a1, a2 — as the site's file states them (chromosome names are not normalised here;
+:mod:`smpc.protocols.gwas.align` does that). ``g`` in
+:meth:`smpc.protocols.gwas.genotypes.SiteGenotypes.read_chunk` is the number of copies of
+*a1*. For .pgen/.vcf a variant's ``a1`` is ALT and ``a2`` is REF, which is what
+``plink2 --make-bed`` (and ``plink1.9 --vcf --keep-allele-order``) writes, so a .bed
+converted from the same data with plink2 reads identically; an ALT of ``.`` becomes ``0``
+as in a .bim. Which allele is a1 at a site does not matter downstream:
+:mod:`smpc.protocols.gwas.align` flips each site into one reference orientation. A
+multi-allelic record (ALT ``A,C``) keeps its comma-joined ALT as a1 and reads as missing;
+:mod:`smpc.protocols.gwas.align` excludes it. A VCF record without an ID keeps ``.``, so
+several of them are duplicate IDs to :mod:`smpc.protocols.gwas.align` (excluded): set IDs
+first (e.g. ``plink2 --set-all-var-ids``). Reading a VCF walks its records in file order
+(cyvcf2 has no random access), so chunks in ascending order cost one pass.
 
 **Samples** (:class:`SampleTable`): fid, iid, father, mother, sex (1 male, 2 female,
 0 unknown), phenotype (float; PLINK's missing codes kept as -9) and founder. PLINK 1.9

@@ -43,10 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from smpc.protocols.gwas.fileset import VariantTable
-from smpc.protocols.gwas.pvalues import chiprob_p, tprob
+from smpc.protocols.gwas.plink.constants import SMALL_EPSILON
+from smpc.protocols.gwas.plink.fileset import VariantTable
+from smpc.protocols.gwas.plink.pvalues import chiprob_p, tprob
 
-from .plink_format import fmt_g, fmt_int, plink_maxsnp, write_table
+from .formats import fmt_g, fmt_int, plink_maxsnp, write_table
 
 __all__ = [
     "FOUNDER",
@@ -59,7 +60,6 @@ __all__ = [
     "PHENO_CASE",
     "PHENO_CONTROL",
     "PHENO_MISSING",
-    "SMALL_EPSILON",
     "Variants",
     "as_variants",
     "assoc_table",
@@ -77,10 +77,6 @@ PHENO_CONTROL, PHENO_CASE, PHENO_MISSING = 0, 1, 2
 NONFOUNDER, FOUNDER = 0, 1
 GENO_A1A1, GENO_A1A2, GENO_A2A2, GENO_MISSING = 0, 1, 2, 3
 MODEL_TESTS = ("GENO", "TREND", "ALLELIC", "DOM", "REC")
-
-SMALL_EPSILON = 2.0**-44
-"""PLINK's ``SMALL_EPSILON``: the slack on its filter thresholds; a chi-square statistic
-below its square prints as 0."""
 
 
 @dataclass(frozen=True)
