@@ -1,4 +1,4 @@
-"""smpc.protocols.gwas.plink.counts/plink_format against real PLINK 1.9 on a simulated cohort.
+"""smpc.protocols.gwas.plink.counts/formats against real PLINK 1.9 on a simulated cohort.
 
 A small pooled cohort (founders and a few non-founders whose parents are in the
 .fam, missing calls and phenotypes, monomorphic, very rare, strongly associated
