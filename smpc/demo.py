@@ -174,9 +174,9 @@ def _gwas_part(workdir: Path, console: Console) -> bool:
 
     from smpc.local import run_local
     from smpc.protocols.gwas.align import pooled_bim_swap, site_counts
-    from smpc.protocols.gwas.counts import assoc_table
-    from smpc.protocols.gwas.qc import minor_allele_swap, swap_alleles
-    from smpc.protocols.gwas.sitedata import open_site
+    from smpc.protocols.gwas.genotypes import open_site
+    from smpc.protocols.gwas.plink.counts import assoc_table
+    from smpc.protocols.gwas.plink.qc import minor_allele_swap, swap_alleles
 
     workdir.mkdir(parents=True, exist_ok=True)
     data = Path(str(resources.files("smpc.data.gwas")))

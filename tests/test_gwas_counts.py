@@ -1,4 +1,4 @@
-"""smpc.protocols.gwas.counts/plink_format against real PLINK 1.9 on a simulated cohort.
+"""smpc.protocols.gwas.plink.counts/formats against real PLINK 1.9 on a simulated cohort.
 
 A small pooled cohort (founders and a few non-founders whose parents are in the
 .fam, missing calls and phenotypes, monomorphic, very rare, strongly associated
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from bed_reader import open_bed, to_bed
 
-from smpc.protocols.gwas import counts as gc
-from smpc.protocols.gwas.plink_format import (
+from smpc.protocols.gwas.plink import counts as gc
+from smpc.protocols.gwas.plink.formats import (
     fmt_g,
     fmt_int,
     plink_maxsnp,

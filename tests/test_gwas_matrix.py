@@ -29,7 +29,7 @@ from allpairspy import AllPairs
 
 from smpc.errors import UserError
 from smpc.local import run_local
-from smpc.protocols.gwas.protocol import TEST_EXTENSION
+from smpc.protocols.gwas.job import TEST_EXTENSION
 from tests.simulate import simulate_cohort
 from tests.test_gwas_local import PLINK, assert_same_table
 

@@ -1,4 +1,4 @@
-"""``smpc.protocols.gwas.qc`` against real PLINK 1.9 on a simulated pooled cohort.
+"""``smpc.protocols.gwas.plink.qc`` against real PLINK 1.9 on a simulated pooled cohort.
 
 The cohort (520 samples, 80 of them non-founders, controls, cases and missing
 phenotypes, 3 chromosomes) has random variants of every frequency and call rate plus
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smpc.protocols.gwas import qc
-from smpc.protocols.gwas.plink_format import plink_maxsnp
+from smpc.protocols.gwas.plink import qc
+from smpc.protocols.gwas.plink.formats import plink_maxsnp
 
 pytestmark = pytest.mark.timeout(120)
 

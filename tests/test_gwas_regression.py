@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smpc.protocols.gwas.regression import (
+from smpc.protocols.gwas.plink.regression import (
     LOGISTIC_MAX_ITER,
     LinearStats,
     flip_genotypes,

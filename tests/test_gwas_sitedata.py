@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from smpc.errors import UserError
+from smpc.protocols.gwas.a1 import a1_is_minor, a1_sides, side_signs
 from smpc.protocols.gwas.align import (
     align,
     chrom_codes,
@@ -22,14 +23,9 @@ from smpc.protocols.gwas.align import (
     site_counts,
     write_excluded,
 )
-from smpc.protocols.gwas.protocol import a1_is_minor, a1_sides, side_signs
-from smpc.protocols.gwas.sitedata import (
-    VariantTable,
-    iter_chunks,
-    open_site,
-    read_covar,
-    read_pheno,
-)
+from smpc.protocols.gwas.genotypes import iter_chunks, open_site
+from smpc.protocols.gwas.phenofiles import read_covar, read_pheno
+from smpc.protocols.gwas.plink.fileset import VariantTable
 from tests.simulate import simulate_cohort
 
 PLINK = shutil.which("plink1.9")

@@ -96,7 +96,7 @@ def test_truncated_bed_and_short_fam_name_the_right_file(tmp_path):
     import shutil
     from pathlib import Path
 
-    from smpc.protocols.gwas.sitedata import open_site
+    from smpc.protocols.gwas.genotypes import open_site
 
     source = Path(__file__).resolve().parents[1] / "smpc" / "data" / "gwas"
     for case in ("bed", "fam"):

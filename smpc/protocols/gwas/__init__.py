@@ -2,14 +2,18 @@
 
 Modules (one concern each):
 
-- :mod:`.plink_format` — PLINK 1.9's number formatting and table layout.
-- :mod:`.counts` — allele-count statistics: ``assoc``/``qassoc``, ``model``.
-- :mod:`.qc` — ``hardy`` (exact test), ``freq``, ``missing``.
-- :mod:`.regression` — ``linear`` and ``logistic`` from pooled sufficient statistics.
-- :mod:`.sitedata` — a site's genotypes (.bed, .pgen, .vcf), phenotypes and covariates.
+- :mod:`.plink` — PLINK 1.9's side, ported: its filesets (:mod:`.plink.fileset`), number
+  formats, p-values, constants, and the count, QC and regression statistics.
+- :mod:`.genotypes` — a site's genotypes (.bed, .pgen, .vcf) in chunks.
+- :mod:`.phenofiles` — a site's phenotypes and covariates (PREFIX.pheno, PREFIX.cov).
 - :mod:`.align` — variant matching across sites, allele flips, exclusions.
 - :mod:`.secure` — the statistics inside MPyC (``reveal: statistics``).
+- :mod:`.job` — the job's parts: what sites share, what parties deliver or open.
+- :mod:`.sizes` — field and bit sizes of the shared values; :mod:`.a1` — the A1 choice.
+- :mod:`.phenotypes` — case/control or quantitative, and which tests run on it.
+- :mod:`.site` — a site's shares; :mod:`.pooling` — the parties' aligned sums.
+- :mod:`.finalize`, :mod:`.opened` — the analyst's PLINK files (aggregates, statistics).
 
-The data model shared by all of them is documented in :mod:`.counts` (genotype count
-tensor) and :mod:`.regression` (cross-product statistics).
+The data model shared by all of them is documented in :mod:`.plink.counts` (genotype count
+tensor) and :mod:`.plink.regression` (cross-product statistics).
 """

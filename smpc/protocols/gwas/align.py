@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sitedata import VariantTable
+from smpc.protocols.gwas.plink.fileset import VariantTable
 
 __all__ = [
     "AUTOSOMES",
@@ -129,9 +129,55 @@ def align(site_variants: Sequence[VariantTable], site_names: Sequence[str]) -> A
     if not names:
         raise ValueError("no sites to align")
     tables = [t if isinstance(t, VariantTable) else VariantTable(**dict(t)) for t in site_variants]
-    n_sites = len(tables)
+    u = _union(tables)
+    slot1, slot2, conflict_at, before = _merge_slots(u)
+    reasons, keep = _exclusions(u, names, conflict_at, before)
+    ids, home, home_code, a1, a2 = u.ids, u.home, u.home_code, u.a1, u.a2
+    kept = np.flatnonzero(keep)
+    order = kept[np.lexsort((ids[kept], u.bp[home[kept], kept], home_code[kept]))]
+    ref_a1 = np.where(slot1[order] == _NONE, "0", slot1[order]).astype(str)
+    ref_a2 = np.where(slot2[order] == _NONE, "0", slot2[order]).astype(str)
+    variants = VariantTable(
+        home_code[order].astype(str),
+        ids[order],
+        u.cm[home[order], order],
+        u.bp[home[order], order],
+        ref_a1,
+        ref_a2,
+    )
+    index = [u.row[k, order] for k in range(len(tables))]
+    flip = [
+        ((a1[k, order] != _NONE) & (a1[k, order] == slot2[order]))
+        | ((a2[k, order] != _NONE) & (a2[k, order] == slot1[order]))
+        for k in range(len(tables))
+    ]
+    bad = np.flatnonzero(~keep)
+    excluded = [(str(ids[v]), str(u.chrom_raw[home[v], v]), str(reasons[v])) for v in bad]
+    return Alignment(variants, index, [f.astype(bool) for f in flip], excluded, names)
 
-    # The union of IDs in order of first appearance (site order, then row order).
+
+@dataclass(frozen=True)
+class _Union:
+    """The union of the sites' variant IDs, and each site's columns over it (sites × union;
+    absent variants hold a fill value)."""
+
+    ids: np.ndarray  # in order of first appearance (site order, then row order)
+    row: np.ndarray  # the variant's row in the site's table, -1 absent
+    dup: np.ndarray  # the site has the ID more than once
+    present: np.ndarray
+    a1: np.ndarray  # alleles, "0" as _NONE
+    a2: np.ndarray
+    chrom_raw: np.ndarray
+    codes: np.ndarray  # chromosome codes, -2 absent
+    bp: np.ndarray
+    cm: np.ndarray
+    home: np.ndarray  # first site with the variant
+    home_code: np.ndarray  # its chromosome code there
+
+
+def _union(tables: list[VariantTable]) -> _Union:
+    """The union of IDs in order of first appearance and the sites' columns over it."""
+    n_sites = len(tables)
     all_ids = np.concatenate([t.snp for t in tables])
     uniq, first, inverse = np.unique(all_ids, return_index=True, return_inverse=True)
     appearance = np.argsort(first, kind="stable")  # union rank -> uniq index
@@ -166,15 +212,26 @@ def align(site_variants: Sequence[VariantTable], site_names: Sequence[str]) -> A
     bp = np.stack([column(k, "bp", -1) for k in range(n_sites)]).astype(np.int64)
     cm = np.stack([column(k, "cm", 0.0) for k in range(n_sites)]).astype(np.float64)
     home = np.argmax(present, axis=0)  # first site with the variant
-    cols = np.arange(n)
+    home_code = codes[home, np.arange(n)]
+    return _Union(ids, row, dup, present, a1, a2, chrom_raw, codes, bp, cm, home, home_code)
 
-    # PLINK's merge slots, site by site: the first site sets them, later ones fill blanks.
+
+def _merge_slots(
+    u: _Union,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """PLINK's merge slots, site by site: the first site sets them, later ones fill blanks.
+
+    Returns both slots, the site at which a variant's alleles first conflict (-1 none) and
+    the slots as each site found them (for the reasons).
+    """
+    a1, a2, present, home = u.a1, u.a2, u.present, u.home
+    n = len(u.ids)
     width = np.promote_types(a1.dtype, a2.dtype)
     slot1 = np.full(n, _NONE, dtype=width)
     slot2 = np.full(n, _NONE, dtype=width)
     conflict_at = np.full(n, -1, dtype=np.int64)
     before = []  # the slots as each site found them (for the reasons)
-    for k in range(n_sites):
+    for k in range(len(a1)):
         before.append((slot1.copy(), slot2.copy()))
         starts = present[k] & (home == k)
         slot1[starts] = a1[k, starts]
@@ -189,9 +246,20 @@ def align(site_variants: Sequence[VariantTable], site_names: Sequence[str]) -> A
             fill1 = new & ~full & (slot2 != _NONE)
             slot2[fill2] = allele[fill2]
             slot1[fill1] = allele[fill1]
+    return slot1, slot2, conflict_at, before
 
+
+def _exclusions(
+    u: _Union,
+    names: list[str],
+    conflict_at: np.ndarray,
+    before: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Why each variant is excluded (the first rule that matches), and which are kept."""
+    a1, a2, present, codes, bp = u.a1, u.a2, u.present, u.codes, u.bp
+    dup, chrom_raw, home, home_code = u.dup, u.chrom_raw, u.home, u.home_code
+    cols = np.arange(len(u.ids))
     multi = present & ((np.char.find(a1, ",") >= 0) | (np.char.find(a2, ",") >= 0))
-    home_code = codes[home, cols]
     rules = [  # (mask, reason texts for the selected variants), first match wins
         (dup.any(axis=0), lambda v: _per_site("duplicate ID at site", dup[:, v], names)),
         (~_is_autosome(home_code), lambda v: _chrom_text(chrom_raw[home[v], v], home_code[v])),
@@ -217,36 +285,14 @@ def align(site_variants: Sequence[VariantTable], site_names: Sequence[str]) -> A
             ),
         ),
     ]
-    reasons = np.full(n, "", dtype=object)
-    undecided = np.ones(n, dtype=bool)
+    reasons = np.full(len(u.ids), "", dtype=object)
+    undecided = np.ones(len(u.ids), dtype=bool)
     for mask, text in rules:
         pick = np.flatnonzero(mask & undecided)
         if len(pick):
             reasons[pick] = text(pick)
             undecided[pick] = False
-
-    keep = undecided
-    kept = np.flatnonzero(keep)
-    order = kept[np.lexsort((ids[kept], bp[home[kept], kept], home_code[kept]))]
-    ref_a1 = np.where(slot1[order] == _NONE, "0", slot1[order]).astype(str)
-    ref_a2 = np.where(slot2[order] == _NONE, "0", slot2[order]).astype(str)
-    variants = VariantTable(
-        home_code[order].astype(str),
-        ids[order],
-        cm[home[order], order],
-        bp[home[order], order],
-        ref_a1,
-        ref_a2,
-    )
-    index = [row[k, order] for k in range(n_sites)]
-    flip = [
-        ((a1[k, order] != _NONE) & (a1[k, order] == slot2[order]))
-        | ((a2[k, order] != _NONE) & (a2[k, order] == slot1[order]))
-        for k in range(n_sites)
-    ]
-    bad = np.flatnonzero(~keep)
-    excluded = [(str(ids[v]), str(chrom_raw[home[v], v]), str(reasons[v])) for v in bad]
-    return Alignment(variants, index, [f.astype(bool) for f in flip], excluded, names)
+    return reasons, undecided
 
 
 def _chrom_text(raw: np.ndarray, code: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ A run is up to three kinds of job, each a :class:`GwasPayload` stage: with
 then the ``scan`` job (counts, alignment, regression sums; its payload names the analysed
 variants when ``mind`` dropped samples); then, for the ``logistic`` test, one ``newton``
 job per Newton iteration carrying the variants and their current coefficients. What each
-computes is in :mod:`.protocol` (site statistics, party combination, outputs),
+computes is in :mod:`.job` (the job's parts), :mod:`.site`, :mod:`.pooling`,
+:mod:`.finalize` and :mod:`.opened` (site statistics, party combination, outputs),
 :mod:`.logistic` (Newton rounds) and :mod:`.session` (inside MPyC).
 """
 
@@ -120,14 +121,9 @@ class GwasProtocol(Protocol):
         return True  # fractions' parts and counts, never fixed point
 
     def plan(self, spec: Any, context: RunContext) -> Plan:
+        from smpc.protocols.gwas.finalize import analysed_ids, analysed_variants
+        from smpc.protocols.gwas.job import alignment_parts, job_parts, statistics_mode
         from smpc.protocols.gwas.logistic import newton_plan
-        from smpc.protocols.gwas.protocol import (
-            alignment_parts,
-            analysed_ids,
-            analysed_variants,
-            job_parts,
-            statistics_mode,
-        )
 
         deliver = spec.deliver
         if statistics_mode(spec):
@@ -162,7 +158,7 @@ class GwasProtocol(Protocol):
         return GwasRun(scan, fit)
 
     def finalize(self, spec: Any, result: GwasRun, out: Path) -> dict[str, Any]:
-        from smpc.protocols.gwas.protocol import finalize
+        from smpc.protocols.gwas.finalize import finalize
 
         return finalize(spec, result.scan.opened, out, logistic=result.logistic)
 
@@ -183,7 +179,7 @@ class GwasProtocol(Protocol):
                 raise UserError(f"job {job.id}: a Newton round names no variants")
             shared, samples = site_round(spec, source.data, arrays)
             return SiteData(shared, samples)
-        from smpc.protocols.gwas.protocol import site_statistics
+        from smpc.protocols.gwas.site import site_statistics
 
         analysed = None if arrays is None else np.char.decode(arrays["snp"], "utf-8")
         shared, samples = site_statistics(
@@ -207,13 +203,10 @@ class GwasProtocol(Protocol):
         ``reveal: aggregates`` seals the pooled statistics to the analyst; ``statistics``
         hands them to this party's MPyC session, which opens only the printed values.
         """
-        from smpc.protocols.gwas.protocol import (
-            assoc_modulus,
-            combine,
-            phenotype_problem,
-            regression_sessions,
-            statistics_mode,
-        )
+        from smpc.protocols.gwas.job import statistics_mode
+        from smpc.protocols.gwas.phenotypes import phenotype_problem
+        from smpc.protocols.gwas.pooling import combine, regression_sessions
+        from smpc.protocols.gwas.sizes import assoc_modulus
 
         field = field_for(job.modulus)
 
@@ -303,7 +296,7 @@ class GwasProtocol(Protocol):
         arrays, the announced outputs the sites' phenotype does not read."""
         if task.step != "scan":
             return opened
-        from smpc.protocols.gwas.protocol import unread_outputs
+        from smpc.protocols.gwas.job import unread_outputs
 
         words = np.load(party.session_dir(job) / "alignment.npy")
         opened["alignment"] = {"shape": list(words.shape), "values": words.tolist()}

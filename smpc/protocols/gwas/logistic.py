@@ -8,9 +8,9 @@ its ID, A1 and A2 and the current coefficients (intercept, ADD, covariates). Eve
 by ID, flips its genotype coding where its A2 is the pooled A1, and shares the sums
 PLINK's Newton step needs at those coefficients over its samples — the number of
 samples with a call, the gradient Σ(y − π)x and the Hessian Σπ(1 − π)xxᵀ, each real
-as exact hi/lo integer words (:func:`.protocol.split_limbs`; the Hessian's upper
+as exact hi/lo integer words (:func:`.sizes.split_limbs`; the Hessian's upper
 triangle only). The parties add the
-shares and deliver the sums; the analyst takes the step (:func:`.regression.logistic_fit`:
+shares and deliver the sums; the analyst takes the step (:func:`.plink.regression.logistic_fit`:
 PLINK's single-precision solve, stopping rules and NA rules) and sends the next
 coefficients, for as many rounds as PLINK iterates (at most 15).
 
@@ -36,6 +36,7 @@ import numpy as np
 from smpc.errors import UserError
 from smpc.protocols.base import Outcome, Step
 from smpc.protocols.gwas.combine import pack_symmetric, unpack_symmetric
+from smpc.protocols.gwas.plink.fileset import VariantTable
 from smpc.protocols.gwas.spec import GwasPayload
 from smpc.wire.messages import JobInput, encode_model
 
@@ -51,7 +52,8 @@ def round_inputs(spec: Any) -> tuple[JobInput, ...]:
     integer per entry in the 192-bit field; the session converts them to the Newton
     field (:func:`newton_field`) for :func:`.secure.secure_newton_step`.
     """
-    from smpc.protocols.gwas.protocol import COUNT_BITS, real_inputs, statistics_mode
+    from smpc.protocols.gwas.job import real_inputs, statistics_mode
+    from smpc.protocols.gwas.sizes import COUNT_BITS
 
     out = [JobInput(name="logistic.n", frac_bits=0, int_bits=COUNT_BITS)]
     for part in PARTS:  # statistics: round(v·2^32), one wide integer per entry
@@ -67,8 +69,8 @@ def round_outputs(spec: Any) -> tuple[JobInput, ...]:
 
 def newton_field(k: int) -> tuple[int, Any]:
     """The prime of a width-``k`` Newton round's shares and the bounds of its openings."""
-    from smpc.protocols.gwas.protocol import LIMB_BITS, REG_MAX_SAMPLES, REG_VALUE_BITS
     from smpc.protocols.gwas.secure import field_prime, newton_bounds
+    from smpc.protocols.gwas.sizes import LIMB_BITS, REG_MAX_SAMPLES, REG_VALUE_BITS
 
     cols = [1, 2] + [1 << REG_VALUE_BITS] * (k - 2)
     bounds = newton_bounds(4 * REG_MAX_SAMPLES, cols, LIMB_BITS)
@@ -76,7 +78,7 @@ def newton_field(k: int) -> tuple[int, Any]:
 
 
 def round_model(
-    variants: dict[str, np.ndarray], beta: np.ndarray, mind: np.ndarray | None = None
+    variants: VariantTable, beta: np.ndarray, mind: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """The public part of a round's job: the variants and their current coefficients;
     with ``filters: {mind}`` also every aligned variant's ID, over which each site counts
@@ -102,18 +104,13 @@ def _text(values: np.ndarray) -> np.ndarray:
 
 def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[dict, int]:
     """A site's shares of one Newton round at the model's coefficients."""
-    from smpc.protocols.gwas.protocol import (
-        CHUNK,
-        LIMB_BITS,
-        check_regression_values,
-        is_case_control,
-        mind_keep,
-        phenotype,
-        split_limbs,
-        statistics_mode,
-    )
-    from smpc.protocols.gwas.regression import flip_genotypes, logistic_site_stats
-    from smpc.protocols.gwas.sitedata import iter_chunks, open_site, read_covar
+    from smpc.protocols.gwas.genotypes import iter_chunks, open_site
+    from smpc.protocols.gwas.job import statistics_mode
+    from smpc.protocols.gwas.phenofiles import read_covar
+    from smpc.protocols.gwas.phenotypes import is_case_control
+    from smpc.protocols.gwas.plink.regression import flip_genotypes, logistic_site_stats
+    from smpc.protocols.gwas.site import CHUNK, check_regression_values, mind_keep, phenotype
+    from smpc.protocols.gwas.sizes import LIMB_BITS, split_limbs
 
     with open_site(prefix) as site:
         samples = site.samples
@@ -159,19 +156,20 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
 
 def newton_plan(
     spec: Any,
-    variants: dict[str, np.ndarray],
+    variants: VariantTable,
     *,
     deliver: str,
     mind: np.ndarray | None = None,
 ) -> Generator[Step, Outcome, dict[str, np.ndarray]]:
     """The Newton rounds that fit every analysed variant: one job per iteration of
-    :func:`.regression.logistic_iterations`, as many as PLINK iterates.
+    :func:`.plink.regression.logistic_iterations`, as many as PLINK iterates.
 
     ``mind``: the aligned variants' IDs when ``filters: {mind}`` is set (the sites drop
     the same samples as in the scan). With ``deliver: parties`` (``reveal: statistics``)
     each round's step is computed inside MPyC and only it is opened."""
-    from smpc.protocols.gwas.protocol import join_limbs, statistics_mode
-    from smpc.protocols.gwas.regression import logistic_iterations
+    from smpc.protocols.gwas.job import statistics_mode
+    from smpc.protocols.gwas.plink.regression import logistic_iterations
+    from smpc.protocols.gwas.sizes import join_limbs
 
     v, p = len(variants["snp"]), 2 + len(spec.covar)
     secure = statistics_mode(spec)
@@ -207,8 +205,8 @@ def newton_plan(
 
 def opened_step(opened: Any, v: int, p: int) -> tuple[np.ndarray, np.ndarray]:
     """The Newton step H⁻¹g (V, p) and (H⁻¹)_tt (V,) a round opened (NaN where NA)."""
-    from smpc.protocols.gwas.protocol import LIMB_BITS
     from smpc.protocols.gwas.secure import Ratio
+    from smpc.protocols.gwas.sizes import LIMB_BITS
 
     def ratio(name: str) -> np.ndarray:
         num = np.asarray(opened[f"logistic.{name}.num"], dtype=object).reshape(-1)

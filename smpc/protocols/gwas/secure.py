@@ -127,7 +127,7 @@ class AssocResult:
     @property
     def p(self) -> np.ndarray:
         """Chi-square(1 df) upper tail, computed in the clear; NaN for NA."""
-        from smpc.protocols.gwas.pvalues import chiprob_p
+        from smpc.protocols.gwas.plink.pvalues import chiprob_p
 
         return chiprob_p(self.chisq.to_float(), 1.0)
 
@@ -152,7 +152,7 @@ class LinearResult:
     @property
     def p(self) -> np.ndarray:
         """Two-sided Student-t P with NMISS − k degrees of freedom, in the clear."""
-        from smpc.protocols.gwas.pvalues import t_two_sided
+        from smpc.protocols.gwas.plink.pvalues import t_two_sided
 
         df = (self.nmiss - self.n_params).astype(float)
         df[df <= 0] = np.nan

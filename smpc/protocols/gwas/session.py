@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from smpc.core.field import FAST, MERSENNE61, field_for
-from smpc.protocols.gwas.protocol import side_signs
+from smpc.protocols.gwas.a1 import side_signs
+from smpc.protocols.gwas.sizes import MAX_ALLELES
 
 FAST_BITS = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)
-MAX_ALLELES = 1 << 21
-"""Called alleles per variant the secure statistics are sized for (a million samples)."""
 
 
 def _cell(cls: int, founder: int, genotype: int) -> int:
@@ -164,8 +163,8 @@ async def _regression(
     """
     from fractions import Fraction
 
-    from smpc.protocols.gwas.protocol import regression_field
     from smpc.protocols.gwas.secure import secint_for, secure_linear
+    from smpc.protocols.gwas.sizes import regression_field
 
     _, bounds = regression_field(reg.k, reg.samples, reg.pheno_bits, reg.covar_bits)
     big = secint_for(mpc, bounds.field_bits)
@@ -262,8 +261,8 @@ async def _widened(
     (:func:`.secure.convert_field`); ``packed`` upper triangles unfold to symmetric
     matrices (:func:`.combine.unpack_symmetric`: shares unfold as the values do)."""
     from smpc.protocols.gwas.combine import unpack_symmetric
-    from smpc.protocols.gwas.protocol import REG_POOLED_BITS, REG_SHARE_BITS
     from smpc.protocols.gwas.secure import convert_field, secint_for
+    from smpc.protocols.gwas.sizes import REG_POOLED_BITS, REG_SHARE_BITS
 
     narrow = secint_for(mpc, REG_SHARE_BITS)
     if narrow.field.modulus != modulus:
@@ -344,8 +343,8 @@ async def _hwe_pass(mpc: Any, gwas: Any, total: Any, hardy: np.ndarray) -> np.nd
     control, else all founders; whether there is a control is one more opened number
     (the controls with a call at the first variant, or none).
     """
-    from smpc.protocols.gwas.counts import SMALL_EPSILON
-    from smpc.protocols.gwas.qc import hwe_pvalues
+    from smpc.protocols.gwas.plink.constants import SMALL_EPSILON
+    from smpc.protocols.gwas.plink.qc import hwe_pvalues
 
     group = hardy.sum(axis=1)  # all founders
     if not gwas.quantitative and gwas.variants:
@@ -369,7 +368,7 @@ async def _filters(
     """
     from fractions import Fraction
 
-    from smpc.protocols.gwas.qc import geno_min_called
+    from smpc.protocols.gwas.plink.qc import geno_min_called
 
     n = gwas.samples
     keep_geno = np.ones(gwas.variants, dtype=bool)

@@ -80,8 +80,8 @@ from typing import Any
 
 import numpy as np
 
-from smpc.protocols.gwas.plink_format import fmt_g, plink_maxsnp, render_table
-from smpc.protocols.gwas.pvalues import chi2_1df, t_two_sided
+from smpc.protocols.gwas.plink.formats import fmt_g, plink_maxsnp, render_table
+from smpc.protocols.gwas.plink.pvalues import chi2_1df, t_two_sided
 
 # scipy is imported where P-values are computed: every uploader imports this module for
 # its sufficient statistics only, and importing scipy.stats costs each one ~0.5 s of CPU.
@@ -561,13 +561,14 @@ def logistic_iterations(
 
     It yields the coefficients ``beta`` (V, p) at which it needs the pooled sums and is
     sent them back: a generator, so that each evaluation can be a job through the
-    federation (:func:`.logistic.newton_plan`) or a plain function (:func:`logistic_fit`).
+    federation (:func:`smpc.protocols.gwas.logistic.newton_plan`) or a plain function
+    (:func:`logistic_fit`).
 
     With ``steps`` (``reveal: statistics``) an evaluation is ``(n, step, var)``
     instead: the exact Newton step H⁻¹·Σ(y − π)x and (H⁻¹)_tt opened inside MPyC
-    (:func:`.secure.secure_newton_step`), NaN where H is singular. The iterations,
-    stopping and non-convergence rules are PLINK's, on the step rounded to single
-    precision; the checks that need H itself (its Cholesky pivots against float32
+    (:func:`smpc.protocols.gwas.secure.secure_newton_step`), NaN where H is singular. The
+    iterations, stopping and non-convergence rules are PLINK's, on the step rounded to
+    single precision; the checks that need H itself (its Cholesky pivots against float32
     noise, the correlations of H⁻¹) are not evaluated: only the step is opened.
 
     Each evaluation at ``beta (V, p) float64`` is the pooled ``(n, grad, hess)`` (see

@@ -45,14 +45,14 @@ from typing import Any
 
 import numpy as np
 
-from smpc.protocols.gwas.counts import (
+from smpc.protocols.gwas.plink.constants import SMALL_EPSILON, SMALLISH_EPSILON
+from smpc.protocols.gwas.plink.counts import (
     GENO_MISSING,
     PHENO_CASE,
     PHENO_CONTROL,
     PHENO_MISSING,
-    SMALL_EPSILON,
 )
-from smpc.protocols.gwas.plink_format import fmt_g, plink_maxsnp, render_table, write_table
+from smpc.protocols.gwas.plink.formats import fmt_g, plink_maxsnp, render_table, write_table
 
 __all__ = [
     "hwe_pvalues",
@@ -65,8 +65,6 @@ __all__ = [
     "write_lmiss",
 ]
 
-SMALLISH_EPSILON = 2.0**-35
-"""Call rates within this of 1 count as 1 (``SMALLISH_EPSILON``)."""
 EXACT_TEST_BIAS = 2.0**-83
 """Relative likelihood PLINK gives the observed table in its exact tests."""
 

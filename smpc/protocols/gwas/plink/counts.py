@@ -43,9 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from smpc.protocols.gwas.pvalues import chiprob_p, tprob
+from smpc.protocols.gwas.plink.constants import SMALL_EPSILON
+from smpc.protocols.gwas.plink.fileset import VariantTable
+from smpc.protocols.gwas.plink.pvalues import chiprob_p, tprob
 
-from .plink_format import fmt_g, fmt_int, plink_maxsnp, write_table
+from .formats import fmt_g, fmt_int, plink_maxsnp, write_table
 
 __all__ = [
     "FOUNDER",
@@ -58,7 +60,6 @@ __all__ = [
     "PHENO_CASE",
     "PHENO_CONTROL",
     "PHENO_MISSING",
-    "SMALL_EPSILON",
     "Variants",
     "as_variants",
     "assoc_table",
@@ -76,10 +77,6 @@ PHENO_CONTROL, PHENO_CASE, PHENO_MISSING = 0, 1, 2
 NONFOUNDER, FOUNDER = 0, 1
 GENO_A1A1, GENO_A1A2, GENO_A2A2, GENO_MISSING = 0, 1, 2, 3
 MODEL_TESTS = ("GENO", "TREND", "ALLELIC", "DOM", "REC")
-
-SMALL_EPSILON = 2.0**-44
-"""PLINK's ``SMALL_EPSILON``: the slack on its filter thresholds; a chi-square statistic
-below its square prints as 0."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +105,8 @@ class Variants:
 
 
 def as_variants(v: Variants | Mapping[str, Any] | Any) -> Variants:
-    """Accept a :class:`Variants`, a mapping, or any object with the five attributes."""
+    """Accept a :class:`Variants`, a mapping, or any object with the five attributes (as
+    a :class:`.fileset.VariantTable`)."""
     if isinstance(v, Variants):
         return v
     keys = ("chrom", "snp", "bp", "a1", "a2")
@@ -342,7 +340,7 @@ def _fmt_p(p: np.ndarray, output_min_p: float) -> np.ndarray:
 
 def write_assoc(
     path: str | os.PathLike[str],
-    variants: Variants | Mapping[str, Any],
+    variants: Variants | VariantTable | Mapping[str, Any],
     counts: np.ndarray | None,
     snp_width: int | None = None,
     output_min_p: float = 0.0,
@@ -391,7 +389,7 @@ def write_assoc(
 
 def write_model(
     path: str | os.PathLike[str],
-    variants: Variants | Mapping[str, Any],
+    variants: Variants | VariantTable | Mapping[str, Any],
     counts: np.ndarray,
     cell: int = 5,
     snp_width: int | None = None,
@@ -466,7 +464,7 @@ def write_model(
 
 def write_qassoc(
     path: str | os.PathLike[str],
-    variants: Variants | Mapping[str, Any],
+    variants: Variants | VariantTable | Mapping[str, Any],
     qt_stats: Mapping[str, np.ndarray] | None,
     snp_width: int | None = None,
     output_min_p: float = 0.0,
