@@ -8,7 +8,7 @@ Modules (one concern each):
 - :mod:`.regression` — ``linear`` and ``logistic`` from pooled sufficient statistics.
 - :mod:`.sitedata` — a site's genotypes (.bed, .pgen, .vcf), phenotypes and covariates.
 - :mod:`.align` — variant matching across sites, allele flips, exclusions.
-- :mod:`.secure` — the statistics inside MPyC (``reveal: statistics``).
+- :mod:`.mpc` — the statistics inside MPyC (``reveal: statistics``).
 
 The data model shared by all of them is documented in :mod:`.counts` (genotype count
 tensor) and :mod:`.regression` (cross-product statistics).

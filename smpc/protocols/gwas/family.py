@@ -319,7 +319,7 @@ class GwasProtocol(Protocol):
             from smpc.protocols.linear import open_sums
 
             return await open_sums(mpc, task, workdir)
-        from smpc.protocols.gwas.session import run_gwas, run_newton
+        from smpc.protocols.gwas.mpc.session import run_gwas, run_newton
 
         run = run_gwas if task.step == "scan" else run_newton
         return {"job": task.job, "party": mpc.pid, "outputs": await run(mpc, task, workdir)}

@@ -67,8 +67,8 @@ def round_outputs(spec: Any) -> tuple[JobInput, ...]:
 
 def newton_field(k: int) -> tuple[int, Any]:
     """The prime of a width-``k`` Newton round's shares and the bounds of its openings."""
+    from smpc.protocols.gwas.mpc.bounds import field_prime, newton_bounds
     from smpc.protocols.gwas.protocol import LIMB_BITS, REG_MAX_SAMPLES, REG_VALUE_BITS
-    from smpc.protocols.gwas.secure import field_prime, newton_bounds
 
     cols = [1, 2] + [1 << REG_VALUE_BITS] * (k - 2)
     bounds = newton_bounds(4 * REG_MAX_SAMPLES, cols, LIMB_BITS)
@@ -207,8 +207,8 @@ def newton_plan(
 
 def opened_step(opened: Any, v: int, p: int) -> tuple[np.ndarray, np.ndarray]:
     """The Newton step H⁻¹g (V, p) and (H⁻¹)_tt (V,) a round opened (NaN where NA)."""
+    from smpc.protocols.gwas.mpc.rational import Ratio
     from smpc.protocols.gwas.protocol import LIMB_BITS
-    from smpc.protocols.gwas.secure import Ratio
 
     def ratio(name: str) -> np.ndarray:
         num = np.asarray(opened[f"logistic.{name}.num"], dtype=object).reshape(-1)

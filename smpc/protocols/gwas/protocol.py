@@ -83,8 +83,7 @@ def statistics_mode(spec: Any) -> bool:
 
 def assoc_modulus() -> tuple[int, int]:
     """The prime field of the sites' allele counts for a secure ``assoc``, and its bits."""
-    from smpc.protocols.gwas.secure import assoc_field_bits, field_prime
-    from smpc.protocols.gwas.session import MAX_ALLELES
+    from smpc.protocols.gwas.mpc.bounds import MAX_ALLELES, assoc_field_bits, field_prime
 
     bits = assoc_field_bits(MAX_ALLELES)
     return field_prime(bits), bits
@@ -124,7 +123,7 @@ def regression_field(
     (by at most 1/2 per site, well below a diagonal entry): the rounded matrix's
     determinant is at most that of the exact one with every diagonal entry doubled.
     """
-    from smpc.protocols.gwas.secure import field_prime, linear_bounds
+    from smpc.protocols.gwas.mpc.bounds import field_prime, linear_bounds
 
     scaled = [1 << (REG_SCALE_BITS + b) for b in covar_bits[: k - 2]]
     y = 1 << (REG_SCALE_BITS + pheno_bits)
@@ -146,7 +145,7 @@ def real_inputs(name: str, statistics: bool) -> list[JobInput]:
 
 def share_modulus() -> int:
     """The 192-bit prime the sites share scaled regression entries in (statistics mode)."""
-    from smpc.protocols.gwas.secure import field_prime
+    from smpc.protocols.gwas.mpc.bounds import field_prime
 
     return field_prime(REG_SHARE_BITS)
 
@@ -848,8 +847,8 @@ def _finalize_statistics(
     """
     from smpc.protocols.gwas import counts as count_tests
     from smpc.protocols.gwas import qc, regression
+    from smpc.protocols.gwas.mpc.rational import Ratio
     from smpc.protocols.gwas.plink_format import plink_maxsnp
-    from smpc.protocols.gwas.secure import Ratio
 
     merge, swap, geno, keep = _opened_masks(opened)
     variants = flip_alleles(variants, merge ^ swap)
@@ -955,7 +954,7 @@ def _opened_masks(opened: Mapping[str, np.ndarray]) -> tuple[np.ndarray, ...]:
 
 
 def _opened_ratio(opened: Mapping[str, np.ndarray], key: str) -> Any:
-    from smpc.protocols.gwas.secure import Ratio
+    from smpc.protocols.gwas.mpc.rational import Ratio
 
     return Ratio(
         np.asarray(opened[f"{key}.num"], dtype=object).reshape(-1),
