@@ -63,6 +63,7 @@ from smpc.protocols.gwas.mpc.convert import convert_field
 from smpc.protocols.gwas.mpc.linear import secure_linear
 from smpc.protocols.gwas.mpc.shares import open_ratio_shares, raw_shares
 from smpc.protocols.gwas.mpc.signs import open_signs
+from smpc.protocols.gwas.pvalues import chiprob_p, t_two_sided
 
 
 def ratio_json(r):
@@ -99,13 +100,14 @@ async def main():
             max_alleles=c["max_alleles"],
         )
         t2 = time.perf_counter()
+        p_values = chiprob_p(res.chisq.to_float(), 1.0)  # computed in the clear, as PLINK
         out["assoc"] = {
             "field_bits": stype.field.order.bit_length(),
             "swap_field_bits": small.field.order.bit_length(),
             "swap": swap.astype(int).tolist(),
             "f_a": ratio_json(res.f_a), "f_u": ratio_json(res.f_u),
             "chisq": ratio_json(res.chisq), "or": ratio_json(res.odds_ratio),
-            "p": [None if np.isnan(v) else float(v) for v in res.p],
+            "p": [None if np.isnan(v) else float(v) for v in p_values],
             "seconds_swap": t1 - t0, "seconds_assoc": t2 - t1,
         }
     if "linear" in cfg:
@@ -121,11 +123,14 @@ async def main():
             swap=data["lin_swap"].astype(bool) if "lin_swap" in data else None,
         )
         t1 = time.perf_counter()
+        t = np.sign(res.beta.to_float()) * np.sqrt(res.t2.to_float())  # PLINK's STAT
+        df = (res.nmiss - res.n_params).astype(float)
+        df[df <= 0] = np.nan
         out["linear"] = {
             "field_bits": stype.field.order.bit_length(),
             "nmiss": res.nmiss.tolist(), "beta": ratio_json(res.beta), "t2": ratio_json(res.t2),
-            "t": [None if np.isnan(v) else float(v) for v in res.t],
-            "p": [None if np.isnan(v) else float(v) for v in res.p],
+            "t": [None if np.isnan(v) else float(v) for v in t],
+            "p": [None if np.isnan(v) else float(v) for v in t_two_sided(t, df)],
             "seconds": t1 - t0,
         }
     if "convert" in cfg:

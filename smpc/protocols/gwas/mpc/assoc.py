@@ -24,13 +24,6 @@ class AssocResult:
     chisq: Ratio  # allelic 2×2 Pearson chi-square, no continuity correction
     odds_ratio: Ratio  # (a·d)/(b·c); NA when b·c = 0, as PLINK prints it
 
-    @property
-    def p(self) -> np.ndarray:
-        """Chi-square(1 df) upper tail, computed in the clear; NaN for NA."""
-        from smpc.protocols.gwas.pvalues import chiprob_p
-
-        return chiprob_p(self.chisq.to_float(), 1.0)
-
 
 def _max_alleles(stype: MpcType, max_alleles: int | None) -> int:
     return (1 << stype.bit_length) if max_alleles is None else int(max_alleles)

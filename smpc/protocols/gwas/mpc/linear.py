@@ -28,21 +28,6 @@ class LinearResult:
     se2: Ratio | None = None  # with ``se2=True`` instead of t2: BETA's squared standard
     # error, NA (as BETA) only when det(XᵀX) = 0; in the caller's units
 
-    @property
-    def t(self) -> np.ndarray:
-        """Signed t statistic: the sign of BETA times √T² (float64, NaN for NA)."""
-        assert self.t2 is not None  # a result with se2 has no t statistic
-        return np.sign(self.beta.to_float()) * np.sqrt(self.t2.to_float())
-
-    @property
-    def p(self) -> np.ndarray:
-        """Two-sided Student-t P with NMISS − k degrees of freedom, in the clear."""
-        from smpc.protocols.gwas.pvalues import t_two_sided
-
-        df = (self.nmiss - self.n_params).astype(float)
-        df[df <= 0] = np.nan
-        return t_two_sided(self.t, df)
-
 
 def linear_targets(k: int, test_index: int = 1) -> list[tuple[list[int], list[int]]]:
     """The three minors of the augmented Gram matrix [[XᵀX, Xᵀy], [yᵀX, yᵀy]] (y = index k).
