@@ -1,4 +1,4 @@
-"""Secure GWAS statistics (smpc.protocols.gwas.secure) in real MPyC sessions.
+"""Secure GWAS statistics (smpc.protocols.gwas.mpc) in real MPyC sessions.
 
 The MPC tests write a small driver script and run it as MPyC parties: one process
 (-M1) for the exact checks of every statistic, three processes on loopback for the
@@ -25,7 +25,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smpc.protocols.gwas import secure
+from smpc.protocols.gwas.mpc.bounds import (
+    assoc_field_bits,
+    field_prime,
+    linear_bounds,
+    newton_bounds,
+)
+from smpc.protocols.gwas.mpc.linear import LinearResult, linear_targets
+from smpc.protocols.gwas.mpc.minors import async_minors
+from smpc.protocols.gwas.mpc.newton import newton_targets
+from smpc.protocols.gwas.mpc.rational import Ratio, rational_reconstruct
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRIMES = [2**61 - 1, 2**89 - 1, 2**127 - 1, 2**521 - 1]
 
 DRIVER = r'''
-"""MPyC party running smpc.protocols.gwas.secure on test data (written by the test)."""
+"""MPyC party running smpc.protocols.gwas.mpc on test data (written by the test)."""
 import json
 import sys
 import time
@@ -44,7 +53,17 @@ import time
 import numpy as np
 from mpyc.runtime import mpc
 
-from smpc.protocols.gwas import secure, session
+from fractions import Fraction
+
+import smpc.protocols.gwas.mpc.signs as sign_code
+from smpc.core.field import MERSENNE61
+from smpc.protocols.gwas.mpc.assoc import secure_assoc
+from smpc.protocols.gwas.mpc.bounds import FAST_BITS, linear_bounds, secint_for
+from smpc.protocols.gwas.mpc.convert import convert_field
+from smpc.protocols.gwas.mpc.linear import secure_linear
+from smpc.protocols.gwas.mpc.shares import open_ratio_shares, raw_shares
+from smpc.protocols.gwas.mpc.signs import open_signs
+from smpc.protocols.gwas.pvalues import chiprob_p, t_two_sided
 
 
 def ratio_json(r):
@@ -64,56 +83,60 @@ async def main():
     out = {"parties": len(mpc.parties)}
     if "assoc" in cfg:
         c = cfg["assoc"]
-        stype = secure.secint_for(mpc, c["field_bits"], c["value_bits"])
+        stype = secint_for(mpc, c["field_bits"], c["value_bits"])
         # Founder counts only feed a comparison: a small field makes it cheaper.
-        small = secure.secint_for(mpc, 0, c["value_bits"])
+        small = secint_for(mpc, 0, c["value_bits"])
         x = {k: secret(stype, data[k]) for k in ["a_case", "n_case", "a_ctrl", "n_ctrl"]}
         x.update({k: secret(small, data[k]) for k in ["f_a1", "f_total"]})
         await mpc.gather(list(x.values()))
         t0 = time.perf_counter()
         # The session's own sign code: A1 is swapped where 2·a1 > total among founders.
-        swap = await session._signs(
+        swap = await open_signs(
             mpc, x["f_total"] - 2 * x["f_a1"], c["max_alleles"].bit_length() + 1, lt=True
         )
         t1 = time.perf_counter()
-        res = await secure.secure_assoc(
+        res = await secure_assoc(
             mpc, x["a_case"], x["n_case"], x["a_ctrl"], x["n_ctrl"], swap=swap,
             max_alleles=c["max_alleles"],
         )
         t2 = time.perf_counter()
+        p_values = chiprob_p(res.chisq.to_float(), 1.0)  # computed in the clear, as PLINK
         out["assoc"] = {
             "field_bits": stype.field.order.bit_length(),
             "swap_field_bits": small.field.order.bit_length(),
             "swap": swap.astype(int).tolist(),
             "f_a": ratio_json(res.f_a), "f_u": ratio_json(res.f_u),
             "chisq": ratio_json(res.chisq), "or": ratio_json(res.odds_ratio),
-            "p": [None if np.isnan(v) else float(v) for v in res.p],
+            "p": [None if np.isnan(v) else float(v) for v in p_values],
             "seconds_swap": t1 - t0, "seconds_assoc": t2 - t1,
         }
     if "linear" in cfg:
         c = cfg["linear"]
-        bounds = secure.linear_bounds(c["n_max"], c["col_bounds"], c["y_bound"])
-        stype = secure.secint_for(mpc, bounds.field_bits, 32)
+        bounds = linear_bounds(c["n_max"], c["col_bounds"], c["y_bound"])
+        stype = secint_for(mpc, bounds.field_bits, 32)
         x = {k: secret(stype, data[k]) for k in ["n", "xtx", "xty", "yty"]}
         await mpc.gather(list(x.values()))
         t0 = time.perf_counter()
-        res = await secure.secure_linear(
+        res = await secure_linear(
             mpc, x["n"], x["xtx"], x["xty"], x["yty"], bounds=bounds,
-            beta_scale=secure.Fraction(c["beta_scale_num"], c["beta_scale_den"]),
+            beta_scale=Fraction(c["beta_scale_num"], c["beta_scale_den"]),
             swap=data["lin_swap"].astype(bool) if "lin_swap" in data else None,
         )
         t1 = time.perf_counter()
+        t = np.sign(res.beta.to_float()) * np.sqrt(res.t2.to_float())  # PLINK's STAT
+        df = (res.nmiss - res.n_params).astype(float)
+        df[df <= 0] = np.nan
         out["linear"] = {
             "field_bits": stype.field.order.bit_length(),
             "nmiss": res.nmiss.tolist(), "beta": ratio_json(res.beta), "t2": ratio_json(res.t2),
-            "t": [None if np.isnan(v) else float(v) for v in res.t],
-            "p": [None if np.isnan(v) else float(v) for v in res.p],
+            "t": [None if np.isnan(v) else float(v) for v in t],
+            "p": [None if np.isnan(v) else float(v) for v in t_two_sided(t, df)],
             "seconds": t1 - t0,
         }
     if "convert" in cfg:
         c = cfg["convert"]
-        src, dst = secure.secint_for(mpc, c["from_bits"]), secure.secint_for(mpc, c["to_bits"])
-        y = await secure.convert_field(mpc, secret(src, data["conv"]), dst, c["bits"])
+        src, dst = secint_for(mpc, c["from_bits"]), secint_for(mpc, c["to_bits"])
+        y = await convert_field(mpc, secret(src, data["conv"]), dst, c["bits"])
         opened = (await mpc.output(y)).reshape(-1)
         p = dst.field.order
         out["convert"] = {
@@ -121,21 +144,21 @@ async def main():
             "from_field": src.field.order.bit_length(), "to_field": p.bit_length(),
         }
     if "signs" in cfg:
-        fast = mpc.SecInt(session.FAST_BITS, p=session.MERSENNE61)
+        fast = mpc.SecInt(FAST_BITS, p=MERSENNE61)
         x = secret(fast, data["sign_x"])
         width, side = cfg["signs"]["width"], cfg["signs"]["side"]
-        session.COMPARISON_BATCH = cfg["signs"]["batch"]  # several batches of a small array
+        sign_code.COMPARISON_BATCH = cfg["signs"]["batch"]  # several batches of a small array
         out["signs"] = {
-            "sign": (await session._signs(mpc, x, width)).tolist(),
-            "lt": (await session._signs(mpc, x, width, lt=True)).astype(int).tolist(),
-            "sided": (await session._signs(mpc, x, width, side=np.array(side))).tolist(),
+            "sign": (await open_signs(mpc, x, width)).tolist(),
+            "lt": (await open_signs(mpc, x, width, lt=True)).astype(int).tolist(),
+            "sided": (await open_signs(mpc, x, width, side=np.array(side))).tolist(),
         }
     if "ratio" in cfg:
-        stype = secure.secint_for(mpc, 128, 32)
+        stype = secint_for(mpc, 128, 32)
         num, den = secret(stype, data["r_num"]), secret(stype, data["r_den"])
-        field, num_v = await secure._shares(mpc, num)
-        _, den_v = await secure._shares(mpc, den)
-        r = await secure._open_ratio_shares(
+        field, num_v = await raw_shares(mpc, num)
+        _, den_v = await raw_shares(mpc, den)
+        r = await open_ratio_shares(
             mpc, field, num_v.reshape(-1), den_v.reshape(-1), 2**40, 2**40
         )
         out["ratio"] = ratio_json(r)
@@ -166,7 +189,7 @@ def test_rational_reconstruct_recovers_every_fraction_within_bounds(p, nb, db, d
     nums = data.draw(st.lists(st.integers(-nb, nb), min_size=1, max_size=20))
     dens = data.draw(st.lists(st.integers(1, db), min_size=len(nums), max_size=len(nums)))
     values = np.array([n * pow(d, -1, p) % p for n, d in zip(nums, dens, strict=True)], object)
-    got_num, got_den = secure.rational_reconstruct(values, p, nb, db)
+    got_num, got_den = rational_reconstruct(values, p, nb, db)
     for n, d, gn, gd in zip(nums, dens, got_num, got_den, strict=True):
         assert Fraction(gn, gd) == Fraction(n, d)
         assert gd > 0 and math.gcd(gn, gd) == 1
@@ -175,16 +198,16 @@ def test_rational_reconstruct_recovers_every_fraction_within_bounds(p, nb, db, d
 def test_rational_reconstruct_refuses_bad_bounds_and_keeps_shape():
     p = 2**61 - 1
     with pytest.raises(ValueError, match="needs p >"):
-        secure.rational_reconstruct(np.array([1], object), p, 2**31, 2**31)
+        rational_reconstruct(np.array([1], object), p, 2**31, 2**31)
     values = np.array([[3 * pow(7, -1, p) % p, 0], [p - 5, 1]], dtype=object)
-    num, den = secure.rational_reconstruct(values, p, 2**20, 2**20)
+    num, den = rational_reconstruct(values, p, 2**20, 2**20)
     assert num.shape == den.shape == (2, 2)
     assert [Fraction(n, d) for n, d in zip(num.ravel(), den.ravel(), strict=True)] == [
         Fraction(3, 7), 0, -5, 1,
     ]  # fmt: skip
     # A value whose fraction needs a larger denominator than allowed is an error.
     with pytest.raises(ValueError, match="no fraction"):
-        secure.rational_reconstruct(np.array([pow(2**30 + 1, -1, p)], object), p, 2**10, 2**20)
+        rational_reconstruct(np.array([pow(2**30 + 1, -1, p)], object), p, 2**10, 2**20)
 
 
 async def _in_the_clear(local: list) -> list:
@@ -192,8 +215,8 @@ async def _in_the_clear(local: list) -> list:
 
 
 def laplace_minors(targets, entry) -> list:
-    """The sessions' own minors code (:func:`secure._async_minors`) on plain integers."""
-    return asyncio.run(secure._async_minors(targets, entry, _in_the_clear))
+    """The sessions' own minors code (:func:`.minors.async_minors`) on plain integers."""
+    return asyncio.run(async_minors(targets, entry, _in_the_clear))
 
 
 def test_laplace_minors_match_numpy_determinants():
@@ -205,7 +228,7 @@ def test_laplace_minors_match_numpy_determinants():
             y = rng.integers(-20, 21, size=15).astype(object)
             z = np.column_stack([x, y])
             m = z.T @ z
-            det, b, c = laplace_minors(secure.linear_targets(k, t), lambda i, j, m=m: m[i, j])
+            det, b, c = laplace_minors(linear_targets(k, t), lambda i, j, m=m: m[i, j])
             a_t = m[:k, :k].copy()
             a_t[:, t] = m[:k, k]
             others = [j for j in range(k) if j != t] + [k]
@@ -225,7 +248,7 @@ def test_newton_minors_give_the_step_and_variance_of_numpy():
             h = (x * w[:, None]).T @ x
             g = x.T @ rng.integers(-3, 4, size=20).astype(object)
             minors = laplace_minors(
-                secure.newton_targets(k, t),
+                newton_targets(k, t),
                 lambda i, j, h=h, g=g, k=k: g[i] if j == k else h[i, j],
             )
             det, numerators, cofactor = minors[0], minors[1 : k + 1], minors[k + 1]
@@ -238,7 +261,7 @@ def test_newton_minors_give_the_step_and_variance_of_numpy():
 def test_newton_bounds_hold_at_the_extremes():
     rng = np.random.default_rng(4)
     n, bx, scale_bits = 9, [1, 2, 5, 7], 3
-    bounds = secure.newton_bounds(n, bx, scale_bits)
+    bounds = newton_bounds(n, bx, scale_bits)
     for _ in range(200):
         x = np.column_stack([rng.choice([-b, b], size=n) for b in bx]).astype(object)
         x[:, 0] = 1
@@ -246,7 +269,7 @@ def test_newton_bounds_hold_at_the_extremes():
         h = (x * w[:, None]).T @ x
         g = x.T @ rng.choice([-(2**scale_bits), 2**scale_bits], size=n).astype(object)
         minors = laplace_minors(
-            secure.newton_targets(4, 1), lambda i, j, h=h, g=g: g[i] if j == 4 else h[i, j]
+            newton_targets(4, 1), lambda i, j, h=h, g=g: g[i] if j == 4 else h[i, j]
         )
         assert 0 <= minors[0] <= bounds.det
         assert all(abs(m) <= bounds.step_num for m in minors[1:5])
@@ -256,24 +279,24 @@ def test_newton_bounds_hold_at_the_extremes():
 def test_linear_bounds_hold_at_the_extremes():
     rng = np.random.default_rng(3)
     n, bx, by = 9, [1, 2, 5, 7], 11
-    bounds = secure.linear_bounds(n, bx, by)
+    bounds = linear_bounds(n, bx, by)
     for _ in range(200):
         x = np.column_stack([rng.choice([-b, b], size=n) for b in bx]).astype(object)
         y = rng.choice([-by, by], size=n).astype(object)
         m = np.column_stack([x, y]).T @ np.column_stack([x, y])
-        det, b, c = laplace_minors(secure.linear_targets(4, 1), lambda i, j, m=m: m[i, j])
+        det, b, c = laplace_minors(linear_targets(4, 1), lambda i, j, m=m: m[i, j])
         assert 0 <= det <= bounds.beta_den and abs(b) <= bounds.beta_num
         assert 0 <= c * det - b * b <= bounds.t2_den
         assert (n - 4) * b * b <= bounds.t2_num
-    assert secure.assoc_field_bits(2**21) == 104
+    assert assoc_field_bits(2**21) == 104
 
 
 def test_field_prime_is_mpyc_s_choice_and_large_enough():
     from smpc.core.field import mpyc_modulus
 
-    p = secure.field_prime(200, 16)
+    p = field_prime(200, 16)
     assert p.bit_length() == 200 and p % 4 == 3 and p == mpyc_modulus(200 - 32)
-    assert secure.field_prime(0, 16).bit_length() == 16 + 30 + 2  # comparisons only
+    assert field_prime(0, 16).bit_length() == 16 + 30 + 2  # comparisons only
 
 
 # --------------------------------------------------------------------------- test data
@@ -524,7 +547,7 @@ def _small_case(seed: int) -> tuple[dict, dict, list, Fraction]:
     cfg = {
         "assoc": {
             "max_alleles": 2 * samples,
-            "field_bits": secure.assoc_field_bits(2 * samples),
+            "field_bits": assoc_field_bits(2 * samples),
             "value_bits": 16,
         },
         "linear": {
@@ -599,7 +622,7 @@ def test_three_party_timings(tmp_path, capsys):
     cfg = {
         "assoc": {
             "max_alleles": 2 * samples,
-            "field_bits": secure.assoc_field_bits(2 * samples),
+            "field_bits": assoc_field_bits(2 * samples),
             "value_bits": 16,
         },
         "linear": {
@@ -630,11 +653,11 @@ def test_three_party_timings(tmp_path, capsys):
 
 
 def test_batched_regression_results_join_in_order():
-    from smpc.protocols.gwas.session import _joined
+    from smpc.protocols.gwas.mpc.session import _joined
 
-    def part(values: list[int], se2: bool) -> secure.LinearResult:
-        ratio = secure.Ratio(np.array(values, dtype=object), np.array([1] * len(values), object))
-        return secure.LinearResult(
+    def part(values: list[int], se2: bool) -> LinearResult:
+        ratio = Ratio(np.array(values, dtype=object), np.array([1] * len(values), object))
+        return LinearResult(
             nmiss=np.array(values), beta=ratio, t2=None if se2 else ratio, n_params=2,
             se2=ratio if se2 else None,
         )  # fmt: skip

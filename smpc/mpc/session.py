@@ -61,16 +61,17 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from mpyc import asyncoro
 from mpyc.runtime import mpc  # parses and strips MPyC's own options from sys.argv
 
 from smpc import log as events
 from smpc.errors import UserError
+from smpc.mpc import mpyc_adapter
 from smpc.mpc.task import SessionError, SessionTask
 from smpc.pki.certs import mpyc_party_index
 
@@ -93,13 +94,13 @@ class _Watch:
     def __init__(self, task: SessionTask) -> None:
         self.task = task
         self.first_peer: float | None = None  # loop time the first peer connected
-        self.lost: asyncio.Future[str] = mpc._loop.create_future()
+        self.lost: asyncio.Future[str] = mpyc_adapter.event_loop(mpc).create_future()
         self.connected = False  # True once every peer has connected
         self.computing = True  # False once this party's outputs are open (shutdown)
 
     def peer_connected(self, pid: int) -> None:
         if self.first_peer is None:
-            self.first_peer = mpc._loop.time()
+            self.first_peer = mpyc_adapter.event_loop(mpc).time()
         report("mpyc-peer", party=self.task.party_called(pid), index=pid)
 
     def peer_lost(self, pid: int, exc: Exception | None) -> None:
@@ -116,7 +117,7 @@ class _Watch:
         absent = [
             self.task.party_name(p.pid)
             for p in mpc.parties
-            if p.pid != mpc.pid and p.protocol is None
+            if p.pid != mpc.pid and not mpyc_adapter.party_connected(p)
         ]
         return ", ".join(absent) or "none"
 
@@ -172,66 +173,70 @@ def _peer_is_party(
 def _install_identity_check(party_ca_path: Path) -> None:
     """Make MPyC's listening side verify the pid a peer claims (see module doc)."""
     party_ca = x509.load_pem_x509_certificate(party_ca_path.read_bytes())
-    original = asyncoro.MessageExchanger.data_received
+    original: Callable[..., None]
 
-    def data_received(self: asyncoro.MessageExchanger, data: bytes) -> None:
-        if self.peer_pid is None and len(self.bytes) + len(data) >= 2:
-            claimed = int.from_bytes((bytes(self.bytes) + bytes(data))[:2], "little")
-            reason, subject = _peer_is_party(self.transport, claimed, party_ca)
+    def data_received(self: Any, data: bytes) -> None:
+        if mpyc_adapter.exchanger_peer_pid(self) is None and (
+            len(mpyc_adapter.exchanger_buffer(self)) + len(data) >= 2
+        ):
+            received = bytes(mpyc_adapter.exchanger_buffer(self))
+            claimed = int.from_bytes((received + bytes(data))[:2], "little")
+            transport = mpyc_adapter.exchanger_transport(self)
+            reason, subject = _peer_is_party(transport, claimed, party_ca)
             if reason is not None:
-                peer = self.transport.get_extra_info("peername")
+                peer = transport.get_extra_info("peername")
                 address = f"{peer[0]}:{peer[1]}" if peer else "unknown"
                 report(
                     "mpyc-impostor", peer=address, claimed=claimed, subject=subject or "none",
                     reason=reason,
                 )  # fmt: skip
-                self.transport.close()
+                transport.close()
                 return
         original(self, data)
 
-    asyncoro.MessageExchanger.data_received = data_received
+    original = mpyc_adapter.patch_exchanger(data_received=data_received)["data_received"]
 
 
 def _install_peer_watch(watch: _Watch) -> None:
     """Report connected peers, set keepalive on their sockets, and turn a peer
     connection closing while this party computes into the session's failure."""
-    original_made = asyncoro.MessageExchanger.connection_made
+    original_made: Callable[..., None]
 
-    def connection_made(self: asyncoro.MessageExchanger, transport) -> None:
+    def connection_made(self: Any, transport) -> None:
         _keep_alive(transport)
         original_made(self, transport)
 
-    def connection_lost(self: asyncoro.MessageExchanger, exc: Exception | None) -> None:
-        if self.peer_pid is None:  # refused (or gone) before it said who it is
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        peer_pid = mpyc_adapter.exchanger_peer_pid(self)
+        if peer_pid is None:  # refused (or gone) before it said who it is
             return
         if watch.computing:
-            watch.peer_lost(self.peer_pid, exc)
+            watch.peer_lost(peer_pid, exc)
             return
         # Shutdown: the outputs are open; a peer closing (normally, or not) is the end.
-        self.runtime.unset_protocol(self.peer_pid)
+        mpyc_adapter.release_peer(self)
 
-    original_set = mpc.set_protocol
-
-    def set_protocol(peer_pid: int, protocol) -> None:
+    def set_protocol(peer_pid: int) -> None:
         if peer_pid != mpc.pid:
             watch.peer_connected(peer_pid)
-        original_set(peer_pid, protocol)
 
-    asyncoro.MessageExchanger.connection_made = connection_made
-    asyncoro.MessageExchanger.connection_lost = connection_lost
-    mpc.set_protocol = set_protocol
+    originals = mpyc_adapter.patch_exchanger(
+        connection_made=connection_made, connection_lost=connection_lost
+    )
+    original_made = originals["connection_made"]
+    mpyc_adapter.on_set_protocol(mpc, set_protocol)
 
 
 def _bind_listening_socket(host: str) -> None:
     """Make MPyC's ``create_server`` listen on ``host`` only."""
-    loop = mpc._loop
+    loop: Any = mpyc_adapter.event_loop(mpc)  # its create_server is replaced
     original = loop.create_server
     loop.create_server = functools.partial(original, host=host)
 
 
 async def _connect(watch: _Watch, timeout: float, grace: float) -> None:
     """``mpc.start()``, bounded: ``timeout`` for all, ``grace`` after the first peer."""
-    loop = mpc._loop
+    loop = mpyc_adapter.event_loop(mpc)
     start = asyncio.ensure_future(mpc.start())
     deadline = loop.time() + timeout
     try:
@@ -348,7 +353,9 @@ def main() -> int:
         _install_peer_watch(watch)
     else:
         watch = None
-    parent = asyncio.ensure_future(_exit_with_parent(os.getppid()), loop=mpc._loop)
+    parent = asyncio.ensure_future(
+        _exit_with_parent(os.getppid()), loop=mpyc_adapter.event_loop(mpc)
+    )
     try:
         result = mpc.run(
             run_task(task, args.timeout, result_path.parent, args.connect_grace, watch)

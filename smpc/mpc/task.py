@@ -68,7 +68,8 @@ class TaskInput(_Strict):
 
 
 class RegressionSession(_Strict):
-    """A secure regression's pooled scaled cross products (:mod:`smpc.protocols.gwas.session`)."""
+    """A secure regression's pooled scaled cross products
+    (:mod:`smpc.protocols.gwas.mpc.session`)."""
 
     group: Literal["linear", "qt"]  # .assoc.linear, or the .qassoc of a quantitative assoc
     k: int = Field(ge=2)  # columns of x = [1, g, covariates...]
@@ -101,7 +102,8 @@ class GwasSession(_Strict):
 
 
 class NewtonSession(_Strict):
-    """A logistic Newton round's pooled shares (:func:`smpc.protocols.gwas.session.run_newton`)."""
+    """A logistic Newton round's pooled shares
+    (:func:`smpc.protocols.gwas.mpc.session.run_newton`)."""
 
     variants: int = Field(ge=0)
     k: int = Field(ge=2)
@@ -122,7 +124,7 @@ class SessionTask(_Strict):
     # shares of the dp noise all parties input (deliver: analyst, see smpc.core.dp).
     protocol: str = "sum"
     step: str = "sum"
-    gwas: GwasSession | None = None  # a GWAS scan: smpc.protocols.gwas.session
+    gwas: GwasSession | None = None  # a GWAS scan: smpc.protocols.gwas.mpc.session
     newton: NewtonSession | None = None  # a logistic round's step
     noise_mu: float = Field(default=0.0, ge=0)  # Skellam parameter each party draws
     noised: list[str] = Field(default_factory=list)  # inputs that get the noise

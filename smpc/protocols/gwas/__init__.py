@@ -7,7 +7,7 @@ Modules (one concern each):
 - :mod:`.genotypes` — a site's genotypes (.bed, .pgen, .vcf) in chunks.
 - :mod:`.phenofiles` — a site's phenotypes and covariates (PREFIX.pheno, PREFIX.cov).
 - :mod:`.align` — variant matching across sites, allele flips, exclusions.
-- :mod:`.secure` — the statistics inside MPyC (``reveal: statistics``).
+- :mod:`.mpc` — the statistics inside MPyC (``reveal: statistics``).
 - :mod:`.job` — the job's parts: what sites share, what parties deliver or open.
 - :mod:`.sizes` — field and bit sizes of the shared values; :mod:`.a1` — the A1 choice.
 - :mod:`.phenotypes` — case/control or quantitative, and which tests run on it.

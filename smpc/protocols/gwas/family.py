@@ -7,7 +7,7 @@ variants when ``mind`` dropped samples); then, for the ``logistic`` test, one ``
 job per Newton iteration carrying the variants and their current coefficients. What each
 computes is in :mod:`.job` (the job's parts), :mod:`.site`, :mod:`.pooling`,
 :mod:`.finalize` and :mod:`.opened` (site statistics, party combination, outputs),
-:mod:`.logistic` (Newton rounds) and :mod:`.session` (inside MPyC).
+:mod:`.logistic` (Newton rounds) and :mod:`.mpc.session` (inside MPyC).
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ class GwasProtocol(Protocol):
             from smpc.protocols.linear import open_sums
 
             return await open_sums(mpc, task, workdir)
-        from smpc.protocols.gwas.session import run_gwas, run_newton
+        from smpc.protocols.gwas.mpc.session import run_gwas, run_newton
 
         run = run_gwas if task.step == "scan" else run_newton
         return {"job": task.job, "party": mpc.pid, "outputs": await run(mpc, task, workdir)}

@@ -113,7 +113,7 @@ def alignment_parts() -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
 
 
 def statistics_outputs(spec: Any, phenotype: str | None = None) -> list[JobInput]:
-    """What the parties open with ``reveal: statistics`` (:mod:`.session`): the one place
+    """What the parties open with ``reveal: statistics`` (:mod:`.mpc.session`): the one place
     that decides it, for the job and for the session alike.
 
     A job is built before any site declares its phenotype, so the job announces the

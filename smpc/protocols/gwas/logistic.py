@@ -15,7 +15,7 @@ PLINK's single-precision solve, stopping rules and NA rules) and sends the next
 coefficients, for as many rounds as PLINK iterates (at most 15).
 
 With ``reveal: statistics`` the parties instead compute the step inside MPyC
-(:func:`.session.run_newton`) and open only H⁻¹g and (H⁻¹)_tt; the analyst applies
+(:func:`.mpc.session.run_newton`) and open only H⁻¹g and (H⁻¹)_tt; the analyst applies
 PLINK's rules to the step (``logistic_fit(steps=True)``).
 
 Revealed: to the sites and parties, every intermediate coefficient vector of every
@@ -50,7 +50,7 @@ def round_inputs(spec: Any) -> tuple[JobInput, ...]:
 
     With ``reveal: statistics`` the gradient and Hessian travel as round(v·2^32), one
     integer per entry in the 192-bit field; the session converts them to the Newton
-    field (:func:`newton_field`) for :func:`.secure.secure_newton_step`.
+    field (:func:`newton_field`) for :func:`.mpc.newton.secure_newton_step`.
     """
     from smpc.protocols.gwas.job import real_inputs, statistics_mode
     from smpc.protocols.gwas.sizes import COUNT_BITS
@@ -62,14 +62,14 @@ def round_inputs(spec: Any) -> tuple[JobInput, ...]:
 
 
 def round_outputs(spec: Any) -> tuple[JobInput, ...]:
-    """What the parties open in a Newton round with ``reveal: statistics`` (:mod:`.session`)."""
+    """What the parties open in a Newton round with ``reveal: statistics`` (:mod:`.mpc.session`)."""
     names = ["logistic.n"] + [f"logistic.{r}.{p}" for r in ("step", "var") for p in ("num", "den")]
     return tuple(JobInput(name=n, frac_bits=0, int_bits=200) for n in names)
 
 
 def newton_field(k: int) -> tuple[int, Any]:
     """The prime of a width-``k`` Newton round's shares and the bounds of its openings."""
-    from smpc.protocols.gwas.secure import field_prime, newton_bounds
+    from smpc.protocols.gwas.mpc.bounds import field_prime, newton_bounds
     from smpc.protocols.gwas.sizes import LIMB_BITS, REG_MAX_SAMPLES, REG_VALUE_BITS
 
     cols = [1, 2] + [1 << REG_VALUE_BITS] * (k - 2)
@@ -205,7 +205,7 @@ def newton_plan(
 
 def opened_step(opened: Any, v: int, p: int) -> tuple[np.ndarray, np.ndarray]:
     """The Newton step H⁻¹g (V, p) and (H⁻¹)_tt (V,) a round opened (NaN where NA)."""
-    from smpc.protocols.gwas.secure import Ratio
+    from smpc.protocols.gwas.mpc.rational import Ratio
     from smpc.protocols.gwas.sizes import LIMB_BITS
 
     def ratio(name: str) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 
 from smpc.protocols.gwas.a1 import flip_alleles
 from smpc.protocols.gwas.job import RATIOS, TEST_EXTENSION
+from smpc.protocols.gwas.mpc.rational import Ratio
 from smpc.protocols.gwas.plink import counts as count_tests
 from smpc.protocols.gwas.plink import qc, regression
 from smpc.protocols.gwas.plink.counts import tprob
@@ -17,7 +18,6 @@ from smpc.protocols.gwas.plink.fileset import VariantTable
 from smpc.protocols.gwas.plink.formats import plink_maxsnp
 from smpc.protocols.gwas.plink.pvalues import t_two_sided
 from smpc.protocols.gwas.results import summarise
-from smpc.protocols.gwas.secure import Ratio
 
 
 def finalize_statistics(
@@ -28,7 +28,7 @@ def finalize_statistics(
     variants: VariantTable,
     logistic: Mapping[str, np.ndarray] | None,
 ) -> dict[str, Any]:
-    """PLINK's files from what the parties opened inside MPyC (:mod:`.session`).
+    """PLINK's files from what the parties opened inside MPyC (:mod:`.mpc.session`).
 
     Each report is written by the same writer as in aggregates mode, from a count
     tensor that holds exactly the opened counts that report prints (and zeros
@@ -165,7 +165,7 @@ def _opened_ratio(opened: Mapping[str, np.ndarray], key: str) -> Any:
 
 
 def _linear_from_ratios(opened: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
-    """``.assoc.linear``'s ADD columns from the opened NMISS, BETA and T² (:mod:`.session`).
+    """``.assoc.linear``'s ADD columns from the opened NMISS, BETA and T² (:mod:`.mpc.session`).
 
     NA where PLINK's regression has no solution: n <= k, a singular XᵀX or RSS = 0
     (exactly: T²'s denominator is 0). STAT = sign(BETA)·√T², P two-sided with n − k df.
@@ -183,7 +183,7 @@ def _linear_from_ratios(opened: Mapping[str, np.ndarray], k: int) -> dict[str, n
 
 
 def _qassoc_from_ratios(opened: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``.qassoc``'s columns from the opened NMISS, BETA and SE² (:mod:`.session`).
+    """``.qassoc``'s columns from the opened NMISS, BETA and SE² (:mod:`.mpc.session`).
 
     T = BETA/SE and R2 = T²/(T² + n − 2) (the simple regression's r²; 1 for a perfect
     fit, SE = 0), P two-sided with n − 2 df, as :func:`.plink.counts.qassoc_table`.

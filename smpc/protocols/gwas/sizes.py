@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from smpc.protocols.gwas.mpc.bounds import MAX_ALLELES
+
 COUNT_BITS = 40
 LIMB_BITS = 32
 """Cross products travel as hi = floor(v) and lo = round((v - hi)·2^32): exact to 2^-33."""
@@ -20,17 +22,16 @@ REG_ENTRY_BITS = 117  # a site's scaled entry: < 2^20 samples · (2^16·2^32)^2
 REG_POOLED_BITS = 150  # pooled entries, signed, for the conversion (up to 2^32 sites)
 REG_SHARE_BITS = 192
 """The sites share scaled entries in a 192-bit prime field (24 bytes a value); inside
-MPyC the parties convert them to the regression's wide field (:func:`.secure.convert_field`)."""
+MPyC the parties convert them to the regression's wide field
+(:func:`.mpc.convert.convert_field`)."""
 REG_VALUE_BITS = 16  # |covariate|, |phenotype| < 2^16 with reveal: statistics
 REG_MAX_SAMPLES = 1 << 20  # samples the secure regressions are sized for
 PUBLIC_BITS = 57
-MAX_ALLELES = 1 << 21
-"""Called alleles per variant the secure statistics are sized for (a million samples)."""
 
 
 def assoc_modulus() -> tuple[int, int]:
     """The prime field of the sites' allele counts for a secure ``assoc``, and its bits."""
-    from smpc.protocols.gwas.secure import assoc_field_bits, field_prime
+    from smpc.protocols.gwas.mpc.bounds import assoc_field_bits, field_prime
 
     bits = assoc_field_bits(MAX_ALLELES)
     return field_prime(bits), bits
@@ -40,7 +41,7 @@ def regression_field(
     k: int, samples: int, pheno_bits: int, covar_bits: Sequence[int]
 ) -> tuple[int, Any]:
     """The prime of a width-``k`` secure regression and the bounds of what
-    :func:`.secure.secure_linear` opens (:class:`.secure.LinearBounds`).
+    :func:`.mpc.linear.secure_linear` opens (:class:`.mpc.bounds.LinearBounds`).
 
     Sized from what the sites declare publicly (their samples, and the bit length of
     their largest |phenotype| and |covariate|): pooled, columns scaled by
@@ -48,7 +49,7 @@ def regression_field(
     (by at most 1/2 per site, well below a diagonal entry): the rounded matrix's
     determinant is at most that of the exact one with every diagonal entry doubled.
     """
-    from smpc.protocols.gwas.secure import field_prime, linear_bounds
+    from smpc.protocols.gwas.mpc.bounds import field_prime, linear_bounds
 
     scaled = [1 << (REG_SCALE_BITS + b) for b in covar_bits[: k - 2]]
     y = 1 << (REG_SCALE_BITS + pheno_bits)
@@ -58,7 +59,7 @@ def regression_field(
 
 def share_modulus() -> int:
     """The 192-bit prime the sites share scaled regression entries in (statistics mode)."""
-    from smpc.protocols.gwas.secure import field_prime
+    from smpc.protocols.gwas.mpc.bounds import field_prime
 
     return field_prime(REG_SHARE_BITS)
 

@@ -566,7 +566,7 @@ def logistic_iterations(
 
     With ``steps`` (``reveal: statistics``) an evaluation is ``(n, step, var)``
     instead: the exact Newton step H⁻¹·Σ(y − π)x and (H⁻¹)_tt opened inside MPyC
-    (:func:`smpc.protocols.gwas.secure.secure_newton_step`), NaN where H is singular. The
+    (:func:`smpc.protocols.gwas.mpc.newton.secure_newton_step`), NaN where H is singular. The
     iterations, stopping and non-convergence rules are PLINK's, on the step rounded to
     single precision; the checks that need H itself (its Cholesky pivots against float32
     noise, the correlations of H⁻¹) are not evaluated: only the step is opened.

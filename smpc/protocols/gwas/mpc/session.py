@@ -1,25 +1,4 @@
-"""The parties' MPyC part of a GWAS with ``reveal: statistics`` (runs in the session process).
-
-Every party enters its shares of the pooled, aligned statistics (:func:`.protocol.combine`):
-the genotype count tensor in GF(2^61 - 1) and, for ``assoc``, the case/control allele
-counts in a prime field wide enough for the chi-square's ratio (:mod:`.secure`). What
-is opened, to every party (which sign it for the analyst):
-
-- the A1 choice: per variant the sign of the founders' called alleles minus twice their
-  A1 alleles (PLINK makes A1 the founders' minor allele, which it prints); only where
-  that is 0 (frequency exactly 1/2, or nothing called) also whether the pooled A1
-  alleles exceed half the called ones, the order of PLINK's merged .bim. Where the
-  sites' public claims fix the sign's side (``a1_side``), only whether it is 0.
-- ``assoc``: F_A, F_U and CHISQ/(F_A − F_U)² as exact fractions, opened without their
-  numerators and denominators (:func:`.secure.secure_assoc`); CHISQ, OR and P follow.
-- ``model``: the case and control genotype counts, which ``.model`` prints;
-- ``hardy``: the founders' genotype counts per phenotype class, which ``.hwe`` prints;
-- ``freq``: the founders' A1 alleles and called alleles (MAF and NCHROBS);
-- ``missing``: each variant's missing calls and samples (N_MISS, N_GENO).
-
-Nothing else of the pooled data is opened: no per-site value, no cross product, no count
-a requested test does not print.
-"""
+"""A party's MPyC session of a GWAS with ``reveal: statistics``: what it computes and opens."""
 
 from __future__ import annotations
 
@@ -29,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from smpc.core.field import FAST, MERSENNE61, field_for
+from smpc.mpc import mpyc_adapter
 from smpc.protocols.gwas.a1 import side_signs
-from smpc.protocols.gwas.sizes import MAX_ALLELES
-
-FAST_BITS = MERSENNE61.bit_length() - 32  # the widest SecInt MPyC allows in GF(2^61 - 1)
+from smpc.protocols.gwas.mpc.bounds import FAST_BITS, MAX_ALLELES, secint_for
+from smpc.protocols.gwas.mpc.signs import open_signs
 
 
 def _cell(cls: int, founder: int, genotype: int) -> int:
@@ -41,8 +20,30 @@ def _cell(cls: int, founder: int, genotype: int) -> int:
 
 
 async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, Any]]:
-    """Open the spec's statistics from this party's shares; ``{name: {shape, values}}``."""
-    from smpc.protocols.gwas.secure import secint_for, secure_assoc
+    """Open the spec's statistics from this party's shares; ``{name: {shape, values}}``.
+
+    Every party enters its shares of the pooled, aligned statistics
+    (:func:`smpc.protocols.gwas.pooling.combine`): the genotype count tensor in
+    GF(2^61 - 1) and, for ``assoc``, the case/control allele counts in a prime field wide
+    enough for the chi-square's ratio (:mod:`.bounds`). What is opened, to every party
+    (which sign it for the analyst):
+
+    - the A1 choice: per variant the sign of the founders' called alleles minus twice
+      their A1 alleles (PLINK makes A1 the founders' minor allele, which it prints); only
+      where that is 0 (frequency exactly 1/2, or nothing called) also whether the pooled
+      A1 alleles exceed half the called ones, the order of PLINK's merged .bim. Where the
+      sites' public claims fix the sign's side (``a1_side``), only whether it is 0.
+    - ``assoc``: F_A, F_U and CHISQ/(F_A − F_U)² as exact fractions, opened without their
+      numerators and denominators (:func:`.assoc.secure_assoc`); CHISQ, OR and P follow.
+    - ``model``: the case and control genotype counts, which ``.model`` prints;
+    - ``hardy``: the founders' genotype counts per phenotype class, which ``.hwe`` prints;
+    - ``freq``: the founders' A1 alleles and called alleles (MAF and NCHROBS);
+    - ``missing``: each variant's missing calls and samples (N_MISS, N_GENO).
+
+    Nothing else of the pooled data is opened: no per-site value, no cross product, no
+    count a requested test does not print.
+    """
+    from smpc.protocols.gwas.mpc.assoc import secure_assoc
 
     gwas = task.gwas
     v = gwas.variants
@@ -76,11 +77,11 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     # exactly 1/2 (or nothing was called) does the merged .bim's order decide, which
     # compares the pooled A1 alleles with half the called ones: opened for those only.
     side = side_signs(gwas.a1_side, v)
-    founder_sign = await _signs(mpc, excess_a2(every, range(1, 2)), width, side=side)
+    founder_sign = await open_signs(mpc, excess_a2(every, range(1, 2)), width, side=side)
     tie = np.flatnonzero(founder_sign == 0)
     merge = np.zeros(v, dtype=bool)
     if tie.size:
-        merge[tie] = await _signs(mpc, excess_a2(every, founders)[tie], width, lt=True)
+        merge[tie] = await open_signs(mpc, excess_a2(every, founders)[tie], width, lt=True)
     swap = (founder_sign < 0) ^ merge  # relative to the merged .bim, as PLINK swaps
     out: dict[str, dict[str, Any]] = {
         "a1.merge": _result(merge.astype(np.int64)),
@@ -154,7 +155,7 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
 async def _regression(
     mpc: Any, reg: Any, workdir: Path, rows: np.ndarray, swap: np.ndarray
 ) -> dict[str, dict[str, Any]]:
-    """One secure regression (:func:`.secure.secure_linear`) on the variants ``rows``.
+    """One secure regression (:func:`.linear.secure_linear`) on the variants ``rows``.
 
     ``linear`` opens NMISS, BETA and T² (what ``.assoc.linear`` prints); ``qt`` (the
     quantitative ``--assoc``) NMISS, BETA and SE², which .qassoc prints. The sites
@@ -163,7 +164,7 @@ async def _regression(
     """
     from fractions import Fraction
 
-    from smpc.protocols.gwas.secure import secint_for, secure_linear
+    from smpc.protocols.gwas.mpc.linear import secure_linear
     from smpc.protocols.gwas.sizes import regression_field
 
     _, bounds = regression_field(reg.k, reg.samples, reg.pheno_bits, reg.covar_bits)
@@ -217,10 +218,10 @@ async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, 
 
     The step H⁻¹·Σ(y − π)x changes the coefficients the next round's job publishes; the
     last round's (H⁻¹)_tt gives PLINK's SE. Nothing else of the pooled gradient and
-    Hessian is opened (:func:`.secure.secure_newton_step`).
+    Hessian is opened (:func:`.newton.secure_newton_step`).
     """
     from smpc.protocols.gwas.logistic import newton_field
-    from smpc.protocols.gwas.secure import secint_for, secure_newton_step
+    from smpc.protocols.gwas.mpc.newton import secure_newton_step
 
     newton = task.newton
     v, k = newton.variants, newton.k
@@ -258,17 +259,18 @@ async def _widened(
     mpc: Any, shares: np.ndarray, modulus: int, big: Any, *, packed: bool = False
 ) -> Any:
     """Shares the sites made in the 192-bit field as ``big`` secure integers
-    (:func:`.secure.convert_field`); ``packed`` upper triangles unfold to symmetric
-    matrices (:func:`.combine.unpack_symmetric`: shares unfold as the values do)."""
+    (:func:`.convert.convert_field`); ``packed`` upper triangles unfold to symmetric
+    matrices (:func:`smpc.protocols.gwas.combine.unpack_symmetric`: shares unfold as the
+    values do)."""
     from smpc.protocols.gwas.combine import unpack_symmetric
-    from smpc.protocols.gwas.secure import convert_field, secint_for
+    from smpc.protocols.gwas.mpc.convert import convert_field
     from smpc.protocols.gwas.sizes import REG_POOLED_BITS, REG_SHARE_BITS
 
     narrow = secint_for(mpc, REG_SHARE_BITS)
     if narrow.field.modulus != modulus:
         raise ValueError("shares are not in the field the sites share wide sums in")
     wide = await convert_field(mpc, narrow.array(narrow.field.array(shares)), big, REG_POOLED_BITS)
-    return big.array(unpack_symmetric(wide.share)) if packed else wide
+    return big.array(unpack_symmetric(mpyc_adapter.secure_array_shares(wide))) if packed else wide
 
 
 REGRESSION_BATCH = 25_000
@@ -277,10 +279,10 @@ dozen per variant and party) stay within a few hundred MB."""
 
 
 def _joined(results: list[Any]) -> Any:
-    """One :class:`.secure.LinearResult` from the batches' results."""
+    """One :class:`.linear.LinearResult` from the batches' results."""
     from dataclasses import replace
 
-    from smpc.protocols.gwas.secure import Ratio
+    from smpc.protocols.gwas.mpc.rational import Ratio
 
     def cat(ratios: list[Any]) -> Any:
         if ratios[0] is None:
@@ -298,46 +300,8 @@ def _joined(results: list[Any]) -> Any:
     )
 
 
-COMPARISON_BATCH = 20_000
-"""Values per secure comparison call: MPyC holds about 24 random bits per value as Python
-integers in object arrays (~12 KB per value), so a batch bounds the session's memory."""
-
-
-async def _signs(
-    mpc: Any, x: Any, width: int, *, lt: bool = False, side: np.ndarray | None = None
-) -> np.ndarray:
-    """Opened signs (-1, 0, 1) of a secure array, or with ``lt`` the bits x < 0, in batches.
-
-    A sign is MPyC's less-than test and its public zero test (one masked product per
-    value, opened): the same three outcomes ``np_sgn`` opens, without the secure
-    product over all ``width`` bits that its equality test adds, about a third of its cost.
-    ``side`` (1: x ≥ 0, -1: x ≤ 0, 0: unknown; public) spares the less-than test
-    where it is known: there the zero test alone decides.
-    """
-    n = len(x)
-    negative = np.zeros(n, dtype=np.int64)
-    unknown = np.arange(n) if side is None or lt else np.flatnonzero(side == 0)
-    for start in range(0, len(unknown), COMPARISON_BATCH):
-        rows = unknown[start : start + COMPARISON_BATCH]
-        part = x if len(rows) == n else x[rows]  # one batch of everything: no copy
-        bits = await mpc.output(mpc.np_sgn(part, l=width, LT=True))
-        negative[rows] = np.asarray(bits, dtype=np.int64).reshape(-1)
-    if lt:
-        return negative.astype(bool)
-    zero = np.zeros(n, dtype=bool)
-    for start in range(0, n, COMPARISON_BATCH):
-        part = x[start : start + COMPARISON_BATCH]
-        zero[start : start + len(part)] = np.asarray(await mpc.np_is_zero_public(part)).reshape(-1)
-    sign = (
-        np.where(negative == 1, -1, 1)
-        if side is None
-        else np.where(side == 0, 1 - 2 * negative, side)
-    )
-    return np.where(zero, 0, sign)
-
-
 async def _hwe_pass(mpc: Any, gwas: Any, total: Any, hardy: np.ndarray) -> np.ndarray:
-    """``--hwe`` on the opened founder genotype counts, as :func:`.qc.qc_filters` decides.
+    """``--hwe`` on the opened founder genotype counts, decided as ``qc.qc_filters`` does.
 
     PLINK tests the founder controls when the data are case/control with at least one
     control, else all founders; whether there is a control is one more opened number
@@ -361,7 +325,8 @@ async def _filters(
     """``--geno`` and ``--maf`` as PLINK 1.9 decides them, opening only the pass bits.
 
     geno: a variant's called samples against the fewest that pass
-    (:func:`.qc.geno_min_called`; the number of samples is what the sites declare).
+    (:func:`smpc.protocols.gwas.qc.geno_min_called`; the number of samples is what the
+    sites declare).
     maf: with the founders' minor allele known (the A1 choice is public), a variant is
     rare when ``Q·minor < P·called`` for ``maf`` = P/Q as written; PLINK's 2^-44 slack
     decides only exact equality, which keeps the variant both ways.
@@ -377,7 +342,7 @@ async def _filters(
         missing = total([_cell(k, f, 3) for k in range(3) for f in range(2)])
         least = geno_min_called(n, gwas.geno)
         called = total(list(range(24))) - missing
-        keep_geno = ~await _signs(mpc, called - least, (n + 1).bit_length() + 1, lt=True)
+        keep_geno = ~await open_signs(mpc, called - least, (n + 1).bit_length() + 1, lt=True)
     if gwas.maf is not None and gwas.variants:
         p, q = Fraction(str(gwas.maf)).as_integer_ratio()
         width = (2 * q * max(n, 1)).bit_length() + 1
@@ -388,7 +353,7 @@ async def _filters(
             )
         a2_minor = founder_sign < 0  # the reference A1 is the founders' major allele
         minor = f_a1 + (f_called - f_a1 * 2) * a2_minor.astype(np.int64)
-        keep_maf = ~await _signs(mpc, minor * q - f_called * p, width, lt=True)
+        keep_maf = ~await open_signs(mpc, minor * q - f_called * p, width, lt=True)
     return keep_geno, keep_maf
 
 
