@@ -1,4 +1,4 @@
-"""The site side: ``smpc upload`` (one job) and ``smpc site serve`` (every job).
+"""``smpc upload``: share a site's inputs for one job and wait for every party's signed ack.
 
 An upload reads the site's local inputs, fetches the job the analyst published
 (retained on the broker, signed), encodes and shares each input as the job says,
