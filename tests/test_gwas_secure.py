@@ -63,7 +63,7 @@ from smpc.protocols.gwas.mpc.convert import convert_field
 from smpc.protocols.gwas.mpc.linear import secure_linear
 from smpc.protocols.gwas.mpc.shares import open_ratio_shares, raw_shares
 from smpc.protocols.gwas.mpc.signs import open_signs
-from smpc.protocols.gwas.pvalues import chiprob_p, t_two_sided
+from smpc.protocols.gwas.plink.pvalues import chiprob_p, t_two_sided
 
 
 def ratio_json(r):

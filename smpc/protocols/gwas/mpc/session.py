@@ -325,7 +325,7 @@ async def _filters(
     """``--geno`` and ``--maf`` as PLINK 1.9 decides them, opening only the pass bits.
 
     geno: a variant's called samples against the fewest that pass
-    (:func:`smpc.protocols.gwas.qc.geno_min_called`; the number of samples is what the
+    (:func:`smpc.protocols.gwas.plink.qc.geno_min_called`; the number of samples is what the
     sites declare).
     maf: with the founders' minor allele known (the A1 choice is public), a variant is
     rare when ``Q·minor < P·called`` for ``maf`` = P/Q as written; PLINK's 2^-44 slack
