@@ -26,7 +26,7 @@ from smpc.config.spec import GWAS_TESTS, Filters, SpecFile
 from smpc.core.encoding import words_to_bytes
 from smpc.core.field import MERSENNE61, field_for
 from smpc.errors import UserError
-from smpc.mpc.task import GwasSession, SecType, SessionTask
+from smpc.mpc.task import SecType, SessionTask
 from smpc.protocols.base import (
     Outcome,
     Plan,
@@ -38,6 +38,7 @@ from smpc.protocols.base import (
     Step,
 )
 from smpc.protocols.gwas.spec import GwasPayload, GwasSpec
+from smpc.protocols.gwas.task import GwasSession
 from smpc.wire.messages import Job, encode_model
 
 logger = logging.getLogger("smpc.gwas")
@@ -252,7 +253,7 @@ class GwasProtocol(Protocol):
             sectype=SecType(kind="int", bit_length=MERSENNE61.bit_length() - 32, prime=job.modulus),
             protocol=self.name,
             step="scan",
-            gwas=GwasSession(
+            payload=GwasSession(
                 variants=int(arrays["counts"].shape[0]),
                 samples=party.declared_records(job, shares),
                 tests=list(spec.tests),
@@ -266,7 +267,7 @@ class GwasProtocol(Protocol):
                 hwe=filters.hwe,
                 quantitative=summary["phenotype"] != "case/control",
                 regression=regression,
-            ),
+            ).model_dump(mode="json"),
         )
         return party.session(task)
 
@@ -285,7 +286,7 @@ class GwasProtocol(Protocol):
             sectype=SecType(kind="int", bit_length=MERSENNE61.bit_length() - 32, prime=job.modulus),
             protocol=self.name,
             step="newton",
-            newton=newton,
+            payload=newton.model_dump(mode="json"),
         )
         return party.session(task)
 
@@ -300,8 +301,11 @@ class GwasProtocol(Protocol):
 
         words = np.load(party.session_dir(job) / "alignment.npy")
         opened["alignment"] = {"shape": list(words.shape), "values": words.tolist()}
-        assert task.gwas is not None  # a scan's task
-        kind = "quantitative" if task.gwas.quantitative else "case/control"
+        kind = (
+            "quantitative"
+            if GwasSession.model_validate(task.payload).quantitative
+            else "case/control"
+        )
         unread = {name: {"shape": [0], "values": []} for name in unread_outputs(spec, kind)}
         return {**unread, **opened}  # opened values win
 

@@ -225,7 +225,7 @@ def pooled_round(job: Any, share_of: Any, workdir: Any) -> Any:
     session converts the gradient and Hessian to the Newton field, :func:`newton_field`).
     """
     from smpc.core.field import field_for
-    from smpc.mpc.task import NewtonSession
+    from smpc.protocols.gwas.task import NewtonSession
 
     files, sizes, moduli = {}, {}, {}
     for name in ("n", *PARTS):

@@ -154,7 +154,7 @@ def regression_sessions(
     regression's own field); the groups the sites' declared phenotype reads
     (:func:`.job.regression_groups`: ``qt`` not for a case/control one, which has .assoc).
     """
-    from smpc.mpc.task import RegressionSession
+    from smpc.protocols.gwas.task import RegressionSession
 
     summary = json.loads(words_to_bytes(field_for(job.modulus).to_signed(pooled["alignment"])))
     out = []

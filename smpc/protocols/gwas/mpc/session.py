@@ -12,6 +12,7 @@ from smpc.mpc import mpyc_adapter
 from smpc.protocols.gwas.a1 import side_signs
 from smpc.protocols.gwas.mpc.bounds import FAST_BITS, MAX_ALLELES, secint_for
 from smpc.protocols.gwas.mpc.signs import open_signs
+from smpc.protocols.gwas.task import GwasSession, NewtonSession
 
 
 def _cell(cls: int, founder: int, genotype: int) -> int:
@@ -45,7 +46,7 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     """
     from smpc.protocols.gwas.mpc.assoc import secure_assoc
 
-    gwas = task.gwas
+    gwas = GwasSession.model_validate(task.payload)
     v = gwas.variants
     fast = mpc.SecInt(FAST_BITS, p=MERSENNE61)
     counts = FAST.from_bytes((workdir / gwas.counts).read_bytes(), (v, 24))
@@ -126,6 +127,8 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     for reg in gwas.regression:
         out.update(await _regression(mpc, reg, workdir, rows_all, (merge ^ swap)[rows_all]))
     if "assoc" in gwas.tests and not gwas.quantitative:  # a quantitative one: .qassoc (qt)
+        if gwas.alleles is None or gwas.assoc_field_bits is None or gwas.assoc_modulus is None:
+            raise ValueError("an assoc task without the sites' allele counts and their field")
         big = secint_for(mpc, gwas.assoc_field_bits)
         if big.field.modulus != gwas.assoc_modulus:
             raise ValueError("the assoc field differs from the one the sites shared in")
@@ -223,7 +226,7 @@ async def run_newton(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, 
     from smpc.protocols.gwas.logistic import newton_field
     from smpc.protocols.gwas.mpc.newton import secure_newton_step
 
-    newton = task.newton
+    newton = NewtonSession.model_validate(task.payload)
     v, k = newton.variants, newton.k
     modulus, bounds = newton_field(k)
     big = secint_for(mpc, bounds.field_bits)
