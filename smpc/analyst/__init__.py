@@ -1,0 +1,1 @@
+"""The analyst: the one driver of a run and its jobs (publish, close, collect, check)."""

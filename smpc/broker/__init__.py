@@ -1,0 +1,1 @@
+"""The federation's MQTT broker: ACL, Mosquitto configuration and runner, the embedded broker."""

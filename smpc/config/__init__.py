@@ -1,0 +1,1 @@
+"""Schemas of the files users write: the federation file and protocol spec files."""

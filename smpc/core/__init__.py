@@ -1,0 +1,1 @@
+"""Arithmetic of shares: prime fields, ChaCha20 streams, fixed-point encoding, sharing, DP."""

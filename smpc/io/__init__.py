@@ -1,0 +1,1 @@
+"""Reading a site's local files: input tables and fedavg model files."""

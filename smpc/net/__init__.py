@@ -1,0 +1,1 @@
+"""Talking MQTT: topics, framing and reassembly of bodies, the TLS connection, reconnecting."""

@@ -1,0 +1,1 @@
+"""Bytes on the wire: the sealed share envelope and the signed control messages."""

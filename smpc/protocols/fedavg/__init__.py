@@ -1,0 +1,1 @@
+"""Secure federated averaging, one job per training round."""

@@ -1,0 +1,1 @@
+"""Secure sum, count and mean."""
