@@ -304,6 +304,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def _party_serve(workdir: Path, kits: Path, party: str) -> subprocess.Popen:

@@ -44,7 +44,7 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -420,6 +420,17 @@ def parse_federation(data: object, source: str = "<federation>") -> Federation:
         return Federation.model_validate(data)
     except ValidationError as exc:
         raise user_error_from_validation(source, exc, Federation) from None
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def read_yaml_model(path: str | Path, model: type[Model]) -> Model:
+    """A YAML mapping file validated as ``model``; its problems as one :class:`UserError`."""
+    try:
+        return model.model_validate(read_yaml_mapping(path))
+    except ValidationError as exc:
+        raise user_error_from_validation(path, exc, model) from None
 
 
 def user_error_from_validation(

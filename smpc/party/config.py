@@ -6,10 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from smpc.config.federation import (
-    read_yaml_mapping,
-    user_error_from_validation,
-)
+from smpc.config.federation import read_yaml_model
 from smpc.protocols.registry import PROTOCOLS
 
 
@@ -47,13 +44,7 @@ class PartyConfig(BaseModel):
 
 def load_party_config(path: Path) -> PartyConfig:
     """Read a party config; relative paths are relative to the config file."""
-    from pydantic import ValidationError
-
-    data = read_yaml_mapping(path)
-    try:
-        config = PartyConfig.model_validate(data)
-    except ValidationError as exc:
-        raise user_error_from_validation(path, exc, PartyConfig) from None
+    config = read_yaml_model(path, PartyConfig)
     base = Path(path).resolve().parent
     resolved = {
         k: (base / v if not Path(v).is_absolute() else Path(v))

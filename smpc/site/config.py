@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from smpc.config.federation import (
-    read_yaml_mapping,
-    user_error_from_validation,
-)
+from smpc.config.federation import read_yaml_model
 from smpc.config.spec import one_of
 from smpc.errors import UserError
 from smpc.protocols.registry import PROTOCOLS
@@ -58,11 +55,7 @@ class SiteConfig(BaseModel):
 
 
 def load_site_config(path: Path) -> SiteConfig:
-    data = read_yaml_mapping(path)
-    try:
-        config = SiteConfig.model_validate(data)
-    except ValidationError as exc:
-        raise user_error_from_validation(path, exc, SiteConfig) from None
+    config = read_yaml_model(path, SiteConfig)
     base = Path(path).resolve().parent
 
     def resolve(p: Path | None) -> Path | None:
