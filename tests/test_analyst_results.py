@@ -64,7 +64,7 @@ async def play_party(keys_dir, index: int, job_id: str, answer: Answer) -> None:
         await conn.publish(topics.status(job.id, name), sign("status", body, name, own.signing_key))
 
     async with Connection.from_kit(own, federation, suffix="test") as conn:
-        await conn.subscribe(topics.job(job_id))
+        await conn.subscribe(topics.job_anywhere(job_id))
         async for message in conn.messages():
             if not message.body:  # the analyst cleared the retained job
                 return

@@ -77,9 +77,12 @@ def test_acl_names_each_participant_explicitly(keys_dir: Path) -> None:
         for topic in rules["read"] | rules["write"]:
             levels = topic.split("/")
             assert levels[:2] == ["smpc", "test"]
-            # a wildcard only where a job id goes (and, for a party's results, the analyst)
+            # a wildcard only where a job id goes (and, for jobs and a party's results, the
+            # analyst)
             assert all(
-                lv != "+" or (i == 3 and levels[2] != "up") or (i == 4 and levels[2] == "result")
+                lv != "+"
+                or (i == 3 and levels[2] != "up")
+                or (i == 4 and levels[2] in ("result", "jobs"))
                 for i, lv in enumerate(levels)
             )
     assert acl["oslo"]["write"] == {T.upload("oslo", p) for p in ("alpha", "beta", "gamma")}
@@ -88,7 +91,7 @@ def test_acl_names_each_participant_explicitly(keys_dir: Path) -> None:
         "smpc/test/result/+/+/alpha",
         "smpc/test/status/+/alpha",
     }
-    assert acl["analyst"]["write"] == {T.jobs()}
+    assert acl["analyst"]["write"] == {T.jobs_of("analyst")}
 
 
 @pytest.mark.parametrize(
@@ -97,11 +100,11 @@ def test_acl_names_each_participant_explicitly(keys_dir: Path) -> None:
         ("oslo", "write", T.upload("oslo", "alpha"), True),
         ("oslo", "write", T.upload("bergen", "alpha"), False),
         ("oslo", "write", T.ack("oslo", "alpha"), False),
-        ("oslo", "write", T.job("j1"), False),
+        ("oslo", "write", T.job("analyst", "j1"), False),
         ("oslo", "read", T.ack("oslo", "alpha"), True),
         ("oslo", "read", T.ack("bergen", "alpha"), False),
         ("oslo", "read", T.upload("oslo", "alpha"), False),
-        ("oslo", "read", T.job("j1"), True),
+        ("oslo", "read", T.job("analyst", "j1"), True),
         ("oslo", "read", T.status("j1", "beta"), True),
         ("oslo", "read", T.result("analyst", "j1", "beta"), False),
         ("alpha", "read", T.upload("oslo", "alpha"), True),
@@ -112,17 +115,19 @@ def test_acl_names_each_participant_explicitly(keys_dir: Path) -> None:
         ("alpha", "write", T.result("eve", "j1", "alpha"), True),
         ("alpha", "write", T.result("analyst", "j1", "beta"), False),
         ("alpha", "write", T.upload("oslo", "alpha"), False),
-        ("alpha", "write", T.job("j1"), False),
+        ("alpha", "write", T.job("analyst", "j1"), False),
         ("alpha", "read", T.status("j1", "gamma"), True),
         ("alpha", "read", T.result("analyst", "j1", "gamma"), False),
-        ("analyst", "write", T.job("j1"), True),
+        ("analyst", "write", T.job("analyst", "j1"), True),
+        ("eve", "write", T.job("analyst", "j1"), False),  # no analyst replaces another's job
+        ("eve", "write", T.job("eve", "j1"), True),
         ("analyst", "read", T.result("analyst", "j1", "gamma"), True),
         ("analyst", "read", T.result("eve", "j1", "gamma"), False),
         ("eve", "read", T.result("analyst", "j1", "gamma"), False),
         ("eve", "read", T.result("eve", "j1", "gamma"), True),
         ("analyst", "read", T.upload("oslo", "alpha"), False),
         ("analyst", "write", T.result("analyst", "j1", "alpha"), False),
-        ("mallory", "read", T.job("j1"), False),
+        ("mallory", "read", T.job("analyst", "j1"), False),
     ],
 )
 def test_acl_semantics(keys_dir: Path, user: str, access: str, topic: str, allowed: bool) -> None:
@@ -533,18 +538,18 @@ def test_embedded_retained_jobs(keys_dir: Path, amqtt_broker: EmbeddedBroker) ->
         async with connect(amqtt_broker, keys_dir, "tromso", client_id="tromso.ret") as site:
             await site.subscribe(T.acks_for("tromso"))  # durable, but not on jobs
         async with connect(amqtt_broker, keys_dir, "analyst", client_id="analyst.ret") as a:
-            await a.publish(T.job("ret1"), b"job", retain=True)
+            await a.publish(T.job("analyst", "ret1"), b"job", retain=True)
         async with connect(amqtt_broker, keys_dir, "gamma", client_id="gamma.ret") as party:
             await party.subscribe(T.jobs())
             jobs = await _collect(party, 10, count=1)
             async with connect(amqtt_broker, keys_dir, "tromso", client_id="tromso.ret") as site:
                 others = await _collect(site, 1)
         async with connect(amqtt_broker, keys_dir, "analyst", client_id="analyst.ret") as a:
-            await a.clear_retained(T.job("ret1"))
+            await a.clear_retained(T.job("analyst", "ret1"))
         return jobs, others
 
     jobs, others = _run(scenario())
-    assert [(m.topic, m.body) for m in jobs] == [(T.job("ret1"), b"job")]
+    assert [(m.topic, m.body) for m in jobs] == [(T.job("analyst", "ret1"), b"job")]
     assert others == []
 
 

@@ -168,7 +168,7 @@ def _republish(f: Federation, job_id: str, *messages: bytes, signer: str = "anal
             kit(f.keys_dir, signer), f.federation, suffix="replay"
         ) as conn:
             for message in messages:
-                await conn.publish(f.topics.job(job_id), message)
+                await conn.publish(f.topics.job(signer, job_id), message)
                 await asyncio.sleep(0.3)
 
     asyncio.run(go())

@@ -55,7 +55,8 @@ def _party(kits, tmp_path, name="beta", job: Job | None = None) -> PartyService:
 
 def _envelopes(kits, site="oslo", values=None, job="job-1", field=FAST, encoding=ENCODING, **kw):
     directory = kits["alpha"].directory
-    kw["meta"] = {"upload": f"u-{site}", **kw.get("meta", {})}
+    # sealed for the job _job(id=job) gives, as a site that read it would
+    kw["meta"] = {"upload": f"u-{site}", "job": _job(id=job).digest(), **kw.get("meta", {})}
     return seal_shares(
         np.arange(6.0) if values is None else values, encoding, field, job=job, input="x",
         site=site, t=1, recipients=[directory.party_encryption_key(i) for i in range(3)],
@@ -219,6 +220,17 @@ def test_policy_refusals_reach_the_analyst_with_the_reason(kits, tmp_path):
     assert "min_sites 2 is below this party's minimum 3" in status.reason
     assert [(j.id, j.status) for j in party.store.jobs()] == [("job-1", "refused")]
     assert party.store.shares() == []
+
+
+def test_shares_sealed_for_another_version_of_the_job_are_rejected(kits, tmp_path):
+    # another analyst's message with the same job id, read by a site: its shares are sealed
+    # for that job (its analyst, its inputs), not for the one the party accepted
+    party = _party(kits, tmp_path)
+    other = _job(analyst="eve").digest()
+    _rejected(party, _envelopes(kits, meta={"job": other})[1], "another version of job job-1")
+    _rejected(party, _envelopes(kits, meta={"job": ""})[1], "another version of job job-1")
+    assert party.store.shares() == []
+    assert party.handle_upload(_envelopes(kits)[1]).ack.status == "stored"
 
 
 def test_site_with_too_few_records_is_refused(kits, tmp_path):

@@ -35,8 +35,10 @@ MIB = 1024 * 1024
 
 def test_topic_layout() -> None:
     t = Topics("example")
-    assert t.job("j1") == "smpc/example/jobs/j1"
-    assert t.jobs() == "smpc/example/jobs/+"
+    assert t.job("ana", "j1") == "smpc/example/jobs/ana/j1"
+    assert t.jobs() == "smpc/example/jobs/+/+"
+    assert t.jobs_of("ana") == "smpc/example/jobs/ana/+"
+    assert t.job_anywhere("j1") == "smpc/example/jobs/+/j1"
     assert t.upload("oslo", "alpha") == "smpc/example/up/oslo/alpha"
     assert t.uploads_for("alpha") == "smpc/example/up/+/alpha"
     assert t.ack("oslo", "alpha") == "smpc/example/ack/oslo/alpha"
@@ -49,7 +51,7 @@ def test_topic_layout() -> None:
 
 def test_topic_parse_round_trip() -> None:
     t = Topics("example")
-    assert t.parse(t.job("job-7")) == ("job", {"job": "job-7"})
+    assert t.parse(t.job("ana", "job-7")) == ("job", {"analyst": "ana", "job": "job-7"})
     assert t.parse(t.upload("oslo", "alpha")) == ("upload", {"site": "oslo", "party": "alpha"})
     assert t.parse(t.ack("oslo", "alpha")) == ("ack", {"site": "oslo", "party": "alpha"})
     assert t.parse(t.result("ana", "j1", "beta")) == (
@@ -63,16 +65,16 @@ def test_topic_parse_round_trip() -> None:
 @pytest.mark.parametrize(
     "topic",
     [
-        "smpc/other/jobs/j1",  # another federation
-        "smpc/example/jobs",  # too short
-        "smpc/example/jobs/j1/extra",  # too long
+        "smpc/other/jobs/ana/j1",  # another federation
+        "smpc/example/jobs/j1",  # too short
+        "smpc/example/jobs/ana/j1/extra",  # too long
         "smpc/example/up/oslo",  # too short
         "smpc/example/nope/a/b",  # unknown kind
-        "smpc/example/jobs/+",  # a filter, not a topic
+        "smpc/example/jobs/ana/+",  # a filter, not a topic
         "smpc/example/up/#",
-        "smpc/example/jobs/J1",  # not a name
+        "smpc/example/jobs/ana/J1",  # not a name
         "smpc/example/up//alpha",
-        "other/example/jobs/j1",
+        "other/example/jobs/ana/j1",
         "",
     ],
 )
@@ -85,7 +87,9 @@ def test_topic_parse_rejects(topic: str) -> None:
 def test_topic_names_are_validated(name: str) -> None:
     t = Topics("example")
     with pytest.raises(ValueError):
-        t.job(name)
+        t.job("ana", name)
+    with pytest.raises(ValueError):
+        t.job(name, "j1")
     with pytest.raises(ValueError):
         t.upload(name, "alpha")
     with pytest.raises(ValueError):
@@ -443,14 +447,16 @@ def test_messages_not_taken_are_redelivered(keys_dir: Path, tmp_path: Path) -> N
 def test_retained_job(keys_dir: Path, tmp_path: Path) -> None:
     async def scenario(broker):
         async with connect(broker, keys_dir, "analyst") as analyst:
-            await analyst.publish(T.job("j1"), b'{"job": "j1"}', retain=True)
+            await analyst.publish(T.job("analyst", "j1"), b'{"job": "j1"}', retain=True)
         async with connect(broker, keys_dir, "beta", client_id="beta.t", persistent=False) as p:
             await p.subscribe(T.jobs())
             seen = await _collect(p, 10, count=1)
         async with connect(broker, keys_dir, "analyst") as analyst:
-            await analyst.clear_retained(T.job("j1"))
+            await analyst.clear_retained(T.job("analyst", "j1"))
             with pytest.raises(ValueError, match="use publish_body"):
-                await analyst.publish(T.job("j2"), bytes(analyst.max_chunk + 1), retain=True)
+                await analyst.publish(
+                    T.job("analyst", "j2"), bytes(analyst.max_chunk + 1), retain=True
+                )
         async with connect(broker, keys_dir, "beta", client_id="beta.t", persistent=False) as p:
             await p.subscribe(T.jobs())
             after = await _collect(p, 1)
@@ -458,7 +464,9 @@ def test_retained_job(keys_dir: Path, tmp_path: Path) -> None:
 
     with mosquitto(keys_dir, tmp_path / "broker") as broker:
         seen, after = _run(scenario(broker))
-    assert [(m.topic, m.body, m.retained) for m in seen] == [(T.job("j1"), b'{"job": "j1"}', True)]
+    assert [(m.topic, m.body, m.retained) for m in seen] == [
+        (T.job("analyst", "j1"), b'{"job": "j1"}', True)
+    ]
     assert after == []
 
 
@@ -536,7 +544,7 @@ def test_a_site_cannot_publish_to_another_sites_topic(keys_dir: Path, tmp_path: 
                 # all silently dropped by the broker (MQTT 3.1.1 has no error for it)
                 await site.publish(T.upload("bergen", "alpha"), b"forged")
                 await site.publish(T.ack("oslo", "alpha"), b"forged ack")
-                await site.publish(T.job("j1"), b"forged job")
+                await site.publish(T.job("analyst", "j1"), b"forged job")
                 await site.publish_body(T.upload("bergen", "alpha"), _body(2 * MIB))
                 await site.publish(T.upload("oslo", "alpha"), b"control")  # still connected
             return await _collect(party, 1.5)

@@ -72,7 +72,7 @@ async def publish_job(kit: Kit, federation: Federation, job: Job) -> bytes:
     message = sign("job", job, kit.name, kit.signing_key)
     topics = Topics(federation.name)
     async with Connection.from_kit(kit, federation, suffix="jobs") as conn:
-        await conn.publish(topics.job(job.id), message, retain=True)
+        await conn.publish(topics.job(kit.name, job.id), message, retain=True)
     return message
 
 
@@ -131,7 +131,7 @@ async def run_job(
     async with Connection.from_kit(kit, federation, suffix=f"run-{job.id}"[:60]) as conn:
         await conn.subscribe(topics.statuses(job.id), topics.results(kit.name, job.id))
         await conn.publish(
-            topics.job(job.id), sign("job", job, kit.name, kit.signing_key), retain=True
+            topics.job(kit.name, job.id), sign("job", job, kit.name, kit.signing_key), retain=True
         )
         log.event(logger, "job-published", job=job.id, protocol=job.protocol)
         holding: dict[int, dict[str, str]] = {}  # party -> site -> the upload id it holds
@@ -167,7 +167,7 @@ async def run_job(
                     uploads = {s: agreed[s] for s in close}
                     closed = job.model_copy(update={"close": close, "uploads": uploads})
                     await conn.publish(
-                        topics.job(job.id),
+                        topics.job(kit.name, job.id),
                         sign("job", closed, kit.name, kit.signing_key),
                         retain=True,
                     )
@@ -237,7 +237,7 @@ async def run_job(
                 reading.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reading
-            await conn.clear_retained(topics.job(job.id))
+            await conn.clear_retained(topics.job(kit.name, job.id))
     opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.delivered}
     return Outcome(closed, closed.close or (), opened)
 

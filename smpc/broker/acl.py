@@ -7,11 +7,11 @@ is the common name of its federation-CA client certificate):
 =========  ========================================  =========================================
 role       publishes                                 reads (subscribes and receives)
 =========  ========================================  =========================================
-site S     ``up/S/P`` for each party P               ``jobs/+``, ``ack/S/P`` for each party P,
+site S     ``up/S/P`` for each party P               ``jobs/+/+``, ``ack/S/P`` for each party P,
                                                      ``status/+/P`` for each party P
-party P    ``ack/S/P`` for each site S,              ``jobs/+``, ``up/S/P`` for each site S,
+party P    ``ack/S/P`` for each site S,              ``jobs/+/+``, ``up/S/P`` for each site S,
            ``result/+/+/P``, ``status/+/P``          ``status/+/Q`` for each party Q
-analyst A  ``jobs/+``                                ``jobs/+``, ``result/A/+/P`` and
+analyst A  ``jobs/A/+``                              ``jobs/+/+``, ``result/A/+/P`` and
                                                      ``status/+/P`` for each party P
 =========  ========================================  =========================================
 
@@ -64,7 +64,7 @@ def access_rules(federation: Federation) -> dict[str, Access]:
         )
     for a in federation.analyst_names:
         rules[a] = Access(
-            publish=(t.jobs(),),
+            publish=(t.jobs_of(a),),  # its own jobs only: no analyst replaces another's
             # only its own results: sealed to it anyway, and invisible to other analysts
             read=(t.jobs(), *(f"{t.prefix}/result/{a}/+/{p}" for p in parties), *status_all),
         )

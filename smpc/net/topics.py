@@ -33,7 +33,7 @@ class ParsedTopic(NamedTuple):
 
 # kind -> (topic level after smpc/<fed>/, names of the remaining levels)
 _KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "job": ("jobs", ("job",)),
+    "job": ("jobs", ("analyst", "job")),
     "upload": ("up", ("site", "party")),
     "ack": ("ack", ("site", "party")),
     "result": ("result", ("analyst", "job", "party")),
@@ -50,7 +50,8 @@ class Topics:
     =======================================  ======================  =========================
     topic                                    who publishes           who subscribes (filter)
     =======================================  ======================  =========================
-    ``smpc/<fed>/jobs/<job>``                analysts (retained)     everyone: ``jobs/+``
+    ``smpc/<fed>/jobs/<a>/<job>``            analyst ``<a>``         everyone: ``jobs/+/+``
+                                             (retained)
     ``smpc/<fed>/up/<site>/<party>``         site ``<site>``         party: ``up/+/<party>``
     ``smpc/<fed>/ack/<site>/<party>``        party ``<party>``       site: ``ack/<site>/+``
     ``smpc/<fed>/result/<a>/<job>/<party>``  party ``<party>``       analyst ``<a>`` only:
@@ -74,11 +75,19 @@ class Topics:
     def __repr__(self) -> str:
         return f"Topics({self.federation!r})"
 
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}/jobs/{_name('job id', job_id)}"
+    def job(self, analyst: str, job_id: str) -> str:
+        return f"{self.prefix}/jobs/{_name('analyst', analyst)}/{_name('job id', job_id)}"
 
     def jobs(self) -> str:
-        return f"{self.prefix}/jobs/+"
+        return f"{self.prefix}/jobs/+/+"
+
+    def jobs_of(self, analyst: str) -> str:
+        """The filter of one analyst's jobs: the only job topics it may publish on."""
+        return f"{self.prefix}/jobs/{_name('analyst', analyst)}/+"
+
+    def job_anywhere(self, job_id: str) -> str:
+        """Job ``job_id`` whoever published it (a site knows the id, not the analyst)."""
+        return f"{self.prefix}/jobs/+/{_name('job id', job_id)}"
 
     def upload(self, site: str, party: str) -> str:
         return f"{self.prefix}/up/{_name('site', site)}/{_name('party', party)}"

@@ -144,7 +144,7 @@ class _Daemon:
         job_id = fields.get("job") if kind == "job" else _upload_job(message.body)
         try:
             if kind == "job":
-                await self.on_job(fields["job"], message.body)
+                await self.on_job(fields["job"], message.body, fields["analyst"])
             elif kind == "upload":
                 await self.on_upload(message.body, fields.get("site"))
         except (TransportError, asyncio.CancelledError):
@@ -179,7 +179,7 @@ class _Daemon:
         except Exception:  # the store itself may be what fails: the log line stays
             logger.debug("job %s: could not report the error", job_id, exc_info=True)
 
-    async def on_job(self, job_id: str, body: bytes) -> None:
+    async def on_job(self, job_id: str, body: bytes, analyst: str) -> None:
         service = self.service
         if job_id in self.sessions:  # a re-delivered close while its session runs
             log.event(logger, "job-ignored", job=job_id, reason="its MPyC session is running")
@@ -195,7 +195,7 @@ class _Daemon:
                 released_status = released.status
             await self.send(job_id, JobReply(released_status))
             return
-        answer = await self.call(service.handle_job, body, job_id)
+        answer = await self.call(service.handle_job, body, job_id, analyst)
         if answer is None:
             return
         if answer.session is not None:  # open inside MPyC first, beside the message loop

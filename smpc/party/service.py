@@ -55,6 +55,7 @@ class PartyService(Computation, Uploads):
         directory = kit.directory
         self._site_keys = {site: directory.verify_key(site) for site in directory.sites}
         self._jobs: dict[str, Job] = {}
+        self._job_digests: dict[str, str] = {}  # job id -> Job.digest, computed once
         for stored in store.jobs():  # a restart recovers every job it had accepted
             self._jobs[stored.id] = verify_job(stored.closed or stored.message, directory)[1]
             if stored.status == "computing":  # interrupted: never computed (or noised) twice
@@ -67,7 +68,9 @@ class PartyService(Computation, Uploads):
         return cls(kit, federation, PartyStore(config.store), config.policy)
 
     # -- jobs -------------------------------------------------------------------------------
-    def handle_job(self, data: bytes, topic_job: str | None = None) -> JobReply | None:
+    def handle_job(
+        self, data: bytes, topic_job: str | None = None, topic_analyst: str | None = None
+    ) -> JobReply | None:
         """Accept or refuse a signed job; once it is closed, compute its result shares.
 
         The job lifecycle (``docs/security.md``): the first accepted message of a job id
@@ -75,15 +78,19 @@ class PartyService(Computation, Uploads):
         analyst and equal it in every field but ``close``, which is set once. A
         re-delivered close is answered with the bytes published the first time; a job is
         never computed twice. Anything else is refused and logged as what it is.
-        ``topic_job`` is the job id of the topic it arrived on, which must be the job's.
+        ``topic_job`` and ``topic_analyst`` name the topic it arrived on, which must be the
+        job's own: its id, under its analyst (the broker lets an analyst publish only there).
         """
         try:
             analyst, job = verify_job(data, self.kit.directory)
         except MessageError as exc:
             log.event(logger, "job-ignored", logging.WARNING, reason=exc)
             return None
-        if topic_job is not None and topic_job != job.id:
-            log.event(logger, "job-ignored", logging.WARNING, job=job.id, topic=topic_job)
+        if (topic_job is not None and topic_job != job.id) or (
+            topic_analyst is not None and topic_analyst != analyst
+        ):
+            topic = f"{topic_analyst}/{topic_job}"
+            log.event(logger, "job-ignored", logging.WARNING, job=job.id, topic=topic)
             return None
         known = self.store.job(job.id)
         if known is not None:

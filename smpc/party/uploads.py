@@ -34,6 +34,7 @@ class Uploads:
     policy: Policy
     index: int
     _jobs: dict[str, Job]
+    _job_digests: dict[str, str]
     _site_keys: dict[str, Any]
 
     # -- uploads ----------------------------------------------------------------------------
@@ -87,7 +88,9 @@ class Uploads:
         except EnvelopeError as exc:
             return rejected(str(exc))
         header = share.header
-        problem = header_problem(header, job) or self._too_few_records(header)
+        problem = header_problem(header, job, self._job_digest(job)) or self._too_few_records(
+            header
+        )
         upload = header.meta.get("upload")
         if not problem and not (isinstance(upload, str) and upload):
             problem = "the envelope carries no upload id (share it with this version)"
@@ -113,6 +116,11 @@ class Uploads:
             digest=header.digest, envelope_id=eid, status="stored",
         )  # fmt: skip
         return Reply(header.site, ack, self._sign(ack))
+
+    def _job_digest(self, job: Job) -> str:
+        if job.id not in self._job_digests:
+            self._job_digests[job.id] = job.digest()
+        return self._job_digests[job.id]
 
     def _too_few_records(self, header: ShareHeader) -> str:
         records = header.meta.get("records")
@@ -149,8 +157,17 @@ class Uploads:
         return sign("ack", ack, self.kit.name, self.kit.signing_key)
 
 
-def header_problem(header: ShareHeader, job: Job) -> str:
-    """Why an envelope header does not fit its job ("" if it does)."""
+def header_problem(header: ShareHeader, job: Job, digest: str) -> str:
+    """Why an envelope header does not fit its job, whose :meth:`Job.digest` is ``digest``
+    ("" if it does)."""
+    sealed_for = header.meta.get("job")
+    if sealed_for != digest:
+        # a site that read another version of this job id (another analyst's message
+        # with the same id, say) vetted other inputs and another analyst
+        return (
+            f"the shares were sealed for another version of job {job.id} (job digest "
+            f"{str(sealed_for)[:12]}, this party holds {digest[:12]}); fetch the job again"
+        )
     spec = job.input(header.input)
     if spec is None:
         return f"job {job.id} has no input {header.input!r}"

@@ -17,8 +17,8 @@ from smpc.protocols.base import SiteSource, SkipJob
 from smpc.protocols.registry import parse_spec
 from smpc.site.config import SiteConfig
 from smpc.site.inputs import site_inputs
-from smpc.site.upload import upload
-from smpc.wire.messages import Job, MessageError, verify_job
+from smpc.site.upload import job_on_its_topic, upload
+from smpc.wire.messages import Job, MessageError
 
 logger = logging.getLogger("smpc.site")
 
@@ -66,8 +66,8 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
             if not message.body:
                 continue  # a retained job cleared by the analyst
             try:
-                _, job = verify_job(message.body, kit.directory)
-            except MessageError as exc:
+                job = job_on_its_topic(topics, message.topic, message.body, kit)
+            except (MessageError, ValueError) as exc:
                 log.event(logger, "job-ignored", logging.WARNING, reason=exc)
                 continue
             if job.id in answered:

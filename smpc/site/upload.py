@@ -56,14 +56,34 @@ class UploadReport:
     seconds: float = 0.0
 
 
+def job_on_its_topic(topics: Topics, topic: str, body: bytes, kit: Kit) -> Job:
+    """The signed job of a message on ``jobs/<analyst>/<job>``; MessageError unless the job
+    is the topic's, from that analyst (a job elsewhere is another analyst's replay)."""
+    signer, job = verify_job(body, kit.directory)
+    fields = topics.parse(topic).fields
+    if (fields.get("analyst"), fields.get("job")) != (signer, job.id) or job.analyst != signer:
+        raise MessageError(
+            f"job {job.id} of analyst {job.analyst!r}, signed by {signer!r}, arrived on "
+            f"{topic!r}: a job travels only on its own analyst's topic"
+        )
+    return job
+
+
 async def fetch_job(conn: Connection, topics: Topics, kit: Kit, job_id: str, timeout: float) -> Job:
     """The analyst's signed job, from its retained message."""
-    await conn.subscribe(topics.job(job_id))
+    await conn.subscribe(topics.job_anywhere(job_id))
     try:
         async with asyncio.timeout(timeout):
             async for message in conn.messages():
-                if message.topic == topics.job(job_id):
-                    return verify_job(message.body, kit.directory)[1]
+                if not message.body:
+                    continue  # a retained job cleared
+                try:
+                    job = job_on_its_topic(topics, message.topic, message.body, kit)
+                except (MessageError, ValueError) as exc:
+                    logger.warning("job %s: ignored a message: %s", job_id, exc)
+                    continue
+                if job.id == job_id:
+                    return job
     except TimeoutError:
         pass
     raise UploadFailed(f"job {job_id}: not announced on the broker within {timeout:g} s")
@@ -90,7 +110,8 @@ def seal_inputs(
     if job.sites is not None and kit.name not in job.sites:
         raise UploadFailed(f"job {job.id} does not ask site {kit.name!r}")
     upload_id = upload_id or secrets.token_hex(8)
-    meta: dict[str, str | int | float | bool] = {"upload": upload_id}
+    # the job's digest binds the shares to the very job this site vetted (analyst, spec)
+    meta: dict[str, str | int | float | bool] = {"upload": upload_id, "job": job.digest()}
     if records is not None:
         meta["records"] = int(records)
     directory = kit.directory

@@ -33,6 +33,7 @@ which this version lacks.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import time
@@ -127,6 +128,10 @@ class Job(_Strict):
     def unclosed(self) -> Job:
         """The job as first published: what a later message with its id must equal."""
         return self.model_copy(update={"close": None, "uploads": None})
+
+    def digest(self) -> str:
+        """SHA-256 of the job as first published: the one job a site's shares are sealed for."""
+        return hashlib.sha256(self.unclosed().model_dump_json().encode()).hexdigest()
 
     def input(self, name: str) -> JobInput | None:
         return next((i for i in self.inputs if i.name == name), None)
