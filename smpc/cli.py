@@ -73,6 +73,37 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from smpc.party.audit import AUDIT_FILE, verify
+    from smpc.party.config import load_party_config
+
+    config = load_party_config(Path(args.config))
+    path = config.store / AUDIT_FILE
+    signed: list[str] = []
+    if args.result:  # the heads this party signed into a run's results
+        from smpc.pki.kit import load_kit
+
+        name = load_kit(config.kit).name
+        audit = json.loads(Path(args.result).read_text()).get("audit", {})
+        signed = [heads[name] for heads in audit.values() if name in heads]
+    count, head = verify(path, signed)  # AuditError (a UserError) names the first bad entry
+    also = f"; the {len(signed)} head(s) it signed into {args.result} are in it" if signed else ""
+    print(f"{path}: {count} entries verify; chain head {head}{also}")
+    return 0
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    from smpc.party.audit import AUDIT_FILE, rows
+    from smpc.party.config import load_party_config
+    from smpc.party.status import print_rows
+
+    path = load_party_config(Path(args.config)).store / AUDIT_FILE
+    print_rows(rows(path, args.last), f"audit trail {path}", args.json)
+    return 0
+
+
 def _upload(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -237,6 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--config", required=True, help="party config, e.g. parties/alpha.yaml")
     jobs.add_argument("--json", action="store_true", help="JSON for scripts")
     jobs.set_defaults(func=_jobs)
+
+    audit = commands.add_parser("audit", help="a party's hash-chained audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    verify = audit_commands.add_parser(
+        "verify", help="check the chain; name the first entry that was altered, removed or moved"
+    )
+    verify.add_argument("--config", required=True, help="party config, e.g. parties/alpha.yaml")
+    verify.add_argument(
+        "--result", default=None, metavar="RESULT_JSON",
+        help="also check the chain heads this party signed into a run's result.json",
+    )  # fmt: skip
+    verify.set_defaults(func=_audit_verify)
+    show = audit_commands.add_parser("show", help="the audit trail as a table")
+    show.add_argument("--config", required=True, help="party config, e.g. parties/alpha.yaml")
+    show.add_argument("--last", type=int, default=None, metavar="N", help="only the last N")
+    show.add_argument("--json", action="store_true", help="JSON for scripts")
+    show.set_defaults(func=_audit_show)
 
     up = commands.add_parser(
         "upload",

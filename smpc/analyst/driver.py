@@ -10,6 +10,7 @@ the output files (:meth:`.Protocol.finalize`). Every job of a run shares the run
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,23 @@ async def run_spec(
         run.result = stop.value
     if out is not None:
         run.summary = family.finalize(spec, run.result, out)
+        _record_parties(out / "result.json", run)
     return run
+
+
+def _record_parties(path: Path, run: Run) -> None:
+    """Name in ``result.json`` the parties behind each job and the audit chain head each
+    signed with its result: a party's log rewritten later no longer matches its head."""
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text())
+    if not isinstance(summary, dict):
+        return
+    summary["parties"] = list(dict.fromkeys(p for o in run.outcomes for p in o.audit))
+    summary["audit"] = {o.job.id: o.audit for o in run.outcomes}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    if run.summary is not None:
+        run.summary.update(parties=summary["parties"], audit=summary["audit"])
 
 
 def write_outputs(spec: Any, result: Any, out: Path) -> dict[str, Any]:

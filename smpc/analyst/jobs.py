@@ -136,6 +136,7 @@ async def run_job(
         log.event(logger, "job-published", job=job.id, protocol=job.protocol)
         holding: dict[int, dict[str, str]] = {}  # party -> site -> the upload id it holds
         done: set[int] = set()  # parties that reported their result sent
+        heads: dict[str, str] = {}  # party -> its audit chain head, signed into its results
         named = {o.name for o in job.delivered}
         results: dict[str, dict[int, np.ndarray]] = {}
         messages = aiter(conn.messages())
@@ -223,7 +224,7 @@ async def run_job(
                     if state is not None and state[1] == "done" and closed is not None:
                         done.add(state[0])
                 elif kind == "result" and closed is not None:
-                    _take_result(message.body, kit, closed, results)
+                    _take_result(message.body, kit, closed, results, heads)
                     unexpected = sorted(set(results) - named)
                     if unexpected:
                         raise JobFailed(
@@ -239,7 +240,8 @@ async def run_job(
                     await reading
             await conn.clear_retained(topics.job(kit.name, job.id))
     opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.delivered}
-    return Outcome(closed, closed.close or (), opened)
+    audit = {p: heads[p] for p in parties if p in heads}
+    return Outcome(closed, closed.close or (), opened, audit)
 
 
 def _agreed_uploads(holding: dict[int, dict[str, str]]) -> dict[str, str]:
@@ -303,14 +305,21 @@ def _take_status(
 
 
 def _take_result(
-    data: bytes, kit: Kit, job: Job, results: dict[str, dict[int, np.ndarray]]
+    data: bytes,
+    kit: Kit,
+    job: Job,
+    results: dict[str, dict[int, np.ndarray]],
+    heads: dict[str, str],
 ) -> None:
+    """Take a party's result (its share of each output, or what it opened), and the audit
+    chain head it signed with it into ``heads``."""
     if job.deliver == "parties":  # opened inside MPyC, signed by each party, sealed to us
         try:
             _, result = open_result(data, kit)
         except MessageError as exc:
             raise JobFailed(f"job {job.id}: a party's result was refused: {exc}") from None
         if result.job == job.id:
+            heads[kit.directory.parties[result.party]] = result.audit
             for name, output in result.outputs.items():
                 values = np.array(output.values, dtype=object).reshape(output.shape)
                 results.setdefault(name, {})[result.party] = values
@@ -326,6 +335,7 @@ def _take_result(
         raise JobFailed(f"job {job.id}: result share from {header.site} names party {header.party}")
     field = field_for(header.modulus)
     results.setdefault(header.input, {})[header.party] = field.from_bytes(opened.body, header.shape)
+    heads[header.site] = str(header.meta.get("audit", ""))
 
 
 def _open(shares: dict[int, np.ndarray], job: Job, spec) -> np.ndarray:

@@ -23,6 +23,7 @@ from smpc.core.field import MERSENNE61, field_for
 from smpc.errors import UserError
 from smpc.mpc.launch import run_session_process, session_command
 from smpc.mpc.task import SecType, SessionTask, ShareRef, TaskInput
+from smpc.party.audit import AuditLog
 from smpc.party.config import Policy
 from smpc.party.replies import JobReply
 from smpc.party.store import PartyStore, StoredShare
@@ -30,6 +31,7 @@ from smpc.pki.kit import Kit
 from smpc.protocols.registry import parse_spec, protocol
 from smpc.wire.header import ShareHeader
 from smpc.wire.messages import (
+    RESULT_INPUT,
     Job,
     JobInput,
     OpenedOutput,
@@ -60,6 +62,7 @@ class Computation:
     policy: Policy
     index: int
     _jobs: dict[str, Job]
+    audit: AuditLog
 
     def compute(self, job: Job) -> JobReply:
         """Sum the shares of the agreed sites per input; seal each sum to the analyst."""
@@ -203,6 +206,7 @@ class Computation:
                     job=job.id, input=spec.name, site=self.kit.name, party=self.index,
                     scheme=job.scheme, t=job.t, n=job.n, modulus=job.modulus,
                     frac_bits=spec.frac_bits, dtype=field.dtype_tag, shape=total.shape,
+                    meta={"audit": self.audit.head},  # signed: the log as it is now
                 )  # fmt: skip
                 body = field.to_bytes(total)
                 results.append((spec.name, seal(header, body, analyst_key, self.kit.signing_key)))
@@ -353,6 +357,7 @@ class Computation:
                 name: OpenedOutput(shape=tuple(o["shape"]), values=tuple(o["values"]))
                 for name, o in opened.items()
             },
+            audit=self.audit.head,
         )
         log.event(logger, "job-computed", job=job.id, sites=len(job.close), opened="mpyc")
         message = sign("result", result, self.kit.name, self.kit.signing_key)
@@ -364,8 +369,13 @@ class Computation:
 
     def _done(self, job: Job, results: tuple[tuple[str, bytes | bytearray], ...]) -> JobReply:
         """Record what this party releases for a computed job, then hand it out (once)."""
-        status = self._status(job.id, "done", sites=job.close)
         kept = tuple((name, bytes(body)) for name, body in results)
+        self.audit.append(
+            "results-released", job=job.id, to=job.analyst, deliver=job.deliver,
+            sites=list(job.close or ()),
+            sealed={name or RESULT_INPUT: hashlib.sha256(body).hexdigest() for name, body in kept},
+        )  # fmt: skip
+        status = self._status(job.id, "done", sites=job.close)
         self.store.release(job.id, "done", status, kept)
         return JobReply(status, kept)
 
@@ -377,6 +387,7 @@ class Computation:
 
     def failed(self, job: Job, reason: str) -> JobReply:
         log.event(logger, "job-failed", logging.ERROR, job=job.id, reason=reason)
+        self.audit.append("job-failed", job=job.id, reason=reason)
         status = self._status(job.id, "failed", reason=reason)
         self.store.release(job.id, "failed", status)
         return JobReply(status)

@@ -22,6 +22,7 @@ from smpc.config.federation import (
     load_federation,
 )
 from smpc.errors import UserError
+from smpc.party.audit import AuditLog
 from smpc.party.compute import Computation
 from smpc.party.config import PartyConfig, Policy
 from smpc.party.replies import JobReply
@@ -56,6 +57,7 @@ class PartyService(Computation, Uploads):
         self._site_keys = {site: directory.verify_key(site) for site in directory.sites}
         self._jobs: dict[str, Job] = {}
         self._job_digests: dict[str, str] = {}  # job id -> Job.digest, computed once
+        self.audit = AuditLog(store.root)
         for stored in store.jobs():  # a restart recovers every job it had accepted
             self._jobs[stored.id] = verify_job(stored.closed or stored.message, directory)[1]
             if stored.status == "computing":  # interrupted: never computed (or noised) twice
@@ -99,11 +101,13 @@ class PartyService(Computation, Uploads):
         self.store.put_job(job.id, data, analyst)  # every id seen is remembered, refused too
         if refusal:
             log.event(logger, "job-refused", logging.WARNING, job=job.id, reason=refusal)
+            self._audit_job("job-refused", job, analyst, refusal)
             status = self._status(job.id, "refused", reason=refusal)
             self.store.release(job.id, "refused", status)
             return JobReply(status)
         self._jobs[job.id] = job
         log.event(logger, "job-accepted", job=job.id, analyst=analyst, protocol=job.protocol)
+        self._audit_job("job-accepted", job, analyst)
         if job.close is None:
             return JobReply(self._holding(job, "accepted"))
         return self._close(job, data)
@@ -113,6 +117,7 @@ class PartyService(Computation, Uploads):
 
         def refused(event: str, reason: str) -> JobReply | None:
             log.event(logger, event, logging.WARNING, job=job.id, signer=analyst, reason=reason)
+            self._audit_job("job-refused", job, analyst, f"{event}: {reason}")
             return None
 
         if analyst != known.analyst:
@@ -146,10 +151,20 @@ class PartyService(Computation, Uploads):
         if not self.store.close_job(job.id, data):
             return None  # closed meanwhile by the same message
         self._jobs[job.id] = job
+        self.audit.append(
+            "job-closed", job=job.id, analyst=job.analyst, sites=list(job.close or ()),
+            uploads=job.uploads, parties=list(self.federation.party_names),
+        )  # fmt: skip
         problem = self.close_refusal(job)
         if problem:
             return self.failed(job, problem)
         return self.compute(job)
+
+    def _audit_job(self, event: str, job: Job, analyst: str, reason: str | None = None) -> None:
+        self.audit.append(
+            event, job=job.id, analyst=analyst, protocol=job.protocol, digest=job.digest(),
+            closing=job.close is not None, reason=reason,
+        )  # fmt: skip
 
     def refusal(self, job: Job, analyst: str | None = None) -> str:
         """Why this party's policy refuses the job ("" if it accepts)."""

@@ -8,6 +8,7 @@ from typing import Any
 from smpc import log
 from smpc.config.federation import Federation
 from smpc.core.field import field_for
+from smpc.party.audit import AuditLog
 from smpc.party.config import Policy
 from smpc.party.replies import Reply
 from smpc.party.store import PartyStore, ShareConflict
@@ -35,6 +36,7 @@ class Uploads:
     index: int
     _jobs: dict[str, Job]
     _job_digests: dict[str, str]
+    audit: AuditLog
     _site_keys: dict[str, Any]
 
     # -- uploads ----------------------------------------------------------------------------
@@ -111,6 +113,11 @@ class Uploads:
         except ShareConflict as exc:
             return rejected(str(exc), header.digest)
         log.event(logger, f"share-{outcome}", **context, bytes=len(share.body), seed=header.seed)
+        if outcome == "stored":
+            self.audit.append(
+                "share-stored", **context, digest=header.digest, upload=str(upload),
+                envelope=eid,
+            )  # fmt: skip
         ack = Ack(
             job=header.job, input=header.input, site=header.site, party=self.index,
             digest=header.digest, envelope_id=eid, status="stored",
@@ -134,15 +141,20 @@ class Uploads:
         return ""
 
     def _reply_rejected(self, reason: str, *, route: Route, envelope: str, digest: str) -> Reply:
-        self._reject(reason, job=route.job, input=route.input, site=route.site)
+        self._reject(reason, job=route.job, input=route.input, site=route.site, digest=digest)
         ack = Ack(
             job=route.job, input=route.input, site=route.site, party=self.index,
             digest=digest, envelope_id=envelope, status="rejected", reason=reason,
         )  # fmt: skip
         return Reply(route.site, ack, self._sign(ack))
 
-    def _reject(self, reason: str, *, job: str | None, input: str | None, site: str | None) -> None:
+    def _reject(
+        self, reason: str, *, job: str | None, input: str | None, site: str | None, digest=""
+    ) -> None:
         self.store.reject(reason, job=job, input=input, site=site)
+        self.audit.append(
+            "share-rejected", job=job, input=input, site=site, digest=digest or None, reason=reason
+        )
         log.event(
             logger,
             "share-rejected",

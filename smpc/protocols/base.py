@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from typing import Protocol as Interface
@@ -91,11 +91,13 @@ class Step:
 
 @dataclass
 class Outcome:
-    """A finished job: the job as closed, the sites in its result, the opened outputs."""
+    """A finished job: the job as closed, the sites in its result, the opened outputs, and
+    each party's audit chain head as it signed it with its result."""
 
     job: Job
     sites: tuple[str, ...]
     opened: dict[str, np.ndarray]
+    audit: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

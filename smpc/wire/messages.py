@@ -208,6 +208,7 @@ class PartyResult(_Strict):
     job: str
     party: int
     outputs: dict[str, OpenedOutput]
+    audit: str = ""  # the party's audit chain head (smpc.party.audit), signed with its result
 
 
 # A signed result travels to its analyst as the body of a share envelope sealed to the
