@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -34,3 +34,19 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+def on_sighup(callback: Callable[[], object]) -> Callable[[], None]:
+    """SIGHUP calls ``callback`` in the running loop (daemons reload their directory);
+    returns what removes the handler. Off the main thread (a daemon run in-process by a
+    test) there are no signal handlers: then nothing is installed."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, callback)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return lambda: None
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove

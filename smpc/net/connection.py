@@ -81,6 +81,7 @@ _PERMANENT_HINTS = (
     "certificate verify failed",
     "alert certificate required",
     "alert unknown ca",
+    "alert certificate expired",
     "alert bad certificate",
     "certificate unknown",
     "alert handshake failure",

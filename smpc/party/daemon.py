@@ -10,6 +10,10 @@ job or envelope is refused with its reason and never stops the party, and runs
 each job's MPyC session as a background child process beside the message loop.
 How quickly a session notices a missing or dead peer is stated in
 :mod:`smpc.mpc.session`.
+
+SIGHUP reloads the kit's public directory and the federation file without a restart
+(:meth:`_Daemon.reload`): ``event=reload`` names who joined or left; files that are not
+a usable update get one ``event=reload-refused`` line and the old directory stays.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from smpc import log
-from smpc.aio import until
+from smpc.aio import on_sighup, until
+from smpc.errors import UserError
 from smpc.mpc.task import SessionTask
 from smpc.net.connection import Connection
 from smpc.net.errors import TransportError
@@ -68,18 +73,19 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
     service = PartyService.from_config(config)
     name = service.kit.name
     daemon = _Daemon(service, stop)
-    federation = service.federation
     log.event(logger, "party-start", party=name, index=service.index, store=config.store)
 
     def connect() -> Connection:
         # Large uploads are reassembled on disk, so memory stays bounded
         # however many sites upload at once.
-        return Connection.from_kit(service.kit, federation, spool_dir=Path(config.store) / "spool")
+        return Connection.from_kit(
+            service.kit, service.federation, spool_dir=Path(config.store) / "spool"
+        )
 
     async def session(conn: Connection) -> None:
         await conn.subscribe(daemon.topics.jobs())
         await conn.subscribe(daemon.topics.uploads_for(name))
-        log.event(logger, "party-connected", party=name, broker=federation.broker.host)
+        log.event(logger, "party-connected", party=name, broker=service.federation.broker.host)
         daemon.conn = conn
         try:
             async for message in until(conn.messages(), stop):
@@ -90,12 +96,15 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
     def lost(exc: Exception, wait: float) -> None:
         log.event(logger, "broker-lost", logging.WARNING, party=name, reason=exc)
 
+    remove_sighup = on_sighup(daemon.reload_soon)
     try:
         await run_with_reconnect(
             connect, session, max_delay=reconnect_max,
             transient=(TransportError,), stop=stop, on_retry=lost,
         )  # fmt: skip
     finally:
+        remove_sighup()
+        await asyncio.gather(*daemon.reloads, return_exceptions=True)
         await daemon.stop_sessions()
         service.store.close()
         log.event(logger, "party-stop", party=name)
@@ -122,6 +131,7 @@ class _Daemon:
         self.conn: Connection | None = None
         self.lock = asyncio.Lock()
         self.sessions: dict[str, asyncio.Task[None]] = {}
+        self.reloads: set[asyncio.Task[None]] = set()
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in a worker thread, holding the store lock."""
@@ -267,6 +277,35 @@ class _Daemon:
             status = await self.call(service.holding_status, reply.ack.job)
             if status is not None and reply.ack.status == "stored":
                 await self.conn.publish(self.topics.status(reply.ack.job, self.name), status)
+
+    def reload_soon(self) -> None:
+        """SIGHUP: reload the directory as soon as the message at hand is handled."""
+        task = asyncio.create_task(self.reload(), name="reload")
+        self.reloads.add(task)
+        task.add_done_callback(self.reloads.discard)
+
+    async def reload(self) -> None:
+        """Read the kit's directory and the federation file again, keep serving.
+
+        Runs under the store lock, between two messages; a refused update leaves the
+        directory loaded before in use.
+        """
+        try:
+            reloaded = await self.call(self.service.reload)
+        except Exception as exc:  # a bad file must not stop the daemon
+            text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            reason = "; ".join(text.splitlines())
+            log.event(
+                logger, "reload-refused", logging.ERROR, party=self.name,
+                reason=f"{reason} (the directory loaded before stays in use)",
+            )  # fmt: skip
+            return
+        directory = reloaded.kit.directory
+        log.event(
+            logger, "reload", party=self.name, directory=directory.path / "directory.json",
+            sites=",".join(directory.sites) or "none", added=",".join(reloaded.added) or "none",
+            removed=",".join(reloaded.removed) or "none",
+        )  # fmt: skip
 
     async def stop_sessions(self) -> None:
         """Cancel every running session (each kills its process) and wait for them."""

@@ -8,13 +8,15 @@ decrypts with this party's key; its header agrees with the job (input, scheme,
 t, n, modulus, fixed-point bits, element layout). It is then stored durably
 (:mod:`smpc.party.store`) and only then acknowledged. Anything else is rejected with
 a logged reason and leaves the stored data as it was. The daemon that wires it to the
-broker is :mod:`smpc.party.daemon`.
+broker is :mod:`smpc.party.daemon`; on SIGHUP it calls :meth:`PartyService.reload`, so a
+site removed from the directory is refused from then on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from smpc import log
 from smpc.config.federation import (
@@ -28,7 +30,7 @@ from smpc.party.config import PartyConfig, Policy
 from smpc.party.replies import JobReply
 from smpc.party.store import PartyStore, StoredJob
 from smpc.party.uploads import Uploads
-from smpc.pki.kit import Kit, load_kit
+from smpc.pki.kit import Kit, Reloaded, load_kit, reload_kit
 from smpc.protocols.registry import parse_spec, protocol
 from smpc.wire.messages import (
     Job,
@@ -44,7 +46,13 @@ class PartyService(Computation, Uploads):
     """One computing party's handling of jobs and upload envelopes."""
 
     def __init__(
-        self, kit: Kit, federation: Federation, store: PartyStore, policy: Policy | None = None
+        self,
+        kit: Kit,
+        federation: Federation,
+        store: PartyStore,
+        policy: Policy | None = None,
+        *,
+        federation_file: Path | None = None,
     ) -> None:
         if kit.role != "party" or kit.party_index is None or kit.encryption_key is None:
             raise UserError(f"kit {kit.path} is not a computing party's kit")
@@ -53,6 +61,7 @@ class PartyService(Computation, Uploads):
         self.store = store
         self.policy = policy or Policy()
         self.index = kit.party_index
+        self.federation_file = federation_file  # None: the kit's copy
         directory = kit.directory
         self._site_keys = {site: directory.verify_key(site) for site in directory.sites}
         self._jobs: dict[str, Job] = {}
@@ -67,7 +76,22 @@ class PartyService(Computation, Uploads):
     def from_config(cls, config: PartyConfig) -> PartyService:
         kit = load_kit(config.kit)
         federation = load_federation(config.federation or kit.federation_file)
-        return cls(kit, federation, PartyStore(config.store), config.policy)
+        store = PartyStore(config.store)
+        return cls(kit, federation, store, config.policy, federation_file=config.federation)
+
+    def reload(self) -> Reloaded:
+        """Read the kit's public directory and the federation file again (SIGHUP).
+
+        From then on, envelopes are verified against the new directory: a site removed
+        from it is refused (``site 'S' is not in the federation's site directory``), and
+        so is a close that names it. UserError, and nothing changes, if the new files
+        are not a usable update (:func:`smpc.pki.kit.reload_kit`).
+        """
+        reloaded = reload_kit(self.kit, self.federation_file)
+        directory = reloaded.kit.directory
+        self._site_keys = {site: directory.verify_key(site) for site in directory.sites}
+        self.kit, self.federation = reloaded.kit, reloaded.federation
+        return reloaded
 
     # -- jobs -------------------------------------------------------------------------------
     def handle_job(
@@ -233,6 +257,9 @@ class PartyService(Computation, Uploads):
             return f"only {len(job.close)} sites, fewer than the minimum {least}"
         if job.uploads is None:
             return "the close names no upload ids (sign it with this version)"
+        gone = [site for site in job.close if site not in self._site_keys]
+        if gone:
+            return f"the close names {', '.join(gone)}, no longer in the federation's directory"
         return ""
 
     def complete_sites(self, job: Job) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Loading the kit of a participant or of the broker, checked against the public directory.
 
 Kits are what :func:`smpc.pki.provision.init_keys` writes; :func:`load_kit` checks every
-key of a participant's kit against its copy of ``directory.json``.
+key of a participant's kit against its copy of ``directory.json``. :func:`reload_kit`
+reads a running daemon's kit again (on SIGHUP), after the operator re-ran ``smpc keys
+init`` and handed out the new public files.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from smpc.config.federation import Role
+from smpc.config.federation import Federation, Role, load_federation
 from smpc.errors import UserError
 from smpc.pki.certs import mpyc_party_index
 from smpc.pki.directory import Directory, load_directory
@@ -26,9 +28,11 @@ __all__ = [
     "BrokerKit",
     "Kit",
     "KitInfo",
+    "Reloaded",
     "TlsFiles",
     "load_broker_kit",
     "load_kit",
+    "reload_kit",
 ]
 
 KIT_FORMAT = "smpc-kit/1"
@@ -168,3 +172,53 @@ def load_broker_kit(path: str | Path) -> BrokerKit:
     )
     _require_files(tls.cert, tls.key, tls.ca)
     return BrokerKit(path=path, host=info.host, port=info.port, tls=tls)
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """A kit and federation file read again, and who joined or left the directory."""
+
+    kit: Kit
+    federation: Federation
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+def reload_kit(kit: Kit, federation_file: str | Path | None = None) -> Reloaded:
+    """Read ``kit`` and its federation file (default: the kit's copy) again, for a running
+    daemon; UserError, and nothing changes, if the new files are not a usable update.
+
+    A usable update is what a re-run of ``smpc keys init`` writes: the same participant
+    (name, role, MPyC index) in the same federation, the same computing parties in the
+    same order (their indices are in MPyC certificates and in running jobs: changing them
+    needs a restart of every party), and a federation file that lists exactly the
+    directory's participants. Sites and analysts may join or leave.
+    """
+    new = load_kit(kit.path)
+    federation = load_federation(federation_file or new.federation_file)
+    old_dir, new_dir = kit.directory, new.directory
+    where = new_dir.path / "directory.json"
+    if (new.name, new.role, new.party_index) != (kit.name, kit.role, kit.party_index):
+        raise UserError(
+            f"{kit.path}: is now the kit of {new.role} {new.name}, not of {kit.role} {kit.name}"
+        )
+    if new_dir.federation != old_dir.federation or federation.name != old_dir.federation:
+        raise UserError(
+            f"{where}: federation {new_dir.federation!r} (federation file: "
+            f"{federation.name!r}), not {old_dir.federation!r}"
+        )
+    if new_dir.parties != old_dir.parties:
+        raise UserError(
+            f"{where}: the computing parties changed ({', '.join(old_dir.parties)} -> "
+            f"{', '.join(new_dir.parties)}); that needs a restart of every party"
+        )
+    listed = {name: role for name, role in federation.participants}
+    known = {entry.name: entry.role for entry in new_dir}
+    if listed != known or federation.party_names != new_dir.parties:
+        raise UserError(
+            f"{federation_file or new.federation_file}: does not list the participants of "
+            f"{where} (copy both from the same run of `smpc keys init`)"
+        )
+    added = tuple(name for name in known if name not in old_dir.entries)
+    removed = tuple(name for name in old_dir.entries if name not in known)
+    return Reloaded(kit=new, federation=federation, added=added, removed=removed)

@@ -1,18 +1,26 @@
-"""``smpc site serve``: answer every open job this site can answer, once each."""
+"""``smpc site serve``: answer every open job this site can answer, once each.
+
+SIGHUP reloads the kit's public directory and the federation file without a restart
+(jobs are verified, and shares sealed, with the new keys from the next job on):
+``event=reload`` names who joined or left; files that are not a usable update get one
+``event=reload-refused`` line and the old directory stays.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 from smpc import log
-from smpc.aio import until
-from smpc.config.federation import load_federation
+from smpc.aio import on_sighup, until
+from smpc.config.federation import Federation, load_federation
 from smpc.errors import UserError
 from smpc.net.connection import Connection
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
-from smpc.pki.kit import load_kit
+from smpc.pki.kit import Kit, load_kit, reload_kit
 from smpc.protocols.base import SiteSource, SkipJob
 from smpc.protocols.registry import parse_spec
 from smpc.site.config import SiteConfig
@@ -21,6 +29,35 @@ from smpc.site.upload import job_on_its_topic, upload
 from smpc.wire.messages import Job, MessageError
 
 logger = logging.getLogger("smpc.site")
+
+
+@dataclass
+class _Keys:
+    """The site's kit and federation, replaced as a whole on SIGHUP."""
+
+    kit: Kit
+    federation: Federation
+    federation_file: Path | None
+
+    def reload(self) -> None:
+        """Read them again; a refused update keeps the ones loaded before."""
+        try:
+            reloaded = reload_kit(self.kit, self.federation_file)
+        except Exception as exc:  # a bad file must not stop the daemon
+            text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            reason = "; ".join(text.splitlines())
+            log.event(
+                logger, "reload-refused", logging.ERROR, site=self.kit.name,
+                reason=f"{reason} (the directory loaded before stays in use)",
+            )  # fmt: skip
+            return
+        self.kit, self.federation = reloaded.kit, reloaded.federation
+        directory = reloaded.kit.directory
+        log.event(
+            logger, "reload", site=self.kit.name, directory=directory.path / "directory.json",
+            analysts=",".join(directory.analysts) or "none",
+            added=",".join(reloaded.added) or "none", removed=",".join(reloaded.removed) or "none",
+        )  # fmt: skip
 
 
 async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
@@ -36,8 +73,8 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
     from smpc.protocols.fedavg.training import load_trainer
 
     kit = load_kit(config.kit)
-    federation = load_federation(config.federation or kit.federation_file)
-    topics = Topics(federation.name)
+    keys = _Keys(kit, load_federation(config.federation or kit.federation_file), config.federation)
+    topics = Topics(keys.federation.name)
     state = config.state
     assert state is not None  # load_site_config defaults it next to the config file
     answered = set(state.read_text().split()) if state.exists() else set()
@@ -52,12 +89,12 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         log.event(logger, "job-skipped", job=job.id, site=kit.name, reason=reason)
 
     def connect() -> Connection:
-        return Connection.from_kit(kit, federation)
+        return Connection.from_kit(keys.kit, keys.federation)
 
     async def session(conn: Connection) -> None:
         await conn.subscribe(topics.jobs())
         log.event(
-            logger, "site-serving", site=kit.name, inputs=",".join(config.inputs) or None,
+            logger, "site-serving", site=keys.kit.name, inputs=",".join(config.inputs) or None,
             data=",".join(f"{k}={v}" for k, v in config.data.items())
             if isinstance(config.data, dict) else config.data,
             trainer=config.trainer,
@@ -65,6 +102,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         async for message in until(conn.messages(), stop):
             if not message.body:
                 continue  # a retained job cleared by the analyst
+            kit, federation = keys.kit, keys.federation  # as reloaded by the last SIGHUP
             try:
                 job = job_on_its_topic(topics, message.topic, message.body, kit)
             except (MessageError, ValueError) as exc:
@@ -112,4 +150,8 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
 
     # a broker restart or a lost connection reconnects and re-subscribes; a refused
     # certificate or client id ends the daemon with the reason
-    await run_with_reconnect(connect, session, stop=stop)
+    remove_sighup = on_sighup(keys.reload)
+    try:
+        await run_with_reconnect(connect, session, stop=stop)
+    finally:
+        remove_sighup()
