@@ -699,26 +699,47 @@ def test_the_walk_covers_every_platform_and_the_readme_points_to_it():
     assert readme.count("docs/deploy/") >= 3  # the three role paths
 
 
+def _smpc_argv(argv: list[str], services: set[str]) -> list[str] | None:
+    """The ``smpc`` arguments of a shown command: ``smpc …``, ``/opt/smpc/bin/smpc …``,
+    ``… -- smpc …`` (kubectl exec, runuser), ``docker compose … exec SERVICE smpc …``, or
+    ``docker compose … run [--rm] SERVICE ARGS`` (the image's entrypoint is smpc)."""
+    for i, arg in enumerate(argv):
+        if Path(arg).name == "smpc" and (i == 0 or argv[i - 1] == "--" or argv[i - 1] in services):
+            return argv[i + 1 :]
+    if argv[:2] == ["docker", "compose"] and "run" in argv and "--entrypoint" not in argv:
+        rest = argv[argv.index("run") + 1 :]
+        while rest and rest[0].startswith("-"):
+            rest = rest[1:]
+        return rest[1:] or None  # after the service; none: the service's own command
+    return None
+
+
 def test_every_command_the_walk_shows_exists():
     services = set(_compose()["services"])
     for page in _doc_pages():
         commands = _shown_commands(page)
         assert commands, page
+        parsed = 0
         for argv in commands:
-            if argv[0] == "smpc":
-                if "$" not in " ".join(argv):
-                    _smpc_parses(argv[1:])
-            elif argv[:2] == ["docker", "compose"]:
+            smpc = _smpc_argv(argv, services)
+            if smpc is not None and "$" not in " ".join(smpc):
+                _smpc_parses(smpc)
+                parsed += 1
+            if argv[:2] == ["docker", "compose"]:
                 assert argv[2:4] == ["-f", "deploy/compose.yaml"], argv
-                named = [a for a in argv[4:] if a in services]
-                if argv[4] in ("run", "logs", "restart", "stop", "start", "exec"):
-                    assert named, f"{page.name}: {shlex.join(argv)} names no service"
+                if argv[4] in ("run", "logs", "exec"):
+                    assert set(argv[5:]) & services, f"{page.name}: {shlex.join(argv)}: no service"
             elif argv[0] == "kubectl" and "-k" in argv:
                 assert (ROOT / argv[argv.index("-k") + 1] / "kustomization.yaml").is_file(), argv
             for arg in argv:
                 for path in re.findall(r"\b(deploy/[\w./-]+|docs/[\w./-]+\.md)", arg):
                     if "$" not in arg and "keys" not in path.split("/"):
                         assert (ROOT / path.rstrip(".")).exists(), f"{page.name}: {path}"
+        for span in re.findall(r"`(smpc [^`]+)`", page.read_text()):
+            if "--" in span and "…" not in span:  # a complete command in the prose
+                _smpc_parses(shlex.split(re.split(r"\s[>|]", span)[0])[1:])  # no redirection
+                parsed += 1
+        assert parsed, f"{page.name} shows no smpc command"
 
 
 @pytest.mark.slow
