@@ -135,6 +135,12 @@ def test_dockerfile_final_stage_runs_smpc_as_non_root_from_wheels_only():
     health = _healthcheck_command()
     _smpc_parses(health)
     assert health[:2] == ["party", "status"]
+    # the build context sends only what the build stage copies (never keys/, stores)
+    copied = {src for line in _instruction(stages[0], "COPY") for src in line.split()[:-1]}
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split("\n")
+    rules = [r for r in ignore if r.strip() and not r.startswith("#")]
+    assert rules[0] == "*"
+    assert {r[1:].rstrip("/") for r in rules if r.startswith("!")} == copied
 
 
 @requires_mosquitto
@@ -263,6 +269,9 @@ def test_compose_configs_name_only_files_their_mounts_provide(compose_keys):
         service = services[party.name]
         assert party.host == party.name  # the service name resolves to its container
         assert service["command"][:2] == ["party", "serve"]
+        health = _healthcheck_command()  # the image's check reads the config served
+        assert service["command"][-1] == health[health.index("--config") + 1]
+        assert "healthcheck" not in service  # the image's, not turned off
         config = load_party_config(_host_path(service, service["command"][-1], compose_keys))
         assert _host_path(service, str(config.kit), compose_keys) is not None
         assert _host_path(service, str(config.store), compose_keys) is None  # a volume
@@ -399,21 +408,26 @@ def _overlays() -> list[Path]:
     return sorted(p for p in (K8S / "overlays").iterdir() if p.is_dir())
 
 
+def _kustomization_dirs(kustomization: Path) -> list[Path]:
+    """A kustomization's directory and those of the bases it includes."""
+    dirs = [kustomization.parent.resolve()]
+    for entry in yaml.safe_load(kustomization.read_text()).get("resources", []):
+        if (kustomization.parent / entry).is_dir():
+            dirs += _kustomization_dirs(kustomization.parent / entry / "kustomization.yaml")
+    return dirs
+
+
 def _overlay_objects(overlay: Path) -> list[dict]:
     """The overlay's objects without kustomize: its files, namespace and labels applied
     (the only transformations its kustomization may make), generated ConfigMaps named."""
     kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
     objects = [d for f in _resource_files(overlay / "kustomization.yaml") for d in _documents(f)]
-    for path in _kustomizations():
-        for generator in yaml.safe_load(path.read_text()).get("configMapGenerator", []):
-            if path.parent.resolve() in {
-                f.parent for f in _resource_files(overlay / "kustomization.yaml")
-            }:
-                data = {f: (path.parent / f).read_text() for f in generator["files"]}
-                objects.append(
-                    {"apiVersion": "v1", "kind": "ConfigMap",
-                     "metadata": {"name": generator["name"]}, "data": data}
-                )  # fmt: skip
+    for directory in _kustomization_dirs(overlay / "kustomization.yaml"):
+        base = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        for generator in base.get("configMapGenerator", []):
+            data = {f: (directory / f).read_text() for f in generator["files"]}
+            meta = {"name": generator["name"], **generator.get("options", {})}
+            objects.append({"kind": "ConfigMap", "metadata": meta, "data": data})
     for obj in objects:
         if obj["kind"] != "Namespace":
             obj["metadata"]["namespace"] = kustomization["namespace"]
@@ -556,9 +570,12 @@ def test_rendered_overlays_are_valid():
         rendered = [d for d in yaml.safe_load_all(out.stdout) if d is not None]
         ours = _overlay_objects(overlay)
         assert sorted(map(_key, rendered)) == sorted(map(_key, ours)), overlay.name
+        ours_by_key = {_key(o): o for o in ours}
         for document in rendered:
             _validate(document)
-            assert document["metadata"].get("namespace", "smpc") == "smpc"
+            mine = ours_by_key[_key(document)]["metadata"]  # what the file checks saw
+            assert document["metadata"].get("namespace") == mine.get("namespace")
+            assert document["metadata"].get("labels") == mine.get("labels"), _key(document)
 
 
 # --- systemd --------------------------------------------------------------------------------
