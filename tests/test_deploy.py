@@ -731,6 +731,14 @@ def _smpc_argv(argv: list[str], services: set[str]) -> list[str] | None:
     return None
 
 
+def test_the_links_of_the_deploy_pages_resolve():
+    pages = [*_doc_pages(), DEPLOY / "README.md", ROOT / "README.md", ROOT / "docs/deployment.md"]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)[^)]*\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.relative_to(ROOT)}: {target}"
+
+
 def test_every_command_the_walk_shows_exists():
     services = set(_compose()["services"])
     for page in _doc_pages():
