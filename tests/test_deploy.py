@@ -19,7 +19,8 @@ is checked with the tool its platform would use, where that tool runs without on
   port range and its NetworkPolicy admits exactly the parties that connect to it.
 - ``deploy/systemd/``: ``systemd-analyze verify`` (no complaint at all) and
   ``systemd-analyze security --offline`` where systemd-analyze is installed.
-- the generated Mosquitto files of both federations are current.
+- the generated Mosquitto files of both federations are current; a session started with
+  ``SMPC_MPYC_BIND`` (what the Kubernetes party pods set) listens there.
 - ``docs/deploy/*.md``: the marked blocks run as written (``tests/test_docs.py``'s
   harness), and every ``smpc`` command, Compose service and path they show exists.
 """
@@ -643,6 +644,13 @@ def test_systemd_analyze_verifies_the_units(tmp_path):
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
+    weak = tmp_path / "weak.service"  # the same check fails for an unhardened unit
+    weak.write_text("[Service]\nExecStart=/bin/true\n")
+    out = subprocess.run(
+        [analyze, "security", "--offline=yes", "--threshold=40", "--no-pager", str(weak)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0, out.stdout
     # verify complains about a bad value (which it only warns about): the check can fail
     bad = tmp_path / "bad.service"
     bad.write_text(units[0].read_text().replace("ProtectSystem=strict", "ProtectSystem=bogus"))
