@@ -16,7 +16,10 @@ it and writes the result as JSON.
 Two hardening steps close gaps of MPyC 0.11, in this one place:
 
 * **Bind address.** MPyC listens on all interfaces; the session binds its
-  listening socket to ``--bind`` (default: this party's host from ``-P``).
+  listening socket to ``--bind`` (default: ``$SMPC_MPYC_BIND`` when set, else this
+  party's host from ``-P``). A container whose public host name is not an address of
+  its own (a Kubernetes pod behind a LoadBalancer) sets ``SMPC_MPYC_BIND=0.0.0.0`` in
+  the daemon's environment, which every session inherits (``deploy/k8s/``).
 * **Claimed identity.** MPyC's listening side accepts any certificate of the
   party CA and believes the party index the peer sends first. The session
   checks that the peer certificate is issued by the party CA and that its
@@ -77,6 +80,7 @@ from smpc.pki.certs import mpyc_party_index
 
 CONNECT_GRACE = 30.0  # seconds the other peers get once one peer has connected
 KEEPALIVE = (5, 2, 3)  # TCP keepalive: idle seconds, seconds between probes, probes
+BIND_ENV = "SMPC_MPYC_BIND"  # the listening address, when not the party's own host
 DEAD_HOST_BOUND = 15  # seconds: keepalive gives up after 5 + 3 * 2; unacked data after 15
 PARENT_POLL = 0.5  # seconds between checks that the starting process is alive
 LINGER = 2.0  # seconds a party failed by a lost peer stays connected before it exits
@@ -332,7 +336,10 @@ def main() -> int:
     parser.add_argument("--kit", required=True, type=Path, help="the party's kit directory")
     parser.add_argument("--task", required=True, type=Path, help="task file (JSON)")
     parser.add_argument("--result", required=True, type=Path, help="where to write the result")
-    parser.add_argument("--bind", help="address to listen on (default: own host from -P)")
+    parser.add_argument(
+        "--bind", default=os.environ.get(BIND_ENV) or None,
+        help=f"address to listen on (default: ${BIND_ENV}, else own host from -P)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to connect")
     parser.add_argument(
         "--connect-grace", type=float, default=CONNECT_GRACE,
