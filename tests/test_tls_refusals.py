@@ -163,7 +163,9 @@ async def _round_trip(broker, keys_dir: Path) -> bytes:
     async with connect(broker, keys_dir, "alpha", client_id="alpha.t", persistent=False) as party:
         await party.subscribe(topics.job("analyst", "tls-probe"))
         async with connect(broker, keys_dir, "analyst", client_id="analyst.t") as analyst:
-            await analyst.publish(topics.job("analyst", "tls-probe"), b"still serving", retain=False)
+            await analyst.publish(
+                topics.job("analyst", "tls-probe"), b"still serving", retain=False
+            )
         async with asyncio.timeout(15):
             async for message in party.messages():
                 return message.body
