@@ -38,6 +38,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -96,10 +97,15 @@ def _namespaces_unavailable() -> str | None:
         made = _ip("netns", "add", probe, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"`ip netns add` failed: {exc}"
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}, not root"
     if made.returncode != 0:
-        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}, not root"
         return f"cannot create a network namespace ({who}): {made.stderr.strip()}"
-    _ip("netns", "delete", probe, check=False)
+    try:
+        inside = _ip("netns", "exec", probe, "true", check=False)
+    finally:
+        _ip("netns", "delete", probe, check=False)
+    if inside.returncode != 0:
+        return f"cannot run a process in a network namespace ({who}): {inside.stderr.strip()}"
     return None
 
 
@@ -152,6 +158,7 @@ class Network:
         self.sockets: dict[str, Sockets] = {n: Sockets() for n in HOSTS}
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_sockets, daemon=True)
+        self.host_links = socket.if_nameindex()  # the host's interfaces, before and after
 
     def ns(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -168,6 +175,7 @@ class Network:
             port = f"v{i}"
             _ip("-n", self.bridge, "link", "add", port, "type", "veth",
                 "peer", "name", "eth0", "netns", ns)  # fmt: skip
+            _ip("-n", self.bridge, "link", "set", port, "addrgenmode", "none")
             _ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
             _ip("-n", ns, "link", "set", "eth0", "addrgenmode", "none")  # no IPv6 link-local
             _ip("-n", ns, "addr", "add", f"{address}/{NET.prefixlen}", "dev", "eth0")
@@ -242,6 +250,18 @@ class Network:
             listed = _ip("netns", "pids", ns, check=False).stdout.split()
             pids.update(int(p) for p in listed if p.isdigit())
         return sorted(pids)
+
+
+def _strays(net: Network) -> dict[str, set[tuple[object, int]]]:
+    """Per namespace, the sockets seen listening or bound elsewhere than its own address
+    or loopback (e.g. 0.0.0.0, all of them)."""
+    strays = {}
+    for name, seen in net.sockets.items():
+        own = {HOSTS[name], *LOOPBACK}
+        stray = {(a, p) for a, p in seen.listening | seen.bound if a not in own}
+        if stray:
+            strays[name] = stray
+    return strays
 
 
 def _alive(pid: int) -> bool:
@@ -432,10 +452,7 @@ def test_a_federation_across_network_namespaces(network: Network) -> None:
 
     # every socket of every namespace on its own address or loopback; the traffic crossed
     # the links: the broker listened on its address, MPyC joined every pair of parties
-    for name, seen in net.sockets.items():
-        own = {HOSTS[name], *LOOPBACK}
-        stray = {(a, p) for a, p in seen.listening | seen.bound if a not in own}
-        assert not stray, f"{name} bound {stray}, not only {sorted(map(str, own))}"
+    assert not _strays(net), f"bound elsewhere than their own address: {_strays(net)}"
     assert (HOSTS["broker"], BROKER_PORT) in net.sockets["broker"].listening
     links = set()
     for party in PARTIES:
@@ -461,6 +478,7 @@ def test_a_socket_outside_the_namespace_address_is_seen(network: Network) -> Non
     while (ipaddress.ip_address("0.0.0.0"), 14001) not in seen.listening:
         assert time.monotonic() < deadline, "the watch did not see the listener"
         time.sleep(0.1)
+    assert _strays(network) == {"alpha": {(ipaddress.ip_address("0.0.0.0"), 14001)}}
     # and the namespaces are separate hosts: beta cannot reach alpha's loopback
     probe = subprocess.run(
         ["ip", "netns", "exec", network.ns("beta"), "bash", "-c", ": > /dev/tcp/127.0.0.1/14001"],
@@ -473,3 +491,11 @@ def test_a_socket_outside_the_namespace_address_is_seen(network: Network) -> Non
         capture_output=True, timeout=10, check=False,
     )  # fmt: skip
     assert reach.returncode == 0, reach.stderr
+    assert socket.if_nameindex() == network.host_links  # the host's network is untouched
+    # nothing is routed beyond the links: each namespace knows only NET, and no IPv6 at all
+    for name, address in HOSTS.items():
+        routes = _ip("-n", network.ns(name), "-4", "route", "show").stdout
+        assert [r.split()[:3] for r in routes.splitlines()] == [[str(NET), "dev", "eth0"]], routes
+        assert _ip("-n", network.ns(name), "-6", "route", "show").stdout == ""
+        assert _ip("-n", network.ns(name), "-6", "addr", "show", "dev", "eth0").stdout == ""
+        assert f"inet {address}/{NET.prefixlen} " in _ip("-n", network.ns(name), "addr").stdout
