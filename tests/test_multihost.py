@@ -53,7 +53,16 @@ from cryptography import x509
 
 from smpc.broker.mosquitto import MOSQUITTO, broker_kit_files, mosquitto_config
 from smpc.config.federation import load_federation
-from tests.plaintext import DEMO, GWAS, SITES, check_assoc, check_fedavg, check_sum, require_plink
+from tests.plaintext import (
+    DEMO,
+    GWAS,
+    SITES,
+    SUM_COLUMNS,
+    check_assoc,
+    check_fedavg,
+    check_sum,
+    require_plink,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NET = ipaddress.ip_network("10.213.0.0/24")
@@ -323,8 +332,7 @@ def _write_federation(work: Path) -> Path:
         config = {"kit": str(work / "keys" / "kits" / party), "store": str(work / "var" / party)}
         (work / f"{party}.yaml").write_text(yaml.safe_dump(config))
     for site in SITES:
-        inputs = {column: f"{DEMO / site}.csv:{column}" for column in ("age", "bmi")}
-        inputs["systolic_bp"] = f"{DEMO / site}.csv:systolic_bp"
+        inputs = {column: f"{DEMO / site}.csv:{column}" for column in SUM_COLUMNS}
         inputs["coef"] = f"{DEMO / site}.npz:coef"
         inputs["num_examples"] = f"{DEMO / site}.npz:num_examples"
         config = {
