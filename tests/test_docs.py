@@ -35,15 +35,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+
+from tests.plaintext import SITES, check_assoc, check_fedavg, check_sum, require_plink
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- test: by-hand -->"
 BY_HAND = ROOT / "docs" / "deployment.md"  # the federation run by hand, results checked
 BLOCK = re.compile(re.escape(MARKER) + r"[ \t]*\n```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
-SITES = ("oslo", "bergen", "tromso")
 IGNORE = shutil.ignore_patterns(
     ".git", "keys", "var", "broker-data", "results", "__pycache__", ".*_cache", "*.egg-info",
     ".benchmarks", ".*.answered",
@@ -174,8 +174,7 @@ def scratch():
 
 
 def test_federation_by_hand_gives_the_plaintext_results(scratch):
-    if shutil.which("plink1.9") is None:
-        pytest.fail("plink1.9 is not installed (tests/run.sh installs the Debian package)")
+    require_plink()
     repo, port = scratch
     output = _run_session(repo, runnable_blocks(BY_HAND), port)
     sites = ", ".join(SITES)
@@ -183,33 +182,16 @@ def test_federation_by_hand_gives_the_plaintext_results(scratch):
         assert re.search(rf"{spec}: 3 sites \({sites}\); results in results/{spec}/", output)
     assert f"cc-assoc: 3 sites ({sites}); results in results/cc-assoc/" in output
 
-    # sum: NumPy on the sites' CSVs
+    # sum and fedavg: NumPy on the same files; GWAS: PLINK 1.9 on the pooled fileset
     data = repo / "smpc" / "data" / "demo"
-    tables = [np.genfromtxt(data / f"{s}.csv", delimiter=",", names=True) for s in SITES]
-    result = json.loads((repo / "results" / "cohort" / "result.json").read_text())
-    for column in ("age", "bmi", "systolic_bp"):
-        pooled = np.concatenate([t[column] for t in tables])
-        assert result[column]["count"] == len(pooled)
-        assert result[column]["sum"] == pytest.approx(pooled.sum(), rel=1e-9, abs=1e-5)
-        assert result[column]["mean"] == pytest.approx(pooled.mean(), rel=1e-9, abs=1e-6)
+    result = check_sum(repo / "results" / "cohort" / "result.json", data)
     assert json.dumps(result["age"]["count"]) in output  # the block printed result.json
-
-    # fedavg: the weighted average of the sites' models
-    models = [np.load(data / f"{s}.npz") for s in SITES]
-    total = sum(int(m["num_examples"]) for m in models)
-    plain = sum(int(m["num_examples"]) * m["coef"] for m in models) / total
-    with np.load(repo / "results" / "cohort-fit" / "model.npz") as model:
-        np.testing.assert_allclose(model["coef"], plain, rtol=0, atol=1e-6)
-
-    # GWAS: PLINK 1.9 on the pooled fileset, byte for byte
-    reference = repo.parent / "plink"
-    subprocess.run(
-        ["plink1.9", "--bfile", str(repo / "smpc" / "data" / "gwas" / "POOLED"),
-         "--allow-no-sex", "--assoc", "--out", str(reference)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    ours = (repo / "results" / "cc-assoc" / "cc-assoc.assoc").read_text()
-    assert ours == reference.with_suffix(".assoc").read_text()
+    check_fedavg(repo / "results" / "cohort-fit" / "model.npz", data)
+    ours = check_assoc(
+        repo / "results" / "cc-assoc" / "cc-assoc.assoc",
+        repo.parent,
+        repo / "smpc" / "data" / "gwas" / "POOLED",
+    )
     assert ours.splitlines()[1] in output  # the block printed its first rows
 
     # every site answered every job; nothing was skipped or failed
