@@ -8,6 +8,8 @@
   with a header row. Every cell must be a finite number: text, NaN or inf is
   refused with its row and column (the row number as a spreadsheet shows it, the
   header being row 1); an empty cell too, unless the caller reads missing values.
+  Every row has as many fields as the header (a ragged row is refused: its cells
+  would land in other columns).
   The file must be UTF-8 (a byte order mark, as spreadsheet programs write, is
   dropped); another encoding is refused with the offset of the first bad byte.
 """
@@ -122,7 +124,12 @@ def _read_csv_column(
         for line, row in enumerate(rows, start=2):
             if not any(c.strip() for c in row):
                 continue  # a blank line is not a record
-            cell = row[j].strip() if j < len(row) else ""
+            if len(row) != len(header):  # a shifted row would feed another column's values
+                raise UserError(
+                    f"{path}: row {line} has {len(row)} fields, the header has {len(header)} "
+                    "(quote a cell that holds a comma, e.g. a decimal comma)"
+                )
+            cell = row[j].strip()
             if missing_ok and not cell:
                 values.append(math.nan)
                 continue

@@ -1,0 +1,222 @@
+"""The hostile-input corpus (``tests/hostile/``): every case gets one clear error line.
+
+Each case file (or fileset) under ``tests/hostile/<family>/`` is read by the reader a user
+or daemon runs on it, and must give one :class:`smpc.errors.UserError` line that names the
+file and the field (or row and column), with the fix where there is one; nothing is
+written; no traceback. :data:`CASES` says what each line must contain, and every file of
+the corpus must have its entry. Through the real ``smpc`` command a selection of cases
+prints that line alone on stderr and exits 2. The daemons (``smpc site serve`` reading a
+bad input for a job, ``smpc party serve`` reading a bad job) log the error, store nothing
+for it and answer the next good job: :func:`test_daemons_refuse_hostile_inputs_and_serve_on`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smpc.config.federation import load_federation
+from smpc.errors import UserError
+from smpc.io.inputs import read_input
+from smpc.party.config import load_party_config
+from smpc.protocols.registry import load_spec
+from smpc.site.config import load_site_config
+
+HOSTILE = Path(__file__).parent / "hostile"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "parties" / "federation.yaml"  # 3 parties, 3 sites
+
+
+def _csv(path: Path) -> Any:
+    """The way the sum protocol reads a column: missing cells allowed, the default bound."""
+    return read_input(f"{path}:bmi", "bmi", missing_ok=True, bound=2.0**30)
+
+
+READERS: dict[str, Callable[[Path], Any]] = {
+    "spec": lambda path: load_spec(path, load_federation(EXAMPLE)),
+    "federation": load_federation,
+    "party": load_party_config,
+    "site": load_site_config,
+    "csv": _csv,
+}
+
+BOMB = "its aliases expand to more than 100000 values (an alias bomb?)"
+DUPLICATE = "invalid YAML: duplicate key"
+LATIN1 = "not UTF-8 text (byte 0x"
+EMPTY = "the top level must be a mapping of keys to values, got an empty file"
+
+CASES: dict[str, tuple[str, ...]] = {
+    # spec files (smpc/config/spec.py through smpc.protocols.registry.load_spec)
+    "spec/wrong-type.yaml": ("rounds: input should be a valid integer (got '3')",),
+    "spec/unknown-key.yaml": ("treshold: unknown key (did you mean 'threshold'?",),
+    "spec/huge-number.yaml": ("min_sites: 1000000", "is more than the 3 sites", "lower min_sites"),
+    "spec/huge-float.yaml": ("timeout: input should be a finite number (got inf)",),
+    "spec/huge-digits.yaml": ("invalid YAML: a number of more than 4300 digits",),
+    "spec/negative-threshold.yaml": ("threshold: input should be greater than or equal to 0",),
+    "spec/duplicate-key.yaml": ("line 5, column 1", f"{DUPLICATE} 'threshold' (give each"),
+    "spec/alias-bomb.yaml": (BOMB, "write the values out"),
+    "spec/recursive-alias.yaml": ("line 3, column 9", "alias refers to the value that contains"),
+    "spec/deep-nesting.yaml": ("invalid YAML: values nested too deeply",),
+    "spec/latin1.yaml": ("line 3", LATIN1, "save the file as UTF-8"),
+    "spec/empty.yaml": (EMPTY,),
+    # federation files (smpc/config/federation.py)
+    "federation/wrong-type.yaml": ("threshold: input should be a valid integer (got '1')",),
+    "federation/unknown-key.yaml": ("parties.1.prot: unknown key (allowed here: name, host",),
+    "federation/huge-number.yaml": ("broker.port: input should be less than or equal to 65535",),
+    "federation/huge-ports.yaml": ("parties.1.mpyc_ports: port range", "outside 1024-65535"),
+    "federation/negative-threshold.yaml": ("threshold: input should be greater than or equal",),
+    "federation/duplicate-key.yaml": ("line 3, column 1", f"{DUPLICATE} 'threshold'"),
+    "federation/alias-bomb.yaml": (BOMB,),
+    "federation/latin1.yaml": ("line 1", LATIN1),
+    "federation/empty.yaml": (EMPTY,),
+    "federation/not-a-mapping.yaml": ("the top level must be a mapping", "got a list"),
+    # party configs (smpc/party/config.py)
+    "party/wrong-type.yaml": ("policy.min_sites: input should be a valid integer (got '2')",),
+    "party/unknown-key.yaml": ("polcy: unknown key (allowed here: kit, store",),
+    "party/huge-number.yaml": ("policy.job_window: input should be a finite number (got inf)",),
+    "party/negative-threshold.yaml": ("policy.min_threshold: input should be greater than or",),
+    "party/duplicate-key.yaml": ("line 3, column 1", f"{DUPLICATE} 'store'"),
+    "party/alias-bomb.yaml": (BOMB,),
+    "party/latin1.yaml": ("line 1", LATIN1),
+    "party/empty.yaml": (EMPTY,),
+    # site configs (smpc/site/config.py)
+    "site/wrong-type.yaml": ("inputs.age: input should be a valid string (got 42)", "quote it"),
+    "site/unknown-key.yaml": ("dta: unknown key (allowed here: kit, federation, inputs, data",),
+    "site/huge-number.yaml": ("policy.min_threshold: input should be a valid integer (got inf)",),
+    "site/negative-threshold.yaml": ("policy.min_threshold: input should be greater than or",),
+    "site/duplicate-key.yaml": ("line 4, column 3", f"{DUPLICATE} 'age'"),
+    "site/alias-bomb.yaml": (BOMB,),
+    "site/latin1.yaml": ("line 1", LATIN1),
+    "site/empty.yaml": (EMPTY,),
+    # CSV inputs (smpc/io/inputs.py), column bmi as the sum protocol reads it
+    "csv/nan.csv": ("row 3, column 'bmi': 'NaN' is not a finite number",),
+    "csv/inf.csv": ("row 3, column 'bmi': 'inf' is not a finite number",),
+    "csv/huge.csv": ("row 3, column 'bmi': 1e+308 exceeds the bound |x| < 2^30", "int_bits"),
+    "csv/empty.csv": ("empty file, expected a header row",),
+    "csv/latin1.csv": ("not UTF-8 text: byte 0xf8 at offset 26 (row 2)", "iconv -f latin1"),
+    "csv/ragged-long.csv": ("row 3 has 3 fields, the header has 2", "decimal comma"),
+    "csv/ragged-short.csv": ("row 3 has 1 fields, the header has 2",),
+    "csv/text.csv": ("row 3, column 'bmi': 'obese' is not a finite number",),
+}
+
+ACCEPTED: dict[str, Callable[[Any], None]] = {
+    # A UTF-8 byte order mark, as Excel's "CSV UTF-8" writes it, is dropped, not refused.
+    "csv/bom.csv": lambda column: column.tolist() == [23.1, 25.0, 27.4],
+}
+
+
+def _case_files() -> set[str]:
+    """Every case of the corpus: a file, or a fileset's prefix (``PREFIX.bed`` etc.)."""
+    found = set()
+    for path in HOSTILE.rglob("*"):
+        if path.is_file() and path.name != "README.md":
+            found.add(str(path.relative_to(HOSTILE)))
+    return found
+
+
+def test_every_case_in_the_corpus_has_its_expected_error():
+    assert _case_files() == set(CASES) | set(ACCEPTED)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def error_of(case: str, workdir: Path) -> str:
+    """The UserError the case's reader gives on a copy of the case in ``workdir``; the
+    copy's directory is unchanged by the read (nothing written or removed)."""
+    family = case.split("/")[0]
+    copy = workdir / case
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(HOSTILE / case, copy)
+    before = _snapshot(workdir)
+    with pytest.raises(UserError) as caught:
+        READERS[family](copy)
+    assert _snapshot(workdir) == before
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hostile_case_is_one_clear_line(case, tmp_path):
+    message = error_of(case, tmp_path)
+    assert "\n" not in message, message
+    assert message.startswith(f"{tmp_path / case}: "), message  # names the file first
+    for fragment in CASES[case]:
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_accepted_case_reads(case, tmp_path):
+    family = case.split("/")[0]
+    assert ACCEPTED[case](READERS[family](HOSTILE / case))
+
+
+def smpc(*args: str | Path, cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "smpc.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=60, env=env, **kwargs,
+    )  # fmt: skip
+
+
+def _command(family: str, path: Path, keys_dir: Path, workdir: Path) -> list[str | Path]:
+    """The ``smpc`` command that reads a file of ``family`` first."""
+    return {
+        "spec": ["run", path, "--kit", keys_dir / "kits" / "analyst", "--wait", "1"],
+        "federation": ["keys", "init", path, "--out", workdir / "keys"],
+        "party": ["party", "serve", "--config", path],
+        "site": ["site", "serve", "--config", path],
+    }[family]
+
+
+CLI_CASES = [
+    f"{family}/{name}.yaml"
+    for family in ("spec", "federation", "party", "site")
+    for name in ("alias-bomb", "duplicate-key", "latin1", "negative-threshold")
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_the_smpc_command_prints_one_line_and_writes_nothing(case, keys_dir, tmp_path):
+    family = case.split("/")[0]
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    copy = tmp_path / case
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(HOSTILE / case, copy)
+    out = smpc(*_command(family, copy, keys_dir, workdir), cwd=workdir)
+    assert out.returncode == 2, out
+    assert out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"smpc: error: {copy}: ")
+    for fragment in CASES[case]:
+        assert fragment in lines[0]
+    assert not list(workdir.iterdir())  # no output, kit or store directory made
+
+
+def test_an_alias_bomb_is_refused_in_bounded_memory(tmp_path):
+    """With 256 MB of address space to spare the bomb is still refused by its one line:
+    the check counts the alias graph and expands nothing (expanded, it is 3.4e9 strings)."""
+    script = (
+        "import resource, sys\n"
+        "from smpc.config.federation import read_yaml_mapping\n"
+        "from smpc.errors import UserError\n"
+        "with open('/proc/self/statm') as f: used = int(f.read().split()[0]) * 4096\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (used + 2**28, used + 2**28))\n"
+        "try: read_yaml_mapping(sys.argv[1])\n"
+        "except UserError as e: print(e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", script, HOSTILE / "spec" / "alias-bomb.yaml"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0 and BOMB in out.stdout, out
