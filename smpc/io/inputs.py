@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from smpc.errors import UserError
+from smpc.io.npyfile import load_npy, load_npz, npz_names
 
 GENOTYPE_SUFFIXES = (".bed", ".pgen", ".vcf", ".vcf.gz")
 
@@ -58,14 +59,12 @@ def read_input(
         raise UserError(f"input {name!r}: file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _check_numeric(np.load(path, allow_pickle=False), f"{path}", bound, missing_ok)
+        return _check_numeric(load_npy(path), f"{path}", bound, missing_ok)
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if key not in archive:
-                raise UserError(
-                    f"input {name!r}: {path} has no array {key!r} (has {sorted(archive)})"
-                )
-            return _check_numeric(archive[key], f"{path}:{key}", bound, missing_ok)
+        arrays = load_npz(path, {key})
+        if key not in arrays:
+            raise UserError(f"input {name!r}: {path} has no array {key!r} (has {npz_names(path)})")
+        return _check_numeric(arrays[key], f"{path}:{key}", bound, missing_ok)
     if suffix == ".csv":
         return _read_csv_column(path, key, missing_ok, bound)
     raise UserError(f"input {name!r}: {path} is not a .npy, .npz or .csv file")

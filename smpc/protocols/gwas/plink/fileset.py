@@ -193,10 +193,33 @@ def _phenotype_values(values: np.ndarray) -> np.ndarray:
         return out
 
 
+def unique_samples(path: Path, samples: SampleTable, first_line: int = 1) -> SampleTable:
+    """``samples`` if no (FID, IID) appears twice; else a UserError naming both lines.
+
+    PLINK 1.9 refuses a duplicate ID wherever it looks samples up by ID (``--pheno``,
+    ``--covar``: "Duplicate ID"), and its ``--merge-list`` keeps one of the two silently;
+    a sample counted twice would bias every pooled statistic, so a site's table with one
+    is refused. ``first_line`` is the file line of the first sample.
+    """
+    keys = samples.id_keys()
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    if (counts == 1).all():
+        return samples
+    where = np.flatnonzero(keys == keys[first[np.argmax(counts > 1)]])[:2] + first_line
+    fid, _, iid = str(keys[where[0] - first_line]).partition("\t")
+    raise UserError(
+        f"{path}: lines {where[0]} and {where[1]}: sample FID {fid!r} IID {iid!r} appears twice: "
+        "give each sample one line"
+    )
+
+
 def read_fam(path: Path) -> SampleTable:
     t = _tokens(path, 6, ".fam")
-    return SampleTable(
-        t[:, 0], t[:, 1], t[:, 2], t[:, 3], _sex_codes(t[:, 4]), _phenotype_values(t[:, 5])
+    return unique_samples(
+        path,
+        SampleTable(
+            t[:, 0], t[:, 1], t[:, 2], t[:, 3], _sex_codes(t[:, 4]), _phenotype_values(t[:, 5])
+        ),
     )
 
 
@@ -257,7 +280,7 @@ def read_psam(path: Path) -> SampleTable:
         ]
         pheno_name = rest[0] if rest else None
     pheno = _phenotype_values(col[pheno_name]) if pheno_name else np.full(n, -9.0)
-    return SampleTable(
+    samples = SampleTable(
         fid,
         col["IID"],
         col.get("PAT", zeros),
@@ -265,6 +288,7 @@ def read_psam(path: Path) -> SampleTable:
         _sex_codes(col.get("SEX", zeros)),
         pheno,
     )
+    return unique_samples(path, samples, first_line=2)  # after the header line
 
 
 def vcf_tables(path: Path) -> tuple[VariantTable, SampleTable]:
