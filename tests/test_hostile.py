@@ -294,3 +294,170 @@ def test_an_alias_bomb_is_refused_in_bounded_memory(tmp_path):
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert out.returncode == 0 and BOMB in out.stdout, out
+
+
+# --- the daemons ----------------------------------------------------------------------
+
+
+def _shares(tmp_path: Path, job: str) -> dict[str, list[str]]:
+    """The sites whose shares of ``job`` each party's store holds."""
+    from smpc.party.store import PartyStore
+
+    held = {}
+    for party in ("alpha", "beta", "gamma"):
+        with PartyStore(tmp_path / "store" / party) as store:
+            held[party] = sorted({s.site for s in store.shares(job)})
+    return held
+
+
+def _install(case: str, target: Path) -> None:
+    """Put a case's file (or fileset) at ``target`` (or ``target.bed``, ``.bim``, ...)."""
+    source = HOSTILE / case
+    if case.startswith(FILESETS):
+        for suffix in (".bed", ".bim", ".fam"):
+            shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
+    else:
+        shutil.copyfile(source, target)
+
+
+def _failed_line(log: str, job: str) -> str:
+    lines = [ln for ln in log.splitlines() if f"event=upload-failed job={job} " in ln]
+    assert len(lines) == 1, log
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_daemons_refuse_hostile_inputs_and_serve_on(keys_dir, tmp_path):
+    """Real Mosquitto, three ``smpc party serve`` and ``smpc site serve`` for oslo.
+
+    - The parties refuse signed jobs whose specs are hostile (an unknown key, a negative
+      threshold, a huge number), each with a status naming the field, and store no share.
+    - oslo's daemon reads a hostile CSV (sum), model file (fedavg, an armed pickle) and
+      fileset (gwas, a truncated .bed) for three jobs: one ``upload-failed`` line each
+      naming the file and field, and no share at any party. The files fixed, it answers
+      three new jobs of the same protocols, stored by every party.
+    - ``smpc upload`` of a hostile CSV prints its one line and exits 2.
+    - Two sites' models of different shapes: every party fails the job naming both.
+    """
+    from smpc.analyst.jobs import build_job
+    from smpc.wire.messages import stamp_job
+    from tests.brokers import federation_of, kit, requires_mosquitto
+    from tests.test_party_daemon import Statuses, _closing, _log, _parties, _publish
+    from tests.test_upload_integration import _broker, _start_site, _stop, _wait_for_log
+
+    if requires_mosquitto.args[0]:
+        pytest.skip(requires_mosquitto.kwargs["reason"])
+    federation = federation_of(keys_dir)
+    analyst = kit(keys_dir, "analyst")
+
+    def job(job_id: str, spec: dict[str, Any], **changes: Any):
+        built = build_job(parse_spec(spec, "test", federation), analyst, federation, job_id=job_id)
+        return stamp_job(built.model_copy(update={"spec": {**built.spec, **changes}}), 600)
+
+    sum_spec = {"name": "bmi", "protocol": "sum", "inputs": ["bmi"]}
+    fedavg_spec = {"name": "fit", "protocol": "fedavg", "inputs": ["w"]}
+    gwas_spec = {"name": "scan", "protocol": "gwas", "tests": ["assoc"]}
+    hostile_jobs = {
+        "spec-unknown-key": (job("spec-unknown-key", sum_spec, treshold=1), "treshold: unknown"),
+        "spec-negative-threshold": (
+            job("spec-negative-threshold", sum_spec, threshold=-1),
+            "threshold: input should be greater than or equal to 0 (got -1)",
+        ),
+        "spec-huge-number": (
+            job("spec-huge-number", sum_spec, min_sites=10**30),
+            f"min_sites: {10**30} is more than the 3 sites",
+        ),
+    }
+    bad_inputs = {  # job -> (its job, the site's data file, the hostile case, its error)
+        "csv-bad": (job("csv-bad", sum_spec), "oslo.csv", "csv/nan.csv"),
+        "model-bad": (job("model-bad", fedavg_spec), "oslo.npz", "model/pickle.npz"),
+        "gwas-bad": (job("gwas-bad", gwas_spec), "oslo", "genotypes/truncated"),
+    }
+    fixed = {
+        "oslo.csv": "csv/bom.csv",
+        "oslo.npz": "model/shapes-oslo.npz",
+        "oslo": "genotypes/good",
+    }
+    good = {
+        "csv-good": job("csv-good", sum_spec),
+        "model-good": job("model-good", fedavg_spec),
+        "gwas-good": job("gwas-good", gwas_spec),
+    }
+    shapes = job("shapes", fedavg_spec)
+    for _, target, case in bad_inputs.values():
+        _install(case, tmp_path / target)
+    config = tmp_path / "oslo.yaml"
+    config.write_text(
+        f"kit: {keys_dir / 'kits' / 'oslo'}\nstate: {tmp_path / 'oslo.answered'}\n"
+        f"data: {{sum: {tmp_path / 'oslo.csv'}, fedavg: {tmp_path / 'oslo.npz'}, "
+        f"gwas: {tmp_path / 'oslo'}}}\n"
+    )
+    ids = [*hostile_jobs, *bad_inputs, *good, "shapes"]
+    parties, site = [], None
+    with _broker(keys_dir, tmp_path), Statuses(keys_dir, ids) as seen:
+        try:
+            parties = _parties(keys_dir, tmp_path)
+            site = _start_site(config, tmp_path / "oslo.log")
+
+            for job_id, (hostile, reason) in hostile_jobs.items():
+                _publish(keys_dir, hostile)
+                for party in ("alpha", "beta", "gamma"):
+                    status = seen.wait(party, job_id, "refused", 30)
+                    assert reason in status.reason and "\n" not in status.reason, status.reason
+            for bad, _, _ in bad_inputs.values():
+                _publish(keys_dir, bad)
+            for job_id in bad_inputs:
+                _wait_for_log(site, f"event=upload-failed job={job_id} ")
+            for job_id, (_, target, case) in bad_inputs.items():
+                line = _failed_line(_log(site), job_id)
+                assert f'reason="{tmp_path / target}' in line, line  # a UserError's line
+                for fragment in CASES[case]:  # the case's, its file name being oslo's here
+                    assert fragment.removeprefix(Path(case).stem) in line, line
+
+            # smpc upload of a hostile CSV: one line on stderr, exit 2, nothing stored
+            bad_csv = tmp_path / "nan.csv"
+            _install("csv/nan.csv", bad_csv)
+            out = smpc(
+                "upload", "--kit", keys_dir / "kits" / "tromso", "--job", "csv-bad",
+                "--input", f"bmi={bad_csv}", "--timeout", "30", cwd=tmp_path,
+            )  # fmt: skip
+            assert out.returncode == 2, out
+            assert out.stderr.splitlines() == [
+                f"smpc: error: {bad_csv}: row 3, column 'bmi': 'NaN' is not a finite number"
+            ], out.stderr
+
+            for target, case in fixed.items():  # the site fixes its files; the daemon reads
+                _install(case, tmp_path / target)  # them again for the next jobs
+            for good_job in good.values():
+                _publish(keys_dir, good_job)
+            for job_id in good:
+                _wait_for_log(site, f"event=upload-complete job={job_id}", timeout=60)
+
+            # models of two shapes: stored (each is well formed), the job fails by name
+            _publish(keys_dir, shapes)
+            for site_name, case in (("bergen", "shapes-bergen.npz"), ("tromso", "shapes-oslo.npz")):
+                model = tmp_path / f"{site_name}.npz"
+                _install(f"model/{case}", model)
+                up = smpc(
+                    "upload", "--kit", keys_dir / "kits" / site_name, "--job", "shapes",
+                    "--data", model, "--timeout", "60", cwd=tmp_path,
+                )  # fmt: skip
+                assert up.returncode == 0, up.stderr
+            _publish(keys_dir, _closing(seen, shapes, ("bergen", "tromso")))
+            for party in ("alpha", "beta", "gamma"):
+                status = seen.wait(party, "shapes", "failed", 30)
+                assert (
+                    "sites sent 'w.weighted' in different shapes: bergen (3,), tromso (2,)"
+                    in status.reason
+                ), status.reason
+            assert all(proc.poll() is None for proc in [*parties, site])
+        finally:
+            _stop([*parties, *([site] if site else [])])
+    for proc in [*parties, site]:
+        assert "Traceback" not in _log(proc)
+    for job_id in [*hostile_jobs, *bad_inputs]:
+        assert _shares(tmp_path, job_id) == {"alpha": [], "beta": [], "gamma": []}
+    for job_id in good:
+        assert _shares(tmp_path, job_id) == {p: ["oslo"] for p in ("alpha", "beta", "gamma")}
+    assert not (tmp_path / "unpickled.marker").exists()
