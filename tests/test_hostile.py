@@ -58,8 +58,8 @@ def _gwas(prefix: Path) -> Any:
 
 
 def _model(path: Path) -> Any:
-    """A fedavg site's model file (.npz), or a named .npy input."""
-    return read_model(path) if path.suffix == ".npz" else read_input(str(path), "w")
+    """A fedavg site's model file (.npz, .safetensors), or a named .npy input."""
+    return read_input(str(path), "w") if path.suffix == ".npy" else read_model(path)
 
 
 READERS: dict[str, Callable[[Path], Any]] = {
@@ -130,6 +130,9 @@ CASES: dict[str, tuple[str, ...]] = {
     "csv/ragged-long.csv": ("row 3 has 3 fields, the header has 2", "decimal comma"),
     "csv/ragged-short.csv": ("row 3 has 1 fields, the header has 2",),
     "csv/text.csv": ("row 3, column 'bmi': 'obese' is not a finite number",),
+    "csv/long-text.csv": ("row 2, column 'bmi': 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' is",),
+    "csv/huge-cell.csv": ("line 2: not CSV: field larger than field limit (131072)",),
+    "csv/duplicate-column.csv": ("row 1: the header names column 'bmi' twice (fields 2 and 3)",),
     # genotype filesets (smpc/protocols/gwas/genotypes.py, plink/fileset.py, phenofiles.py)
     "genotypes/truncated": ("truncated.bed: 8 bytes, expected 9 for the .fam's 6 samples",),
     "genotypes/magic": ("magic.bed: not a PLINK 1 .bed file: it starts with bytes 42 45 44",),
@@ -138,11 +141,18 @@ CASES: dict[str, tuple[str, ...]] = {
     "genotypes/fam-rows": ("fam-rows.fam: 9 samples, but", "(5 to 8 samples)", "does not belong"),
     "genotypes/duplicate-ids": ("duplicate-ids.fam: lines 2 and 4: sample FID 'fam1' IID 's1'",),
     "genotypes/pheno-text": ("pheno-text.pheno: line 5, column bmi: 'obese' is not a number",),
+    "genotypes/bim-text": ("bim-text.bim: variant 2 (rs2): column 4 (BP) '2kb' is not an",),
+    "genotypes/fam-fields": ("fam-fields.fam: line 3 has 5 fields, a .fam line has 6",),
+    "genotypes/latin1": ("latin1.fam: line 5: not UTF-8 text (byte 0xf8 at offset 74)",),
     # model files (smpc/io/modelfile.py, smpc/io/npyfile.py)
     "model/object-array.npz": ("object-array.npz:w.npy: an array of Python objects", "never"),
     "model/pickle.npz": ("pickle.npz: holds pickled Python data, which is never loaded",),
     "model/huge-shape.npz": ("w.npy: declares shape (1000000000000,) of float64", "holds 64"),
     "model/huge-shape.npy": ("huge-shape.npy: declares shape (1000000000000,) of float64",),
+    "model/huge-header.npy": ("huge-header.npy: an .npy header of 100000 bytes",),
+    "model/zip-lie.npz": ("zip-lie.npz:w.npy: declares 4294967168 bytes from 192 stored",),
+    "model/huge-header.safetensors": ("not a readable safetensors file", "header too large"),
+    "model/huge-tensor.safetensors": ("not a readable safetensors file", "not fully covered"),
 }
 ARMED = ("model/object-array.npz", "model/pickle.npz")  # unpickled, they make unpickled.marker
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +108,21 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+def _records(path: Path, f: io.StringIO) -> Iterator[list[str]]:
+    """The CSV records of ``f``; a malformed one (a cell over the csv module's size
+    limit) is a UserError with its line."""
+    rows = csv.reader(f)
+    try:
+        yield from rows
+    except csv.Error as exc:
+        raise UserError(f"{path}: line {rows.line_num}: not CSV: {exc}") from None
+
+
 def _read_csv_column(
     path: Path, column: str, missing_ok: bool = False, bound: float | None = None
 ) -> np.ndarray:
     with io.StringIO(_read_text(path), newline="") as f:
-        rows = csv.reader(f)
+        rows = _records(path, f)
         header = next(rows, None)
         if header is None:
             raise UserError(f"{path}: empty file, expected a header row")
@@ -119,6 +130,12 @@ def _read_csv_column(
         if column not in header:
             raise UserError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
         j = header.index(column)
+        if header.count(column) > 1:
+            k = header.index(column, j + 1)
+            raise UserError(
+                f"{path}: row 1: the header names column {column!r} twice (fields {j + 1} "
+                f"and {k + 1}): rename one"
+            )
         values = []
         for line, row in enumerate(rows, start=2):
             if not any(c.strip() for c in row):
@@ -137,7 +154,7 @@ def _read_csv_column(
             except ValueError:
                 value = math.nan
             if not math.isfinite(value):
-                what = "empty" if not cell else repr(cell)
+                what = "empty" if not cell else repr(cell if len(cell) <= 40 else cell[:37] + "...")
                 raise UserError(
                     f"{path}: row {line}, column {column!r}: {what} is not a finite number"
                 )

@@ -152,13 +152,22 @@ def _tokens(path: Path, ncol: int, what: str, skip_header: bool = False) -> np.n
 def read_text(path: Path) -> str:
     try:
         if str(path).endswith((".gz", ".bgz")):
-            with gzip.open(path, "rt") as handle:
-                return handle.read()
-        return Path(path).read_text()
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = Path(path).read_bytes()
     except FileNotFoundError as exc:
         raise UserError(f"{path}: file not found") from exc
+    except (OSError, EOFError) as exc:  # a corrupt or truncated .gz
+        raise UserError(f"{path}: cannot read: {exc}") from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a text file ({exc.reason})") from exc
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def read_bim(path: Path) -> VariantTable:
@@ -167,8 +176,27 @@ def read_bim(path: Path) -> VariantTable:
         return VariantTable(
             t[:, 0], t[:, 1], t[:, 2].astype(float), t[:, 3].astype(np.int64), t[:, 4], t[:, 5]
         )
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
+        for row, (cm, bp) in enumerate(zip(t[:, 2], t[:, 3], strict=True)):
+            problem = _bim_problem(str(cm), str(bp))
+            if problem:
+                raise UserError(f"{path}: variant {row + 1} ({t[row, 1]}): {problem}") from None
         raise UserError(f"{path}: a CM or BP value is not a number ({exc})") from exc
+
+
+def _bim_problem(cm: str, bp: str) -> str:
+    """Why a .bim line's CM or BP column cannot be read ("" if both can)."""
+    try:
+        float(cm)
+    except ValueError:
+        return f"column 3 (CM) {cm!r} is not a number"
+    try:
+        position = int(bp)
+    except ValueError:
+        return f"column 4 (BP) {bp!r} is not an integer"
+    if not -(2**63) <= position < 2**63:
+        return f"column 4 (BP) {bp!r} is out of range"
+    return ""
 
 
 def _sex_codes(values: np.ndarray) -> np.ndarray:
