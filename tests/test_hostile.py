@@ -25,14 +25,16 @@ import numpy as np
 import pytest
 
 from smpc.config.federation import load_federation
+from smpc.core.field import FAST
 from smpc.errors import UserError
 from smpc.io.inputs import read_input
-from smpc.io.modelfile import read_model
 from smpc.party.config import load_party_config
+from smpc.protocols.base import SiteSource
 from smpc.protocols.gwas.genotypes import open_site
 from smpc.protocols.gwas.site import site_statistics
-from smpc.protocols.registry import load_spec, parse_spec
+from smpc.protocols.registry import load_spec, parse_spec, protocol
 from smpc.site.config import load_site_config
+from smpc.wire.messages import Job
 
 HOSTILE = Path(__file__).parent / "hostile"
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,8 +60,17 @@ def _gwas(prefix: Path) -> Any:
 
 
 def _model(path: Path) -> Any:
-    """A fedavg site's model file (.npz, .safetensors), or a named .npy input."""
-    return read_input(str(path), "w") if path.suffix == ".npy" else read_model(path)
+    """What a fedavg site shares from its model file (.npz, .safetensors) for a job
+    averaging ``w``; an .npy as a named input."""
+    if path.suffix == ".npy":
+        return read_input(str(path), "w")
+    fedavg = protocol("fedavg")
+    spec = parse_spec({"name": "fit", "protocol": "fedavg", "inputs": ["w"]}, "test")
+    job = Job(
+        id="fit", protocol="fedavg", inputs=fedavg.job_inputs(spec), t=1, n=3,
+        modulus=FAST.modulus, analyst="analyst", spec=spec.to_dict(),
+    )  # fmt: skip
+    return fedavg.site_data(spec, job, SiteSource(site="oslo", data=path))
 
 
 READERS: dict[str, Callable[[Path], Any]] = {
@@ -153,6 +164,8 @@ CASES: dict[str, tuple[str, ...]] = {
     "model/zip-lie.npz": ("zip-lie.npz:w.npy: declares 4294967168 bytes from 192 stored",),
     "model/huge-header.safetensors": ("not a readable safetensors file", "header too large"),
     "model/huge-tensor.safetensors": ("not a readable safetensors file", "not fully covered"),
+    "model/huge-weight.npz": ("num_examples 1e+300 is not a number of examples (below 2^40)",),
+    "model/nan-weights.npz": ("nan-weights.npz: parameter 'w' must be finite numbers",),
 }
 ARMED = ("model/object-array.npz", "model/pickle.npz")  # unpickled, they make unpickled.marker
 

@@ -254,7 +254,7 @@ def read_fam(path: Path) -> SampleTable:
 def read_pvar(path: Path) -> VariantTable:
     """A .pvar (``#CHROM POS ID REF ALT ...`` header, or .bim-like without one)."""
     header = None
-    with open(path) as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:  # read_text checks
         for line in handle:
             if line.startswith("##"):
                 continue
@@ -289,7 +289,7 @@ def _dot_to_zero(alleles: np.ndarray) -> np.ndarray:
 
 def read_psam(path: Path) -> SampleTable:
     """A .psam with a ``#FID IID``/``#IID`` header, or a headerless .fam-like file."""
-    with open(path) as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:  # read_text checks
         first = handle.readline()
     if not first.startswith("#"):
         return read_fam(path)
