@@ -35,6 +35,7 @@ from smpc.protocols.gwas.site import site_statistics
 from smpc.protocols.registry import load_spec, parse_spec, protocol
 from smpc.site.config import load_site_config
 from smpc.wire.messages import Job
+from tests.brokers import federation_of, kit, requires_mosquitto
 
 HOSTILE = Path(__file__).parent / "hostile"
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,6 +350,7 @@ def _failed_line(log: str, job: str) -> str:
     return lines[0]
 
 
+@requires_mosquitto
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_daemons_refuse_hostile_inputs_and_serve_on(keys_dir, tmp_path):
@@ -365,12 +367,9 @@ def test_daemons_refuse_hostile_inputs_and_serve_on(keys_dir, tmp_path):
     """
     from smpc.analyst.jobs import build_job
     from smpc.wire.messages import stamp_job
-    from tests.brokers import federation_of, kit, requires_mosquitto
     from tests.test_party_daemon import Statuses, _closing, _log, _parties, _publish
     from tests.test_upload_integration import _broker, _start_site, _stop, _wait_for_log
 
-    if requires_mosquitto.args[0]:
-        pytest.skip(requires_mosquitto.kwargs["reason"])
     federation = federation_of(keys_dir)
     analyst = kit(keys_dir, "analyst")
 
