@@ -8,6 +8,8 @@
   with a header row. Every cell must be a finite number: text, NaN or inf is
   refused with its row and column (the row number as a spreadsheet shows it, the
   header being row 1); an empty cell too, unless the caller reads missing values.
+  Every row has as many fields as the header (a ragged row is refused: its cells
+  would land in other columns).
   The file must be UTF-8 (a byte order mark, as spreadsheet programs write, is
   dropped); another encoding is refused with the offset of the first bad byte.
 """
@@ -17,11 +19,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from smpc.errors import UserError
+from smpc.io.npyfile import load_npy, load_npz, npz_names
 
 GENOTYPE_SUFFIXES = (".bed", ".pgen", ".vcf", ".vcf.gz")
 
@@ -56,14 +60,12 @@ def read_input(
         raise UserError(f"input {name!r}: file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _check_numeric(np.load(path, allow_pickle=False), f"{path}", bound, missing_ok)
+        return _check_numeric(load_npy(path), f"{path}", bound, missing_ok)
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if key not in archive:
-                raise UserError(
-                    f"input {name!r}: {path} has no array {key!r} (has {sorted(archive)})"
-                )
-            return _check_numeric(archive[key], f"{path}:{key}", bound, missing_ok)
+        arrays = load_npz(path, {key})
+        if key not in arrays:
+            raise UserError(f"input {name!r}: {path} has no array {key!r} (has {npz_names(path)})")
+        return _check_numeric(arrays[key], f"{path}:{key}", bound, missing_ok)
     if suffix == ".csv":
         return _read_csv_column(path, key, missing_ok, bound)
     raise UserError(f"input {name!r}: {path} is not a .npy, .npz or .csv file")
@@ -106,11 +108,21 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+def _records(path: Path, f: io.StringIO) -> Iterator[list[str]]:
+    """The CSV records of ``f``; a malformed one (a cell over the csv module's size
+    limit) is a UserError with its line."""
+    rows = csv.reader(f)
+    try:
+        yield from rows
+    except csv.Error as exc:
+        raise UserError(f"{path}: line {rows.line_num}: not CSV: {exc}") from None
+
+
 def _read_csv_column(
     path: Path, column: str, missing_ok: bool = False, bound: float | None = None
 ) -> np.ndarray:
     with io.StringIO(_read_text(path), newline="") as f:
-        rows = csv.reader(f)
+        rows = _records(path, f)
         header = next(rows, None)
         if header is None:
             raise UserError(f"{path}: empty file, expected a header row")
@@ -118,11 +130,22 @@ def _read_csv_column(
         if column not in header:
             raise UserError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
         j = header.index(column)
+        if header.count(column) > 1:
+            k = header.index(column, j + 1)
+            raise UserError(
+                f"{path}: row 1: the header names column {column!r} twice (fields {j + 1} "
+                f"and {k + 1}): rename one"
+            )
         values = []
         for line, row in enumerate(rows, start=2):
             if not any(c.strip() for c in row):
                 continue  # a blank line is not a record
-            cell = row[j].strip() if j < len(row) else ""
+            if len(row) != len(header):  # a shifted row would feed another column's values
+                raise UserError(
+                    f"{path}: row {line} has {len(row)} fields, the header has {len(header)} "
+                    "(quote a cell that holds a comma, e.g. a decimal comma)"
+                )
+            cell = row[j].strip()
             if missing_ok and not cell:
                 values.append(math.nan)
                 continue
@@ -131,7 +154,7 @@ def _read_csv_column(
             except ValueError:
                 value = math.nan
             if not math.isfinite(value):
-                what = "empty" if not cell else repr(cell)
+                what = "empty" if not cell else repr(cell if len(cell) <= 40 else cell[:37] + "...")
                 raise UserError(
                     f"{path}: row {line}, column {column!r}: {what} is not a finite number"
                 )

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from smpc.errors import UserError
+from smpc.io.npyfile import load_npz
 
 NUM_EXAMPLES = "num_examples"
 SUFFIXES = (".npz", ".safetensors", ".pt", ".pth")
@@ -37,9 +38,7 @@ def read_model(path: str | Path) -> tuple[dict[str, np.ndarray], int | None]:
         raise UserError(f"{path}: no such model file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-        return _split_weight(arrays, {}, path)
+        return _split_weight(load_npz(path), {}, path)  # no pickle, no oversized array
     if suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
         from safetensors.numpy import load_file

@@ -178,8 +178,12 @@ class Computation:
                 for site in job.close:
                     values = self.share_values(shares[(spec.name, site)])
                     if total is not None and values.shape != total.shape:
-                        shapes = f"{values.shape} and {total.shape}"
-                        raise UserError(f"sites sent {spec.name!r} in different shapes {shapes}")
+                        first = job.close[0]
+                        raise UserError(
+                            f"sites sent {spec.name!r} in different shapes: {first} "
+                            f"{total.shape}, {site} {values.shape} (every site's model must "
+                            "have the same arrays and shapes)"
+                        )
                     total = values.copy() if total is None else field.add(total, values)
                     del values
                 assert total is not None  # a close names at least one site

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from smpc.config.federation import read_yaml_model
 from smpc.protocols.registry import PROTOCOLS
+
+Count = Annotated[StrictInt, Field(ge=0)]
+"""A policy's minimum: a whole number, never negative ("2" is an error, not converted)."""
+Positive = Annotated[StrictInt, Field(ge=1)]
 
 
 class Policy(BaseModel):
@@ -18,16 +23,16 @@ class Policy(BaseModel):
     protocols: tuple[str, ...] = tuple(PROTOCOLS)  # allowed protocols
     # Safe defaults: t = 0 (each party holds the sites' values in the clear) and one-site
     # results (a site's own data opened) only where a party's policy says so.
-    min_threshold: int = 1  # refuse jobs whose collusion threshold is lower
-    min_sites: int = 2  # refuse jobs that may open results of fewer sites
+    min_threshold: Count = 1  # refuse jobs whose collusion threshold is lower
+    min_sites: Positive = 2  # refuse jobs that may open results of fewer sites
     # Freshness: a job issued more than job_window seconds ago (or lasting longer), or
     # whose deadline has passed, is refused; clock_skew is the tolerance between clocks.
-    job_window: float = Field(default=86400.0, gt=0)
-    clock_skew: float = Field(default=300.0, ge=0)
+    job_window: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] = 86400.0
+    clock_skew: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = 300.0
     # Disclosure control, on the record counts sites declare in their signed headers:
-    min_records: int = 0  # refuse a site's share summarising fewer records
-    min_cell: int = 0  # refuse to compute a result over fewer records in all
-    refuse_differencing: bool = True  # refuse a site set one site away from an earlier job's
+    min_records: Count = 0  # refuse a site's share summarising fewer records
+    min_cell: Count = 0  # refuse to compute a result over fewer records in all
+    refuse_differencing: StrictBool = True  # refuse a site set one site away from an earlier job's
 
 
 class PartyConfig(BaseModel):

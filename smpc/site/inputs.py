@@ -21,10 +21,14 @@ def site_inputs(source: SiteSource, federation: Federation) -> Callable[[Job], S
     """
 
     def compute(job: Job) -> SiteData:
-        if source.inputs is not None:
-            names = [s.name for s in job.inputs]
-            if all(name in source.inputs for name in names):
-                return SiteData({name: read_input(source.inputs[name], name) for name in names})
+        if source.inputs is not None and all(s.name in source.inputs for s in job.inputs):
+            # the encoding's bound checked while reading, so an error names file and row
+            return SiteData(
+                {
+                    s.name: read_input(source.inputs[s.name], s.name, bound=2.0**s.int_bits)
+                    for s in job.inputs
+                }
+            )
         spec = parse_spec(job.spec, f"job {job.id}", federation)
         return protocol(job.protocol).site_data(spec, job, source)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from smpc.protocols.registry import PROTOCOLS
 from smpc.wire.messages import Job
@@ -15,8 +17,9 @@ class SitePolicy(BaseModel):
 
     analysts: tuple[str, ...] | None = None  # None: every analyst of the federation
     protocols: tuple[str, ...] = tuple(PROTOCOLS)
-    min_threshold: int = Field(default=1, ge=0)  # t = 0 puts the site's values in the clear
-    min_sites: int = Field(default=2, ge=1)  # a result of fewer sites may open this site's data
+    # t = 0 puts the site's values in the clear; a result of fewer sites may open its data
+    min_threshold: Annotated[StrictInt, Field(ge=0)] = 1
+    min_sites: Annotated[StrictInt, Field(ge=1)] = 2
 
     def refusal(self, job: Job) -> str:
         """Why this site does not upload to ``job`` ("" if it does)."""

@@ -307,6 +307,10 @@ def fedavg_statistics(
     n = int(num_examples)
     if n < 0:
         raise UserError(f"{source}: num_examples must be one non-negative integer")
+    if n >= 2**COUNT_BITS:
+        raise UserError(
+            f"{source}: num_examples {n:.3g} is not a number of examples (below 2^{COUNT_BITS})"
+        )
     stats: dict[str, np.ndarray] = {NUM_EXAMPLES: np.array(n, dtype=np.int64)}
     values = {}
     for name in names:

@@ -26,18 +26,33 @@ from smpc.protocols.gwas.plink.fileset import (
     vcf_tables,
 )
 
+BED_MAGIC = b"l\x1b\x01"
+"""PLINK 1's .bed magic: two bytes ``6c 1b``, then ``01``, variant-major."""
+
 
 def _check_bed_size(prefix: Path, n_samples: int, n_variants: int) -> None:
     """A .bed holds ``3 + variants · ceil(samples / 4)`` bytes: name the file that is off.
 
-    When the size fits the .bim's variants with another whole number of bytes per
-    variant, the .fam (the sample count) does not belong to the .bed; otherwise the
-    .bed is cut short (or has trailing bytes).
+    The magic bytes come first: PLINK 1's, variant-major (a sample-major .bed, mode byte
+    ``00`` of PLINK before 1.0, is refused with the command that converts it). When the
+    size fits the .bim's variants with another whole number of bytes per variant, the
+    .fam (the sample count) does not belong to the .bed; when it fits the .fam's samples
+    with another number of variants, the .bim does not; otherwise the .bed is cut short
+    (or has trailing bytes).
     """
     path = Path(f"{prefix}.bed")
     with path.open("rb") as f:
-        if f.read(3) != b"l\x1b\x01":
-            return  # not a variant-major .bed: bed-reader says so
+        magic = f.read(3)
+    if magic != BED_MAGIC:
+        if magic[:2] == BED_MAGIC[:2] and magic[2:] == b"\x00":
+            raise UserError(
+                f"{path}: a sample-major .bed (mode byte 00, PLINK before 1.0): convert it "
+                f"with plink1.9 --bfile {prefix} --make-bed --out NEW"
+            )
+        raise UserError(
+            f"{path}: not a PLINK 1 .bed file: it starts with bytes "
+            f"{magic.hex(' ') or '(none)'}, not the magic 6c 1b 01"
+        )
     size = path.stat().st_size
     per_variant = -(-n_samples // 4)
     expected = 3 + n_variants * per_variant
@@ -49,6 +64,12 @@ def _check_bed_size(prefix: Path, n_samples: int, n_variants: int) -> None:
         raise UserError(
             f"{prefix}.fam: {n_samples} samples, but {prefix}.bed holds {b} bytes per variant "
             f"for the .bim's {n_variants} variants ({4 * b - 3} to {4 * b} samples): the .fam "
+            "does not belong to this .bed"
+        )
+    if per_variant and body > 0 and body % per_variant == 0:
+        raise UserError(
+            f"{prefix}.bim: {n_variants} variants, but {prefix}.bed holds "
+            f"{body // per_variant} variants of the .fam's {n_samples} samples: the .bim "
             "does not belong to this .bed"
         )
     raise UserError(

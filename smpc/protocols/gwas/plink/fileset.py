@@ -152,13 +152,22 @@ def _tokens(path: Path, ncol: int, what: str, skip_header: bool = False) -> np.n
 def read_text(path: Path) -> str:
     try:
         if str(path).endswith((".gz", ".bgz")):
-            with gzip.open(path, "rt") as handle:
-                return handle.read()
-        return Path(path).read_text()
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = Path(path).read_bytes()
     except FileNotFoundError as exc:
         raise UserError(f"{path}: file not found") from exc
+    except (OSError, EOFError) as exc:  # a corrupt or truncated .gz
+        raise UserError(f"{path}: cannot read: {exc}") from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a text file ({exc.reason})") from exc
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def read_bim(path: Path) -> VariantTable:
@@ -167,8 +176,27 @@ def read_bim(path: Path) -> VariantTable:
         return VariantTable(
             t[:, 0], t[:, 1], t[:, 2].astype(float), t[:, 3].astype(np.int64), t[:, 4], t[:, 5]
         )
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
+        for row, (cm, bp) in enumerate(zip(t[:, 2], t[:, 3], strict=True)):
+            problem = _bim_problem(str(cm), str(bp))
+            if problem:
+                raise UserError(f"{path}: variant {row + 1} ({t[row, 1]}): {problem}") from None
         raise UserError(f"{path}: a CM or BP value is not a number ({exc})") from exc
+
+
+def _bim_problem(cm: str, bp: str) -> str:
+    """Why a .bim line's CM or BP column cannot be read ("" if both can)."""
+    try:
+        float(cm)
+    except ValueError:
+        return f"column 3 (CM) {cm!r} is not a number"
+    try:
+        position = int(bp)
+    except ValueError:
+        return f"column 4 (BP) {bp!r} is not an integer"
+    if not -(2**63) <= position < 2**63:
+        return f"column 4 (BP) {bp!r} is out of range"
+    return ""
 
 
 def _sex_codes(values: np.ndarray) -> np.ndarray:
@@ -193,17 +221,40 @@ def _phenotype_values(values: np.ndarray) -> np.ndarray:
         return out
 
 
+def unique_samples(path: Path, samples: SampleTable, first_line: int = 1) -> SampleTable:
+    """``samples`` if no (FID, IID) appears twice; else a UserError naming both lines.
+
+    PLINK 1.9 refuses a duplicate ID wherever it looks samples up by ID (``--pheno``,
+    ``--covar``: "Duplicate ID"), and its ``--merge-list`` keeps one of the two silently;
+    a sample counted twice would bias every pooled statistic, so a site's table with one
+    is refused. ``first_line`` is the file line of the first sample.
+    """
+    keys = samples.id_keys()
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    if (counts == 1).all():
+        return samples
+    where = np.flatnonzero(keys == keys[first[np.argmax(counts > 1)]])[:2] + first_line
+    fid, _, iid = str(keys[where[0] - first_line]).partition("\t")
+    raise UserError(
+        f"{path}: lines {where[0]} and {where[1]}: sample FID {fid!r} IID {iid!r} appears twice: "
+        "give each sample one line"
+    )
+
+
 def read_fam(path: Path) -> SampleTable:
     t = _tokens(path, 6, ".fam")
-    return SampleTable(
-        t[:, 0], t[:, 1], t[:, 2], t[:, 3], _sex_codes(t[:, 4]), _phenotype_values(t[:, 5])
+    return unique_samples(
+        path,
+        SampleTable(
+            t[:, 0], t[:, 1], t[:, 2], t[:, 3], _sex_codes(t[:, 4]), _phenotype_values(t[:, 5])
+        ),
     )
 
 
 def read_pvar(path: Path) -> VariantTable:
     """A .pvar (``#CHROM POS ID REF ALT ...`` header, or .bim-like without one)."""
     header = None
-    with open(path) as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:  # read_text checks
         for line in handle:
             if line.startswith("##"):
                 continue
@@ -238,7 +289,7 @@ def _dot_to_zero(alleles: np.ndarray) -> np.ndarray:
 
 def read_psam(path: Path) -> SampleTable:
     """A .psam with a ``#FID IID``/``#IID`` header, or a headerless .fam-like file."""
-    with open(path) as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:  # read_text checks
         first = handle.readline()
     if not first.startswith("#"):
         return read_fam(path)
@@ -257,7 +308,7 @@ def read_psam(path: Path) -> SampleTable:
         ]
         pheno_name = rest[0] if rest else None
     pheno = _phenotype_values(col[pheno_name]) if pheno_name else np.full(n, -9.0)
-    return SampleTable(
+    samples = SampleTable(
         fid,
         col["IID"],
         col.get("PAT", zeros),
@@ -265,6 +316,7 @@ def read_psam(path: Path) -> SampleTable:
         _sex_codes(col.get("SEX", zeros)),
         pheno,
     )
+    return unique_samples(path, samples, first_line=2)  # after the header line
 
 
 def vcf_tables(path: Path) -> tuple[VariantTable, SampleTable]:
