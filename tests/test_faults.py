@@ -21,26 +21,37 @@ Each test starts its own broker and daemons and stops them (SIGTERM, then SIGKIL
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import random
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from smpc.analyst.driver import write_outputs
+from smpc.analyst.jobs import JobFailed, build_job, publish_job, run_job
 from smpc.core.field import FAST
+from smpc.core.sharing import reconstruct
 from smpc.net.connection import Connection
 from smpc.net.topics import Topics
 from smpc.party.store import PartyStore
-from smpc.site.upload import seal_inputs
+from smpc.protocols.base import Outcome
+from smpc.protocols.registry import parse_spec
+from smpc.site.inputs import protocol_inputs
+from smpc.site.upload import UploadFailed, seal_inputs, upload
+from smpc.wire.header import ShareHeader
 from smpc.wire.messages import Ack, Job, JobInput, sign, stamp_job, verify_ack
-from smpc.wire.packaging import open_share
+from smpc.wire.packaging import InputShare, open_share
 from tests.brokers import federation_of, kit, mosquitto, requires_mosquitto
-from tests.test_upload_integration import ENCODING, _start_party, _stop
+from tests.test_upload_integration import ENCODING, _start_party, _stop, _wait_for_log
 
 pytestmark = [requires_mosquitto, pytest.mark.slow]
 
@@ -263,3 +274,296 @@ def _row_keys(root: Path) -> list[Key]:
 def _job_ids(root: Path) -> set[str]:
     with PartyStore(root) as store:
         return {j.id for j in store.jobs()}
+
+
+PARTIES = ("alpha", "beta", "gamma")
+
+
+@contextmanager
+def _running(keys_dir: Path, tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    """Mosquitto at the federation's port and the three party daemons, connected; on exit
+    every daemon is continued (if stopped) and stopped, then the broker."""
+    parties: list[subprocess.Popen] = []
+    with mosquitto(keys_dir, tmp_path / "broker", at_federation_port=True):
+        try:
+            parties = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+            for proc in parties:
+                _wait_for_log(proc, "event=party-connected")
+            yield parties
+        finally:
+            for proc in parties:
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGCONT)
+            _stop(parties)
+
+
+def _log(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text(errors="replace")
+
+
+def _accepted(parties: list[subprocess.Popen], job_id: str) -> None:
+    for proc in parties:
+        _wait_for_log(proc, f"event=job-accepted job={job_id} ")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted where alpha's store goes (root only), unmounted after."""
+    mount = tmp_path / "store" / "alpha"
+    mount.mkdir(parents=True)
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    except OSError as exc:
+        pytest.skip(f"cannot run mount: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(directory: Path) -> Path:
+    """A file taking every free byte of ``directory``'s file system."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        chunk = bytes(1 << 16)
+        while True:
+            try:
+                os.write(fd, chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    break
+                chunk = chunk[: len(chunk) // 2]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.timeout(120)
+def test_full_disk_refuses_the_share_without_an_ack_until_space_is_freed(
+    keys_dir, tmp_path, small_disk
+):
+    """alpha's store is a full tmpfs: oslo's 400 kB share is refused without an ack, with a
+    ``share-refused`` line naming the job, the site and "no space"; nothing is left
+    behind; the site (:func:`smpc.site.upload.upload`) re-sends, and once the filler is
+    deleted the share is stored, acknowledged and reconstructs oslo's data."""
+    federation = federation_of(keys_dir)
+    job = _job("full")
+    data = np.random.default_rng(2).normal(0, 100, 50_000)
+    with _running(keys_dir, tmp_path) as parties:
+        alpha = parties[0]
+        asyncio.run(publish_job(kit(keys_dir, "analyst"), federation, job))
+        _accepted(parties, job.id)
+        filler = _fill(small_disk)
+
+        async def go():
+            uploading = asyncio.create_task(
+                upload(kit(keys_dir, "oslo"), federation, job, {"x": data},
+                       timeout=90, resend_after=1.0)
+            )  # fmt: skip
+            await _wait_log(alpha, f"event=share-refused job={job.id} ", count=2)  # re-sent
+            assert not uploading.done()  # no ack from alpha: the site waits and re-sends
+            with PartyStore(small_disk) as store:
+                assert store.shares() == []
+            assert not [p for p in (small_disk / "shares").rglob("*") if p.is_file()]
+            filler.unlink()
+            return await uploading
+
+        report = asyncio.run(go())
+    assert sorted(report.stored["x"]) == [0, 1, 2]  # alpha last, after the space was freed
+    log = _log(alpha)
+    refused = [line for line in log.splitlines() if "event=share-refused" in line]
+    for line in refused:  # one line per refused delivery, each naming job, site and cause
+        assert f"job={job.id} input=x site=oslo " in line and "no space left" in line, line
+    assert "Traceback" not in log and "event=job-error" not in log
+    assert "event=share-rejected" not in log  # a full disk is not the site's fault
+    assert log.count(f"event=share-stored job={job.id} input=x site=oslo ") == 1
+    values = {}
+    for index, party in enumerate(PARTIES[:2]):
+        with PartyStore(tmp_path / "store" / party) as store:
+            (share,) = store.shares(job.id)
+            body = store.read_share(share)
+            assert hashlib.sha256(body).hexdigest() == share.digest
+            header = ShareHeader.from_json(share.header.encode())
+            values[index] = InputShare(header, body).values()
+    got = ENCODING.decode(reconstruct(values, FAST, 1), FAST)
+    assert np.abs(got - data).max() <= 2.0 ** -(ENCODING.frac_bits + 1)
+
+
+def _csv_sites(tmp_path: Path, seed: int) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    paths, values = {}, {}
+    for site in SITES:
+        values[site] = np.round(rng.normal(50, 10, 30))
+        paths[site] = tmp_path / f"{site}-{seed}.csv"
+        paths[site].write_text("x\n" + "\n".join(f"{v:g}" for v in values[site]) + "\n")
+    return paths, values
+
+
+@pytest.mark.timeout(150)
+def test_a_stopped_party_fails_the_job_naming_it_and_serves_on_after_sigcont(keys_dir, tmp_path):
+    """The rule (smpc/analyst/jobs.py, run_job): a job closes with the sites *every* party
+    holds, so a party silent through the whole upload window fails the job at the window's
+    end, naming it; after the close, the analyst needs every party's result (``deliver:
+    analyst``) and fails at the job's timeout naming the party whose results are missing.
+    After SIGCONT the party catches up and the next job gives the right sum."""
+    federation = federation_of(keys_dir)
+    analyst = kit(keys_dir, "analyst")
+    spec = parse_spec({"name": "slow", "protocol": "sum", "inputs": ["x"]}, "<test>", federation)
+    paths, values = _csv_sites(tmp_path, 3)
+
+    def job(job_id: str) -> Job:
+        return stamp_job(build_job(spec, analyst, federation, job_id=job_id), 120)
+
+    async def uploads(job_id: str, sites, timeout: float) -> list:
+        return await asyncio.gather(
+            *[
+                upload(kit(keys_dir, s), federation, job_id,
+                       protocol_inputs(paths[s], federation), timeout=timeout, resend_after=1.0)
+                for s in sites
+            ],
+            return_exceptions=True,
+        )  # fmt: skip
+
+    with _running(keys_dir, tmp_path) as parties:
+        gamma = parties[2]
+        # 1. gamma stopped through the upload window
+        os.kill(gamma.pid, signal.SIGSTOP)
+
+        async def window() -> tuple[BaseException, list]:
+            sent = asyncio.create_task(uploads("slow-a", ("oslo", "bergen"), 10))
+            with pytest.raises(JobFailed) as failed:
+                await run_job(analyst, federation, job("slow-a"), upload_window=6, timeout=20)
+            return failed.value, await sent
+
+        failed, ups = asyncio.run(window())
+        assert "no status from party gamma within the upload window (6 s)" in str(failed)
+        assert "nothing was opened" in str(failed)
+        for up in ups:
+            assert isinstance(up, UploadFailed) and "no ack within 10 s from gamma" in str(up)
+        os.kill(gamma.pid, signal.SIGCONT)
+        _wait_for_log(gamma, "event=job-accepted job=slow-a ")
+
+        # 2. gamma stopped after it stored the shares, before the close: no result from it
+        async def results() -> BaseException:
+            running = asyncio.create_task(
+                run_job(analyst, federation, job("slow-b"), upload_window=6, timeout=14)
+            )
+            for up in await uploads("slow-b", ("oslo", "bergen"), 30):
+                assert not isinstance(up, BaseException), up
+            await asyncio.sleep(1.0)  # gamma's holding status follows its last ack
+            os.kill(gamma.pid, signal.SIGSTOP)
+            with pytest.raises(JobFailed) as failed:
+                await running
+            return failed.value
+
+        failed = asyncio.run(results())
+        assert "no complete result within 14 s: no x.sum, x.count from gamma" in str(failed)
+        os.kill(gamma.pid, signal.SIGCONT)
+
+        # 3. every party serves on: the next job gives the sum (the same two sites: one
+        # site more than slow-b would be refused as differencing)
+        async def after():
+            running = asyncio.create_task(
+                run_job(analyst, federation, job("slow-c"), upload_window=8, timeout=60)
+            )
+            for up in await uploads("slow-c", ("oslo", "bergen"), 30):
+                assert not isinstance(up, BaseException), up
+            return await running
+
+        outcome = asyncio.run(after())
+        assert all(proc.poll() is None for proc in parties)
+    assert outcome.sites == ("oslo", "bergen")
+    two = [values["oslo"], values["bergen"]]
+    assert outcome.opened["x.sum"] == pytest.approx(sum(v.sum() for v in two))
+    assert outcome.opened["x.count"] == pytest.approx(sum(len(v) for v in two))
+    for proc in parties:
+        assert proc.returncode == 0 and "Traceback" not in _log(proc)
+    with PartyStore(tmp_path / "store" / "gamma") as store:
+        assert store.job("slow-a").closed is None  # never closed: nothing computed
+
+
+MID_SIZE = 1_000_000  # 8 MB per full share: tromso is still sending when it is killed
+
+
+@pytest.mark.timeout(200)
+def test_site_killed_mid_upload_is_left_out_or_fails_the_job_by_min_sites(keys_dir, tmp_path):
+    """oslo and bergen upload a fedavg model; tromso's ``smpc upload`` is SIGKILLed as soon as
+    a party stored its first envelope. With min_sites 2 the job closes with oslo and bergen
+    and the model is their weighted average; with min_sites 3 it fails naming the sites."""
+    federation = federation_of(keys_dir)
+    analyst = kit(keys_dir, "analyst")
+    rng = np.random.default_rng(4)
+    models = {s: (n, rng.normal(0, 10, MID_SIZE)) for s, n in zip(SITES, (3, 5, 9), strict=True)}
+    paths = {}
+    for site, (n, w) in models.items():
+        paths[site] = tmp_path / f"{site}.npz"
+        np.savez(paths[site], num_examples=n, w=w)
+
+    def uploader(site: str, job: Job) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "smpc.cli", "upload", "--kit", str(keys_dir / "kits" / site),
+             "--job", job.id, "--data", str(paths[site]), "--timeout", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    outcomes: dict[int, object] = {}
+    with _running(keys_dir, tmp_path) as parties:
+        for min_sites in (2, 3):
+            text = {"name": f"mid{min_sites}", "protocol": "fedavg", "inputs": ["w"],
+                    "min_sites": min_sites}  # fmt: skip
+            spec = parse_spec(text, "<test>", federation)
+            job = stamp_job(build_job(spec, analyst, federation, job_id=f"mid-{min_sites}"), 300)
+            asyncio.run(publish_job(analyst, federation, job))
+            _accepted(parties, job.id)
+            for site in ("oslo", "bergen"):
+                out, err = uploader(site, job).communicate(timeout=120)
+                assert "uploaded" in out, err
+            tromso = uploader("tromso", job)
+            try:
+                stored = f"event=share-stored job={job.id} input=num_examples site=tromso "
+                deadline = time.monotonic() + 60
+                while not any(stored in _log(p) for p in parties):
+                    assert tromso.poll() is None, tromso.communicate()
+                    assert time.monotonic() < deadline, "tromso's upload never reached a party"
+                    time.sleep(0.01)
+            finally:
+                tromso.kill()
+                tromso.communicate()
+            try:
+                outcomes[min_sites] = asyncio.run(
+                    run_job(analyst, federation, job, upload_window=5, timeout=60)
+                )
+            except JobFailed as exc:
+                outcomes[min_sites] = exc
+    for min_sites in (2, 3):  # tromso's upload was cut: some party lacks its model share
+        held = []
+        for party in PARTIES:
+            with PartyStore(tmp_path / "store" / party) as store:
+                held += [s.input for s in store.shares(f"mid-{min_sites}") if s.site == "tromso"]
+        assert "num_examples" in held and held.count("w.weighted") < 3, held
+    ok, failed = outcomes[2], outcomes[3]
+    assert isinstance(ok, Outcome), ok
+    assert ok.sites == ("oslo", "bergen")
+    spec = parse_spec({"name": "mid2", "protocol": "fedavg", "inputs": ["w"]}, "<t>", federation)
+    write_outputs(spec, ok, tmp_path / "out")
+    want = sum(n * w for n, w in (models["oslo"], models["bergen"])) / (3 + 5)
+    with np.load(tmp_path / "out" / "model.npz") as got:
+        assert np.abs(got["w"] - want).max() <= 1e-5
+    assert isinstance(failed, JobFailed)
+    assert (
+        "only 2 site(s) uploaded to every party (bergen, oslo; not tromso), fewer than "
+        "min_sites 3; nothing was opened"
+    ) in str(failed)
+    for party in PARTIES:
+        with PartyStore(tmp_path / "store" / party) as store:
+            assert store.job("mid-3").closed is None

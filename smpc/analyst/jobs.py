@@ -156,10 +156,13 @@ async def run_job(
                 ):
                     agreed = _agreed_uploads(holding) if len(holding) == len(parties) else {}
                     if len(agreed) < job.min_sites:
+                        absent = ", ".join(sorted(expected - set(agreed)))
                         raise JobFailed(
-                            f"job {job.id}: only {len(agreed)} site(s) uploaded to every party "
-                            f"({', '.join(sorted(agreed)) or 'none'}), fewer than min_sites "
-                            f"{job.min_sites}; nothing was opened"
+                            f"job {job.id}: {_silent(parties, holding, upload_window)}only "
+                            f"{len(agreed)} site(s) uploaded to every party "
+                            f"({', '.join(sorted(agreed)) or 'none'}"
+                            f"{f'; not {absent}' if absent else ''}), fewer than "
+                            f"min_sites {job.min_sites}; nothing was opened"
                         )
                     # in the federation's order: a GWAS pools its sites in that order
                     order = job.sites or federation.site_names
@@ -240,6 +243,14 @@ async def run_job(
             await conn.clear_retained(topics.job(job.id))
     opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.delivered}
     return Outcome(closed, closed.close or (), opened)
+
+
+def _silent(parties: Sequence[str], holding: dict[int, dict[str, str]], window: float) -> str:
+    """The parties that sent no status in the upload window, as the start of a message."""
+    silent = _party_names(parties, set(range(len(parties))) - set(holding))
+    if not silent:
+        return ""
+    return f"no status from party {silent} within the upload window ({window:g} s); "
 
 
 def _agreed_uploads(holding: dict[int, dict[str, str]]) -> dict[str, str]:
