@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,22 +38,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smpc.analyst.driver import write_outputs
+from smpc.analyst.driver import run_spec, write_outputs
 from smpc.analyst.jobs import JobFailed, build_job, publish_job, run_job
 from smpc.core.field import FAST
 from smpc.core.sharing import reconstruct
 from smpc.net.connection import Connection
 from smpc.net.topics import Topics
 from smpc.party.store import PartyStore
-from smpc.protocols.base import Outcome
-from smpc.protocols.registry import parse_spec
+from smpc.protocols.base import Outcome, RunContext
+from smpc.protocols.registry import parse_spec, protocol
 from smpc.site.inputs import protocol_inputs
 from smpc.site.upload import UploadFailed, seal_inputs, upload
 from smpc.wire.header import ShareHeader
 from smpc.wire.messages import Ack, Job, JobInput, sign, stamp_job, verify_ack
 from smpc.wire.packaging import InputShare, open_share
 from tests.brokers import federation_of, kit, mosquitto, requires_mosquitto
-from tests.test_upload_integration import ENCODING, _start_party, _stop, _wait_for_log
+from tests.test_upload_integration import (
+    ENCODING,
+    TRAINER,
+    _start_party,
+    _start_site,
+    _stop,
+    _wait_for_log,
+)
 
 pytestmark = [requires_mosquitto, pytest.mark.slow]
 
@@ -567,3 +576,159 @@ def test_site_killed_mid_upload_is_left_out_or_fails_the_job_by_min_sites(keys_d
     for party in PARTIES:
         with PartyStore(tmp_path / "store" / party) as store:
             assert store.job("mid-3").closed is None
+
+
+def _restart_at(broker, job_index: int, jobs: list[str]):
+    """An ``on_job`` hook of the driver: restart the broker (SIGTERM, then start it again)
+    half a second after the ``job_index``-th job (1-based) is published."""
+    restarts: list[asyncio.Task] = []
+
+    async def restart() -> None:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(broker.stop)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(broker.start)
+
+    async def on_job(job: Job) -> None:
+        jobs.append(job.id)
+        if len(jobs) == job_index:
+            restarts.append(asyncio.get_running_loop().create_task(restart()))
+
+    return on_job, restarts
+
+
+def _served(keys_dir: Path, tmp_path: Path, site_config: dict[str, str]) -> list:
+    """The three party daemons and one ``smpc site serve`` per site, all connected."""
+    procs = [_start_party(p, keys_dir, tmp_path) for p in PARTIES]
+    try:
+        for proc in procs:
+            _wait_for_log(proc, "event=party-connected")
+        for site, extra in site_config.items():
+            config = tmp_path / f"{site}-site.yaml"
+            config.write_text(
+                f"kit: {keys_dir / 'kits' / site}\n{extra}\nstate: {tmp_path / site}.answered\n"
+            )
+            procs.append(_start_site(config, tmp_path / f"{site}-site.log"))
+    except BaseException:
+        _stop(procs)
+        raise
+    return procs
+
+
+def _lost_and_back(procs, caplog) -> None:
+    """The restart hit the run: every daemon and the analyst lost the broker, and came back."""
+    for proc in procs:
+        log = _log(proc)
+        assert "lost the connection to broker 127.0.0.1:" in log, proc.log_path
+        assert "Traceback" not in log, proc.log_path
+    lost = [r.getMessage() for r in caplog.records if "event=broker-lost" in r.getMessage()]
+    assert lost, "the analyst never lost the broker"
+    assert all("broker 127.0.0.1:" in line for line in lost)
+
+
+ROUNDS = 4
+
+
+@pytest.mark.timeout(150)
+def test_broker_restarted_during_fedavg_training_resumes_the_round(keys_dir, tmp_path, caplog):
+    """Mosquitto is restarted half a second after round 3 of 4 is published (in round 3 or
+    4): the analyst, the parties and the sites reconnect, the analyst publishes the round's
+    job again and collects it, and training goes on from the last completed round: every
+    round's model is the plaintext FedAvg of that round's sites."""
+    caplog.set_level(logging.WARNING, logger="smpc.analyst")
+    federation = federation_of(keys_dir)
+    trainer = tmp_path / "steps.py"
+    trainer.write_text(TRAINER)
+    spec = parse_spec(
+        {"name": "steps", "protocol": "fedavg", "inputs": ["w"], "rounds": ROUNDS,
+         "round_timeout": 30, "timeout": 90},
+        "<test>", federation,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    jobs: list[str] = []
+    procs = []
+    with mosquitto(keys_dir, tmp_path / "broker", at_federation_port=True) as broker:
+        try:
+            procs = _served(keys_dir, tmp_path, {s: f"trainer: {trainer}:train" for s in SITES})
+            on_job, restarts = _restart_at(broker, 3, jobs)
+
+            async def train():
+                context = RunContext(training=True, out=out)
+                run = await run_spec(
+                    kit(keys_dir, "analyst"), federation, spec, out=out, context=context,
+                    on_job=on_job,
+                )  # fmt: skip
+                await asyncio.gather(*restarts)
+                return run
+
+            run = asyncio.run(train())
+        finally:
+            _stop(procs)
+    _lost_and_back(procs, caplog)
+    history = run.result.history
+    assert [h["round"] for h in history] == list(range(ROUNDS))
+    targets = {"oslo": 1.0, "bergen": -2.0, "tromso": 5.0}
+    sizes = {"oslo": 10, "bergen": 30, "tromso": 60}
+    w = np.zeros(4)
+    for k, entry in enumerate(history):  # NumPy FedAvg over the sites each round had
+        assert len(entry["sites"]) >= 2, history
+        local = {s: w + 0.5 * (targets[s] - w) + k for s in entry["sites"]}
+        w = sum(sizes[s] * local[s] for s in local) / sum(sizes[s] for s in local)
+        with np.load(out / "rounds" / f"model-r{k}.npz") as got:
+            assert np.abs(got["w"] - w).max() <= 1e-6, k
+    with np.load(out / "model.npz") as got:
+        assert np.abs(got["w"] - w).max() <= 1e-6
+
+
+GWAS_DATA = Path(__file__).resolve().parents[1] / "smpc" / "data" / "gwas"
+
+
+@pytest.mark.timeout(200)
+def test_broker_restarted_during_gwas_newton_rounds_gives_plinks_logistic(
+    keys_dir, tmp_path, caplog
+):
+    """Mosquitto is restarted half a second after the second Newton round of a logistic
+    GWAS is published (bundled cohort, ``reveal: aggregates``, one ``smpc site serve`` per
+    site): the run resumes the round it was in and its ``.assoc.logistic`` equals PLINK
+    1.9's on the pooled data."""
+    from tests.test_gwas_local import PLINK, assert_same_table
+
+    if shutil.which(PLINK) is None:
+        pytest.fail("plink1.9 is not installed (tests/run.sh installs the Debian package)")
+    caplog.set_level(logging.WARNING, logger="smpc.analyst")
+    federation = federation_of(keys_dir)
+    doc = {"name": "lg", "protocol": "gwas", "tests": ["logistic"], "covar": ["AGE", "SEX2"],
+           "reveal": "aggregates", "round_timeout": 60, "timeout": 120}  # fmt: skip
+    context = RunContext(site_files=tuple(GWAS_DATA / s for s in SITES))
+    spec = protocol("gwas").complete_spec(parse_spec(doc, "<test>", federation), context)
+    out = tmp_path / "out"
+    jobs: list[str] = []
+    procs = []
+    with mosquitto(keys_dir, tmp_path / "broker", at_federation_port=True) as broker:
+        try:
+            procs = _served(keys_dir, tmp_path, {s: f"data: {GWAS_DATA / s}" for s in SITES})
+            on_job, restarts = _restart_at(broker, 3, jobs)  # the scan, r1, then r2
+
+            async def gwas():
+                run = await run_spec(
+                    kit(keys_dir, "analyst"), federation, spec, out=out, context=context,
+                    upload_window=60, on_job=on_job,
+                )  # fmt: skip
+                await asyncio.gather(*restarts)
+                return run
+
+            asyncio.run(gwas())
+        finally:
+            _stop(procs)
+    _lost_and_back(procs, caplog)
+    assert len(jobs) > 3 and jobs[2].endswith("-r2")  # restarted during the Newton rounds
+    pooled = GWAS_DATA / "POOLED"
+    plink = tmp_path / "plink"
+    subprocess.run(
+        [PLINK, "--bfile", str(pooled), "--allow-no-sex", "--covar", f"{pooled}.cov",
+         "--covar-name", "AGE,SEX2", "--logistic", "hide-covar", "--out", str(plink)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert_same_table(
+        out / "lg.assoc.logistic", plink.with_suffix(".assoc.logistic"), single_precision=True
+    )
