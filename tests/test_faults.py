@@ -43,6 +43,7 @@ from smpc.analyst.jobs import JobFailed, build_job, publish_job, run_job
 from smpc.core.field import FAST
 from smpc.core.sharing import reconstruct
 from smpc.net.connection import Connection
+from smpc.net.errors import TransportError
 from smpc.net.topics import Topics
 from smpc.party.store import PartyStore
 from smpc.protocols.base import Outcome, RunContext
@@ -732,3 +733,28 @@ def test_broker_restarted_during_gwas_newton_rounds_gives_plinks_logistic(
     assert_same_table(
         out / "lg.assoc.logistic", plink.with_suffix(".assoc.logistic"), single_precision=True
     )
+
+
+@pytest.mark.timeout(60)
+def test_broker_gone_for_good_fails_the_job_at_its_timeout_naming_the_broker(keys_dir, tmp_path):
+    """The analyst reconnects only until the job's timeout: a broker that does not come
+    back ends the job with the broker's address and the reason, not a hang."""
+    federation = federation_of(keys_dir)
+    analyst = kit(keys_dir, "analyst")
+    spec = parse_spec({"name": "gone", "protocol": "sum", "inputs": ["x"]}, "<test>", federation)
+    job = build_job(spec, analyst, federation, job_id="gone")
+    with mosquitto(keys_dir, tmp_path / "broker", at_federation_port=True) as broker:
+
+        async def go() -> None:
+            running = asyncio.create_task(
+                run_job(analyst, federation, job, upload_window=600, timeout=6)
+            )
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(broker.stop)
+            await running
+
+        with pytest.raises(TransportError) as failed:  # long before the upload window ends
+            asyncio.run(go())
+    host, port = federation.broker.host, federation.broker.port
+    assert f"cannot connect to broker {host}:{port}" in str(failed.value)
+    assert "Connection refused" in str(failed.value)

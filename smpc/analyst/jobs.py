@@ -138,7 +138,7 @@ async def run_job(
         (topics.statuses(job.id), topics.results(kit.name, job.id)),
         until=time.monotonic() + timeout,
     )  # fmt: skip
-    await link.open(sign("job", job, kit.name, kit.signing_key))
+    await link.open(sign("job", job, kit.name, kit.signing_key), first=True)
     log.event(logger, "job-published", job=job.id, protocol=job.protocol)
     holding: dict[int, dict[str, str]] = {}  # party -> site -> the upload id it holds
     done: set[int] = set()  # parties that reported their result sent
@@ -234,6 +234,11 @@ async def run_job(
     return Outcome(closed, closed.close or (), opened)
 
 
+FIRST_CONNECT_GRACE = 10.0
+"""Seconds a job's first connection to the broker is retried (later ones: until the job's
+timeout)."""
+
+
 class _Link:
     """The analyst's connection for one job, re-established when the broker goes away.
 
@@ -263,8 +268,12 @@ class _Link:
         # generator would end it (and every later read would find it exhausted).
         self._reading: asyncio.Future | None = None
 
-    async def open(self, message: bytes) -> None:
+    async def open(self, message: bytes, *, first: bool = False) -> None:
+        """Connect, subscribe and publish ``message`` (retained). A first connection is
+        retried for :data:`FIRST_CONNECT_GRACE` seconds only (a broker restarting between
+        two jobs of a run), so a wrong broker address fails soon."""
         self.message = message
+        until = min(self.until, time.monotonic() + FIRST_CONNECT_GRACE) if first else self.until
         delay = 0.5
         while True:
             conn = Connection.from_kit(self.kit, self.federation, suffix=self.suffix)
@@ -275,7 +284,7 @@ class _Link:
             except TransportError as exc:
                 await conn.__aexit__(None, None, None)
                 permanent = isinstance(exc, ConnectFailed) and exc.permanent
-                if permanent or time.monotonic() + delay >= self.until:
+                if permanent or time.monotonic() + delay >= until:
                     raise
                 log.event(logger, "broker-lost", log.logging.WARNING, reason=exc)
                 await asyncio.sleep(delay)
