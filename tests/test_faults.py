@@ -318,12 +318,12 @@ def _accepted(parties: list[subprocess.Popen], job_id: str) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted where alpha's store goes (root only), unmounted after."""
+    """A 24 MiB tmpfs mounted where alpha's store goes (root only), unmounted after."""
     mount = tmp_path / "store" / "alpha"
     mount.mkdir(parents=True)
     try:
         done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
+            ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     except OSError as exc:
@@ -362,13 +362,17 @@ def _fill(directory: Path) -> Path:
 def test_full_disk_refuses_the_share_without_an_ack_until_space_is_freed(
     keys_dir, tmp_path, small_disk
 ):
-    """alpha's store is a full tmpfs: oslo's 400 kB share is refused without an ack, with a
-    ``share-refused`` line naming the job, the site and "no space"; nothing is left
-    behind; the site (:func:`smpc.site.upload.upload`) re-sends, and once the filler is
-    deleted the share is stored, acknowledged and reconstructs oslo's data."""
+    """alpha's store is a full tmpfs. oslo's upload has a 400 kB share (``x``) and a 9.6 MB
+    one (``big``, spooled to disk while its chunks arrive). Neither is acknowledged: ``x``
+    gets a ``share-refused`` line naming the job, the site and "no space", ``big`` one
+    line naming its topic (site and party) and "No space left on device"; the daemon
+    serves on and nothing is left behind. The site (:func:`smpc.site.upload.upload`)
+    re-sends, and once the filler is deleted both are stored, acknowledged and
+    reconstruct oslo's data."""
     federation = federation_of(keys_dir)
-    job = _job("full")
-    data = np.random.default_rng(2).normal(0, 100, 50_000)
+    job = _job("full", inputs=("x", "big"))
+    rng = np.random.default_rng(2)
+    data = {"x": rng.normal(0, 100, 50_000), "big": rng.normal(0, 100, 1_200_000)}
     with _running(keys_dir, tmp_path) as parties:
         alpha = parties[0]
         asyncio.run(publish_job(kit(keys_dir, "analyst"), federation, job))
@@ -377,36 +381,48 @@ def test_full_disk_refuses_the_share_without_an_ack_until_space_is_freed(
 
         async def go():
             uploading = asyncio.create_task(
-                upload(kit(keys_dir, "oslo"), federation, job, {"x": data},
+                upload(kit(keys_dir, "oslo"), federation, job, data,
                        timeout=90, resend_after=1.0)
             )  # fmt: skip
             await _wait_log(alpha, f"event=share-refused job={job.id} ", count=2)  # re-sent
+            await _wait_log(alpha, "cannot spool a body of ", count=2)
             assert not uploading.done()  # no ack from alpha: the site waits and re-sends
             with PartyStore(small_disk) as store:
                 assert store.shares() == []
             assert not [p for p in (small_disk / "shares").rglob("*") if p.is_file()]
+            assert not list((small_disk / "spool").iterdir())
             filler.unlink()
             return await uploading
 
         report = asyncio.run(go())
-    assert sorted(report.stored["x"]) == [0, 1, 2]  # alpha last, after the space was freed
+    for name in data:  # alpha last, after the space was freed
+        assert sorted(report.stored[name]) == [0, 1, 2]
     log = _log(alpha)
     refused = [line for line in log.splitlines() if "event=share-refused" in line]
     for line in refused:  # one line per refused delivery, each naming job, site and cause
         assert f"job={job.id} input=x site=oslo " in line and "no space left" in line, line
+    spooled = [line for line in log.splitlines() if "cannot spool" in line]
+    topic = Topics(federation.name).upload("oslo", "alpha")
+    assert len(spooled) <= len(refused) + 1  # one line per delivery of the body, not per chunk
+    for line in spooled:
+        assert f"dropped a message on {topic}: cannot spool" in line, line
+        assert "No space left on device" in line, line
+    assert alpha.poll() is None or alpha.returncode == 0
     assert "Traceback" not in log and "event=job-error" not in log
     assert "event=share-rejected" not in log  # a full disk is not the site's fault
-    assert log.count(f"event=share-stored job={job.id} input=x site=oslo ") == 1
-    values = {}
-    for index, party in enumerate(PARTIES[:2]):
-        with PartyStore(tmp_path / "store" / party) as store:
-            (share,) = store.shares(job.id)
-            body = store.read_share(share)
-            assert hashlib.sha256(body).hexdigest() == share.digest
-            header = ShareHeader.from_json(share.header.encode())
-            values[index] = InputShare(header, body).values()
-    got = ENCODING.decode(reconstruct(values, FAST, 1), FAST)
-    assert np.abs(got - data).max() <= 2.0 ** -(ENCODING.frac_bits + 1)
+    for name, x in data.items():
+        assert log.count(f"event=share-stored job={job.id} input={name} site=oslo ") == 1
+        values = {}
+        for index, party in enumerate(PARTIES[:2]):
+            with PartyStore(tmp_path / "store" / party) as store:
+                share = store.share(job.id, name, "oslo")
+                assert share is not None
+                body = store.read_share(share)
+                assert hashlib.sha256(body).hexdigest() == share.digest
+                header = ShareHeader.from_json(share.header.encode())
+                values[index] = InputShare(header, body).values()
+        got = ENCODING.decode(reconstruct(values, FAST, 1), FAST)
+        assert np.abs(got - x).max() <= 2.0 ** -(ENCODING.frac_bits + 1)
 
 
 def _csv_sites(tmp_path: Path, seed: int) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
