@@ -4,16 +4,18 @@ the analyst's driver, and real MPyC sessions.
 - A party SIGKILLed at random points while it stores shares, many times over: after
   every kill its store is consistent (every acknowledged share there and intact, nothing
   partial visible, nothing twice, the files exactly those of the SQLite rows).
-- A full disk under a party's store (a small tmpfs): the share is refused without an ack,
-  with one log line naming the job, the site and "no space"; nothing is left behind, and
-  the site's retried upload is acknowledged once space is freed.
+- A full disk under a party's store (a small tmpfs): a share (stored, or spooled while its
+  chunks arrive) is refused without an ack, with one log line per delivery naming the
+  site and "no space" (and the job, once the envelope is whole); nothing is left behind,
+  the daemon serves on, and the site's retried upload is acknowledged once space is freed.
 - A slow party (SIGSTOP past the job's upload window or its result timeout, then
   SIGCONT): the analyst fails the job naming the party, and the party serves on.
 - A site killed mid-upload: the job closes without it when ``min_sites`` is met (the sum
   of the other sites), and fails naming the sites when it is not.
 - The broker restarted during multi-round FedAvg training and during a GWAS's Newton
-  rounds: the run resumes or fails with a reason, never hangs, never gives a wrong
-  result.
+  rounds: everyone reconnects and the run resumes the job it was in, with the plaintext
+  result (NumPy, PLINK 1.9); a broker that does not come back fails the job at its
+  timeout, naming the broker.
 
 Each test starts its own broker and daemons and stops them (SIGTERM, then SIGKILL).
 """
