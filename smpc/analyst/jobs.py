@@ -18,6 +18,10 @@ One job (:func:`run_job`; :mod:`smpc.analyst.driver` runs every job of a run thr
    does an output the job does not name; a party's ``failed`` ends it with the
    party's reason;
 5. writes the protocol's output files.
+
+The job's connection survives a broker restart (:class:`_Link`): the analyst reconnects
+until the job's timeout and publishes the job's current message again, which the parties
+answer with their holdings or with the results they released, byte for byte.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from smpc.core.field import FAST, field_for
 from smpc.core.sharing import inconsistent_shares, reconstruct
 from smpc.errors import UserError
 from smpc.net.connection import Connection
+from smpc.net.errors import ConnectFailed, TransportError
 from smpc.net.topics import Topics
 from smpc.pki.kit import Kit
 from smpc.protocols.base import Outcome, RunContext, Step
@@ -128,120 +133,221 @@ async def run_job(
     expected = set(job.sites or federation.site_names)
     if not job.issued:  # a job published before (publish_job) keeps its stamp
         job = stamp_job(job, upload_window + timeout)
-    async with Connection.from_kit(kit, federation, suffix=f"run-{job.id}"[:60]) as conn:
-        await conn.subscribe(topics.statuses(job.id), topics.results(kit.name, job.id))
-        await conn.publish(
-            topics.job(kit.name, job.id), sign("job", job, kit.name, kit.signing_key), retain=True
-        )
-        log.event(logger, "job-published", job=job.id, protocol=job.protocol)
-        holding: dict[int, dict[str, str]] = {}  # party -> site -> the upload id it holds
-        done: set[int] = set()  # parties that reported their result sent
-        heads: dict[str, str] = {}  # party -> its audit chain head, signed into its results
-        named = {o.name for o in job.delivered}
-        results: dict[str, dict[int, np.ndarray]] = {}
-        messages = aiter(conn.messages())
-        reading: asyncio.Future | None = None
-        closed: Job | None = None
-        deadline = time.monotonic() + upload_window
-        final = time.monotonic() + timeout
-        answered: float | None = None  # when the last party's "done" arrived, plus a grace
-        quorum: float | None = None  # when t + 1 opened results agreed, plus a grace
-        try:
-            while True:
-                if closed is None and (
-                    time.monotonic() >= deadline
-                    or (
-                        len(holding) == len(parties)
-                        and all(set(h) >= expected for h in holding.values())
-                    )
-                ):
-                    agreed = _agreed_uploads(holding) if len(holding) == len(parties) else {}
-                    if len(agreed) < job.min_sites:
-                        raise JobFailed(
-                            f"job {job.id}: only {len(agreed)} site(s) uploaded to every party "
-                            f"({', '.join(sorted(agreed)) or 'none'}), fewer than min_sites "
-                            f"{job.min_sites}; nothing was opened"
-                        )
-                    # in the federation's order: a GWAS pools its sites in that order
-                    order = job.sites or federation.site_names
-                    close = tuple(s for s in order if s in agreed)
-                    uploads = {s: agreed[s] for s in close}
-                    closed = job.model_copy(update={"close": close, "uploads": uploads})
-                    await conn.publish(
-                        topics.job(kit.name, job.id),
-                        sign("job", closed, kit.name, kit.signing_key),
-                        retain=True,
-                    )
-                    log.event(logger, "job-closed", job=job.id, sites=",".join(closed.close or ()))
-                missing = _missing_outputs(job, results, parties) if closed is not None else ""
-                if closed is not None and not missing:
-                    break
-                now = time.monotonic()
-                if closed is not None and job.deliver == "parties":
-                    complete = _complete_parties(results, named, len(parties))
-                    if len(complete) >= max(2, closed.t + 1):
-                        # Opened inside MPyC: t + 1 agreeing signed results are the result.
-                        quorum = quorum or now + QUORUM_GRACE
-                        if now >= quorum:
-                            log.event(
-                                logger, "result-without", log.logging.WARNING, job=job.id,
-                                parties=_party_names(
-                                    parties, set(range(len(parties))) - set(complete)
-                                ),
-                            )  # fmt: skip
-                            results = {
-                                n: {i: v for i, v in r.items() if i in complete}
-                                for n, r in results.items()
-                            }
-                            break
-                if closed is not None and len(done) == len(parties):
-                    # A party sends its results before its "done": whatever is still
-                    # missing once every party answered (and a grace for chunked bodies
-                    # in flight) will not come.
-                    answered = answered or now + RESULT_GRACE
-                    if now >= answered:
-                        raise JobFailed(
-                            f"job {job.id}: every party answered, but {missing}; nothing written"
-                        )
-                wait = (
-                    deadline if closed is None else min(final, answered or final, quorum or final)
-                ) - now
-                if closed is not None and now >= final:
+    link = _Link(
+        kit, federation, f"run-{job.id}"[:60], topics.job(kit.name, job.id),
+        (topics.statuses(job.id), topics.results(kit.name, job.id)),
+        until=time.monotonic() + timeout,
+    )  # fmt: skip
+    await link.open(sign("job", job, kit.name, kit.signing_key), first=True)
+    log.event(logger, "job-published", job=job.id, protocol=job.protocol)
+    holding: dict[int, dict[str, str]] = {}  # party -> site -> the upload id it holds
+    done: set[int] = set()  # parties that reported their result sent
+    heads: dict[str, str] = {}  # party -> its audit chain head, signed into its results
+    named = {o.name for o in job.delivered}
+    results: dict[str, dict[int, np.ndarray]] = {}
+    closed: Job | None = None
+    deadline = time.monotonic() + upload_window
+    final = time.monotonic() + timeout
+    answered: float | None = None  # when the last party's "done" arrived, plus a grace
+    quorum: float | None = None  # when t + 1 opened results agreed, plus a grace
+    try:
+        while True:
+            if closed is None and (
+                time.monotonic() >= deadline
+                or (
+                    len(holding) == len(parties)
+                    and all(set(h) >= expected for h in holding.values())
+                )
+            ):
+                agreed = _agreed_uploads(holding) if len(holding) == len(parties) else {}
+                if len(agreed) < job.min_sites:
+                    absent = ", ".join(sorted(expected - set(agreed)))
                     raise JobFailed(
-                        f"job {job.id}: no complete result within {timeout:g} s: {missing}"
+                        f"job {job.id}: {_silent(parties, holding, upload_window)}only "
+                        f"{len(agreed)} site(s) uploaded to every party "
+                        f"({', '.join(sorted(agreed)) or 'none'}"
+                        f"{f'; not {absent}' if absent else ''}), fewer than "
+                        f"min_sites {job.min_sites}; nothing was opened"
                     )
-                # One pending read, kept across timeouts: cancelling a read of the message
-                # generator would end it (and every later read would find it exhausted).
-                if reading is None:
-                    reading = asyncio.ensure_future(anext(messages))
-                finished, _ = await asyncio.wait({reading}, timeout=max(wait, 0.01))
-                if not finished:
-                    continue
-                message, reading = reading.result(), None
-                kind, _ = topics.parse(message.topic)
-                if kind == "status":
-                    state = _take_status(message.body, directory, job, holding)
-                    if state is not None and state[1] == "done" and closed is not None:
-                        done.add(state[0])
-                elif kind == "result" and closed is not None:
-                    _take_result(message.body, kit, closed, results, heads)
-                    unexpected = sorted(set(results) - named)
-                    if unexpected:
-                        raise JobFailed(
-                            f"job {job.id}: parties delivered outputs the job does not name: "
-                            f"{', '.join(unexpected)} (from "
-                            f"{_party_names(parties, (i for n in unexpected for i in results[n]))}"
-                            "); nothing written"
-                        )
-        finally:
-            if reading is not None:
-                reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reading
-            await conn.clear_retained(topics.job(kit.name, job.id))
+                # in the federation's order: a GWAS pools its sites in that order
+                order = job.sites or federation.site_names
+                close = tuple(s for s in order if s in agreed)
+                uploads = {s: agreed[s] for s in close}
+                closed = job.model_copy(update={"close": close, "uploads": uploads})
+                await link.publish_job(sign("job", closed, kit.name, kit.signing_key))
+                log.event(logger, "job-closed", job=job.id, sites=",".join(closed.close or ()))
+            missing = _missing_outputs(job, results, parties) if closed is not None else ""
+            if closed is not None and not missing:
+                break
+            now = time.monotonic()
+            if closed is not None and job.deliver == "parties":
+                complete = _complete_parties(results, named, len(parties))
+                if len(complete) >= max(2, closed.t + 1):
+                    # Opened inside MPyC: t + 1 agreeing signed results are the result.
+                    quorum = quorum or now + QUORUM_GRACE
+                    if now >= quorum:
+                        log.event(
+                            logger, "result-without", log.logging.WARNING, job=job.id,
+                            parties=_party_names(
+                                parties, set(range(len(parties))) - set(complete)
+                            ),
+                        )  # fmt: skip
+                        results = {
+                            n: {i: v for i, v in r.items() if i in complete}
+                            for n, r in results.items()
+                        }
+                        break
+            if closed is not None and len(done) == len(parties):
+                # A party sends its results before its "done": whatever is still
+                # missing once every party answered (and a grace for chunked bodies
+                # in flight) will not come.
+                answered = answered or now + RESULT_GRACE
+                if now >= answered:
+                    raise JobFailed(
+                        f"job {job.id}: every party answered, but {missing}; nothing written"
+                    )
+            wait = (
+                deadline if closed is None else min(final, answered or final, quorum or final)
+            ) - now
+            if closed is not None and now >= final:
+                raise JobFailed(f"job {job.id}: no complete result within {timeout:g} s: {missing}")
+            message = await link.read(max(wait, 0.01))
+            if message is None:
+                continue
+            kind, _ = topics.parse(message.topic)
+            if kind == "status":
+                state = _take_status(message.body, directory, job, holding)
+                if state is not None and state[1] == "done" and closed is not None:
+                    done.add(state[0])
+            elif kind == "result" and closed is not None:
+                _take_result(message.body, kit, closed, results, heads)
+                unexpected = sorted(set(results) - named)
+                if unexpected:
+                    raise JobFailed(
+                        f"job {job.id}: parties delivered outputs the job does not name: "
+                        f"{', '.join(unexpected)} (from "
+                        f"{_party_names(parties, (i for n in unexpected for i in results[n]))}"
+                        "); nothing written"
+                    )
+    finally:
+        await link.close()
     opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.delivered}
     audit = {p: heads[p] for p in parties if p in heads}
     return Outcome(closed, closed.close or (), opened, audit)
+
+
+FIRST_CONNECT_GRACE = 10.0
+"""Seconds a job's first connection to the broker is retried (later ones: until the job's
+timeout)."""
+
+
+class _Link:
+    """The analyst's connection for one job, re-established when the broker goes away.
+
+    After a reconnect the job's current message (open, or closed) is published again:
+    the parties answer a re-delivered job with their holdings, or with the very bytes
+    they released for it, so what was published while the analyst was away comes again.
+    Reconnecting stops at ``until`` (the job's timeout) or at a permanent refusal; then
+    the loss is raised, naming the broker.
+    """
+
+    def __init__(
+        self,
+        kit: Kit,
+        federation: Federation,
+        suffix: str,
+        topic: str,
+        filters: tuple[str, ...],
+        *,
+        until: float,
+    ) -> None:
+        self.kit, self.federation, self.suffix = kit, federation, suffix
+        self.topic, self.filters, self.until = topic, filters, until
+        self.message = b""  # the job's current signed message, retained
+        self.conn: Connection | None = None
+        self._messages: Any = None
+        # One pending read, kept across timeouts: cancelling a read of the message
+        # generator would end it (and every later read would find it exhausted).
+        self._reading: asyncio.Future | None = None
+
+    async def open(self, message: bytes, *, first: bool = False) -> None:
+        """Connect, subscribe and publish ``message`` (retained). A first connection is
+        retried for :data:`FIRST_CONNECT_GRACE` seconds only (a broker restarting between
+        two jobs of a run), so a wrong broker address fails soon."""
+        self.message = message
+        until = min(self.until, time.monotonic() + FIRST_CONNECT_GRACE) if first else self.until
+        delay = 0.5
+        while True:
+            conn = Connection.from_kit(self.kit, self.federation, suffix=self.suffix)
+            try:
+                await conn.__aenter__()
+                await conn.subscribe(*self.filters)
+                await conn.publish(self.topic, self.message, retain=True)
+            except TransportError as exc:
+                await conn.__aexit__(None, None, None)
+                permanent = isinstance(exc, ConnectFailed) and exc.permanent
+                if permanent or time.monotonic() + delay >= until:
+                    raise
+                log.event(logger, "broker-lost", log.logging.WARNING, reason=exc)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            self.conn, self._messages = conn, aiter(conn.messages())
+            return
+
+    async def _reconnect(self, exc: TransportError) -> None:
+        log.event(logger, "broker-lost", log.logging.WARNING, reason=exc)
+        await self._drop()
+        await self.open(self.message)
+
+    async def publish_job(self, message: bytes) -> None:
+        self.message = message
+        assert self.conn is not None
+        try:
+            await self.conn.publish(self.topic, message, retain=True)
+        except TransportError as exc:
+            await self._reconnect(exc)  # publishes the message again
+
+    async def read(self, timeout: float) -> Any:
+        """The next message, or None after ``timeout`` (or a reconnect)."""
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(anext(self._messages))
+        finished, _ = await asyncio.wait({self._reading}, timeout=timeout)
+        if not finished:
+            return None
+        reading, self._reading = self._reading, None
+        try:
+            return reading.result()
+        except TransportError as exc:
+            await self._reconnect(exc)
+            return None
+
+    async def _drop(self) -> None:
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await conn.__aexit__(None, None, None)
+
+    async def close(self) -> None:
+        """Clear the job's retained message (if the broker is there) and disconnect."""
+        try:
+            if self.conn is not None:
+                with contextlib.suppress(TransportError):
+                    await self.conn.clear_retained(self.topic)
+        finally:
+            await self._drop()
+
+
+def _silent(parties: Sequence[str], holding: dict[int, dict[str, str]], window: float) -> str:
+    """The parties that sent no status in the upload window, as the start of a message."""
+    silent = _party_names(parties, set(range(len(parties))) - set(holding))
+    if not silent:
+        return ""
+    return f"no status from party {silent} within the upload window ({window:g} s); "
 
 
 def _agreed_uploads(holding: dict[int, dict[str, str]]) -> dict[str, str]:

@@ -158,11 +158,11 @@ class Reassembler:
         """Remove a pending set; the caller reads its body (if complete) and discards it."""
         entry = self._pending.pop(key)
         self._pending_bytes -= entry.size
-        left = self._bytes_by_topic[entry.topic] - entry.size
+        left = self._bytes_by_topic.get(entry.topic, 0) - entry.size
         if left:
             self._bytes_by_topic[entry.topic] = left
-        else:
-            del self._bytes_by_topic[entry.topic]
+        else:  # (a set whose first chunk could not be kept has no bytes counted)
+            self._bytes_by_topic.pop(entry.topic, None)
         return entry
 
     def _mark_done(self, key: tuple[str, bytes]) -> None:
@@ -226,10 +226,21 @@ class Reassembler:
         if header.count == 1:
             self._mark_done(key)
             return self._verified(topic, bytes(data), header, retained)
-        entry = self._entry(key, header)
-        if entry is None:
+        try:
+            entry = self._entry(key, header)
+            if entry is None:
+                return None
+            self._store(entry, header.index, data)
+        except OSError as exc:  # the spool's file system is full (or failing)
+            if key in self._pending:
+                self._forget(key).discard()
+            self._mark_done(key)  # its other chunks are ignored; the sender re-sends it
+            self._drop(
+                topic,
+                f"cannot spool a body of {header.total} bytes in {self.spool_dir}: "
+                f"{exc.strerror or exc}; not received (the sender re-sends it)",
+            )
             return None
-        self._store(entry, header.index, data)
         if len(entry.present) == header.count:
             return self._complete(key, entry)
         self._enforce_limits()

@@ -146,9 +146,14 @@ class AuditLog:
             entry["hash"] = _entry_hash(entry)
             new = not self.path.exists()
             with self.path.open("ab") as f:
-                f.write(_canonical(entry) + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+                size = f.tell()
+                try:
+                    f.write(_canonical(entry) + b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:  # a full disk: no part of the entry may stay behind
+                    f.truncate(size)
+                    raise
             if new:  # the file's name must survive a crash too
                 fd = os.open(self.path.parent, os.O_RDONLY)
                 try:

@@ -74,6 +74,9 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
     name = service.kit.name
     daemon = _Daemon(service, stop)
     log.event(logger, "party-start", party=name, index=service.index, store=config.store)
+    removed = service.store.recover()  # what a crash left half-written: never acknowledged
+    if removed:
+        log.event(logger, "store-recovered", party=name, removed=len(removed))
 
     def connect() -> Connection:
         # Large uploads are reassembled on disk, so memory stays bounded

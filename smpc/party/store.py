@@ -10,9 +10,12 @@ Durability is the point: a party acknowledges a share only after
 :meth:`PartyStore.put_share` returned, and that method writes the body to a
 temporary file, fsyncs it, renames it into place, fsyncs the directory and only
 then commits the metadata row. A crash at any point leaves either no row (the
-site re-publishes what was not acknowledged, and the rename overwrites any
-orphan file) or a row whose file is complete. A restart therefore recovers every
-acknowledged share and every job.
+site re-publishes what was not acknowledged) or a row whose file is complete; the
+daemon removes what a crash left without a row (a temporary file, a renamed file
+whose row was never committed) when it starts (:meth:`PartyStore.recover`). A
+write that fails (a full disk) removes its file again and stores nothing. A
+restart therefore recovers every acknowledged share and every job, and the files
+under ``shares/`` are exactly those of the rows.
 
 Re-delivery is normal under MQTT QoS 1: the same (job, input, site) with the
 same digest is a duplicate, stored once and acknowledged again; with another
@@ -257,6 +260,25 @@ class PartyStore:
             )
         path = self.share_path(job, input, site)
         write_durably(path, body)
+        try:
+            self._insert_share(job, input, site, digest, envelope_id, seed, header, body, upload)
+        except BaseException:
+            path.unlink(missing_ok=True)  # no row refers to it: not stored, not acknowledged
+            raise
+        return "stored"
+
+    def _insert_share(
+        self,
+        job: str,
+        input: str,
+        site: str,
+        digest: str,
+        envelope_id: str,
+        seed: bool,
+        header: str,
+        body: bytes | bytearray | memoryview,
+        upload: str,
+    ) -> None:
         with self._transaction():
             self._db.execute(
                 "INSERT INTO shares (job, input, site, digest, envelope_id, seed, size, header,"
@@ -274,7 +296,19 @@ class PartyStore:
                     upload,
                 ),
             )
-        return "stored"
+
+    def recover(self) -> list[Path]:
+        """Remove what a crash left under ``shares/`` (the daemon calls it once at start,
+        before it stores anything): temporary files of an interrupted write and share
+        files no row refers to (renamed into place, then killed before the commit).
+        Neither was acknowledged, so the site re-sends it. Returns the removed paths."""
+        known = {s.path for s in self.shares()}
+        removed = []
+        for path in sorted((self.root / "shares").rglob("*")):
+            if path.is_file() and path not in known:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     def share(self, job: str, input: str, site: str) -> StoredShare | None:
         """The stored share of one (job, input, site), if any."""
@@ -344,13 +378,17 @@ def write_durably(path: Path, body: bytes | bytearray | memoryview) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # e.g. ENOSPC: leave no partial file taking the space
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

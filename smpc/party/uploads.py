@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from typing import Any
 
 from smpc import log
@@ -110,14 +112,25 @@ class Uploads:
                 body=share.body,
                 upload=str(upload),
             )
+            if outcome == "stored":
+                self.audit.append(
+                    "share-stored", **context, digest=header.digest, upload=str(upload),
+                    envelope=eid,
+                )  # fmt: skip
         except ShareConflict as exc:
             return rejected(str(exc), header.digest)
-        log.event(logger, f"share-{outcome}", **context, bytes=len(share.body), seed=header.seed)
-        if outcome == "stored":
-            self.audit.append(
-                "share-stored", **context, digest=header.digest, upload=str(upload),
-                envelope=eid,
+        except (OSError, sqlite3.Error) as exc:
+            if not _disk_full(exc):
+                raise
+            # Not stored, and not rejected either: a rejection is final for the site, but
+            # this share is fine. Without an ack the site re-sends it until space is freed.
+            log.event(
+                logger, "share-refused", logging.ERROR, **context,
+                reason=f"no space left on the device of {self.store.root}; not acknowledged, "
+                "the site re-sends it",
             )  # fmt: skip
+            return None
+        log.event(logger, f"share-{outcome}", **context, bytes=len(share.body), seed=header.seed)
         ack = Ack(
             job=header.job, input=header.input, site=header.site, party=self.index,
             digest=header.digest, envelope_id=eid, status="stored",
@@ -198,3 +211,10 @@ def header_problem(header: ShareHeader, job: Job, digest: str) -> str:
     if header.seed and not job.compact:
         return f"job {job.id} asks for full shares, got a seed"
     return ""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether storing failed because the store's file system is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
