@@ -160,3 +160,33 @@ def test_a_real_run_is_audited_and_the_heads_in_result_json_match(tmp_path):
     path.write_bytes(b"".join(lines))
     caught = _smpc("audit", "verify", "--config", config)
     assert caught.returncode != 0 and "entry 1 (line 2" in caught.stderr
+
+
+def test_an_entry_the_disk_cannot_take_leaves_nothing_behind(tmp_path):
+    # a file-size limit stands in for a full disk: the write fails part way (EFBIG)
+    script = f"""
+import resource, signal
+from pathlib import Path
+from smpc.party.audit import AuditLog, verify
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+log = AuditLog(Path({str(tmp_path)!r}))
+log.append("share-stored", job="j1", site="s0")
+size = log.path.stat().st_size
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, hard))
+try:
+    log.append("share-rejected", job="j1", reason="x" * 1000)
+except OSError as exc:
+    print("refused", exc.errno)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+assert log.path.stat().st_size == size, "a partial entry stayed"
+log.append("share-stored", job="j1", site="s1")
+print(verify(log.path)[0])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    refused, errno, entries_after = done.stdout.split()
+    # a short write (ENOSPC) or EFBIG; then the chain goes on
+    assert (refused, errno, entries_after) in {("refused", "27", "2"), ("refused", "28", "2")}

@@ -18,6 +18,7 @@ a crash (no newline) was never part of the chain and is dropped when the log is 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -145,14 +146,15 @@ class AuditLog:
             entry.update(event=event, seq=self.count, time=round(time.time(), 3), prev=self.head)
             entry["hash"] = _entry_hash(entry)
             new = not self.path.exists()
-            with self.path.open("ab") as f:
-                size = f.tell()
+            line = _canonical(entry) + b"\n"
+            with self.path.open("ab", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
                 try:
-                    f.write(_canonical(entry) + b"\n")
-                    f.flush()
+                    if f.write(line) != len(line):
+                        raise OSError(errno.ENOSPC, "short write", str(self.path))
                     os.fsync(f.fileno())
                 except OSError:  # a full disk: no part of the entry may stay behind
-                    f.truncate(size)
+                    os.ftruncate(f.fileno(), size)
                     raise
             if new:  # the file's name must survive a crash too
                 fd = os.open(self.path.parent, os.O_RDONLY)
