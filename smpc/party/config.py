@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from smpc.config.federation import read_yaml_model
+from smpc.net.http import WebConfig
 from smpc.protocols.registry import PROTOCOLS
 
 
@@ -40,13 +41,14 @@ class PartyConfig(BaseModel):
     federation: Path | None = None  # default: the copy in the kit (public/federation.yaml)
     log_level: str = "info"
     policy: Policy = Policy()
+    web: WebConfig | None = None  # the operator page (smpc.party.web); off unless given
 
 
 def load_party_config(path: Path) -> PartyConfig:
     """Read a party config; relative paths are relative to the config file."""
     config = read_yaml_model(path, PartyConfig)
     base = Path(path).resolve().parent
-    resolved = {
+    resolved: dict[str, object] = {
         k: (base / v if not Path(v).is_absolute() else Path(v))
         for k, v in (
             ("kit", config.kit),
@@ -55,4 +57,6 @@ def load_party_config(path: Path) -> PartyConfig:
         )
         if v is not None
     }
+    if config.web is not None:
+        resolved["web"] = config.web.resolved(base)
     return config.model_copy(update=resolved)

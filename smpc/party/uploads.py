@@ -10,6 +10,7 @@ from smpc.config.federation import Federation
 from smpc.core.field import field_for
 from smpc.party.audit import AuditLog
 from smpc.party.config import Policy
+from smpc.party.metrics import PartyMetrics
 from smpc.party.replies import Reply
 from smpc.party.store import PartyStore, ShareConflict
 from smpc.pki.kit import Kit
@@ -37,6 +38,7 @@ class Uploads:
     _jobs: dict[str, Job]
     _job_digests: dict[str, str]
     audit: AuditLog
+    metrics: PartyMetrics
     _site_keys: dict[str, Any]
 
     # -- uploads ----------------------------------------------------------------------------
@@ -50,6 +52,7 @@ class Uploads:
         bytes are not an envelope, or its job is not known yet (the site
         re-publishes until it hears back, so a job announced late still works).
         """
+        self.metrics.received(len(data))
         try:
             route = peek_route(data)
             eid = envelope_id(data)
@@ -114,6 +117,7 @@ class Uploads:
             return rejected(str(exc), header.digest)
         log.event(logger, f"share-{outcome}", **context, bytes=len(share.body), seed=header.seed)
         if outcome == "stored":
+            self.metrics.stored(header.site)
             self.audit.append(
                 "share-stored", **context, digest=header.digest, upload=str(upload),
                 envelope=eid,
@@ -152,6 +156,7 @@ class Uploads:
         self, reason: str, *, job: str | None, input: str | None, site: str | None, digest=""
     ) -> None:
         self.store.reject(reason, job=job, input=input, site=site)
+        self.metrics.rejected(reason)
         self.audit.append(
             "share-rejected", job=job, input=input, site=site, digest=digest or None, reason=reason
         )

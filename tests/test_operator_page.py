@@ -1,0 +1,277 @@
+"""The party daemon's operator page on real processes: Mosquitto, three ``smpc party
+serve`` (alpha's page over plain HTTP on 127.0.0.1, beta's behind a federation-CA client
+certificate), ``smpc upload`` and a real MPyC session, the page read by Debian's
+headless ``chromium``.
+
+- The page loads in the browser and shows the job the test ran, its sites and the
+  rejection of a second, different upload of one site; a screenshot is written.
+- ``/metrics`` parses with prometheus-client's text parser and its counters are what the
+  test did: two shares stored, one envelope rejected as a ``conflict``, one MPyC
+  session done, the jobs by state.
+- Neither the page nor ``/metrics`` holds any private key of the federation (PEM or raw
+  bytes), share body or seed the party stores.
+- ``/healthz`` answers 200 while the broker is connected and 503 naming why once it is
+  gone.
+- With ``client_ca: true`` a client without a certificate, or with one of another CA, is
+  refused in the handshake; one with a federation-CA certificate gets the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.brokers import requires_mosquitto
+from tests.conftest import free_port
+from tests.test_party_daemon import (
+    PARTIES,
+    Statuses,
+    _closing,
+    _data,
+    _job,
+    _publish,
+)
+from tests.test_upload_integration import _broker, _stop, _wait_for_log
+
+pytestmark = [requires_mosquitto, pytest.mark.timeout(240)]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DOC_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "operator-page.png"
+
+
+def _start(name: str, keys_dir: Path, workdir: Path, web: str) -> subprocess.Popen:
+    """``smpc party serve`` with ``web`` as its config's ``web:`` block (YAML flow)."""
+    config = workdir / f"{name}.yaml"
+    config.write_text(
+        f"kit: {keys_dir / 'kits' / name}\nstore: {workdir / 'store' / name}\nweb: {web}\n"
+    )
+    log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smpc.cli", "party", "serve", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    proc.log_path = workdir / f"{name}.log"  # type: ignore[attr-defined]
+    return proc
+
+
+def _upload(keys_dir: Path, site: str, data: Path, job: str) -> subprocess.CompletedProcess:
+    return _upload_as(keys_dir, site, data, job, keep=data.with_suffix(".keep"))
+
+
+def _upload_as(
+    keys_dir: Path, site: str, data: Path, job: str, keep: Path
+) -> subprocess.CompletedProcess:
+    """``smpc upload`` of ``data`` as ``x``, its envelopes kept in ``keep``."""
+    return subprocess.run(
+        [
+            sys.executable, "-m", "smpc.cli", "upload", "--kit", str(keys_dir / "kits" / site),
+            "--job", job, "--input", f"x={data}", "--timeout", "60", "--keep", str(keep),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def _tls_get(port: int, keys_dir: Path, client: tuple[Path, Path] | None) -> tuple[int, str]:
+    """GET / over TLS, checking the server against the party CA, as ``client`` (or none)."""
+    context = ssl.create_default_context(cafile=str(keys_dir / "public" / "party-ca.crt"))
+    context.check_hostname = False  # the page's certificate names "MPyC party 1"
+    if client is not None:
+        context.load_cert_chain(str(client[0]), str(client[1]))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def _secrets(keys_dir: Path, store: Path) -> list[tuple[str, bytes]]:
+    """(what, needle) of every private key of the federation and every stored share body."""
+    needles: list[tuple[str, bytes]] = []
+    for path in sorted(keys_dir.rglob("*.key")):
+        pem = path.read_bytes()
+        needles += [(f"{path} PEM line", line) for line in pem.splitlines() if len(line) > 20]
+        key = serialization.load_pem_private_key(pem, password=None)
+        try:
+            raw = key.private_bytes(  # type: ignore[union-attr]
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )  # fmt: skip
+        except ValueError:  # an EC key: its private scalar
+            raw = key.private_numbers().private_value.to_bytes(32, "big")  # type: ignore[union-attr]
+        needles += _encodings(str(path), raw)
+    bodies = sorted(store.rglob("*.share"))
+    assert bodies, "the party stored no share"
+    for path in bodies:
+        body = path.read_bytes()
+        needles += _encodings(f"share {path}", body[:32])  # a seed is the whole body
+    return needles
+
+
+def _encodings(what: str, raw: bytes) -> list[tuple[str, bytes]]:
+    return [
+        (f"{what} raw", raw),
+        (f"{what} hex", raw.hex().encode()),
+        (f"{what} HEX", raw.hex().upper().encode()),
+        (f"{what} base64", base64.b64encode(raw)[:40]),
+        (f"{what} base64url", base64.urlsafe_b64encode(raw)[:40]),
+    ]
+
+
+def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _chromium(url: str, *options: str, tmp: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1280,900",
+            *options, url,
+        ],
+        capture_output=True, timeout=90,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path):
+    alpha_port, beta_port = free_port(), free_port()
+    webs = {
+        "alpha": f'{{listen: "127.0.0.1:{alpha_port}"}}',
+        "beta": f'{{listen: "127.0.0.1:{beta_port}", client_ca: true}}',
+        "gamma": "null",  # off: the default
+    }
+    job = _job("web-sum", deliver="parties", sites=("oslo", "bergen"))
+    parties: list[subprocess.Popen] = []
+    with _broker(keys_dir, tmp_path) as broker:
+        try:
+            parties = [_start(name, keys_dir, tmp_path, webs[name]) for name in PARTIES]
+            for proc in parties:
+                _wait_for_log(proc, "event=party-connected")
+            _wait_for_log(
+                parties[0], f"event=web-listening who=alpha url=http://127.0.0.1:{alpha_port}/"
+            )
+            _wait_for_log(parties[1], f"url=https://127.0.0.1:{beta_port}/")
+            assert "event=web-listening" not in parties[2].log_path.read_text()
+            assert _get(alpha_port, "/healthz") == (200, "ok: party alpha, broker connected\n")
+
+            with Statuses(keys_dir, [job.id]) as seen:  # the analyst's view of the job
+                _publish(keys_dir, job)
+                for site in ("oslo", "bergen"):
+                    up = _upload(keys_dir, site, _data(tmp_path, site), job.id)
+                    assert up.returncode == 0, up.stderr
+                # oslo again with other data, as a new upload: every party refuses to mix sharings
+                other = tmp_path / "oslo-other.npy"
+                other.write_bytes(_data(tmp_path, "bergen").read_bytes())
+                up = _upload_as(keys_dir, "oslo", other, job.id, keep=tmp_path / "other-keep")
+                assert up.returncode != 0 and "already uploaded set" in up.stderr, up.stderr
+                _publish(keys_dir, _closing(seen, job, ("oslo", "bergen")))
+                for name in PARTIES:
+                    seen.wait(name, job.id, "done", 90)
+
+            # The page, in a real browser: the job, its state and sites, the rejection.
+            dom = _chromium(f"http://127.0.0.1:{alpha_port}/", "--dump-dom", tmp=tmp_path)
+            page = dom.stdout.decode()
+            assert "smpc computing party alpha" in page, dom.stderr.decode()[-2000:]
+            row = next(r for r in page.split("<tr>") if "<td>web-sum</td>" in r)
+            assert "<td>sum</td><td>done</td><td>analyst</td><td>bergen, oslo</td>" in row
+            assert "site 'oslo' already uploaded set" in page
+            assert "broker link" in page and ">connected<" in page
+            screenshot = tmp_path / "operator-page.png"
+            shot = _chromium(
+                f"http://127.0.0.1:{alpha_port}/", f"--screenshot={screenshot}", tmp=tmp_path
+            )
+            assert screenshot.is_file(), shot.stderr.decode()[-2000:]
+            assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            if not DOC_SCREENSHOT.exists():  # once, for docs/deployment.md
+                DOC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(screenshot, DOC_SCREENSHOT)
+
+            # /metrics: what the test did, through prometheus-client's own parser.
+            status, text = _get(alpha_port, "/metrics")
+            assert status == 200
+            metrics = _metrics(text)
+            for site in ("oslo", "bergen"):
+                assert metrics[("smpc_shares_stored_total", (("site", site),))] == 1
+            assert ("smpc_shares_stored_total", (("site", "tromso"),)) not in metrics
+            rejected = {k[1]: v for k, v in metrics.items() if k[0] == "smpc_shares_rejected_total"}
+            assert rejected == {(("reason", "conflict"),): 1}, rejected
+            assert metrics[("smpc_mpyc_session_seconds_count", (("outcome", "done"),))] == 1
+            assert metrics[("smpc_mpyc_session_seconds_sum", (("outcome", "done"),))] > 0
+            assert metrics[("smpc_jobs", (("state", "done"),))] == 1
+            assert metrics[("smpc_jobs", (("state", "open"),))] == 0
+            shares = sum(p.stat().st_size for p in (tmp_path / "store" / "alpha").rglob("*.share"))
+            assert metrics[("smpc_store_bytes", (("part", "shares"),))] == shares
+            assert metrics[("smpc_upload_received_bytes_total", ())] > shares
+            assert metrics[("smpc_broker_connected", ())] == 1
+            audit = (tmp_path / "store" / "alpha" / "audit.jsonl").read_text().splitlines()
+            assert metrics[("smpc_audit_entries", ())] == len(audit)
+            assert audit[-1].split('"hash":"')[1][:64] in page  # the chain head
+
+            # No key, share or seed on the page or in /metrics.
+            status, raw_page = _get(alpha_port, "/")
+            assert status == 200
+            for what, needle in _secrets(keys_dir, tmp_path / "store" / "alpha"):
+                for name, shown in (("page", raw_page), ("dom", page), ("metrics", text)):
+                    assert needle not in shown.encode(), f"{what} appears on the {name}"
+
+            # Only GET and HEAD of the three paths.
+            assert _get(alpha_port, "/nothing")[0] == 404
+            assert _get(alpha_port, "/", method="POST")[0] == 405
+            assert _get(alpha_port, "/metrics", method="HEAD") == (200, "")
+
+            # beta's page: a federation-CA client certificate or nothing.
+            analyst = keys_dir / "kits" / "analyst" / "tls"
+            status, body = _tls_get(
+                beta_port, keys_dir, (analyst / "client.crt", analyst / "client.key")
+            )
+            assert status == 200 and "smpc computing party beta" in body
+            other_ca = (
+                keys_dir / "kits" / "gamma" / ".config"
+            )  # the party CA's, not the federation's
+            for client in (None, (other_ca / "party_2.crt", other_ca / "party_2.key")):
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    _tls_get(beta_port, keys_dir, client)
+            with socket.create_connection(("127.0.0.1", beta_port), timeout=10) as plain:
+                plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert b"smpc" not in plain.recv(65536)
+
+            # /healthz once the broker is gone: 503 with the reason.
+            broker.stop()
+            deadline = time.monotonic() + 30
+            while _get(alpha_port, "/healthz")[0] != 503 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            status, reason = _get(alpha_port, "/healthz")
+            assert status == 503 and reason.startswith("party alpha: broker not connected: ")
+        finally:
+            _stop(parties)
+    for proc in parties:
+        assert proc.returncode == 0
+        assert "Traceback" not in proc.log_path.read_text()
