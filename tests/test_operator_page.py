@@ -42,7 +42,7 @@ from tests.test_party_daemon import (
     _job,
     _publish,
 )
-from tests.test_upload_integration import _broker, _stop, _wait_for_log
+from tests.test_upload_integration import _broker, _start_site, _stop, _wait_for_log
 
 pytestmark = [requires_mosquitto, pytest.mark.timeout(240)]
 
@@ -80,6 +80,18 @@ def _upload_as(
         ],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def _holds(seen: Statuses, party: str, job: str, site: str) -> bool:
+    """Whether ``party`` said it holds ``site``'s shares of ``job``."""
+    return any(p == party and s.job == job and site in s.sites for p, s in list(seen.seen))
+
+
+def _wait_until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def _get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
@@ -162,19 +174,25 @@ def _chromium(url: str, *options: str, tmp: Path) -> subprocess.CompletedProcess
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path):
-    alpha_port, beta_port = free_port(), free_port()
+    alpha_port, beta_port, bergen_port = free_port(), free_port(), free_port()
     webs = {
         "alpha": f'{{listen: "127.0.0.1:{alpha_port}"}}',
         "beta": f'{{listen: "127.0.0.1:{beta_port}", client_ca: true}}',
         "gamma": "null",  # off: the default
     }
     job = _job("web-sum", deliver="parties", sites=("oslo", "bergen"))
+    bergen = tmp_path / "bergen-site.yaml"  # bergen's agent answers the job by itself
+    bergen.write_text(
+        f"kit: {keys_dir / 'kits' / 'bergen'}\ninputs:\n  x: {_data(tmp_path, 'bergen')}\n"
+        f'web: {{listen: "127.0.0.1:{bergen_port}"}}\n'
+    )
     parties: list[subprocess.Popen] = []
     with _broker(keys_dir, tmp_path) as broker:
         try:
             parties = [_start(name, keys_dir, tmp_path, webs[name]) for name in PARTIES]
             for proc in parties:
                 _wait_for_log(proc, "event=party-connected")
+            parties.append(_start_site(bergen, tmp_path / "bergen-site.log"))
             _wait_for_log(
                 parties[0], f"event=web-listening who=alpha url=http://127.0.0.1:{alpha_port}/"
             )
@@ -184,14 +202,15 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
 
             with Statuses(keys_dir, [job.id]) as seen:  # the analyst's view of the job
                 _publish(keys_dir, job)
-                for site in ("oslo", "bergen"):
-                    up = _upload(keys_dir, site, _data(tmp_path, site), job.id)
-                    assert up.returncode == 0, up.stderr
+                up = _upload(keys_dir, "oslo", _data(tmp_path, "oslo"), job.id)
+                assert up.returncode == 0, up.stderr
+                _wait_for_log(parties[3], "event=upload-complete job=web-sum")
                 # oslo again with other data, as a new upload: every party refuses to mix sharings
                 other = tmp_path / "oslo-other.npy"
                 other.write_bytes(_data(tmp_path, "bergen").read_bytes())
                 up = _upload_as(keys_dir, "oslo", other, job.id, keep=tmp_path / "other-keep")
                 assert up.returncode != 0 and "already uploaded set" in up.stderr, up.stderr
+                _wait_until(lambda: all(_holds(seen, p, job.id, "bergen") for p in PARTIES))
                 _publish(keys_dir, _closing(seen, job, ("oslo", "bergen")))
                 for name in PARTIES:
                     seen.wait(name, job.id, "done", 90)
@@ -263,6 +282,20 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
                 plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert b"smpc" not in plain.recv(65536)
 
+            # bergen's agent: its page and counters say it uploaded the job, and nothing more.
+            status, site_page = _get(bergen_port, "/")
+            assert status == 200 and "smpc site bergen" in site_page
+            row = next(r for r in site_page.split("<tr>") if "<td>web-sum</td>" in r)
+            assert "<td>sum</td><td>uploaded</td>" in row
+            site_metrics = _metrics(_get(bergen_port, "/metrics")[1])
+            assert site_metrics[("smpc_site_jobs_total", (("outcome", "uploaded"),))] == 1
+            assert site_metrics[("smpc_site_jobs_total", (("outcome", "failed"),))] == 0
+            assert site_metrics[("smpc_site_upload_sent_bytes_total", ())] > 0
+            assert site_metrics[("smpc_site_answered_jobs", ())] == 1
+            assert _get(bergen_port, "/healthz") == (200, "ok: site bergen, broker connected\n")
+            for what, needle in _secrets(keys_dir, tmp_path / "store" / "beta"):
+                assert needle not in site_page.encode(), f"{what} appears on bergen's page"
+
             # /healthz once the broker is gone: 503 with the reason.
             broker.stop()
             deadline = time.monotonic() + 30
@@ -270,6 +303,8 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
                 time.sleep(0.2)
             status, reason = _get(alpha_port, "/healthz")
             assert status == 503 and reason.startswith("party alpha: broker not connected: ")
+            _wait_until(lambda: _get(bergen_port, "/healthz")[0] == 503)
+            assert _get(bergen_port, "/healthz")[1].startswith("site bergen: broker not connected")
         finally:
             _stop(parties)
     for proc in parties:

@@ -34,10 +34,11 @@ from smpc.net.connection import Connection
 from smpc.net.errors import TransportError
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
+from smpc.net.webpage import BrokerState
 from smpc.party.config import PartyConfig
 from smpc.party.replies import JobReply, Reply
 from smpc.party.service import PartyService
-from smpc.party.web import BrokerState, start_party_web
+from smpc.party.web import start_party_web
 from smpc.wire.envelope_errors import EnvelopeError
 from smpc.wire.layout import envelope_id, peek_route
 from smpc.wire.messages import Job

@@ -17,7 +17,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +26,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from smpc.net.http import Response, Routes, WebConfig, server_tls_context, start_web
+from smpc.net.webpage import BrokerState, age, document, health, table
 from smpc.party.metrics import PartyMetrics
 
-__all__ = ["BrokerState", "PartyPage", "StoreReader", "page_html", "start_party_web"]
+__all__ = ["PartyPage", "StoreReader", "page_html", "start_party_web"]
 
 JOB_STATES = ("open", "computing", "done", "failed", "refused")
 RECENT_REJECTIONS = 20
-
-
-@dataclass
-class BrokerState:
-    """What the daemon knows of its broker link (set from its message loop)."""
-
-    connected: bool = False
-    since: float = field(default_factory=time.time)
-    reason: str = "not connected yet"
-
-    def up(self) -> None:
-        self.connected, self.since, self.reason = True, time.time(), ""
-
-    def down(self, reason: str) -> None:
-        if self.connected or reason != self.reason:
-            self.since = time.time()
-        self.connected, self.reason = False, reason
 
 
 @dataclass(frozen=True)
@@ -201,8 +185,7 @@ class PartyPage:
 
     async def index_page(self) -> Response:
         snap = await asyncio.to_thread(self.reader.snapshot)
-        body = page_html(self, snap, time.time())
-        return Response(200, body.encode(), "text/html; charset=utf-8")
+        return page_html(self, snap, time.time())
 
     async def scrape(self) -> Response:
         body = await asyncio.to_thread(generate_latest, self.metrics.registry)
@@ -210,115 +193,60 @@ class PartyPage:
 
     async def healthz(self) -> Response:
         """200 while the loop answers and the broker is connected; 503 with the reason."""
-        if self.stopping():
-            return Response(503, f"party {self.party}: stopping\n".encode())
-        if not self.broker.connected:
-            reason = self.broker.reason or "not connected"
-            return Response(503, f"party {self.party}: broker not connected: {reason}\n".encode())
-        return Response(200, f"ok: party {self.party}, broker connected\n".encode())
+        return health(f"party {self.party}", self.broker, self.stopping)
 
 
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def _table(title: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], empty: str) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    if not rows:
-        body = f'<tr><td colspan="{len(columns)}" class="none">{html.escape(empty)}</td></tr>'
-    else:
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-            for row in rows
-        )
-    return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
-
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.4em;margin-bottom:.2em} h2{font-size:1.1em;margin-top:1.4em}
-table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ccc;padding:.25em .6em;
-text-align:left;vertical-align:top} th{background:#f0f0f0} .none{color:#888}
-.up{color:#06702f;font-weight:bold} .down{color:#b00020;font-weight:bold}
-dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em} dt{font-weight:bold}
-code{font-size:.95em} td:first-child{white-space:nowrap}
-"""
-
-
-def page_html(page: PartyPage, snap: Snapshot, now: float) -> str:
+def page_html(page: PartyPage, snap: Snapshot, now: float) -> Response:
     """The status page: metadata only (names, states, counts, sizes, reasons, one hash)."""
     federation = page.federation()
-    broker = page.broker
-    link = (
-        f'<span class="up">connected</span> for {_age(now - broker.since)}'
-        if broker.connected
-        else f'<span class="down">not connected</span> for {_age(now - broker.since)}: '
-        f"{html.escape(broker.reason)}"
-    )
     entries, head = page.audit_head()
+    sites = ", ".join(s.name for s in federation.sites)
+    store = ", ".join(f"{k} {v} bytes" for k, v in snap.store_bytes.items())
     facts = (
-        ("party", f"{page.party} (MPyC index {page.index})"),
-        ("federation", f"{federation.name}: parties {', '.join(federation.party_names)}; "
-                       f"sites {', '.join(s.name for s in federation.sites)}; "
-                       f"threshold t = {federation.threshold}"),
-        ("broker", f"{federation.broker.host}:{federation.broker.port}"),
+        ("party", html.escape(f"{page.party} (MPyC index {page.index})")),
+        ("federation", html.escape(
+            f"{federation.name}: parties {', '.join(federation.party_names)}; sites {sites}; "
+            f"threshold t = {federation.threshold}"
+        )),
+        ("broker", html.escape(f"{federation.broker.host}:{federation.broker.port}")),
+        ("broker link", page.broker.html(now)),
+        ("audit chain", f"{entries} entries, head <code>{html.escape(head)}</code>"),
+        ("store", html.escape(store)),
     )  # fmt: skip
-    summary = "".join(f"<dt>{k}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
-    summary += f"<dt>broker link</dt><dd>{link}</dd>"
-    summary += (
-        f"<dt>audit chain</dt><dd>{entries} entries, head <code>{html.escape(head)}</code></dd>"
-    )
     jobs = [
         (
             j["job"], j["protocol"], j["status"], j["analyst"],
             ", ".join(j["sites"]) or "none",
             "-" if j["closed"] is None else ", ".join(j["closed"]),
-            _age(now - j["received"]), j["reason"] or "-",
+            age(now - j["received"]), j["reason"] or "-",
         )
         for j in reversed(snap.jobs)
     ]  # fmt: skip
     holdings = [
-        (h["job"], h["site"], ", ".join(h["inputs"]), h["bytes"], _age(now - h["last"]))
+        (h["job"], h["site"], ", ".join(h["inputs"]), h["bytes"], age(now - h["last"]))
         for h in snap.holdings
     ]
     rejections = [
-        (_age(now - r["at"]), r["job"] or "-", r["site"] or "-", r["input"] or "-", r["reason"])
+        (age(now - r["at"]), r["job"] or "-", r["site"] or "-", r["input"] or "-", r["reason"])
         for r in snap.rejections
     ]
     sections = (
-        _table(
+        table(
             f"Jobs ({len(jobs)})",
             ("job", "protocol", "state", "analyst", "sites with shares", "closed with",
              "age", "reason"),
             jobs, "no job yet",
         ),
-        _table(
+        table(
             "Shares held, per job and site",
             ("job", "site", "inputs", "bytes", "last stored"), holdings, "no share held",
         ),
-        _table(
+        table(
             f"Recent rejections (last {len(rejections)} of {snap.rejected_total})",
             ("age", "job", "site", "input", "reason"), rejections, "none",
         ),
     )  # fmt: skip
-    store = ", ".join(f"{k} {v} bytes" for k, v in snap.store_bytes.items())
-    generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>smpc party {html.escape(page.party)}</title><style>{_STYLE}</style></head>"
-        f"<body><h1>smpc computing party {html.escape(page.party)}</h1>"
-        f"<dl>{summary}<dt>store</dt><dd>{html.escape(store)}</dd></dl>"
-        + "".join(sections)
-        + f'<p class="none">read-only; generated {generated};'
-        ' <a href="/metrics">metrics</a> · <a href="/healthz">health</a></p></body></html>'
-    )
+    return document(f"smpc computing party {page.party}", facts, sections, now)
 
 
 async def start_party_web(
