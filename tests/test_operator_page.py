@@ -18,6 +18,7 @@ headless ``chromium``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import shutil
@@ -27,12 +28,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.brokers import requires_mosquitto
+from smpc.errors import UserError
+from smpc.net.http import Response, WebConfig, start_web
+from smpc.net.webpage import BrokerState
+from smpc.party.metrics import reason_kind
+from smpc.site.web import SiteActivity, start_site_web
+from tests.brokers import kit, requires_mosquitto
 from tests.conftest import free_port
 from tests.test_party_daemon import (
     PARTIES,
@@ -44,7 +51,7 @@ from tests.test_party_daemon import (
 )
 from tests.test_upload_integration import _broker, _start_site, _stop, _wait_for_log
 
-pytestmark = [requires_mosquitto, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240)]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOC_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "operator-page.png"
@@ -171,6 +178,7 @@ def _chromium(url: str, *options: str, tmp: Path) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
+@requires_mosquitto
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path):
@@ -272,15 +280,25 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
                 beta_port, keys_dir, (analyst / "client.crt", analyst / "client.key")
             )
             assert status == 200 and "smpc computing party beta" in body
-            other_ca = (
-                keys_dir / "kits" / "gamma" / ".config"
-            )  # the party CA's, not the federation's
+            other_ca = keys_dir / "kits" / "gamma" / ".config"  # a party-CA certificate
             for client in (None, (other_ca / "party_2.crt", other_ca / "party_2.key")):
                 with pytest.raises((ssl.SSLError, ConnectionError)):
                     _tls_get(beta_port, keys_dir, client)
             with socket.create_connection(("127.0.0.1", beta_port), timeout=10) as plain:
                 plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert b"smpc" not in plain.recv(65536)
+
+            def refused() -> list[str]:
+                lines = parties[1].log_path.read_text().splitlines()
+                return [line for line in lines if "event=web-refused who=beta" in line]
+
+            _wait_until(lambda: len(refused()) >= 3)  # none, the party CA's, plain HTTP
+            assert len(refused()) == 3, refused()
+            assert all("peer=127.0.0.1:" in line for line in refused())
+            first, other, plain_http = refused()
+            assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in first
+            assert "CERTIFICATE_VERIFY_FAILED" in other
+            assert "HTTP_REQUEST" in plain_http or "WRONG_VERSION" in plain_http, plain_http
 
             # bergen's agent: its page and counters say it uploaded the job, and nothing more.
             status, site_page = _get(bergen_port, "/")
@@ -310,3 +328,103 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
     for proc in parties:
         assert proc.returncode == 0
         assert "Traceback" not in proc.log_path.read_text()
+
+
+# -- the page server on its own, in-process: strict about what it answers ------------------
+
+
+def _serve_once(routes, raw: bytes) -> bytes:
+    """Send ``raw`` to a page server with ``routes``; what it answered."""
+
+    async def run() -> bytes:
+        config = WebConfig(listen=f"127.0.0.1:{free_port()}")
+        server = await start_web(config, routes, None, "test")
+        try:
+            reader, writer = await asyncio.open_connection(config.host, config.port)
+            writer.write(raw)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return answer
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    return asyncio.run(run())
+
+
+async def _page() -> Response:
+    return Response(200, b"<p>hello</p>", "text/html; charset=utf-8")
+
+
+async def _broken() -> Response:
+    raise RuntimeError("secret detail")
+
+
+ROUTES = {"/": _page, "/broken": _broken}
+
+
+def test_the_page_server_answers_get_and_head_of_its_paths_only():
+    answer = _serve_once(ROUTES, b"GET /?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"<p>hello</p>"
+    for header in (
+        b"Content-Length: 12", b"Cache-Control: no-store", b"Connection: close",
+        b"Content-Security-Policy: default-src 'none'", b"X-Content-Type-Options: nosniff",
+    ):  # fmt: skip
+        assert header in head, header
+    assert _serve_once(ROUTES, b"HEAD / HTTP/1.0\r\n\r\n").endswith(b"\r\n\r\n")
+    cases = {
+        b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi": b"405",
+        b"GET /other HTTP/1.1\r\n\r\n": b"404",
+        b"GET / HTTP/2.0\r\n\r\n": b"400",
+        b"GET http://elsewhere/ HTTP/1.1\r\n\r\n": b"400",
+        b"GET / HTTP/1.1\r\nno colon here\r\n\r\n": b"400",
+        b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n": b"400",
+        b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 100 + b"\r\n": b"400",
+        b"\x16\x03\x01\x02\x00garbage\r\n": b"400",
+    }
+    for raw, status in cases.items():
+        answer = _serve_once(ROUTES, raw)
+        assert answer.startswith(b"HTTP/1.1 " + status + b" "), (raw[:40], answer[:60])
+        assert b"hello" not in answer
+
+
+def test_a_handler_that_raises_gives_500_without_its_details(caplog):
+    answer = _serve_once(ROUTES, b"GET /broken HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 500 ")
+    assert b"secret detail" not in answer and b"RuntimeError" not in answer
+    assert "event=web-error who=test path=/broken" in caplog.text
+
+
+def test_web_config_listen_and_a_site_page_behind_client_certificates_needs_a_certificate(
+    keys_dir,
+):
+    assert (WebConfig().host, WebConfig().port) == ("127.0.0.1", 9464)
+    assert WebConfig(listen="[::1]:80").host == "::1"
+    for bad in ("9464", "localhost", "127.0.0.1:", "127.0.0.1:99999", "127.0.0.1:http"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            WebConfig(listen=bad)
+    keys = SimpleNamespace(kit=kit(keys_dir, "oslo"))
+    with pytest.raises(UserError, match="client_ca needs cert and key"):
+        asyncio.run(
+            start_site_web(
+                WebConfig(listen=f"127.0.0.1:{free_port()}", client_ca=True),
+                keys=keys,
+                activity=SiteActivity(set()),
+                broker=BrokerState(),
+                stopping=lambda: False,
+            )
+        )
+
+
+def test_rejection_reasons_become_bounded_kinds():
+    assert reason_kind("envelope is for party 2") == "wrong-party"
+    assert reason_kind("site 'tromso' is not part of job j") == "site-not-in-job"
+    assert reason_kind("job j: site 'oslo' already uploaded set 1a; refusing ...") == "conflict"
+    assert reason_kind("internal error at this party: OSError: disk full") == "internal-error"
+    assert reason_kind("share envelope (job=j): the bytes are no envelope") == "invalid-envelope"
+    assert (
+        reason_kind("share envelope (site=x): site 'x' is not in the federation's site directory")
+        == "unknown-site"
+    )

@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -34,7 +35,8 @@ logger = logging.getLogger("smpc.web")
 
 MAX_HEAD = 8192  # bytes of request line and headers
 MAX_HEADERS = 64
-READ_TIMEOUT = 10.0  # seconds for a client to send its whole request
+READ_TIMEOUT = 10.0  # seconds for a client to send its whole request (and its handshake)
+MAX_CONNECTIONS = 32  # at once; more are closed without an answer
 _REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[!-~]*) HTTP/1\.[01]\r\n")
 _HEADER = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*\r\n")
 _REASONS = {
@@ -147,7 +149,7 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str] | Respon
         return Response(400, b"bad request line\n")
     match = _REQUEST_LINE.fullmatch(line)
     if match is None:
-        if re.match(rb"[A-Z]+ ", line):
+        if re.match(rb"(?!GET |HEAD )[A-Z]+ ", line):
             return Response(405, b"only GET and HEAD\n", headers=(("Allow", "GET, HEAD"),))
         return Response(400, b"bad request line\n")
     size = len(line)
@@ -173,49 +175,110 @@ async def start_web(
     """Listen on ``config.listen`` and answer ``routes`` (path -> handler) until closed.
 
     ``name`` (the daemon's participant) goes into the log lines: ``event=web-listening``
-    once it listens, ``event=web-error`` for a handler that raised (the client gets a 500
-    without details).
+    once it listens, ``event=web-refused`` for a client that failed the TLS handshake
+    (no certificate, one of another CA, not TLS at all), ``event=web-error`` for a
+    handler that raised (the client gets a 500 without details).
     """
 
+    active = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal active
+        active += 1
         try:
-            try:
-                request = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
-            except TimeoutError:
-                request = Response(408, b"request not received in time\n")
-            head_only = False
-            if isinstance(request, Response):
-                response = request
-            else:
-                method, path = request
-                head_only = method == "HEAD"
-                handler = routes.get(path)
-                if handler is None:
-                    response = Response(404, b"not found\n")
-                else:
-                    try:
-                        response = await handler()
-                    except Exception as exc:
-                        reason = f"{type(exc).__name__}: {exc}"
-                        log.event(logger, "web-error", logging.ERROR, who=name, path=path,
-                                  reason=reason)  # fmt: skip
-                        response = Response(500, b"internal error (see the daemon's log)\n")
-            writer.write(render(response, head_only))
+            if active > MAX_CONNECTIONS:
+                return  # closed at once: a page does not need more
+            writer.write(await _respond(reader, routes, name))
             await writer.drain()
         except (ConnectionError, ssl.SSLError, OSError):
-            pass  # the client went away or failed the handshake
+            pass  # the client went away
         finally:
+            active -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
     try:
-        server = await asyncio.start_server(
-            handle, config.host, config.port, ssl=ssl_context, limit=MAX_HEAD,
-            ssl_handshake_timeout=READ_TIMEOUT if ssl_context else None,
-        )  # fmt: skip
+        if ssl_context is None:
+            server = await asyncio.start_server(handle, config.host, config.port, limit=MAX_HEAD)
+        else:
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: _TlsAccept(ssl_context, handle, name), config.host, config.port
+            )
     except OSError as exc:
         raise UserError(f"web: cannot listen on {config.listen}: {exc.strerror or exc}") from None
     scheme = "https" if ssl_context else "http"
     log.event(logger, "web-listening", who=name, url=f"{scheme}://{config.listen}/")
     return server
+
+
+class _TlsAccept(asyncio.Protocol):
+    """An accepted connection that speaks TLS before anything else.
+
+    Reading is paused from the first moment, so every byte the client sends goes to the
+    handshake; a client the handshake refuses (no certificate, one of another CA, not
+    TLS at all) is logged (``event=web-refused``) and closed, and only the others get a
+    stream to ``handle``.
+    """
+
+    _tasks: ClassVar[set[asyncio.Task[None]]] = set()  # keeps the handshakes running
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        name: str,
+    ) -> None:
+        self.context, self.handle, self.name = context, handle, name
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _upgrade(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_HEAD)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        peer = transport.get_extra_info("peername")
+        try:
+            tls = await loop.start_tls(
+                transport, protocol, self.context, server_side=True,
+                ssl_handshake_timeout=READ_TIMEOUT,
+            )  # fmt: skip
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            log.event(
+                logger, "web-refused", logging.WARNING, who=self.name, peer=where, reason=reason
+            )
+            transport.close()
+            return
+        if tls is None:  # the client went away during the handshake
+            return
+        protocol.connection_made(tls)
+        await self.handle(reader, asyncio.StreamWriter(tls, protocol, reader, loop))
+
+
+async def _respond(reader: asyncio.StreamReader, routes: Routes, name: str) -> bytes:
+    """The response to one request on ``reader``, rendered."""
+    try:
+        request = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
+    except TimeoutError:
+        request = Response(408, b"request not received in time\n")
+    if isinstance(request, Response):
+        return render(request)
+    method, path = request
+    handler = routes.get(path)
+    if handler is None:
+        return render(Response(404, b"not found\n"), method == "HEAD")
+    try:
+        response = await handler()
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.event(logger, "web-error", logging.ERROR, who=name, path=path, reason=reason)
+        response = Response(500, b"internal error (see the daemon's log)\n")
+    return render(response, method == "HEAD")
