@@ -222,6 +222,8 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
                 _publish(keys_dir, _closing(seen, job, ("oslo", "bergen")))
                 for name in PARTIES:
                     seen.wait(name, job.id, "done", 90)
+            _publish(keys_dir, _job("web-refused", t=0))  # below every party's min_threshold
+            _wait_until(lambda: "<td>web-refused</td>" in _get(alpha_port, "/")[1])
 
             # The page, in a real browser: the job, its state and sites, the rejection.
             dom = _chromium(f"http://127.0.0.1:{alpha_port}/", "--dump-dom", tmp=tmp_path)
@@ -229,6 +231,10 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
             assert "smpc computing party alpha" in page, dom.stderr.decode()[-2000:]
             row = next(r for r in page.split("<tr>") if "<td>web-sum</td>" in r)
             assert "<td>sum</td><td>done</td><td>analyst</td><td>bergen, oslo</td>" in row
+            assert "<td>oslo, bergen</td>" in row  # closed with, in the close's order
+            row = next(r for r in page.split("<tr>") if "<td>web-refused</td>" in r)
+            assert "<td>refused</td>" in row
+            assert "threshold 0 is below this party's minimum 1" in row
             assert "site 'oslo' already uploaded set" in page
             assert "broker link" in page and ">connected<" in page
             screenshot = tmp_path / "operator-page.png"
@@ -253,6 +259,7 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
             assert metrics[("smpc_mpyc_session_seconds_count", (("outcome", "done"),))] == 1
             assert metrics[("smpc_mpyc_session_seconds_sum", (("outcome", "done"),))] > 0
             assert metrics[("smpc_jobs", (("state", "done"),))] == 1
+            assert metrics[("smpc_jobs", (("state", "refused"),))] == 1
             assert metrics[("smpc_jobs", (("state", "open"),))] == 0
             shares = sum(p.stat().st_size for p in (tmp_path / "store" / "alpha").rglob("*.share"))
             assert metrics[("smpc_store_bytes", (("part", "shares"),))] == shares

@@ -33,6 +33,7 @@ __all__ = ["PartyPage", "StoreReader", "page_html", "start_party_web"]
 
 JOB_STATES = ("open", "computing", "done", "failed", "refused")
 RECENT_REJECTIONS = 20
+SHOWN = 200  # jobs on the page, the most recent first (with their holdings)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Snapshot:
     rejections: list[dict[str, Any]]
     rejected_total: int
     store_bytes: dict[str, int]
+    jobs_total: int
 
 
 class StoreReader:
@@ -57,41 +59,51 @@ class StoreReader:
         return sqlite3.connect(uri, uri=True, timeout=5.0)
 
     def snapshot(self) -> Snapshot:
+        """What the page shows: the last jobs, holdings and rejections, and the totals."""
         db = self._connect()
         try:
             return self._read(db)
         finally:
             db.close()
 
-    def _read(self, db: sqlite3.Connection) -> Snapshot:
-        reasons = {
-            job: _status_reason(body)
-            for job, body in db.execute("SELECT job, body FROM releases WHERE position = 0")
+    def totals(self) -> tuple[dict[str, int], dict[str, int]]:
+        """What a scrape reads: jobs by state and store bytes (two small queries)."""
+        db = self._connect()
+        try:
+            return dict(db.execute(_STATES).fetchall()), self._store_bytes(db)
+        finally:
+            db.close()
+
+    def _store_bytes(self, db: sqlite3.Connection) -> dict[str, int]:
+        (share_bytes,) = db.execute("SELECT coalesce(sum(size), 0) FROM shares").fetchone()
+        database = sum(p.stat().st_size for p in self.root.glob("store.sqlite*") if p.is_file())
+        audit = self.root / "audit.jsonl"
+        return {
+            "shares": int(share_bytes),
+            "database": database,
+            "audit": audit.stat().st_size if audit.exists() else 0,
         }
-        held: dict[tuple[str, str], dict[str, Any]] = {}
-        rows = db.execute("SELECT job, site, input, size, stored FROM shares ORDER BY job, site")
-        for job, site, input_, size, stored in rows:
-            row = held.setdefault(
-                (job, site), {"job": job, "site": site, "inputs": [], "bytes": 0, "last": 0.0}
-            )
-            row["inputs"].append(input_)
-            row["bytes"] += size
-            row["last"] = max(row["last"], stored)
-        sites: dict[str, list[str]] = {}
-        for job, site in held:
-            sites.setdefault(job, []).append(site)
+
+    def _read(self, db: sqlite3.Connection) -> Snapshot:
+        held: dict[str, list[str]] = {}
+        holdings = []
+        for job, site, inputs, size, last in db.execute(_HOLDINGS, (SHOWN,)):
+            held.setdefault(job, []).append(site)
+            holdings.append(
+                {"job": job, "site": site, "inputs": sorted(str(inputs).split("\x1f")),
+                 "bytes": size, "last": last}
+            )  # fmt: skip
         jobs = []
-        for job_id, message, received, status, analyst, closed in db.execute(
-            "SELECT id, message, received, status, analyst, closed FROM jobs ORDER BY received"
+        for job_id, received, status, analyst, protocol, closed, reason in db.execute(
+            _JOBS, (SHOWN,)
         ):
-            payload = _payload(message)
             jobs.append(
                 {
                     "job": job_id, "status": status, "analyst": analyst, "received": received,
-                    "protocol": str(payload.get("protocol", "?")),
-                    "sites": sites.get(job_id, []),
-                    "closed": list(_payload(closed).get("close") or ()) if closed else None,
-                    "reason": reasons.get(job_id, ""),
+                    "protocol": str(protocol or "?"),
+                    "sites": sorted(held.get(job_id, [])),
+                    "closed": _names(closed) if closed is not None else None,
+                    "reason": str(reason or ""),
                 }
             )  # fmt: skip
         rejections = [
@@ -102,30 +114,36 @@ class StoreReader:
             )
         ]
         (rejected_total,) = db.execute("SELECT count(*) FROM rejections").fetchone()
-        (share_bytes,) = db.execute("SELECT coalesce(sum(size), 0) FROM shares").fetchone()
-        database = sum(
-            p.stat().st_size for p in self.root.glob("store.sqlite*") if p.is_file()
-        )  # fmt: skip
-        audit = self.root / "audit.jsonl"
-        store_bytes = {
-            "shares": int(share_bytes),
-            "database": database,
-            "audit": audit.stat().st_size if audit.exists() else 0,
-        }
-        return Snapshot(jobs, list(held.values()), rejections, int(rejected_total), store_bytes)
+        (jobs_total,) = db.execute("SELECT count(*) FROM jobs").fetchone()
+        return Snapshot(
+            jobs, holdings, rejections, int(rejected_total), self._store_bytes(db), jobs_total
+        )
 
 
-def _payload(message: bytes | None) -> dict[str, Any]:
-    """The payload of a signed message the store holds (only its public fields are shown)."""
+# Only public fields of the signed messages the store holds are read, inside SQLite.
+_JOBS = """
+SELECT id, received, status, analyst,
+       json_extract(CAST(message AS TEXT), '$.payload.protocol'),
+       json_extract(CAST(closed AS TEXT), '$.payload.close'),
+       (SELECT json_extract(CAST(body AS TEXT), '$.payload.reason') FROM releases
+        WHERE releases.job = jobs.id AND position = 0)
+FROM jobs ORDER BY received DESC LIMIT ?
+"""
+_HOLDINGS = """
+SELECT job, site, group_concat(input, char(31)), sum(size), max(stored) FROM shares
+WHERE job IN (SELECT id FROM jobs ORDER BY received DESC LIMIT ?)
+GROUP BY job, site ORDER BY job, site
+"""
+_STATES = "SELECT status, count(*) FROM jobs GROUP BY status"
+
+
+def _names(value: str) -> list[str]:
+    """The site names of a close, as ``json_extract`` gives the array."""
     try:
-        payload = json.loads(message or b"{}").get("payload", {})
-    except (ValueError, AttributeError):
-        return {}
-    return payload if isinstance(payload, dict) else {}
-
-
-def _status_reason(body: bytes) -> str:
-    return str(_payload(body).get("reason") or "")
+        names = json.loads(value)
+    except ValueError:
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 class _StoreCollector(Collector):
@@ -135,18 +153,15 @@ class _StoreCollector(Collector):
         self.page = page
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        snap = self.page.reader.snapshot()
+        states, store_bytes = self.page.reader.totals()
         jobs = GaugeMetricFamily("smpc_jobs", "Jobs this party knows, by state", labels=["state"])
-        counts = dict.fromkeys(JOB_STATES, 0)
-        for job in snap.jobs:
-            counts[job["status"]] = counts.get(job["status"], 0) + 1
-        for state, count in counts.items():
+        for state, count in {**dict.fromkeys(JOB_STATES, 0), **states}.items():
             jobs.add_metric([state], count)
         yield jobs
         store = GaugeMetricFamily(
             "smpc_store_bytes", "Bytes in the party's store directory", labels=["part"]
         )
-        for part, size in snap.store_bytes.items():
+        for part, size in store_bytes.items():
             store.add_metric([part], size)
         yield store
         yield GaugeMetricFamily(
@@ -220,7 +235,7 @@ def page_html(page: PartyPage, snap: Snapshot, now: float) -> Response:
             "-" if j["closed"] is None else ", ".join(j["closed"]),
             age(now - j["received"]), j["reason"] or "-",
         )
-        for j in reversed(snap.jobs)
+        for j in snap.jobs
     ]  # fmt: skip
     holdings = [
         (h["job"], h["site"], ", ".join(h["inputs"]), h["bytes"], age(now - h["last"]))
@@ -230,9 +245,10 @@ def page_html(page: PartyPage, snap: Snapshot, now: float) -> Response:
         (age(now - r["at"]), r["job"] or "-", r["site"] or "-", r["input"] or "-", r["reason"])
         for r in snap.rejections
     ]
+    shown = f", the last {len(jobs)}" if snap.jobs_total > len(jobs) else ""
     sections = (
         table(
-            f"Jobs ({len(jobs)})",
+            f"Jobs ({snap.jobs_total}{shown})",
             ("job", "protocol", "state", "analyst", "sites with shares", "closed with",
              "age", "reason"),
             jobs, "no job yet",
