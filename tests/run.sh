@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests start as real processes: the production MQTT broker, and
-# PLINK 1.9 (the reference GWAS results) and PLINK 2 (writes .pgen/.vcf test filesets).
-APT_PACKAGES=(mosquitto plink1.9 plink2)
+# PLINK 1.9 (the reference GWAS results) and PLINK 2 (writes .pgen/.vcf test filesets),
+# and headless chromium (tests/test_operator_page.py loads the operator page in it).
+APT_PACKAGES=(mosquitto plink1.9 plink2 chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

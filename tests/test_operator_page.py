@@ -1,19 +1,24 @@
-"""The party daemon's operator page on real processes: Mosquitto, three ``smpc party
-serve`` (alpha's page over plain HTTP on 127.0.0.1, beta's behind a federation-CA client
-certificate), ``smpc upload`` and a real MPyC session, the page read by Debian's
-headless ``chromium``.
+"""The daemons' operator pages on real processes: Mosquitto, three ``smpc party serve``
+(alpha's page over plain HTTP on 127.0.0.1, beta's behind federation-CA client
+certificates, gamma's off), bergen's ``smpc site serve`` with its page, ``smpc upload``
+and a real MPyC session; alpha's page read by Debian's headless ``chromium``.
 
-- The page loads in the browser and shows the job the test ran, its sites and the
-  rejection of a second, different upload of one site; a screenshot is written.
+- The page loads in the browser and shows the jobs the test ran (a sum done, a job
+  refused with its reason), their sites and the rejection of a second, different
+  upload of one site; a screenshot is written.
 - ``/metrics`` parses with prometheus-client's text parser and its counters are what the
   test did: two shares stored, one envelope rejected as a ``conflict``, one MPyC
-  session done, the jobs by state.
-- Neither the page nor ``/metrics`` holds any private key of the federation (PEM or raw
+  session done, the jobs by state; bergen's counts its one upload.
+- Neither the pages nor ``/metrics`` hold any private key of the federation (PEM or raw
   bytes), share body or seed the party stores.
 - ``/healthz`` answers 200 while the broker is connected and 503 naming why once it is
-  gone.
-- With ``client_ca: true`` a client without a certificate, or with one of another CA, is
-  refused in the handshake; one with a federation-CA certificate gets the page.
+  gone, at the party and at the site.
+- With ``client_ca: true`` a client without a certificate, with one of another CA, or
+  without TLS is refused in the handshake (and logged); one with a federation-CA
+  certificate gets the page.
+
+The page server on its own (in-process, no processes): only GET and HEAD of its paths,
+strict request heads, a raising handler's details kept in the log.
 """
 
 from __future__ import annotations
@@ -412,6 +417,12 @@ def test_web_config_listen_and_a_site_page_behind_client_certificates_needs_a_ce
     for bad in ("9464", "localhost", "127.0.0.1:", "127.0.0.1:99999", "127.0.0.1:http"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             WebConfig(listen=bad)
+    with socket.socket() as taken:  # a port in use: the daemon says so and does not start
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = WebConfig(listen=f"127.0.0.1:{taken.getsockname()[1]}")
+        with pytest.raises(UserError, match=f"web: cannot listen on {busy.listen}: "):
+            asyncio.run(start_web(busy, ROUTES, None, "test"))
     keys = SimpleNamespace(kit=kit(keys_dir, "oslo"))
     with pytest.raises(UserError, match="client_ca needs cert and key"):
         asyncio.run(
