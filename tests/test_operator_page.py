@@ -345,11 +345,11 @@ def test_operator_page_metrics_health_and_client_certificates(keys_dir, tmp_path
 # -- the page server on its own, in-process: strict about what it answers ------------------
 
 
-def _serve_once(routes, raw: bytes) -> bytes:
+def _serve_once(routes, raw: bytes, hosts: tuple[str, ...] = ()) -> bytes:
     """Send ``raw`` to a page server with ``routes``; what it answered."""
 
     async def run() -> bytes:
-        config = WebConfig(listen=f"127.0.0.1:{free_port()}")
+        config = WebConfig(listen=f"127.0.0.1:{free_port()}", hosts=hosts)
         server = await start_web(config, routes, None, "test")
         try:
             reader, writer = await asyncio.open_connection(config.host, config.port)
@@ -377,7 +377,7 @@ ROUTES = {"/": _page, "/broken": _broken}
 
 
 def test_the_page_server_answers_get_and_head_of_its_paths_only():
-    answer = _serve_once(ROUTES, b"GET /?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    answer = _serve_once(ROUTES, b"GET /?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"<p>hello</p>"
     for header in (
@@ -400,6 +400,20 @@ def test_the_page_server_answers_get_and_head_of_its_paths_only():
         answer = _serve_once(ROUTES, raw)
         assert answer.startswith(b"HTTP/1.1 " + status + b" "), (raw[:40], answer[:60])
         assert b"hello" not in answer
+
+
+def test_the_page_answers_only_to_addresses_localhost_and_its_configured_names():
+    """A browser tab on a rebound DNS name sends that name as Host: no page for it."""
+    for host in (b"127.0.0.1:9464", b"localhost", b"[::1]:9464", b"10.0.0.5", b"Party-0.smpc"):
+        answer = _serve_once(ROUTES, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n",
+                             hosts=("party-0.smpc",))  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 200 "), (host, answer[:40])
+    for host in (b"attacker.example", b"attacker.example:9464", b"party-0.smpc.attacker.example"):
+        answer = _serve_once(ROUTES, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n",
+                             hosts=("party-0.smpc",))  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 421 ") and b"hello" not in answer, host
+    twice = b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: attacker.example\r\n\r\n"
+    assert _serve_once(ROUTES, twice).startswith(b"HTTP/1.1 400 ")
 
 
 def test_a_handler_that_raises_gives_500_without_its_details(caplog):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import ssl
@@ -45,6 +46,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    421: "Misdirected Request",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -62,6 +64,9 @@ class WebConfig(BaseModel):
     """A daemon config's ``web:`` block: where its operator page listens, and who may read it.
 
     - ``listen``: ``HOST:PORT`` (default ``127.0.0.1:9464``; ``[::1]:9464`` for IPv6);
+    - ``hosts``: the DNS names clients reach the page by; requests naming another host
+      (``Host:``) than these, an IP address or ``localhost`` get 421, so a web page that
+      rebinds its own name to this address cannot read the page through a browser;
     - ``client_ca``: serve TLS only, to clients with a federation-CA certificate (any
       participant's kit ``tls/client.crt``);
     - ``cert``, ``key``: the page's server certificate and key under ``client_ca``. A
@@ -73,6 +78,7 @@ class WebConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     listen: str = "127.0.0.1:9464"
+    hosts: tuple[str, ...] = ()  # host names besides IP addresses and localhost
     client_ca: bool = False
     cert: Path | None = None
     key: Path | None = None
@@ -141,8 +147,8 @@ def render(response: Response, head_only: bool = False) -> bytes:
     return head if head_only else head + response.body
 
 
-async def read_request(reader: asyncio.StreamReader) -> tuple[str, str] | Response:
-    """(method, path) of one request, or the error response to send instead."""
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, str | None] | Response:
+    """(method, path, Host header) of one request, or the error response to send instead."""
     try:
         line = await reader.readuntil(b"\r\n")
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -152,7 +158,7 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str] | Respon
         if re.match(rb"(?!GET |HEAD )[A-Z]+ ", line):
             return Response(405, b"only GET and HEAD\n", headers=(("Allow", "GET, HEAD"),))
         return Response(400, b"bad request line\n")
-    size = len(line)
+    size, host = len(line), None
     for _ in range(MAX_HEADERS + 1):
         try:
             header = await reader.readuntil(b"\r\n")
@@ -163,9 +169,14 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str] | Respon
             return Response(400, b"request head too large\n")
         if header == b"\r\n":
             method, target = match.group(1).decode(), match.group(2).decode("ascii")
-            return method, target.split("?", 1)[0]
+            return method, target.split("?", 1)[0], host
         if not _HEADER.fullmatch(header):
             return Response(400, b"bad header\n")
+        key, _, value = header.partition(b":")
+        if key.lower() == b"host":
+            if host is not None:
+                return Response(400, b"two Host headers\n")
+            host = value.strip().decode("ascii")
     return Response(400, b"too many headers\n")
 
 
@@ -188,7 +199,7 @@ async def start_web(
         try:
             if active > MAX_CONNECTIONS:
                 return  # closed at once: a page does not need more
-            writer.write(await _respond(reader, routes, name))
+            writer.write(await _respond(reader, routes, name, config.hosts))
             await writer.drain()
         except (ConnectionError, ssl.SSLError, OSError):
             pass  # the client went away
@@ -263,7 +274,27 @@ class _TlsAccept(asyncio.Protocol):
         await self.handle(reader, asyncio.StreamWriter(tls, protocol, reader, loop))
 
 
-async def _respond(reader: asyncio.StreamReader, routes: Routes, name: str) -> bytes:
+def host_allowed(host: str | None, names: tuple[str, ...]) -> bool:
+    """Whether a request's Host header names this server: an IP address, ``localhost``, one
+    of ``names`` (any port), or no header at all. Another name is what a page the
+    operator's browser opened elsewhere sends after rebinding its DNS name to this
+    address: it must not read the page."""
+    if host is None:
+        return True
+    name = host.rpartition(":")[0] if re.fullmatch(r".*:\d+", host) else host
+    name = name.strip("[]").lower()
+    if name == "localhost" or name in {n.lower() for n in names}:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+async def _respond(
+    reader: asyncio.StreamReader, routes: Routes, name: str, hosts: tuple[str, ...]
+) -> bytes:
     """The response to one request on ``reader``, rendered."""
     try:
         request = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
@@ -271,7 +302,9 @@ async def _respond(reader: asyncio.StreamReader, routes: Routes, name: str) -> b
         request = Response(408, b"request not received in time\n")
     if isinstance(request, Response):
         return render(request)
-    method, path = request
+    method, path, host = request
+    if not host_allowed(host, hosts):
+        return render(Response(421, b"this server does not answer to that host name\n"))
     handler = routes.get(path)
     if handler is None:
         return render(Response(404, b"not found\n"), method == "HEAD")
