@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests start as real processes: the production MQTT broker, and
 # PLINK 1.9 (the reference GWAS results) and PLINK 2 (writes .pgen/.vcf test filesets);
-# iproute2's `ip netns` puts each participant of tests/test_multihost.py on a host of its own.
-APT_PACKAGES=(mosquitto plink1.9 plink2 iproute2)
+# iproute2's `ip netns` puts each participant of tests/test_multihost.py on a host of its own;
+# headless chromium (tests/test_operator_page.py loads the operator page in it).
+APT_PACKAGES=(mosquitto plink1.9 plink2 iproute2 chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from smpc.config.federation import read_yaml_model
+from smpc.net.http import WebConfig
 from smpc.protocols.registry import PROTOCOLS
 
 Count = Annotated[StrictInt, Field(ge=0)]
@@ -45,13 +46,14 @@ class PartyConfig(BaseModel):
     federation: Path | None = None  # default: the copy in the kit (public/federation.yaml)
     log_level: str = "info"
     policy: Policy = Policy()
+    web: WebConfig | None = None  # the operator page (smpc.party.web); off unless given
 
 
 def load_party_config(path: Path) -> PartyConfig:
     """Read a party config; relative paths are relative to the config file."""
     config = read_yaml_model(path, PartyConfig)
     base = Path(path).resolve().parent
-    resolved = {
+    resolved: dict[str, object] = {
         k: (base / v if not Path(v).is_absolute() else Path(v))
         for k, v in (
             ("kit", config.kit),
@@ -60,4 +62,6 @@ def load_party_config(path: Path) -> PartyConfig:
         )
         if v is not None
     }
+    if config.web is not None:
+        resolved["web"] = config.web.resolved(base)
     return config.model_copy(update=resolved)

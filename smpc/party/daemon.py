@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ from smpc.net.connection import Connection
 from smpc.net.errors import TransportError
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
+from smpc.net.webpage import BrokerState
 from smpc.party.config import PartyConfig
 from smpc.party.replies import JobReply, Reply
 from smpc.party.service import PartyService
+from smpc.party.web import start_party_web
 from smpc.wire.envelope_errors import EnvelopeError
 from smpc.wire.layout import envelope_id, peek_route
 from smpc.wire.messages import Job
@@ -77,6 +80,8 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
     removed = service.store.recover()  # what a crash left half-written: never acknowledged
     if removed:
         log.event(logger, "store-recovered", party=name, removed=len(removed))
+    broker = BrokerState()  # what the operator page shows (config.web; off by default)
+    web = await start_party_web(config.web, service, broker, stop.is_set)
 
     def connect() -> Connection:
         # Large uploads are reassembled on disk, so memory stays bounded
@@ -90,13 +95,16 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
         await conn.subscribe(daemon.topics.uploads_for(name))
         log.event(logger, "party-connected", party=name, broker=service.federation.broker.host)
         daemon.conn = conn
+        broker.up()
         try:
             async for message in until(conn.messages(), stop):
                 await daemon.dispatch(message)
         finally:
             daemon.conn = None
+            broker.down("the connection was lost" if not stop.is_set() else "stopping")
 
     def lost(exc: Exception, wait: float) -> None:
+        broker.down(str(exc))
         log.event(logger, "broker-lost", logging.WARNING, party=name, reason=exc)
 
     remove_sighup = on_sighup(daemon.reload_soon)
@@ -107,6 +115,8 @@ async def serve(config: PartyConfig, stop: asyncio.Event, *, reconnect_max: floa
         )  # fmt: skip
     finally:
         remove_sighup()
+        if web is not None:
+            web.close()
         await asyncio.gather(*daemon.reloads, return_exceptions=True)
         await daemon.stop_sessions()
         service.store.close()
@@ -226,15 +236,19 @@ class _Daemon:
 
     async def session(self, job: Job, task: SessionTask) -> None:
         """One job's MPyC session, start to published outcome (a background task)."""
+        started = time.monotonic()
         try:
             reply = await self.service.run_session(job, task, call=self.call)
         except asyncio.CancelledError:
+            self.service.metrics.session(time.monotonic() - started, "stopped")
             log.event(logger, "session-stopped", logging.WARNING, job=job.id)
             raise
         except Exception as exc:  # the session's own failures are replies, not raises
+            self.service.metrics.session(time.monotonic() - started, "error")
             await self.crashed("job", job.id, exc, background=True)
             return
         state = "failed" if reply.results == () and reply.status is not None else "done"
+        self.service.metrics.session(time.monotonic() - started, state)
         log.event(logger, "session-end", job=job.id, outcome=state)
         await self.send(job.id, reply, background=True)
 

@@ -27,6 +27,7 @@ from smpc.errors import UserError
 from smpc.party.audit import AuditLog
 from smpc.party.compute import Computation
 from smpc.party.config import PartyConfig, Policy
+from smpc.party.metrics import PartyMetrics
 from smpc.party.replies import JobReply
 from smpc.party.store import PartyStore, StoredJob
 from smpc.party.uploads import Uploads
@@ -67,6 +68,7 @@ class PartyService(Computation, Uploads):
         self._jobs: dict[str, Job] = {}
         self._job_digests: dict[str, str] = {}  # job id -> Job.digest, computed once
         self.audit = AuditLog(store.root)
+        self.metrics = PartyMetrics()  # /metrics of the operator page (smpc.party.web)
         for stored in store.jobs():  # a restart recovers every job it had accepted
             self._jobs[stored.id] = verify_job(stored.closed or stored.message, directory)[1]
             if stored.status == "computing":  # interrupted: never computed (or noised) twice

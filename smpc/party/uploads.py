@@ -12,6 +12,7 @@ from smpc.config.federation import Federation
 from smpc.core.field import field_for
 from smpc.party.audit import AuditLog
 from smpc.party.config import Policy
+from smpc.party.metrics import PartyMetrics
 from smpc.party.replies import Reply
 from smpc.party.store import PartyStore, ShareConflict
 from smpc.pki.kit import Kit
@@ -39,6 +40,7 @@ class Uploads:
     _jobs: dict[str, Job]
     _job_digests: dict[str, str]
     audit: AuditLog
+    metrics: PartyMetrics
     _site_keys: dict[str, Any]
 
     # -- uploads ----------------------------------------------------------------------------
@@ -52,6 +54,7 @@ class Uploads:
         bytes are not an envelope, or its job is not known yet (the site
         re-publishes until it hears back, so a job announced late still works).
         """
+        self.metrics.received(len(data))
         try:
             route = peek_route(data)
             eid = envelope_id(data)
@@ -113,6 +116,7 @@ class Uploads:
                 upload=str(upload),
             )
             if outcome == "stored":
+                self.metrics.stored(header.site)
                 self.audit.append(
                     "share-stored", **context, digest=header.digest, upload=str(upload),
                     envelope=eid,
@@ -165,6 +169,7 @@ class Uploads:
         self, reason: str, *, job: str | None, input: str | None, site: str | None, digest=""
     ) -> None:
         self.store.reject(reason, job=job, input=input, site=site)
+        self.metrics.rejected(reason)
         self.audit.append(
             "share-rejected", job=job, input=input, site=site, digest=digest or None, reason=reason
         )

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from smpc.config.federation import read_yaml_model
 from smpc.config.spec import one_of
 from smpc.errors import UserError
+from smpc.net.http import WebConfig
 from smpc.protocols.registry import PROTOCOLS
 from smpc.site.policy import SitePolicy
 
@@ -46,6 +47,7 @@ class SiteConfig(BaseModel):
     state: Path | None = None  # where answered job ids are kept (default: next to the config)
     log_level: str = "info"
     policy: SitePolicy = SitePolicy()
+    web: WebConfig | None = None  # the operator page (smpc.site.web); off unless given
 
     def data_for(self, protocol: str) -> Path | None:
         """The data file for a job of ``protocol`` (None: use ``inputs``)."""
@@ -84,5 +86,6 @@ def load_site_config(path: Path) -> SiteConfig:
             "trainer": trainer,
             "state": resolve(config.state) or base / f".{Path(path).stem}.answered",
             "inputs": inputs,
+            "web": config.web.resolved(base) if config.web is not None else None,
         }
     )

@@ -20,12 +20,14 @@ from smpc.errors import UserError
 from smpc.net.connection import Connection
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
+from smpc.net.webpage import BrokerState
 from smpc.pki.kit import Kit, load_kit, reload_kit
 from smpc.protocols.base import SiteSource, SkipJob
 from smpc.protocols.registry import parse_spec
 from smpc.site.config import SiteConfig
 from smpc.site.inputs import site_inputs
 from smpc.site.upload import job_on_its_topic, upload
+from smpc.site.web import SiteActivity, start_site_web
 from smpc.wire.messages import Job, MessageError
 
 logger = logging.getLogger("smpc.site")
@@ -84,15 +86,25 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         else None
     )
     keep = state.parent / f"{state.name}.uploads"  # envelopes awaiting acks
+    activity, broker = SiteActivity(answered), BrokerState()  # the operator page's
+    web = await start_site_web(
+        config.web, keys=keys, activity=activity, broker=broker, stopping=stop.is_set
+    )
 
     def skipped(job: Job, reason: str) -> None:
+        activity.record(job.id, job.protocol, "skipped", reason)
         log.event(logger, "job-skipped", job=job.id, site=kit.name, reason=reason)
+
+    def failed(job: Job, reason: object) -> None:
+        activity.record(job.id, job.protocol, "failed", str(reason))
+        log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=reason)
 
     def connect() -> Connection:
         return Connection.from_kit(keys.kit, keys.federation)
 
     async def session(conn: Connection) -> None:
         await conn.subscribe(topics.jobs())
+        broker.up()
         log.event(
             logger, "site-serving", site=keys.kit.name, inputs=",".join(config.inputs) or None,
             data=",".join(f"{k}={v}" for k, v in config.data.items())
@@ -130,7 +142,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
                 window = (
                     parse_spec(job.spec, job.id, federation).round_timeout if trainer else 120.0
                 )
-                await upload(
+                report = await upload(
                     kit, federation, job, site_inputs(source, federation), keep=keep,
                     policy=config.policy, timeout=window,
                 )  # fmt: skip
@@ -138,20 +150,27 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
                 skipped(job, str(exc))
                 continue
             except UserError as exc:
-                log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=exc)
+                failed(job, exc)
                 continue
             except Exception as exc:  # a file no reader expected: log it, serve the next job
                 logger.debug("job %s", job.id, exc_info=True)
-                reason = f"{type(exc).__name__}: {exc}"
-                log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=reason)
+                failed(job, f"{type(exc).__name__}: {exc}")
                 continue
+            activity.sent(report.bytes_sent)
+            activity.record(job.id, job.protocol, "uploaded")
             answered.add(job.id)
             state.write_text("\n".join(sorted(answered)) + "\n")
+
+    def lost(exc: Exception, wait: float) -> None:
+        broker.down(str(exc))
+        logging.getLogger("smpc.transport").warning("%s; reconnecting in %.1f s", exc, wait)
 
     # a broker restart or a lost connection reconnects and re-subscribes; a refused
     # certificate or client id ends the daemon with the reason
     remove_sighup = on_sighup(keys.reload)
     try:
-        await run_with_reconnect(connect, session, stop=stop)
+        await run_with_reconnect(connect, session, stop=stop, on_retry=lost)
     finally:
         remove_sighup()
+        if web is not None:
+            web.close()
