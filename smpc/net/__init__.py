@@ -1,1 +1,2 @@
-"""Talking MQTT: topics, framing and reassembly of bodies, the TLS connection, reconnecting."""
+"""Talking MQTT: topics, framing and reassembly of bodies, the TLS connection, reconnecting;
+the operator page server."""
