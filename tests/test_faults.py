@@ -137,7 +137,7 @@ class Sites:
 
     async def publish_job(self, job: Job) -> None:
         message = sign("job", job, self.analyst.name, self.analyst.signing_key)
-        await self._jobs.publish(self.topics.job(job.id), message, retain=True)
+        await self._jobs.publish(self.topics.job(self.analyst.name, job.id), message, retain=True)
 
     def seal(self, job: Job, size: int, seed: int) -> list[Key]:
         """Every site's envelopes of ``job`` to the party (random data of ``size`` values)."""
@@ -163,7 +163,7 @@ class Sites:
         """Clear the retained messages of jobs the party accepted (its store keeps them), so
         a restart is not flooded with every earlier job again."""
         for job_id in sorted(accepted - self._cleared):
-            await self._jobs.clear_retained(self.topics.job(job_id))
+            await self._jobs.clear_retained(self.topics.job(self.analyst.name, job_id))
             self._cleared.add(job_id)
 
     def pending(self) -> list[Key]:
