@@ -27,6 +27,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import struct
 import tracemalloc
 import zipfile
@@ -580,6 +581,30 @@ def test_hostile_message_shapes_are_message_errors() -> None:
     ]:
         with pytest.raises(MessageError):
             verify_job(data, d)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"issued": math.nan, "deadline": math.nan},
+        {"deadline": math.inf},
+        {"spec": {"r": -math.inf}},
+    ],
+)
+def test_signed_non_finite_numbers_are_refused(change: dict[str, float]) -> None:
+    """Found by fuzz/messages.py: an analyst's job with NaN times (which pass every
+    freshness comparison) or an infinite number (which ``sign`` would have written as
+    null) verified; JSON's NaN, Infinity and 1e400 are refused now, as in the header."""
+    payload = {**json.loads(MESSAGES["job"])["payload"], **change}
+    doc = {"kind": "job", "signer": "analyst", "payload": payload}
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    key = c.keys().signing["analyst"]
+    doc["signature"] = base64.b64encode(
+        key.sign(b"smpc signed message v1\x00" + canonical)
+    ).decode()
+    for data in (json.dumps(doc), json.dumps(doc).replace("Infinity", "1e400")):
+        with pytest.raises(MessageError, match=r"not allowed|not finite"):
+            verify_job(data.encode(), c.keys().directory)
 
 
 @FUZZ

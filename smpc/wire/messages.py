@@ -293,6 +293,22 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent: finite (1e400 would be inf), else refused.
+
+    Honest signers never write one (:func:`sign` dumps inf and NaN as null), and a NaN
+    would pass every comparison a party makes with a job's issue time and deadline.
+    """
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is not finite")
+    return value
+
+
 def sign(kind: Kind, payload: BaseModel, signer: str, key: Ed25519PrivateKey) -> bytes:
     """A signed message carrying ``payload``."""
     body = payload.model_dump(mode="json")
@@ -305,7 +321,12 @@ def sign(kind: Kind, payload: BaseModel, signer: str, key: Ed25519PrivateKey) ->
 def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
     """Check a message's form, kind, signer role and signature; return (signer, payload)."""
     try:
-        doc = json.loads(data, object_pairs_hook=_no_duplicates)
+        doc = json.loads(
+            data,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+        )
         signer, payload, signature = doc["signer"], doc["payload"], doc["signature"]
         if doc["kind"] != kind or set(doc) != {"kind", "signer", "payload", "signature"}:
             raise ValueError(f"expected a {kind} message")
