@@ -54,7 +54,7 @@ from smpc.wire.layout import FIXED, FIXED_SIZE, parse_prefix
 from smpc.wire.messages import MessageError, decode_model, sign, verify_job
 
 FUZZ = settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 
 ENVELOPES = c.envelopes()

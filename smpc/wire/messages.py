@@ -319,7 +319,12 @@ def sign(kind: Kind, payload: BaseModel, signer: str, key: Ed25519PrivateKey) ->
 
 
 def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
-    """Check a message's form, kind, signer role and signature; return (signer, payload)."""
+    """Check a message's form, kind, signer role and signature; return (signer, payload).
+
+    The JSON is read strictly (no repeated keys, no NaN, Infinity or numbers too large
+    for a float), so what the signature covers is what every reader sees; anything
+    malformed, however nested, is a :class:`MessageError`.
+    """
     try:
         doc = json.loads(
             data,
