@@ -14,7 +14,8 @@ The first byte of an input chooses what the rest is:
   (:func:`fuzz.common.seal_raw`), so the strict header parser, its consistency checks
   with the routing part and the body, and the chunk decryption are reached. The
   harness lowers the smallest chunk size to 64 bytes for these inputs only, so
-  multi-chunk bodies stay small. Accepted: a share whose header describes its body.
+  multi-chunk bodies stay small. Accepted: a share whose header describes its body
+  and survives ``to_json``/``from_json`` unchanged (a party stores it so).
 
 Seeds: envelopes of ``seal_shares`` (arrays, seeds, a 127-bit field, an empty array)
 and hostile-signed inputs around valid headers (one and several chunks).
@@ -35,6 +36,7 @@ with atheris.instrument_imports(include=["smpc", "fuzz.common"]):
     from fuzz import common
     from smpc.wire import layout
     from smpc.wire.envelope_errors import EnvelopeError
+    from smpc.wire.header import ShareHeader
 
 VALID = frozenset(e.data for e in common.envelopes(large=False))
 SIGNED = struct.Struct("<HB")
@@ -82,6 +84,7 @@ def _hostile_signed(rest: bytes) -> None:
     assert len(share.body) == h.body_size() == len(body), "body and header disagree"
     assert h.digest == hashlib.sha256(body).hexdigest(), "digest not checked"
     assert (h.job, h.input, h.site, h.party) == (common.JOB, "age", "oslo", 1)
+    assert ShareHeader.from_json(h.to_json()) == h, "an accepted header does not round-trip"
     if h.count <= 1 << 16:  # a seed may stand for more elements than it is worth expanding
         share.values()
 

@@ -277,6 +277,8 @@ def test_hostile_but_signed_headers_are_refused_cleanly() -> None:
             ("meta", {"x": [1]}),
             ("job", "other-job"),
             ("seed", 1),
+            ("meta", {"upload": "u-oslo", "x\ud800": "y"}),  # lone surrogates: not text
+            ("meta", {"upload": "\udfff"}),
         ]
     ]
     cases += [
@@ -589,21 +591,24 @@ def test_hostile_message_shapes_are_message_errors() -> None:
         {"issued": math.nan, "deadline": math.nan},
         {"deadline": math.inf},
         {"spec": {"r": -math.inf}},
+        {"spec": {"name": "\ud800"}},
+        {"spec": {"\udfff": 1}},
     ],
 )
-def test_signed_non_finite_numbers_are_refused(change: dict[str, float]) -> None:
+def test_signed_values_that_do_not_round_trip_are_refused(change: dict[str, Any]) -> None:
     """Found by fuzz/messages.py: an analyst's job with NaN times (which pass every
-    freshness comparison) or an infinite number (which ``sign`` would have written as
-    null) verified; JSON's NaN, Infinity and 1e400 are refused now, as in the header."""
+    freshness comparison), an infinite number (which ``sign`` would have written as
+    null) or a lone surrogate (a string no UTF-8 writer takes) verified; JSON's NaN,
+    Infinity, 1e400 and ``\\ud800`` are refused now."""
     payload = {**json.loads(MESSAGES["job"])["payload"], **change}
-    doc = {"kind": "job", "signer": "analyst", "payload": payload}
+    doc: dict[str, Any] = {"kind": "job", "signer": "analyst", "payload": payload}
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     key = c.keys().signing["analyst"]
     doc["signature"] = base64.b64encode(
         key.sign(b"smpc signed message v1\x00" + canonical)
     ).decode()
     for data in (json.dumps(doc), json.dumps(doc).replace("Infinity", "1e400")):
-        with pytest.raises(MessageError, match=r"not allowed|not finite"):
+        with pytest.raises(MessageError, match=r"not allowed|not finite|surrogate"):
             verify_job(data.encode(), c.keys().directory)
 
 

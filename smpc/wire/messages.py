@@ -322,7 +322,8 @@ def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
     """Check a message's form, kind, signer role and signature; return (signer, payload).
 
     The JSON is read strictly (no repeated keys, no NaN, Infinity or numbers too large
-    for a float), so what the signature covers is what every reader sees; anything
+    for a float, no strings that are not Unicode text: a lone surrogate ``\\ud800``), so
+    what the signature covers is what every reader sees; anything
     malformed, however nested, is a :class:`MessageError`.
     """
     try:
@@ -339,6 +340,7 @@ def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
             raise ValueError("signer and signature must be strings")
         raw_signature = base64.b64decode(signature, validate=True)
         signed = _CONTEXT + _canonical(kind, signer, payload)
+        json.dumps(payload, ensure_ascii=False).encode()  # UnicodeError: a lone surrogate
     except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nesting
         raise MessageError(f"malformed {kind} message: {exc}") from None
     try:
