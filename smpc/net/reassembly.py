@@ -224,8 +224,10 @@ class Reassembler:
             log.debug("duplicate chunk of a delivered body on %s", topic)
             return None
         if header.count == 1:
-            self._mark_done(key)
-            return self._verified(topic, bytes(data), header, retained)
+            message = self._verified(topic, bytes(data), header, retained)
+            if message is not None:  # a frame that does not verify must not mask the real one
+                self._mark_done(key)
+            return message
         try:
             entry = self._entry(key, header)
             if entry is None:
@@ -301,13 +303,13 @@ class Reassembler:
     def _complete(self, key: tuple[str, bytes], entry: _Pending) -> Message | None:
         """The body of a set that has all its chunks, if its SHA-256 matches."""
         self._forget(key)
-        self._mark_done(key)
         try:
             if entry.hasher.digest() != entry.header.digest:
                 self._drop(
                     entry.topic, f"SHA-256 mismatch for a body of {entry.header.total} bytes"
                 )
                 return None
+            self._mark_done(key)
             return Message(entry.topic, entry.body(), False)
         finally:
             entry.discard()

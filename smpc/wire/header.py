@@ -74,6 +74,15 @@ def check_name(what: str, value: object) -> str:
     return value
 
 
+def _is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON's ``\\ud800`` escapes can make strings that are not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -166,6 +175,8 @@ class ShareHeader:
         for key, value in meta.items():
             if not isinstance(key, str) or not key:
                 raise InvalidHeader(f"meta key {key!r} must be a non-empty string")
+            if not _is_text(key) or (isinstance(value, str) and not _is_text(value)):
+                raise InvalidHeader(f"meta[{key!r}] is not Unicode text (a lone surrogate)")
             if not isinstance(value, str | int | float | bool):
                 raise InvalidHeader(
                     f"meta[{key!r}] must be str, int, float or bool, got {type(value).__name__}"

@@ -36,7 +36,9 @@ import base64
 import hashlib
 import io
 import json
+import math
 import time
+import zipfile
 from typing import Any, Literal
 
 import numpy as np
@@ -55,6 +57,7 @@ StatusState = Literal["accepted", "refused", "holding", "done", "failed"]
 _CONTEXT = b"smpc signed message v1\x00"
 _ROLE_OF_KIND = {"job": "analyst", "ack": "party", "status": "party", "result": "party"}
 MAX_MODEL_BYTES = 4 * 1024 * 1024  # the .npz of a global model carried in a job message
+MAX_MODEL_ARRAY_BYTES = 64 * MAX_MODEL_BYTES  # what its arrays may declare, decompressed
 
 
 class MessageError(UserError):
@@ -158,13 +161,42 @@ def encode_model(arrays: dict[str, np.ndarray]) -> str:
 
 
 def decode_model(text: str) -> dict[str, np.ndarray]:
-    """The arrays of a job's ``model``; a malformed one is a MessageError."""
+    """The arrays of a job's ``model``; a malformed one is a MessageError.
+
+    Every member's declared size is checked first (:func:`_check_npz_sizes`), so a small
+    archive that declares huge arrays is refused before NumPy allocates them.
+    """
     try:
         data = base64.b64decode(text, validate=True)
+        _check_npz_sizes(data)
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except Exception as exc:  # any decoding problem means a malformed message
         raise MessageError(f"the job's model is not a base64 .npz: {exc}") from None
+
+
+def _check_npz_sizes(data: bytes) -> None:
+    """Every member is a .npy array (format 1.0 or 2.0) whose data fits the size the zip
+    declares for it, and all of them together at most :data:`MAX_MODEL_ARRAY_BYTES`."""
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = archive.infolist()
+        declared = sum(info.file_size for info in members)
+        if declared > MAX_MODEL_ARRAY_BYTES:
+            raise ValueError(f"its arrays declare {declared} bytes, over {MAX_MODEL_ARRAY_BYTES}")
+        for info in members:
+            with archive.open(info) as member:
+                version = fmt.read_magic(member)
+                if version not in readers:
+                    raise ValueError(f"{info.filename}: .npy format {version} is not read here")
+                shape, _, dtype = readers[version](member)
+                size = math.prod(shape) * dtype.itemsize
+                if size > info.file_size:
+                    raise ValueError(
+                        f"{info.filename}: shape {shape} of {dtype} needs {size} bytes, "
+                        f"but the member holds {info.file_size}"
+                    )
 
 
 def stamp_job(job: Job, lifetime: float, now: float | None = None) -> Job:
@@ -257,6 +289,32 @@ def _canonical(kind: str, signer: str, payload: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object without repeated keys: what was signed is what every reader sees."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent: finite (1e400 would be inf), else refused.
+
+    Honest signers never write one (:func:`sign` dumps inf and NaN as null), and a NaN
+    would pass every comparison a party makes with a job's issue time and deadline.
+    """
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is not finite")
+    return value
+
+
 def sign(kind: Kind, payload: BaseModel, signer: str, key: Ed25519PrivateKey) -> bytes:
     """A signed message carrying ``payload``."""
     body = payload.model_dump(mode="json")
@@ -267,14 +325,29 @@ def sign(kind: Kind, payload: BaseModel, signer: str, key: Ed25519PrivateKey) ->
 
 
 def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
-    """Check a message's form, kind, signer role and signature; return (signer, payload)."""
+    """Check a message's form, kind, signer role and signature; return (signer, payload).
+
+    The JSON is read strictly (no repeated keys, no NaN, Infinity or numbers too large
+    for a float, no strings that are not Unicode text: a lone surrogate ``\\ud800``), so
+    what the signature covers is what every reader sees; anything
+    malformed, however nested, is a :class:`MessageError`.
+    """
     try:
-        doc = json.loads(data)
+        doc = json.loads(
+            data,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+        )
         signer, payload, signature = doc["signer"], doc["payload"], doc["signature"]
         if doc["kind"] != kind or set(doc) != {"kind", "signer", "payload", "signature"}:
             raise ValueError(f"expected a {kind} message")
+        if not isinstance(signer, str) or not isinstance(signature, str):
+            raise ValueError("signer and signature must be strings")
         raw_signature = base64.b64decode(signature, validate=True)
-    except (ValueError, KeyError, TypeError) as exc:
+        signed = _CONTEXT + _canonical(kind, signer, payload)
+        json.dumps(payload, ensure_ascii=False).encode()  # UnicodeError: a lone surrogate
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nesting
         raise MessageError(f"malformed {kind} message: {exc}") from None
     try:
         role = directory.role(signer)
@@ -285,9 +358,7 @@ def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
             f"{kind} message signed by {signer!r}, a {role}, not an {_ROLE_OF_KIND[kind]}"
         )
     try:
-        directory.verify_key(signer).verify(
-            raw_signature, _CONTEXT + _canonical(kind, signer, payload)
-        )
+        directory.verify_key(signer).verify(raw_signature, signed)
     except InvalidSignature:
         raise MessageError(f"{kind} message from {signer!r} has a bad signature") from None
     return signer, payload
