@@ -13,6 +13,7 @@ from smpc.core.field import FAST, field_for, mpyc_modulus
 from smpc.core.sharing import reconstruct
 from smpc.party.service import PartyService
 from smpc.party.store import PartyStore
+from smpc.party.uploads import header_problem
 from smpc.pki.kit import load_kit
 from smpc.wire.messages import Job, JobInput, MessageError, sign, stamp_job, verify_ack
 from smpc.wire.packaging import seal_shares
@@ -231,6 +232,23 @@ def test_shares_sealed_for_another_version_of_the_job_are_rejected(kits, tmp_pat
     _rejected(party, _envelopes(kits, meta={"job": ""})[1], "another version of job job-1")
     assert party.store.shares() == []
     assert party.handle_upload(_envelopes(kits)[1]).ack.status == "stored"
+
+
+def test_a_seed_that_would_expand_beyond_any_body_is_rejected(kits, tmp_path):
+    from smpc.wire.header import ShareHeader
+
+    party = _party(kits, tmp_path)
+    job = _job()
+    header = ShareHeader(
+        job="job-1", input="x", site="oslo", party=1, scheme="shamir", t=1, n=3,
+        modulus=FAST.modulus, frac_bits=16, dtype=FAST.dtype_tag, shape=(2**40,), seed=True,
+        meta={"upload": "u-oslo", "job": job.digest()},
+    )  # fmt: skip
+    problem = header_problem(header, job, job.digest())
+    assert "declares shape (1099511627776,)" in problem and "more than the" in problem
+    small = ShareHeader(**{**header.__dict__, "shape": (6,)})
+    assert header_problem(small, job, job.digest()) == ""
+    assert party.store.shares() == []
 
 
 def test_site_with_too_few_records_is_refused(kits, tmp_path):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import sqlite3
 from typing import Any
 
 from smpc import log
 from smpc.config.federation import Federation
 from smpc.core.field import field_for
+from smpc.net.reassembly import DEFAULT_MAX_BODY
 from smpc.party.audit import AuditLog
 from smpc.party.config import Policy
 from smpc.party.metrics import PartyMetrics
@@ -215,6 +217,13 @@ def header_problem(header: ShareHeader, job: Job, digest: str) -> str:
             return f"header {name} is {got!r}, job {job.id} says {want!r}"
     if header.seed and not job.compact:
         return f"job {job.id} asks for full shares, got a seed"
+    if header.seed:  # 32 bytes that would expand to any declared shape when computed
+        expanded = math.prod(header.shape) * field_for(header.modulus).element_size
+        if expanded > DEFAULT_MAX_BODY:
+            return (
+                f"a seed share declares shape {header.shape} ({expanded} bytes expanded), more "
+                f"than the {DEFAULT_MAX_BODY} bytes a full share may carry"
+            )
     return ""
 
 
