@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "share_encrypt": {"seconds", "mb_per_s", "ratio_vs_np_save", "peak_rss_mb"},
     "upload": {"seconds", "plain_seconds", "ratio_vs_plain"},
+    "load": {"ratio_vs_plain", "mb_per_s", "p50_seconds", "p99_seconds", "peak_party_rss_mb"},
     "fedavg": {"seconds", "peak_rss_mb", "ratio_vs_plain", "ratio_vs_numpy"},
     "gwas": {
         "assoc_seconds",
@@ -31,6 +32,10 @@ CASES = {
         "plink_assoc_seconds",
         "plink_linear_seconds",
     },
+}
+# Figures that count failures: the benchmark's check, so they must be 0.
+ZERO = {
+    "load": {"lost_shares", "duplicate_shares"},
 }
 
 
@@ -50,5 +55,6 @@ def test_quick_run_prints_its_figures_last(name):
     figures = json.loads(lines[-1])
     assert CASES[name] <= set(figures)
     assert all(figures[key] > 0 for key in CASES[name])
+    assert {key: figures[key] for key in ZERO.get(name, ())} == dict.fromkeys(ZERO.get(name, ()), 0)
     if name == "gwas":  # the rows PLINK prints on POOLED, every column
         assert all(same == total > 0 for same, total in figures["rows_equal_plink"].values())
