@@ -207,10 +207,11 @@ def _check_stores(root: Path, names: list[str]) -> tuple[int, int]:
     return lost, duplicate
 
 
-def run(sites: int, values: int, workers: int) -> dict:
+def run(sites: int, values: int, workers: int, workdir: Path | None = None) -> dict:
     names = [f"site{i:02d}" for i in range(sites)]
     with tempfile.TemporaryDirectory(prefix="smpc-load-") as tmp:
-        root = Path(tmp)
+        root = Path(tmp) if workdir is None else workdir
+        root.mkdir(parents=True, exist_ok=True)
         init_keys(_federation(root, names), root / "keys")
         kits = root / "keys" / "kits"
         federation = load_federation(root / "keys" / "public" / "federation.yaml")
@@ -314,6 +315,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=50)
     parser.add_argument("--values", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=5, help="processes the sites run in")
+    parser.add_argument("--workdir", type=Path, help="keep keys, stores and logs there")
     parser.add_argument("--quick", action="store_true", help="5 sites x 10,000 values")
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -326,7 +328,7 @@ def main() -> None:
         return
     if args.quick:
         args.sites, args.values, args.workers = 5, 10_000, 2
-    print(json.dumps(run(args.sites, args.values, args.workers)))
+    print(json.dumps(run(args.sites, args.values, args.workers, args.workdir)))
 
 
 if __name__ == "__main__":
