@@ -25,7 +25,9 @@ thread pools start lazily and then stay, idle: asyncio's default executor (a wor
 ``asyncio.to_thread`` running at once, at most ``min(32, cores + 4)``) and OpenBLAS's
 (started by a site's first matrix product); what the warm-up added is printed.
 ``leaked_*`` is the largest excess over the baseline after any later job, summed over
-the daemons (0: every daemon came back to its baseline after every job).
+the daemons (0: every daemon came back to its baseline after every job); processes and
+ports also count, wherever they are, this federation's MPyC sessions outside the
+daemons' trees and listeners on its MPyC ports.
 ``rss_growth_pct``: the largest growth of a party daemon's RSS from after job 1 to
 after the last job.
 
@@ -94,14 +96,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+MPYC_PORTS = [range(27000 + 100 * i, 27050 + 100 * i) for i in range(len(PARTIES))]
+
+
 def _federation(root: Path) -> Path:
     doc = {
         "name": "soak",
         "threshold": 1,
         "broker": {"host": "127.0.0.1", "port": _free_port()},
         "parties": [
-            {"name": p, "host": "127.0.0.1", "mpyc_ports": f"{27000 + 100 * i}-{27049 + 100 * i}"}
-            for i, p in enumerate(PARTIES)
+            {"name": p, "host": "127.0.0.1", "mpyc_ports": f"{r.start}-{r.stop - 1}"}
+            for p, r in zip(PARTIES, MPYC_PORTS, strict=True)
         ],
         "sites": [{"name": s} for s in SITES],
         "analysts": [{"name": "analyst"}],
@@ -186,6 +191,31 @@ def _holdings(pid: int) -> dict[str, Any]:
     }
 
 
+def _strays(root: Path, owned: set[int], owned_ports: set[int]) -> dict[str, Any]:
+    """Outside the daemons' trees: MPyC sessions of this federation, and listeners on its
+    MPyC ports (a session its party lost track of would be re-parented, not a child)."""
+    sessions = 0
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["pid"] not in owned and "smpc.mpc.session" in cmdline:
+            sessions += any(arg.startswith(str(root)) for arg in cmdline)
+    ports = {
+        c.laddr.port
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and any(c.laddr.port in r for r in MPYC_PORTS)
+    }
+    return {"fds": 0, "threads": 0, "processes": sessions, "ports": ports - owned_ports}
+
+
+def _all_holdings(root: Path, daemons: dict[str, int]) -> dict[str, dict[str, Any]]:
+    now = {name: _holdings(pid) for name, pid in daemons.items()}
+    owned = set(daemons.values()) | {
+        c.pid for pid in daemons.values() for c in psutil.Process(pid).children(recursive=True)
+    }
+    now["(elsewhere)"] = _strays(root, owned, set().union(*(h["ports"] for h in now.values())))
+    return now
+
+
 def _excess(now: dict[str, Any], base: dict[str, Any]) -> dict[str, int]:
     return {
         "fds": max(0, now["fds"] - base["fds"]),
@@ -196,13 +226,13 @@ def _excess(now: dict[str, Any], base: dict[str, Any]) -> dict[str, int]:
 
 
 def _settled(
-    daemons: dict[str, int], base: dict[str, dict], keys: tuple[str, ...]
+    root: Path, daemons: dict[str, int], base: dict[str, dict], keys: tuple[str, ...]
 ) -> tuple[dict, dict[str, dict]]:
     """Each daemon's holdings once back at its baseline in ``keys``, or after SETTLE s."""
     deadline = time.monotonic() + SETTLE
     while True:
-        now = {name: _holdings(pid) for name, pid in daemons.items()}
-        excess = {name: _excess(now[name], base[name]) for name in daemons}
+        now = _all_holdings(root, daemons)
+        excess = {name: _excess(now[name], base[name]) for name in now}
         back = not any(e[key] for e in excess.values() for key in keys)
         if back or time.monotonic() > deadline:
             return now, excess
@@ -284,7 +314,7 @@ def run(jobs: int, warmup: int, workdir: Path | None = None) -> dict[str, Any]:
             print(f"  daemons up: {time.perf_counter() - began:.1f} s", flush=True)
             try:
                 daemons = {name: proc.pid for name, proc in procs.items()}
-                base = start_state = {name: _holdings(pid) for name, pid in daemons.items()}
+                base = start_state = _all_holdings(root, daemons)
                 for i in range(jobs):
                     kind = KINDS[i % len(KINDS)]
                     spec_file = root / "specs" / f"{kind}.yaml"
@@ -301,7 +331,7 @@ def run(jobs: int, warmup: int, workdir: Path | None = None) -> dict[str, Any]:
                     warming = i < warmup
                     # a warm-up job's pools stay: wait only for its processes and ports to go
                     keys = ("processes", "ports") if warming else tuple(worst)
-                    now, excess = _settled(daemons, start_state if warming else base, keys)
+                    now, excess = _settled(root, daemons, start_state if warming else base, keys)
                     if not warming:
                         for key in worst:
                             worst[key] = max(worst[key], sum(e[key] for e in excess.values()))
@@ -337,6 +367,12 @@ def run(jobs: int, warmup: int, workdir: Path | None = None) -> dict[str, Any]:
         "rss_growth_pct": round(growth, 2),
         "party_rss_mb_after_first": round(max(rss[0].values()), 1),
         "party_rss_mb_after_last": round(max(rss[-1].values()), 1),
+        "rss_growth_after_warmup_pct": round(
+            max((rss[-1][p] - rss[warmup - 1][p]) / rss[warmup - 1][p] * 100 for p in PARTIES)
+            if warmup
+            else growth,
+            2,
+        ),
         "leaked_fds": worst["fds"],
         "leaked_threads": worst["threads"],
         "leaked_processes": worst["processes"],
