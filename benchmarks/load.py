@@ -24,6 +24,8 @@ Prints progress, then one JSON line:
     peak_party_rss_mb  the largest party daemon's peak RSS (VmHWM)
     lost_shares        (job, site, party) without a stored share
     duplicate_shares   shares stored more than once for one (job, site, party)
+    envelopes_resent   envelopes a party received again because a site re-sent them
+                       before its ack came (``event=share-duplicate``: stored once)
 
 Run: ``python benchmarks/load.py [--quick] [--sites N] [--values N] [--workers N]``.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import signal
 import socket
@@ -93,7 +96,7 @@ def _vm_hwm_mb(pid: int) -> float:
 # -- the roles run as subprocesses of this script ------------------------------------------------
 
 
-async def _sites_worker(mode: str, root: str, names: list[str]) -> None:
+async def _sites_worker(mode: str, root: str, resend_after: float, names: list[str]) -> None:
     """Upload (mode smpc) or publish raw (mode plain) for each site, all at once.
 
     Prints ``ready`` once kits and data are loaded, waits for ``go START`` on stdin
@@ -114,7 +117,7 @@ async def _sites_worker(mode: str, root: str, names: list[str]) -> None:
         if mode == "smpc":
             await upload(
                 kit, federation, JOB, {"x": data[name]}, timeout=900,
-                keep=base / "kept" / name,
+                resend_after=resend_after, keep=base / "kept" / name,
             )  # fmt: skip
         else:
             async with Connection.from_kit(kit, federation, suffix="plain") as conn:
@@ -143,11 +146,14 @@ async def _plain_subscriber(root: str, count: int) -> None:
 # -- the driver ------------------------------------------------------------------------------------
 
 
-def _start_workers(mode: str, root: Path, names: list[str], workers: int) -> list:
+def _start_workers(
+    mode: str, root: Path, names: list[str], workers: int, resend_after: float = 0.0
+) -> list:
     groups = [names[i::workers] for i in range(workers)]
+    role = ["--role", "sites", mode, str(root), str(resend_after)]
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--role", "sites", mode, str(root), *group],
+            [sys.executable, __file__, *role, *group],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -207,7 +213,9 @@ def _check_stores(root: Path, names: list[str]) -> tuple[int, int]:
     return lost, duplicate
 
 
-def run(sites: int, values: int, workers: int, workdir: Path | None = None) -> dict:
+def run(
+    sites: int, values: int, workers: int, resend_after: float, workdir: Path | None = None
+) -> dict:
     names = [f"site{i:02d}" for i in range(sites)]
     with tempfile.TemporaryDirectory(prefix="smpc-load-") as tmp:
         root = Path(tmp) if workdir is None else workdir
@@ -274,7 +282,7 @@ def run(sites: int, values: int, workers: int, workdir: Path | None = None) -> d
                     analyst="analyst",
                 )
                 asyncio.run(publish_job(load_kit(kits / "analyst"), federation, job))
-                ups = _start_workers("smpc", root, names, workers)
+                ups = _start_workers("smpc", root, names, workers, resend_after)
                 start = _go(ups)
                 done = _finish_workers(ups, "upload")
                 seconds = max(done.values()) - start
@@ -292,6 +300,11 @@ def run(sites: int, values: int, workers: int, workdir: Path | None = None) -> d
         print(f"  smpc uploads: {seconds:.2f} s", flush=True)
         lost, duplicate = _check_stores(root, names)
         print(f"  stores: {lost} lost, {duplicate} duplicate shares", flush=True)
+        resent = sum(
+            (root / f"{p}.log").read_text(errors="replace").count("event=share-duplicate")
+            for p in PARTIES
+        )
+        print(f"  envelopes received again (re-sent, stored once): {resent}", flush=True)
     return {
         "benchmark": "load",
         "sites": sites,
@@ -307,6 +320,8 @@ def run(sites: int, values: int, workers: int, workdir: Path | None = None) -> d
         "peak_party_rss_mb": round(peak, 1),
         "lost_shares": lost,
         "duplicate_shares": duplicate,
+        "resend_after": resend_after,
+        "envelopes_resent": resent,
     }
 
 
@@ -315,6 +330,12 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=50)
     parser.add_argument("--values", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=5, help="processes the sites run in")
+    parser.add_argument(
+        "--resend-after",
+        type=float,
+        default=inspect.signature(upload).parameters["resend_after"].default,
+        help="seconds a site waits for an ack before re-sending (default: the upload's)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep keys, stores and logs there")
     parser.add_argument("--quick", action="store_true", help="5 sites x 10,000 values")
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
@@ -324,11 +345,11 @@ def main() -> None:
         if role == "plain-sub":
             asyncio.run(_plain_subscriber(rest[0], int(rest[1])))
         else:
-            asyncio.run(_sites_worker(rest[0], rest[1], rest[2:]))
+            asyncio.run(_sites_worker(rest[0], rest[1], float(rest[2]), rest[3:]))
         return
     if args.quick:
         args.sites, args.values, args.workers = 5, 10_000, 2
-    print(json.dumps(run(args.sites, args.values, args.workers, args.workdir)))
+    print(json.dumps(run(args.sites, args.values, args.workers, args.resend_after, args.workdir)))
 
 
 if __name__ == "__main__":

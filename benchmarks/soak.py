@@ -389,11 +389,11 @@ def main() -> None:
         "--warmup", type=int, default=len(KINDS), help="jobs before the baseline is taken"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="3 jobs (gwas-assoc, sum, fedavg), warm-up 1"
+        "--quick", action="store_true", help="3 jobs (gwas-assoc, sum, fedavg), warm-up 2"
     )
     args = parser.parse_args()
     if args.quick:
-        args.jobs, args.warmup = 3, 1
+        args.jobs, args.warmup = 3, 2
     args.warmup = max(0, min(args.warmup, args.jobs - 1))
     print(json.dumps(run(args.jobs, args.warmup, args.workdir)))
 

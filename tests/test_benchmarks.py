@@ -35,8 +35,8 @@ CASES = {
     },
 }
 # Figures that count failures: the benchmark's own checks, so they must be 0. (The quick
-# soak's thread count is only reported: with a one-job warm-up, a thread pool may still
-# start a worker in a later job.)
+# soak's thread count is only reported: after its short warm-up a thread pool may still
+# start a worker, which then stays idle.)
 ZERO = {
     "load": {"lost_shares", "duplicate_shares"},
     "soak": {"wrong_results", "leaked_fds", "leaked_processes", "leaked_ports"},
