@@ -24,6 +24,7 @@ Prints progress, then one JSON line:
     peak_party_rss_mb  the largest party daemon's peak RSS (VmHWM)
     lost_shares        (job, site, party) without a stored share
     duplicate_shares   shares stored more than once for one (job, site, party)
+    partial_files      temporary share files left in the parties' stores
     envelopes_resent   envelopes a party received again because a site re-sent them
                        before its ack came (``event=share-duplicate``: stored once)
 
@@ -194,9 +195,10 @@ def _wait_connected(logs: list[Path], timeout: float = 60) -> None:
             time.sleep(0.1)
 
 
-def _check_stores(root: Path, names: list[str]) -> tuple[int, int]:
-    """(lost, duplicate) shares over every (site, party), from the stores and their files."""
-    lost = duplicate = 0
+def _check_stores(root: Path, names: list[str]) -> tuple[int, int, int]:
+    """(lost, duplicate) shares over every (site, party), from the stores' rows and files,
+    and the partial (temporary) files left in the stores."""
+    lost = duplicate = partial = 0
     for party in PARTIES:
         with PartyStore(root / "store" / party) as store:
             shares = store.shares(JOB)
@@ -208,9 +210,8 @@ def _check_stores(root: Path, names: list[str]) -> tuple[int, int]:
                 if not complete:
                     lost += 1
                 duplicate += max(0, count - 1)
-            partial = list((root / "store" / party / "shares").rglob("*.tmp"))
-            duplicate += len(partial)  # a partial file left behind counts against the store
-    return lost, duplicate
+            partial += len(list((root / "store" / party / "shares").rglob("*.tmp")))
+    return lost, duplicate, partial
 
 
 def run(
@@ -298,8 +299,11 @@ def run(
                         proc.wait(10)
         per_site = np.array([done[n] - start for n in names])
         print(f"  smpc uploads: {seconds:.2f} s", flush=True)
-        lost, duplicate = _check_stores(root, names)
-        print(f"  stores: {lost} lost, {duplicate} duplicate shares", flush=True)
+        lost, duplicate, partial = _check_stores(root, names)
+        print(
+            f"  stores: {lost} lost, {duplicate} duplicate shares, {partial} partial files",
+            flush=True,
+        )
         resent = sum(
             (root / f"{p}.log").read_text(errors="replace").count("event=share-duplicate")
             for p in PARTIES
@@ -320,6 +324,7 @@ def run(
         "peak_party_rss_mb": round(peak, 1),
         "lost_shares": lost,
         "duplicate_shares": duplicate,
+        "partial_files": partial,
         "resend_after": resend_after,
         "envelopes_resent": resent,
     }

@@ -38,7 +38,7 @@ CASES = {
 # soak's thread count is only reported: after its short warm-up a thread pool may still
 # start a worker, which then stays idle.)
 ZERO = {
-    "load": {"lost_shares", "duplicate_shares"},
+    "load": {"lost_shares", "duplicate_shares", "partial_files"},
     "soak": {"wrong_results", "leaked_fds", "leaked_processes", "leaked_ports"},
 }
 REPORTED = {"soak": {"rss_growth_pct", "leaked_threads"}}
