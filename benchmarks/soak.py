@@ -61,6 +61,7 @@ import yaml
 from smpc.analyst.driver import run_spec
 from smpc.broker.mosquitto import MosquittoBroker
 from smpc.config.federation import load_federation
+from smpc.errors import UserError
 from smpc.pki.kit import load_broker_kit, load_kit
 from smpc.pki.provision import init_keys
 from smpc.protocols.registry import load_spec
@@ -323,9 +324,13 @@ def run(jobs: int, warmup: int, workdir: Path | None = None) -> dict[str, Any]:
                     spec = load_spec(spec_file, federation)
                     out = root / "out" / f"{i + 1:02d}-{kind}"
                     start = time.perf_counter()
-                    asyncio.run(run_spec(analyst, federation, spec, out=out, upload_window=120))
+                    try:
+                        run_ = run_spec(analyst, federation, spec, out=out, upload_window=120)
+                        asyncio.run(run_)
+                        problem = _wrong(kind, out, expected)
+                    except UserError as exc:  # a failed job is a wrong result; go on
+                        problem = f"failed: {exc}"
                     seconds.append(time.perf_counter() - start)
-                    problem = _wrong(kind, out, expected)
                     if problem:
                         wrong.append(f"job {i + 1} ({kind}): {problem}")
                     warming = i < warmup
