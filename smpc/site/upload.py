@@ -5,8 +5,9 @@ An upload reads the site's local inputs, fetches the job the analyst published
 seals one envelope per party and publishes it, then waits for every party's
 signed ack. Durability rests on those acks, not on MQTT: the broker or a
 party's client may acknowledge a message the party has not stored yet, so an
-envelope without a ``stored`` ack is published again every ``resend_after``
-seconds until the deadline. A ``rejected`` ack is final and carries the
+envelope without a ``stored`` ack is published again ``resend_after`` seconds
+after it was sent (or twice as long as sending it took, if longer), then at
+doubling intervals, until the deadline. A ``rejected`` ack is final and carries the
 party's reason. The upload fails, naming the parties that did not answer or
 refused, unless every party stored every input.
 """
@@ -224,8 +225,7 @@ async def upload(
             await asyncio.to_thread(prepare, known)
         if not pending:
             return  # every party acknowledged this upload before
-        await send(conn, known, pending)
-        next_resend = time.monotonic() + resend_after
+        next_resend = await send_timed(conn, known)
         while pending and time.monotonic() < deadline:
             wait = max(0.05, min(deadline, next_resend) - time.monotonic())
             try:
@@ -237,9 +237,17 @@ async def upload(
             except TimeoutError:
                 pass
             if pending and time.monotonic() >= next_resend:
-                await send(conn, known, pending)
                 resend_after *= 2  # back off: a busy party is slow, not gone
-                next_resend = time.monotonic() + resend_after
+                next_resend = await send_timed(conn, known)
+
+    async def send_timed(conn: Connection, job: Job) -> float:
+        """Send what is pending; when to re-send it. A send that took long went through a
+        congested broker, to parties with a queue: re-sending before they worked through
+        it only adds to it (50 sites at once re-sent most envelopes after 10 s)."""
+        began = time.monotonic()
+        await send(conn, job, pending)
+        now = time.monotonic()
+        return now + max(resend_after, 2 * (now - began))
 
     def connect() -> Connection:
         # A clean session of its own, next to a running `smpc site serve` of the same site.
