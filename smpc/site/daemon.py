@@ -68,7 +68,9 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
     its ``data`` file, or computes its statistics from ``inputs``. Every job not
     answered gets one ``event=job-skipped`` line with the reason; a job whose inputs
     fail (a bad file, a value out of range) one ``event=upload-failed`` line, and the
-    daemon goes on with the next job.
+    daemon goes on with the next job. Each upload runs beside the message loop, so one
+    that still re-publishes to a party that is down (until its deadline) does not hold
+    up the next job.
     """
     from smpc.protocols.fedavg.training import load_trainer
 
@@ -84,6 +86,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         else None
     )
     keep = state.parent / f"{state.name}.uploads"  # envelopes awaiting acks
+    inflight: dict[str, asyncio.Task] = {}  # job id -> its upload, until it ends
 
     def skipped(job: Job, reason: str) -> None:
         log.event(logger, "job-skipped", job=job.id, site=kit.name, reason=reason)
@@ -108,6 +111,8 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
             except (MessageError, ValueError) as exc:
                 log.event(logger, "job-ignored", logging.WARNING, reason=exc)
                 continue
+            if job.id in inflight:
+                continue  # its upload is running (the job again, or its close)
             if job.id in answered:
                 if job.close is None:  # the job again (a restart): its close is no news
                     skipped(job, "already answered")
@@ -125,28 +130,31 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
             if source.data is None and source.inputs is None and source.trainer is None:
                 skipped(job, f"no data file for {job.protocol} jobs in the site config")
                 continue
-            try:
-                # a trainer answers within a round's upload window
-                window = (
-                    parse_spec(job.spec, job.id, federation).round_timeout if trainer else 120.0
-                )
-                await upload(
-                    kit, federation, job, site_inputs(source, federation), keep=keep,
-                    policy=config.policy, timeout=window,
-                )  # fmt: skip
-            except SkipJob as exc:
-                skipped(job, str(exc))
-                continue
-            except UserError as exc:
-                log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=exc)
-                continue
-            except Exception as exc:  # a file no reader expected: log it, serve the next job
-                logger.debug("job %s", job.id, exc_info=True)
-                reason = f"{type(exc).__name__}: {exc}"
-                log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=reason)
-                continue
-            answered.add(job.id)
-            state.write_text("\n".join(sorted(answered)) + "\n")
+            inflight[job.id] = asyncio.create_task(answer(job, kit, federation, source))
+
+    async def answer(job: Job, kit: Kit, federation: Federation, source: SiteSource) -> None:
+        try:
+            # a trainer answers within a round's upload window
+            window = parse_spec(job.spec, job.id, federation).round_timeout if trainer else 120.0
+            await upload(
+                kit, federation, job, site_inputs(source, federation), keep=keep,
+                policy=config.policy, timeout=window,
+            )  # fmt: skip
+        except SkipJob as exc:
+            skipped(job, str(exc))
+            return
+        except UserError as exc:
+            log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=exc)
+            return
+        except Exception as exc:  # a file no reader expected: log it, serve the next job
+            logger.debug("job %s", job.id, exc_info=True)
+            reason = f"{type(exc).__name__}: {exc}"
+            log.event(logger, "upload-failed", logging.ERROR, job=job.id, reason=reason)
+            return
+        finally:
+            inflight.pop(job.id, None)
+        answered.add(job.id)
+        state.write_text("\n".join(sorted(answered)) + "\n")
 
     # a broker restart or a lost connection reconnects and re-subscribes; a refused
     # certificate or client id ends the daemon with the reason
@@ -155,3 +163,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         await run_with_reconnect(connect, session, stop=stop)
     finally:
         remove_sighup()
+        running = list(inflight.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
