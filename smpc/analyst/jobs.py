@@ -153,7 +153,8 @@ async def run_job(
         final = time.monotonic() + timeout
         answered: float | None = None  # when the last party's "done" arrived, plus a grace
         quorum: float | None = None  # when t + 1 opened results agreed, plus a grace
-        members = list(range(len(parties)))  # the parties taking part (set by the close)
+        n = len(parties)
+        members = list(range(n))  # the parties taking part (set by the close)
         dropout: float | None = None  # when the answering parties could close without the rest
         try:
             while True:
@@ -184,22 +185,23 @@ async def run_job(
                 if closed is not None and not missing:
                     break
                 now = time.monotonic()
-                if closed is not None and job.deliver == "parties":
-                    complete = _complete_parties(results, named, len(parties))
-                    if len(complete) >= max(2, closed.t + 1):
-                        # Opened inside MPyC: t + 1 agreeing signed results are the result.
+                least = _enough_results(closed) if closed is not None else 0
+                if least:
+                    complete = [i for i in _complete_parties(results, named, n) if i in members]
+                    if len(complete) >= least:
+                        # Opened inside MPyC: t + 1 agreeing signed results are the result;
+                        # Shamir sums: min_parties parties' shares (consistent: _open).
                         quorum = quorum or now + QUORUM_GRACE
                         if now >= quorum:
                             log.event(
                                 logger, "result-without", log.logging.WARNING, job=job.id,
-                                parties=_party_names(
-                                    parties, set(range(len(parties))) - set(complete)
-                                ),
+                                parties=_party_names(parties, set(members) - set(complete)),
                             )  # fmt: skip
                             results = {
-                                n: {i: v for i, v in r.items() if i in complete}
-                                for n, r in results.items()
+                                name: {i: v for i, v in r.items() if i in complete}
+                                for name, r in results.items()
                             }
+                            members = complete
                             break
                 if closed is not None and done >= set(members):
                     # A party sends its results before its "done": whatever is still
@@ -249,6 +251,7 @@ async def run_job(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reading
             await conn.clear_retained(topics.job(kit.name, job.id))
+    assert closed is not None  # the loop ends only with a result of the closed job
     opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.delivered}
     audit = {parties[i]: heads[parties[i]] for i in members if parties[i] in heads}
     return Outcome(closed, closed.close or (), opened, audit)
@@ -352,8 +355,19 @@ RESULT_GRACE = 3.0
 
 QUORUM_GRACE = 5.0
 """Seconds the analyst still waits for the other parties once t + 1 parties delivered every
-output opened inside MPyC (``deliver: parties``): a party that died after the opening is
-not waited for until the timeout. Their agreement is checked by :func:`_open`."""
+output opened inside MPyC (``deliver: parties``), or ``min_parties`` parties of the close
+delivered their shares of a Shamir sum: a party that died after the close is not waited
+for until the timeout. Their agreement is checked by :func:`_open`."""
+
+
+def _enough_results(closed: Job) -> int:
+    """How many parties' complete results may stand for all of the close's (0: every one)."""
+    if closed.deliver == "parties":
+        return max(2, closed.t + 1)
+    if closed.needs_all_parties():
+        return 0
+    members = len(closed.parties) if closed.parties is not None else closed.n
+    return closed.quorum if closed.quorum < members else 0
 
 
 def _complete_parties(results: dict[str, dict[int, Any]], named: set[str], n: int) -> list[int]:

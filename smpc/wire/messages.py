@@ -130,13 +130,13 @@ class Job(_Strict):
         if self.uploads is not None and (self.close is None or set(self.uploads) != closing):
             raise ValueError("uploads must name exactly the sites of close")
         if self.min_parties is not None:
+            if self.scheme == "additive" and self.min_parties != self.n:
+                raise ValueError("additive sharing needs all n parties: min_parties must be n")
             if not self.t + 1 <= self.min_parties <= self.n:
                 raise ValueError(
                     f"min_parties {self.min_parties} must be between t+1 = {self.t + 1} and "
                     f"n = {self.n}"
                 )
-            if self.scheme == "additive" and self.min_parties != self.n:
-                raise ValueError("additive sharing needs all n parties: min_parties must be n")
         if self.parties is not None:
             if self.close is None:
                 raise ValueError("parties are named only with close")
