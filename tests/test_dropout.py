@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ from smpc.party.store import PartyStore
 from smpc.protocols.registry import parse_spec
 from smpc.wire.messages import Job, verify_status
 from tests.brokers import federation_of, requires_mosquitto
+from tests.simulate import simulate_cohort
+from tests.test_gwas_local import _plink, assert_same_table
 from tests.test_party import _close, _envelopes, _job, _publish, kits  # noqa: F401 - a fixture
 from tests.test_upload_integration import PARTIES, SITES, _broker, _stop, _wait_for_log
 
@@ -343,3 +346,30 @@ def test_sum_and_fedavg_complete_without_a_killed_party(running, tmp_path):
         assert time.monotonic() < deadline, _log(back.log_path)
         time.sleep(0.1)
     _wait_for_log(back, "is not among the parties the job was closed with (alpha, beta)")
+
+
+@slow
+def test_gwas_statistics_fail_naming_the_missing_party_and_succeed_after_its_restart(
+    running, tmp_path
+):
+    if shutil.which("plink1.9") is None:
+        pytest.fail("plink1.9 is not installed (tests/run.sh installs the Debian package)")
+    cohort = simulate_cohort(tmp_path / "cohort", 300, 150, 3, seed=5, site_names=SITES)
+    _start_sites(running, {s: {"gwas": cohort.prefixes[s]} for s in SITES})
+    running.kill("gamma")
+    spec = "name: gw\nprotocol: gwas\ntests: [assoc]\n"  # reveal: statistics, inside MPyC
+    failed = running.run(spec, "--out", str(tmp_path / "down"), "--wait", "10")
+    assert failed.returncode != 0
+    assert (
+        "needs all 3 computing parties (it is opened inside an MPyC session among all "
+        "parties), but gamma did not answer the job; nothing was opened" in failed.stderr
+    ), failed.stderr
+    assert not (tmp_path / "down" / "gw.assoc").exists()
+
+    running.start_party("gamma", "gamma-back.log")
+    run = running.run(spec, "--out", str(tmp_path / "back"))
+    assert run.returncode == 0, run.stderr
+    plink = _plink(cohort, tmp_path / "plink", "--assoc")
+    assert_same_table(tmp_path / "back" / "gw.assoc", plink.with_suffix(".assoc"))
+    result = json.loads((tmp_path / "back" / "result.json").read_text())
+    assert result["parties"] == list(PARTIES)
