@@ -358,7 +358,7 @@ def test_gwas_statistics_fail_naming_the_missing_party_and_succeed_after_its_res
     _start_sites(running, {s: {"gwas": cohort.prefixes[s]} for s in SITES})
     running.kill("gamma")
     spec = "name: gw\nprotocol: gwas\ntests: [assoc]\n"  # reveal: statistics, inside MPyC
-    failed = running.run(spec, "--out", str(tmp_path / "down"), "--wait", "10")
+    failed = running.run(spec, "--out", str(tmp_path / "down"), "--wait", "15")
     assert failed.returncode != 0
     assert (
         "needs all 3 computing parties (it is opened inside an MPyC session among all "
