@@ -7,6 +7,7 @@ one party SIGKILLed before the job closes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -19,15 +20,16 @@ import numpy as np
 import pytest
 import yaml
 
-from smpc.analyst.jobs import JobFailed, _closing, _participants
+from smpc.analyst.jobs import JobFailed, _closing, _participants, publish_job
 from smpc.config.federation import load_federation
+from smpc.core.field import FAST
 from smpc.errors import UserError
 from smpc.party.audit import entries
 from smpc.party.service import PartyService
 from smpc.party.store import PartyStore
 from smpc.protocols.registry import parse_spec
-from smpc.wire.messages import Job, verify_status
-from tests.brokers import federation_of, requires_mosquitto
+from smpc.wire.messages import Job, JobInput, stamp_job, verify_status
+from tests.brokers import federation_of, kit, requires_mosquitto
 from tests.simulate import simulate_cohort
 from tests.test_gwas_local import _plink, assert_same_table
 from tests.test_party import _close, _envelopes, _job, _publish, kits  # noqa: F401 - a fixture
@@ -373,3 +375,41 @@ def test_gwas_statistics_fail_naming_the_missing_party_and_succeed_after_its_res
     assert_same_table(tmp_path / "back" / "gw.assoc", plink.with_suffix(".assoc"))
     result = json.loads((tmp_path / "back" / "result.json").read_text())
     assert result["parties"] == list(PARTIES)
+
+
+@slow
+def test_an_upload_succeeds_with_min_parties_acks_and_the_party_back_gets_its_shares(
+    running, keys_dir, tmp_path
+):
+    running.kill("gamma")
+    federation = federation_of(keys_dir)
+    job = stamp_job(
+        Job(
+            id="drop-up", inputs=(JobInput(name="x", frac_bits=20, int_bits=30),), t=1, n=3,
+            modulus=FAST.modulus, analyst="analyst", min_parties=2,
+        ),
+        600,
+    )  # fmt: skip
+    asyncio.run(publish_job(kit(keys_dir, "analyst"), federation, job))
+    np.save(tmp_path / "x.npy", np.arange(5.0))
+    keep = tmp_path / "kept"
+    up = subprocess.run(
+        [
+            sys.executable, "-m", "smpc.cli", "upload", "--kit", str(keys_dir / "kits" / "oslo"),
+            "--job", job.id, "--input", f"x={tmp_path / 'x.npy'}", "--timeout", "6",
+            "--keep", str(keep),
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert "uploaded x to 2 of 3 parties" in up.stdout and "no ack from gamma" in up.stdout
+    assert "event=upload-partial" in up.stderr and "missing=gamma" in up.stderr
+    assert any(keep.rglob("*")), "the envelopes stay kept for a re-run"
+
+    back = running.start_party("gamma", "gamma-back.log")
+    deadline = time.monotonic() + 30
+    while f"event=share-stored job={job.id} input=x site=oslo" not in _log(back.log_path):
+        assert time.monotonic() < deadline, _log(back.log_path)
+        time.sleep(0.1)
+    with PartyStore(tmp_path / "store" / "gamma") as store:
+        assert [(s.input, s.site) for s in store.shares(job.id)] == [("x", "oslo")]

@@ -59,6 +59,7 @@ class UploadReport:
     stored: dict[str, list[int]] = field(default_factory=dict)  # input -> parties that stored
     bytes_sent: int = 0
     seconds: float = 0.0
+    missing: tuple[str, ...] = ()  # parties without an ack by the deadline (min_parties met)
 
 
 def job_on_its_topic(topics: Topics, topic: str, body: bytes, kit: Kit) -> Job:
@@ -272,6 +273,7 @@ async def upload(
             missing=",".join(parties[p] for p in short),
             reason=f"no ack within {timeout:g} s; the job needs {needed} parties",
         )  # fmt: skip
+        report.missing = tuple(parties[p] for p in short)
         return report
     if refused or pending:
         problems = [
