@@ -25,9 +25,11 @@ from smpc.config.federation import load_federation
 from smpc.core.field import FAST
 from smpc.errors import UserError
 from smpc.party.audit import entries
+from smpc.party.config import Policy
 from smpc.party.service import PartyService
 from smpc.party.store import PartyStore
 from smpc.protocols.registry import parse_spec
+from smpc.site.policy import SitePolicy
 from smpc.wire.messages import Job, JobInput, stamp_job, verify_status
 from tests.brokers import federation_of, kit, requires_mosquitto
 from tests.simulate import simulate_cohort
@@ -147,6 +149,20 @@ def test_a_job_opened_inside_mpyc_is_not_computed_without_every_party(kits, tmp_
     assert reason == (
         "the close leaves out gamma, but it is opened inside an MPyC session among all parties"
     )
+
+
+def test_a_party_refuses_a_job_below_its_min_parties_or_unlike_its_spec(kits, tmp_path):  # noqa: F811
+    kit = kits["beta"]
+    federation = load_federation(kit.federation_file)
+    strict = PartyService(kit, federation, PartyStore(tmp_path / "b"), Policy(min_parties=3))
+    assert strict.refusal(_job(min_parties=2)) == "min_parties 2 is below this party's minimum 3"
+    assert strict.refusal(_job()) == ""
+    spec = {"name": "s", "protocol": "sum", "inputs": ["x"], "min_parties": 2}
+    party = PartyService(kit, federation, PartyStore(tmp_path / "c"))
+    assert party.refusal(_job(spec=spec, min_parties=2)) == ""
+    assert party.refusal(_job(spec=spec)) == "the job's min_parties 3 is not its spec's 2"
+    site = SitePolicy(min_parties=3)
+    assert site.refusal(_job(min_parties=2)) == "min_parties 2 is below this site's minimum 3"
 
 
 # --- the analyst's close --------------------------------------------------------------

@@ -231,10 +231,12 @@ class PartyService(Computation, Uploads):
         """
         try:
             protocol(job.protocol).payload(job)
-            if job.spec:
-                parse_spec(job.spec, f"job {job.id}: spec", self.federation)
+            source = f"job {job.id}: spec"
+            spec = parse_spec(job.spec, source, self.federation) if job.spec else None
         except UserError as exc:
             return "; ".join(str(exc).splitlines())
+        if spec is not None and spec.min_parties != job.quorum:
+            return f"the job's min_parties {job.quorum} is not its spec's {spec.min_parties}"
         return ""
 
     def _staleness(self, job: Job, now: float | None = None) -> str:

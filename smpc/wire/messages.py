@@ -16,9 +16,10 @@ A job's life: the analyst publishes it (retained); each party answers with a
 status (``accepted`` or ``refused`` with the reason) and, as shares arrive, with
 the sites it holds every input of (``holding``). When every party holds the
 sites it waits for, or its deadline passes, the analyst publishes the job again
-with ``close`` naming the agreed sites, which every party must hold; then the
-parties compute and send their result shares (``done``), or say why not
-(``failed``).
+with ``close`` naming the agreed sites and ``parties`` the parties that take part
+(at least ``min_parties``; all of them unless a party is down), each of which must
+hold those sites; then those parties compute and send their result shares (``done``),
+or say why not (``failed``).
 
 What a job carries for its protocol alone is its ``payload``, typed by the protocol
 (:mod:`smpc.protocols`): a round of multi-round training carries its round index and
