@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import yaml
 
-from smpc.analyst.jobs import JobFailed, _closing, _participants, publish_job
+from smpc.analyst.jobs import JobFailed, _closing, _open, _participants, publish_job
 from smpc.config.federation import load_federation
+from smpc.core.encoding import FixedPoint
 from smpc.core.field import FAST
+from smpc.core.sharing import split
 from smpc.errors import UserError
 from smpc.party.audit import entries
 from smpc.party.config import Policy
@@ -187,6 +189,24 @@ def test_the_analyst_closes_with_the_parties_it_has_or_names_the_missing_one(key
         "but gamma did not answer the job; nothing was opened",
     ):
         _closing(_job(scheme="additive", t=2), {0: both, 1: both}, PARTIES, federation)
+
+
+def test_the_analyst_opens_from_the_parties_that_took_part_and_checks_the_extra_ones():
+    """N = 4, t = 1, party 1 dropped: parties 0, 2 and 3 reconstruct, and a tampered
+    share of one of them is off the polynomial of the other two."""
+    encoding = FixedPoint(16, 20)
+    x = np.array([1.5, -2.25, 1000.0])
+    split_ = split(encoding.encode(x, FAST), FAST, 4, 1)
+    shares = {i: share.expand(FAST, x.shape) for i, share in enumerate(split_)}
+    job = _job(n=4, min_parties=3, close=("oslo", "bergen"), uploads={"oslo": "u", "bergen": "v"})
+    job = job.model_copy(update={"parties": ("alpha", "gamma", "delta")})
+    spec = job.inputs[0]
+    took_part = {i: shares[i] for i in (0, 2, 3)}
+    assert np.array_equal(_open(took_part, job, spec), x)
+    assert np.array_equal(_open({i: shares[i] for i in (2, 3)}, job, spec), x)
+    took_part[3] = FAST.add(took_part[3], np.ones(3, dtype=FAST.dtype))
+    with pytest.raises(JobFailed, match=r"\(party 3 off the polynomial of the others\)"):
+        _open(took_part, job, spec)
 
 
 # --- on real processes ----------------------------------------------------------------
