@@ -387,7 +387,7 @@ def test_sum_and_fedavg_complete_without_a_killed_party(running, tmp_path):
 
 
 @slow
-def test_gwas_statistics_fail_naming_the_missing_party_and_succeed_after_its_restart(
+def test_gwas_aggregates_go_on_and_statistics_fail_naming_the_missing_party_until_it_is_back(
     running, tmp_path
 ):
     if shutil.which("plink1.9") is None:
@@ -403,11 +403,20 @@ def test_gwas_statistics_fail_naming_the_missing_party_and_succeed_after_its_res
         "parties), but gamma did not answer the job; nothing was opened" in failed.stderr
     ), failed.stderr
     assert not (tmp_path / "down" / "gw.assoc").exists()
+    plink = _plink(cohort, tmp_path / "plink", "--assoc")
+
+    # the pooled counts are a sum: with reveal: aggregates two parties suffice
+    run = running.run(spec + "reveal: aggregates\nmin_parties: 2\n", "--out", str(tmp_path / "agg"))
+    assert run.returncode == 0, run.stderr
+    assert_same_table(tmp_path / "agg" / "gw.assoc", plink.with_suffix(".assoc"))
+    assert json.loads((tmp_path / "agg" / "result.json").read_text())["parties"] == [
+        "alpha",
+        "beta",
+    ]
 
     running.start_party("gamma", "gamma-back.log")
     run = running.run(spec, "--out", str(tmp_path / "back"))
     assert run.returncode == 0, run.stderr
-    plink = _plink(cohort, tmp_path / "plink", "--assoc")
     assert_same_table(tmp_path / "back" / "gw.assoc", plink.with_suffix(".assoc"))
     result = json.loads((tmp_path / "back" / "result.json").read_text())
     assert result["parties"] == list(PARTIES)
