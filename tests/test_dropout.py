@@ -282,7 +282,7 @@ class Running:
 
 @pytest.fixture
 def running(keys_dir, tmp_path):
-    """Everything up; each test says what its sites answer with (``start_sites``)."""
+    """Mosquitto and the three parties up; a test starts its sites (:func:`_start_sites`)."""
     state = Running(keys_dir, tmp_path)
     with _broker(keys_dir, tmp_path):
         try:
