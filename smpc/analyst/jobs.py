@@ -231,8 +231,8 @@ async def run_job(
                 message, reading = reading.result(), None
                 kind, _ = topics.parse(message.topic)
                 if kind == "status":
-                    outside = None if closed is None else set(members)
-                    state = _take_status(message.body, directory, job, holding, outside)
+                    heard = None if closed is None else set(members)  # after the close: them
+                    state = _take_status(message.body, directory, job, holding, heard)
                     if state is not None and state[1] == "done" and closed is not None:
                         done.add(state[0])
                 elif kind == "result" and closed is not None:
