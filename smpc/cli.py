@@ -151,9 +151,12 @@ def _upload(args: argparse.Namespace) -> int:
         )
     )
     mb = report.bytes_sent / 1e6
+    n = len(kit.directory.parties)
+    to = f"{n - len(report.missing)} of {n}" if report.missing else f"{n}"
     print(
         f"job {report.job}: {kit.name} uploaded {', '.join(sorted(report.stored))} "
-        f"to {len(kit.directory.parties)} parties ({mb:.1f} MB in {report.seconds:.1f} s)"
+        f"to {to} parties ({mb:.1f} MB in {report.seconds:.1f} s)"
+        + (f"; no ack from {', '.join(report.missing)}" if report.missing else "")
     )
     return 0
 

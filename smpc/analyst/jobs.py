@@ -6,13 +6,19 @@ One job (:func:`run_job`; :mod:`smpc.analyst.driver` runs every job of a run thr
 2. reads the parties' statuses: a refusal ends the job with the party's reason;
    otherwise it waits until every party holds every expected site (the job's
    sites, by default all sites of the federation) or the upload window ends;
-3. closes the job with the sites *every* party holds — fewer than ``min_sites``
-   and the job fails, nothing is opened;
-4. receives one result envelope per output from every party, encrypted to the
-   analyst and signed by the party, reconstructs each output and checks that
-   the N shares agree (Shamir: they lie on one polynomial of degree t, so a
-   tampered share is detected whenever N > t + 1; additive sharing has no
-   redundancy to check). A party sends its results before its ``done`` status:
+   with ``min_parties`` below N it also closes once every party that answered
+   holds every expected site and the silent ones stayed silent for
+   :data:`DROPOUT_GRACE` seconds (a party that is up accepts a job at once);
+3. closes the job with the participating parties (``parties`` in the close: at
+   least ``min_parties``, all N for a job that :meth:`Job.needs_all_parties`) and
+   the sites *every one of them* holds — fewer than ``min_sites`` sites, or fewer
+   parties than needed, and the job fails naming who is missing, nothing opened;
+4. receives one result envelope per output from every participating party,
+   encrypted to the analyst and signed by the party, reconstructs each output and
+   checks that the shares agree (Shamir: they lie on one polynomial of degree t,
+   so a tampered share is detected whenever more than t + 1 parties take part;
+   additive sharing has no redundancy to check). A party outside the close is not
+   heard. A party sends its results before its ``done`` status:
    once every party is done, an output the job names that has not arrived (after
    a short grace) fails the job at once, naming the outputs and the parties, as
    does an output the job does not name; a party's ``failed`` ends it with the
@@ -111,6 +117,7 @@ def build_job(
         modulus=FAST.modulus,
         compact=spec.compact,
         min_sites=spec.min_sites,
+        min_parties=spec.min_parties,
         analyst=kit.name,
         deliver=step.deliver or spec.deliver,
         spec=spec.to_dict(),
@@ -150,54 +157,51 @@ async def run_job(
     final = time.monotonic() + timeout
     answered: float | None = None  # when the last party's "done" arrived, plus a grace
     quorum: float | None = None  # when t + 1 opened results agreed, plus a grace
+    n = len(parties)
+    members = list(range(n))  # the parties taking part (set by the close)
+    dropout: float | None = None  # when the answering parties could close without the rest
     try:
         while True:
+            now = time.monotonic()
+            if closed is None:
+                dropout = _dropout_time(job, holding, expected, len(parties), dropout, now)
             if closed is None and (
-                time.monotonic() >= deadline
+                now >= deadline
+                or (dropout is not None and now >= dropout)
                 or (
                     len(holding) == len(parties)
                     and all(set(h) >= expected for h in holding.values())
                 )
             ):
-                agreed = _agreed_uploads(holding) if len(holding) == len(parties) else {}
-                if len(agreed) < job.min_sites:
-                    absent = ", ".join(sorted(expected - set(agreed)))
-                    raise JobFailed(
-                        f"job {job.id}: {_silent(parties, holding, upload_window)}only "
-                        f"{len(agreed)} site(s) uploaded to every party "
-                        f"({', '.join(sorted(agreed)) or 'none'}"
-                        f"{f'; not {absent}' if absent else ''}), fewer than "
-                        f"min_sites {job.min_sites}; nothing was opened"
-                    )
-                # in the federation's order: a GWAS pools its sites in that order
-                order = job.sites or federation.site_names
-                close = tuple(s for s in order if s in agreed)
-                uploads = {s: agreed[s] for s in close}
-                closed = job.model_copy(update={"close": close, "uploads": uploads})
+                closed, members = _closing(job, holding, parties, federation)
                 await link.publish_job(sign("job", closed, kit.name, kit.signing_key))
-                log.event(logger, "job-closed", job=job.id, sites=",".join(closed.close or ()))
-            missing = _missing_outputs(job, results, parties) if closed is not None else ""
+                log.event(
+                    logger, "job-closed", job=job.id, sites=",".join(closed.close or ()),
+                    parties=",".join(closed.parties or ()),
+                )  # fmt: skip
+            missing = _missing_outputs(job, results, parties, members) if closed is not None else ""
             if closed is not None and not missing:
                 break
             now = time.monotonic()
-            if closed is not None and job.deliver == "parties":
-                complete = _complete_parties(results, named, len(parties))
-                if len(complete) >= max(2, closed.t + 1):
-                    # Opened inside MPyC: t + 1 agreeing signed results are the result.
+            least = _enough_results(closed) if closed is not None else 0
+            if least:
+                complete = [i for i in _complete_parties(results, named, n) if i in members]
+                if len(complete) >= least:
+                    # Opened inside MPyC: t + 1 agreeing signed results are the result;
+                    # Shamir sums: min_parties parties' shares (consistent: _open).
                     quorum = quorum or now + QUORUM_GRACE
                     if now >= quorum:
                         log.event(
                             logger, "result-without", log.logging.WARNING, job=job.id,
-                            parties=_party_names(
-                                parties, set(range(len(parties))) - set(complete)
-                            ),
+                            parties=_party_names(parties, set(members) - set(complete)),
                         )  # fmt: skip
                         results = {
-                            n: {i: v for i, v in r.items() if i in complete}
-                            for n, r in results.items()
+                            name: {i: v for i, v in r.items() if i in complete}
+                            for name, r in results.items()
                         }
+                        members = complete
                         break
-            if closed is not None and len(done) == len(parties):
+            if closed is not None and done >= set(members):
                 # A party sends its results before its "done": whatever is still
                 # missing once every party answered (and a grace for chunked bodies
                 # in flight) will not come.
@@ -207,7 +211,9 @@ async def run_job(
                         f"job {job.id}: every party answered, but {missing}; nothing written"
                     )
             wait = (
-                deadline if closed is None else min(final, answered or final, quorum or final)
+                min(deadline, dropout or deadline)
+                if closed is None
+                else min(final, answered or final, quorum or final)
             ) - now
             if closed is not None and now >= final:
                 raise JobFailed(f"job {job.id}: no complete result within {timeout:g} s: {missing}")
@@ -216,11 +222,12 @@ async def run_job(
                 continue
             kind, _ = topics.parse(message.topic)
             if kind == "status":
-                state = _take_status(message.body, directory, job, holding)
+                heard = None if closed is None else set(members)  # after the close: them
+                state = _take_status(message.body, directory, job, holding, heard)
                 if state is not None and state[1] == "done" and closed is not None:
                     done.add(state[0])
             elif kind == "result" and closed is not None:
-                _take_result(message.body, kit, closed, results, heads)
+                _take_result(message.body, kit, closed, results, heads, set(members))
                 unexpected = sorted(set(results) - named)
                 if unexpected:
                     raise JobFailed(
@@ -231,8 +238,9 @@ async def run_job(
                     )
     finally:
         await link.close()
+    assert closed is not None  # the loop ends only with a result of the closed job
     opened = {spec.name: _open(results[spec.name], closed, spec) for spec in job.delivered}
-    audit = {p: heads[p] for p in parties if p in heads}
+    audit = {parties[i]: heads[parties[i]] for i in members if parties[i] in heads}
     return Outcome(closed, closed.close or (), opened, audit)
 
 
@@ -342,18 +350,98 @@ class _Link:
             await self._drop()
 
 
-def _silent(parties: Sequence[str], holding: dict[int, dict[str, str]], window: float) -> str:
-    """The parties that sent no status in the upload window, as the start of a message."""
-    silent = _party_names(parties, set(range(len(parties))) - set(holding))
-    if not silent:
-        return ""
-    return f"no status from party {silent} within the upload window ({window:g} s); "
-
-
 def _agreed_uploads(holding: dict[int, dict[str, str]]) -> dict[str, str]:
     """The sites every party holds one and the same upload of, with that upload's id."""
     first, *others = holding.values()
     return {s: u for s, u in first.items() if all(h.get(s) == u for h in others)}
+
+
+DROPOUT_GRACE = 5.0
+"""Seconds the analyst waits for a party that has not answered a job at all, once every
+party that answered holds every expected site and they are at least ``min_parties``
+(a running party accepts a job the moment it arrives; one that accepted is waited for
+until the upload window ends)."""
+
+
+def _dropout_time(
+    job: Job,
+    holding: dict[int, dict[str, str]],
+    expected: set[str],
+    n: int,
+    since: float | None,
+    now: float,
+) -> float | None:
+    """When the job may close without the parties that never answered (None: not yet)."""
+    needed = n if job.needs_all_parties() else job.quorum
+    ready = len(holding) < n and len(holding) >= needed
+    if not ready or not all(set(h) >= expected for h in holding.values()):
+        return None
+    return since if since is not None else now + DROPOUT_GRACE
+
+
+def _participants(
+    holding: dict[int, dict[str, str]], needed: int
+) -> tuple[list[int], dict[str, str]]:
+    """The parties to close with and the sites they all hold the same upload of.
+
+    Every party that answered, except that one is left out (while more than ``needed``
+    remain) when that lets more sites in: the sites matter, the parties beyond t + 1
+    only check each other."""
+    members = sorted(holding)
+    if not members:
+        return [], {}
+    agreed = _agreed_uploads({i: holding[i] for i in members})
+    while len(members) > needed:
+        options = [
+            (len(_agreed_uploads({j: holding[j] for j in members if j != i})), -i) for i in members
+        ]
+        best, drop = max(options)
+        if best <= len(agreed):
+            break
+        members.remove(-drop)
+        agreed = _agreed_uploads({i: holding[i] for i in members})
+    return members, agreed
+
+
+def _closing(
+    job: Job, holding: dict[int, dict[str, str]], parties: Sequence[str], federation: Federation
+) -> tuple[Job, list[int]]:
+    """The closed job (agreed sites, their uploads, the parties) and the parties' indices;
+    JobFailed when too few parties or sites are left."""
+    n = len(parties)
+    why = job.needs_all_parties()
+    needed = n if why else job.quorum
+    members, agreed = _participants(holding, needed)
+    if len(members) < needed:
+        absent = _party_names(parties, set(range(n)) - set(holding))
+        short = _party_names(parties, set(holding) - set(members))
+        lacking = "; ".join(
+            part
+            for part in (
+                f"{absent} did not answer the job" if absent else "",
+                f"{short} did not hold the sites the others hold" if short else "",
+            )
+            if part
+        )
+        need = f"all {n} computing parties ({why})" if why else f"min_parties {needed} of {n}"
+        raise JobFailed(
+            f"job {job.id}: needs {need}, but {lacking}; nothing was opened (run it again "
+            "once every party is back)"
+        )
+    if len(agreed) < job.min_sites:
+        absent = ", ".join(sorted(set(job.sites or federation.site_names) - set(agreed)))
+        raise JobFailed(
+            f"job {job.id}: only {len(agreed)} site(s) uploaded to every party "
+            f"({', '.join(sorted(agreed)) or 'none'}{f'; not {absent}' if absent else ''}), "
+            f"fewer than min_sites {job.min_sites}; nothing was opened"
+        )
+    # in the federation's order: a GWAS pools its sites in that order
+    order = job.sites or federation.site_names
+    close = tuple(s for s in order if s in agreed)
+    uploads = {s: agreed[s] for s in close}
+    named = tuple(parties[i] for i in members)
+    closed = job.model_copy(update={"close": close, "uploads": uploads, "parties": named})
+    return closed, members
 
 
 RESULT_GRACE = 3.0
@@ -361,8 +449,19 @@ RESULT_GRACE = 3.0
 
 QUORUM_GRACE = 5.0
 """Seconds the analyst still waits for the other parties once t + 1 parties delivered every
-output opened inside MPyC (``deliver: parties``): a party that died after the opening is
-not waited for until the timeout. Their agreement is checked by :func:`_open`."""
+output opened inside MPyC (``deliver: parties``), or ``min_parties`` parties of the close
+delivered their shares of a Shamir sum: a party that died after the close is not waited
+for until the timeout. Their agreement is checked by :func:`_open`."""
+
+
+def _enough_results(closed: Job) -> int:
+    """How many parties' complete results may stand for all of the close's (0: every one)."""
+    if closed.deliver == "parties":
+        return max(2, closed.t + 1)
+    if closed.needs_all_parties():
+        return 0
+    members = len(closed.parties) if closed.parties is not None else closed.n
+    return closed.quorum if closed.quorum < members else 0
 
 
 def _complete_parties(results: dict[str, dict[int, Any]], named: set[str], n: int) -> list[int]:
@@ -370,12 +469,15 @@ def _complete_parties(results: dict[str, dict[int, Any]], named: set[str], n: in
     return [i for i in range(n) if all(i in results.get(name, {}) for name in named)]
 
 
-def _missing_outputs(job: Job, results: dict[str, dict[int, Any]], parties: Sequence[str]) -> str:
-    """The outputs the job names that have not arrived, with the parties they are missing
-    from, e.g. ``no qt.nmiss, qt.beta.num from alpha, beta``; "" when all are there."""
+def _missing_outputs(
+    job: Job, results: dict[str, dict[int, Any]], parties: Sequence[str], members: Sequence[int]
+) -> str:
+    """The outputs the job names that have not arrived from the parties taking part, with
+    the parties they are missing from, e.g. ``no qt.nmiss, qt.beta.num from alpha, beta``;
+    "" when all are there."""
     lacking: dict[tuple[int, ...], list[str]] = {}
     for output in job.delivered:
-        absent = tuple(i for i in range(len(parties)) if i not in results.get(output.name, {}))
+        absent = tuple(i for i in members if i not in results.get(output.name, {}))
         if absent:
             lacking.setdefault(absent, []).append(output.name)
     return "; ".join(
@@ -392,15 +494,20 @@ def _party_names(parties: Sequence[str], indices: Iterable[int]) -> str:
 
 
 def _take_status(
-    data: bytes, directory, job: Job, holding: dict[int, dict[str, str]]
+    data: bytes,
+    directory,
+    job: Job,
+    holding: dict[int, dict[str, str]],
+    members: set[int] | None = None,
 ) -> tuple[int, str] | None:
-    """Take a party's signed status; its (index, state), or None if it is not this job's."""
+    """Take a party's signed status; its (index, state), or None if it is not this job's
+    or (``members``: the parties of the close) not from a party taking part."""
     try:
         signer, status = verify_status(data, directory)
     except MessageError as exc:
         log.event(logger, "status-ignored", reason=exc)
         return None
-    if status.job != job.id:
+    if status.job != job.id or (members is not None and status.party not in members):
         return None
     if status.state in ("refused", "failed"):
         reason = status.reason or "(no reason given)"
@@ -416,15 +523,17 @@ def _take_result(
     job: Job,
     results: dict[str, dict[int, np.ndarray]],
     heads: dict[str, str],
+    members: set[int],
 ) -> None:
     """Take a party's result (its share of each output, or what it opened), and the audit
-    chain head it signed with it into ``heads``."""
+    chain head it signed with it into ``heads``; one of a party outside ``members`` (the
+    parties of the close) is not heard."""
     if job.deliver == "parties":  # opened inside MPyC, signed by each party, sealed to us
         try:
             _, result = open_result(data, kit)
         except MessageError as exc:
             raise JobFailed(f"job {job.id}: a party's result was refused: {exc}") from None
-        if result.job == job.id:
+        if result.job == job.id and result.party in members:
             heads[kit.directory.parties[result.party]] = result.audit
             for name, output in result.outputs.items():
                 values = np.array(output.values, dtype=object).reshape(output.shape)
@@ -439,6 +548,8 @@ def _take_result(
     header = opened.header
     if header.job != job.id or kit.directory.party_index(header.site) != header.party:
         raise JobFailed(f"job {job.id}: result share from {header.site} names party {header.party}")
+    if header.party not in members:
+        return
     field = field_for(header.modulus)
     results.setdefault(header.input, {})[header.party] = field.from_bytes(opened.body, header.shape)
     heads[header.site] = str(header.meta.get("audit", ""))

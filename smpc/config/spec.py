@@ -21,6 +21,7 @@ Markdown so the README can copy it):
 | `scheme` | `shamir` | `shamir`, `additive` (not gwas) |
 | `threshold` | the federation's; additive: N-1 | `0 <= t < N`; gwas: `N >= 2t+1` |
 | `min_sites` | `2` | 1 to the number of federation sites |
+| `min_parties` | N (every computing party) | `t+1` to N; N with additive, dp, MPyC openings |
 | `reveal` | sum: `[sum, count, mean]` | a subset of `sum`, `count`, `mean` |
 | | fedavg: `[model]` | `[model]` |
 | | gwas: `statistics` | `statistics` or `aggregates` |
@@ -45,6 +46,12 @@ Decisions worth knowing:
   nothing), so with ``scheme: additive`` the threshold is N-1 and any other value is an
   error. ``gwas`` multiplies shares, which MPyC's Shamir protocols do only with
   ``N >= 2t+1``; sums and federated averaging are linear and run with any ``t < N``.
+- ``min_parties``: how many computing parties must hold the agreed sites for a job to
+  complete. With Shamir sharing any t+1 parties reconstruct a linear result (sum,
+  fedavg, gwas with ``reveal: aggregates``), so a job closes with the parties it has when
+  one is down; more than t+1 still check each other's shares. Jobs that run an MPyC
+  session among all N parties (``deliver: parties``, ``dp``, gwas ``reveal:
+  statistics``) and additive sharing (every share is needed) need all N.
 - ``encoding``: a real x travels as ``round(x * 2^frac_bits)`` and must satisfy
   ``|x| < 2^int_bits`` (:mod:`smpc.core.encoding`). Linear protocols add the sites' values in
   GF(2^61-1) and read the result back as a signed number, so a sum must stay below
@@ -233,6 +240,7 @@ class SpecFile(_Model):
     scheme: Annotated[StrictStr, AfterValidator(one_of(SCHEMES))] | None = None
     threshold: Annotated[StrictInt, Field(ge=0)] | None = None
     min_sites: Annotated[StrictInt, Field(ge=1)] | None = None
+    min_parties: Annotated[StrictInt, Field(ge=1)] | None = None
     reveal: Reveal | None = None
     deliver: Annotated[StrictStr, AfterValidator(one_of(DELIVERIES))] | None = None
     compact: StrictBool | None = None
@@ -263,6 +271,7 @@ class SpecBase(_Model):
     scheme: Literal["shamir", "additive"]
     threshold: int | None
     min_sites: int
+    min_parties: int | None = None  # None: read without a federation (then every party)
     reveal: tuple[str, ...]
     deliver: Literal["analyst", "parties"]
     compact: bool
@@ -306,6 +315,7 @@ def common_fields(
         )
 
     reveal = _resolve_reveal(raw.reveal, raw.protocol, reveals, default_reveal, problem)
+    min_parties = _resolve_min_parties(raw, scheme, threshold, federation, problem)
 
     encoding = raw.encoding or (
         Encoding(frac_bits=default_frac_bits(raw.dp.clip)) if raw.dp else Encoding()
@@ -333,6 +343,7 @@ def common_fields(
         "scheme": scheme,
         "threshold": threshold,
         "min_sites": min_sites,
+        "min_parties": min_parties,
         "reveal": reveal,
         "deliver": raw.deliver or "analyst",
         "compact": True if raw.compact is None else raw.compact,
@@ -406,6 +417,50 @@ def _resolve_threshold(
             f"set threshold: {(n - 1) // 2} or lower, or add computing parties",
         )
     return t
+
+
+def _resolve_min_parties(
+    raw: SpecFile,
+    scheme: str,
+    threshold: int | None,
+    federation: Federation | None,
+    problem: Callable[[str, str], None],
+) -> int | None:
+    """How many computing parties must take part: the spec's, or every party (N)."""
+    if federation is None:
+        return raw.min_parties
+    n = len(federation.parties)
+    if raw.min_parties is None:
+        return n
+    k = raw.min_parties
+    if k > n:
+        problem(
+            "min_parties",
+            f"{k} is more than the {n} computing parties of federation {federation.name!r}: "
+            f"set min_parties: {n} or lower",
+        )
+    elif k < n and scheme == "additive":
+        problem(
+            "min_parties",
+            f"{k}: additive sharing needs all N = {n} computing parties (every party's "
+            "share is needed to reconstruct, so one missing party stops the job); drop "
+            "min_parties or use scheme: shamir",
+        )
+    elif threshold is not None and k < threshold + 1:
+        problem(
+            "min_parties",
+            f"{k} is fewer than t+1 = {threshold + 1}: Shamir sharing with threshold {threshold} "
+            f"needs {threshold + 1} parties' shares to reconstruct; set min_parties: "
+            f"{threshold + 1} or more",
+        )
+    elif k < n and (raw.dp is not None or raw.deliver == "parties"):
+        why = "dp noise is shared" if raw.dp is not None else "deliver: parties opens the result"
+        problem(
+            "min_parties",
+            f"{k}: {why} inside an MPyC session among all N = {n} computing parties, so "
+            "such a job needs every party; drop min_parties",
+        )
+    return k
 
 
 def _resolve_reveal(

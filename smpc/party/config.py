@@ -26,6 +26,9 @@ class Policy(BaseModel):
     # results (a site's own data opened) only where a party's policy says so.
     min_threshold: Count = 1  # refuse jobs whose collusion threshold is lower
     min_sites: Positive = 2  # refuse jobs that may open results of fewer sites
+    # Refuse jobs (and closes) that may complete with fewer computing parties (None: any
+    # t+1, which Shamir reconstruction needs anyway).
+    min_parties: Annotated[StrictInt, Field(ge=1)] | None = None
     # Freshness: a job issued more than job_window seconds ago (or lasting longer), or
     # whose deadline has passed, is refused; clock_skew is the tolerance between clocks.
     job_window: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] = 86400.0

@@ -159,11 +159,11 @@ class PartyService(Computation, Uploads):
                 return JobReply(self._holding(job, "accepted"))
             return self._close(job, data)
         closed = verify_job(known.closed, self.kit.directory)[1]
-        if (job.close, job.uploads) != (closed.close, closed.uploads):
+        if (job.close, job.uploads, job.parties) != (closed.close, closed.uploads, closed.parties):
             return refused(
                 "job-reclose",
-                f"job {job.id} was closed with {', '.join(closed.close or ())}; another close "
-                "set is a differencing attempt",
+                f"job {job.id} was closed with {', '.join(closed.close or ())}"
+                f"{_among(closed.parties)}; another close is a differencing attempt",
             )
         if job.close is None:
             return refused("job-replayed", f"job {job.id} is closed already")
@@ -179,7 +179,7 @@ class PartyService(Computation, Uploads):
         self._jobs[job.id] = job
         self.audit.append(
             "job-closed", job=job.id, analyst=job.analyst, sites=list(job.close or ()),
-            uploads=job.uploads, parties=list(self.federation.party_names),
+            uploads=job.uploads, parties=list(job.parties or self.federation.party_names),
         )  # fmt: skip
         problem = self.close_refusal(job)
         if problem:
@@ -214,6 +214,10 @@ class PartyService(Computation, Uploads):
             return (
                 f"min_sites {job.min_sites} is below this party's minimum {self.policy.min_sites}"
             )
+        if self.policy.min_parties is not None and job.quorum < self.policy.min_parties:
+            return (
+                f"min_parties {job.quorum} is below this party's minimum {self.policy.min_parties}"
+            )
         if job.close is not None and len(job.close) < max(job.min_sites, self.policy.min_sites):
             return f"only {len(job.close)} sites, fewer than min_sites {job.min_sites}"
         if job.analyst not in self.kit.directory.analysts:
@@ -229,10 +233,12 @@ class PartyService(Computation, Uploads):
         """
         try:
             protocol(job.protocol).payload(job)
-            if job.spec:
-                parse_spec(job.spec, f"job {job.id}: spec", self.federation)
+            source = f"job {job.id}: spec"
+            spec = parse_spec(job.spec, source, self.federation) if job.spec else None
         except UserError as exc:
             return "; ".join(str(exc).splitlines())
+        if spec is not None and spec.min_parties != job.quorum:
+            return f"the job's min_parties {job.quorum} is not its spec's {spec.min_parties}"
         return ""
 
     def _staleness(self, job: Job, now: float | None = None) -> str:
@@ -262,6 +268,28 @@ class PartyService(Computation, Uploads):
         gone = [site for site in job.close if site not in self._site_keys]
         if gone:
             return f"the close names {', '.join(gone)}, no longer in the federation's directory"
+        return self._parties_refusal(job)
+
+    def _parties_refusal(self, job: Job) -> str:
+        """Why the parties a close names cannot compute it here ("" if this party does)."""
+        if job.parties is None:  # every party takes part
+            return ""
+        names = self.federation.party_names
+        unknown = [p for p in job.parties if p not in names]
+        if unknown:
+            return f"the close names {', '.join(unknown)}, not computing parties here"
+        if self.kit.name not in job.parties:
+            return (
+                f"party {self.kit.name} is not among the parties the job was closed with "
+                f"({', '.join(job.parties)}): nothing computed"
+            )
+        missing = [p for p in names if p not in job.parties]
+        why = job.needs_all_parties()
+        if missing and why:
+            return f"the close leaves out {', '.join(missing)}, but {why}"
+        least = max(job.quorum, self.policy.min_parties or 0)
+        if len(job.parties) < least:
+            return f"the close names {len(job.parties)} parties, fewer than the minimum {least}"
         return ""
 
     def complete_sites(self, job: Job) -> dict[str, str]:
@@ -287,3 +315,7 @@ class PartyService(Computation, Uploads):
 
     def job(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
+
+
+def _among(parties: tuple[str, ...] | None) -> str:
+    return "" if parties is None else f" among {', '.join(parties)}"

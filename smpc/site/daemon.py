@@ -70,7 +70,9 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
     its ``data`` file, or computes its statistics from ``inputs``. Every job not
     answered gets one ``event=job-skipped`` line with the reason; a job whose inputs
     fail (a bad file, a value out of range) one ``event=upload-failed`` line, and the
-    daemon goes on with the next job.
+    daemon goes on with the next job. Each upload runs beside the message loop, so one
+    that still re-publishes to a party that is down (until its deadline) does not hold
+    up the next job.
     """
     from smpc.protocols.fedavg.training import load_trainer
 
@@ -90,6 +92,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
     web = await start_site_web(
         config.web, keys=keys, activity=activity, broker=broker, stopping=stop.is_set
     )
+    inflight: dict[str, asyncio.Task] = {}  # job id -> its upload, until it ends
 
     def skipped(job: Job, reason: str) -> None:
         activity.record(job.id, job.protocol, "skipped", reason)
@@ -120,6 +123,8 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
             except (MessageError, ValueError) as exc:
                 log.event(logger, "job-ignored", logging.WARNING, reason=exc)
                 continue
+            if job.id in inflight:
+                continue  # its upload is running (the job again, or its close)
             if job.id in answered:
                 if job.close is None:  # the job again (a restart): its close is no news
                     skipped(job, "already answered")
@@ -137,29 +142,32 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
             if source.data is None and source.inputs is None and source.trainer is None:
                 skipped(job, f"no data file for {job.protocol} jobs in the site config")
                 continue
-            try:
-                # a trainer answers within a round's upload window
-                window = (
-                    parse_spec(job.spec, job.id, federation).round_timeout if trainer else 120.0
-                )
-                report = await upload(
-                    kit, federation, job, site_inputs(source, federation), keep=keep,
-                    policy=config.policy, timeout=window,
-                )  # fmt: skip
-            except SkipJob as exc:
-                skipped(job, str(exc))
-                continue
-            except UserError as exc:
-                failed(job, exc)
-                continue
-            except Exception as exc:  # a file no reader expected: log it, serve the next job
-                logger.debug("job %s", job.id, exc_info=True)
-                failed(job, f"{type(exc).__name__}: {exc}")
-                continue
-            activity.sent(report.bytes_sent)
-            activity.record(job.id, job.protocol, "uploaded")
-            answered.add(job.id)
-            state.write_text("\n".join(sorted(answered)) + "\n")
+            inflight[job.id] = asyncio.create_task(answer(job, kit, federation, source))
+
+    async def answer(job: Job, kit: Kit, federation: Federation, source: SiteSource) -> None:
+        try:
+            # a trainer answers within a round's upload window
+            window = parse_spec(job.spec, job.id, federation).round_timeout if trainer else 120.0
+            report = await upload(
+                kit, federation, job, site_inputs(source, federation), keep=keep,
+                policy=config.policy, timeout=window,
+            )  # fmt: skip
+        except SkipJob as exc:
+            skipped(job, str(exc))
+            return
+        except UserError as exc:
+            failed(job, exc)
+            return
+        except Exception as exc:  # a file no reader expected: log it, serve the next job
+            logger.debug("job %s", job.id, exc_info=True)
+            failed(job, f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            inflight.pop(job.id, None)
+        activity.sent(report.bytes_sent)
+        activity.record(job.id, job.protocol, "uploaded")
+        answered.add(job.id)
+        state.write_text("\n".join(sorted(answered)) + "\n")
 
     def lost(exc: Exception, wait: float) -> None:
         broker.down(str(exc))
@@ -174,3 +182,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
         remove_sighup()
         if web is not None:
             web.close()
+        running = list(inflight.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)

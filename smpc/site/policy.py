@@ -20,6 +20,8 @@ class SitePolicy(BaseModel):
     # t = 0 puts the site's values in the clear; a result of fewer sites may open its data
     min_threshold: Annotated[StrictInt, Field(ge=0)] = 1
     min_sites: Annotated[StrictInt, Field(ge=1)] = 2
+    # Upload only to jobs that need at least this many computing parties (None: any t+1).
+    min_parties: Annotated[StrictInt, Field(ge=1)] | None = None
 
     def refusal(self, job: Job) -> str:
         """Why this site does not upload to ``job`` ("" if it does)."""
@@ -31,4 +33,6 @@ class SitePolicy(BaseModel):
             return f"threshold {job.t} is below this site's minimum {self.min_threshold}"
         if job.min_sites < self.min_sites:
             return f"min_sites {job.min_sites} is below this site's minimum {self.min_sites}"
+        if self.min_parties is not None and job.quorum < self.min_parties:
+            return f"min_parties {job.quorum} is below this site's minimum {self.min_parties}"
         return ""

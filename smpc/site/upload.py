@@ -9,7 +9,12 @@ envelope without a ``stored`` ack is published again ``resend_after`` seconds
 after it was sent (or twice as long as sending it took, if longer), then at
 doubling intervals, until the deadline. A ``rejected`` ack is final and carries the
 party's reason. The upload fails, naming the parties that did not answer or
-refused, unless every party stored every input.
+refused, unless every party stored every input — or, for a job that may complete
+without a party (``min_parties``, :meth:`Job.quorum`), unless at least that many parties
+stored every input by the deadline and none refused (``event=upload-partial`` names
+the missing ones; the sealed envelopes stay kept, so a re-run re-sends them). A party
+that is down keeps its MQTT session on the broker (QoS 1, no clean session), so it
+receives what was published to it while it was away when it comes back.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class UploadReport:
     stored: dict[str, list[int]] = field(default_factory=dict)  # input -> parties that stored
     bytes_sent: int = 0
     seconds: float = 0.0
+    missing: tuple[str, ...] = ()  # parties without an ack by the deadline (min_parties met)
 
 
 def job_on_its_topic(topics: Topics, topic: str, body: bytes, kit: Kit) -> Job:
@@ -266,6 +272,17 @@ async def upload(
                 f"job {job_id}: the broker was unreachable for {timeout:g} s"
             ) from None
     report.seconds = time.monotonic() - started
+    needed = len(parties) if known is None or known.needs_all_parties() else known.quorum
+    short = sorted({p for (_, p) in pending})
+    if pending and not refused and envelopes and len(parties) - len(short) >= needed:
+        log.event(
+            logger, "upload-partial", logging.WARNING, job=job_id, site=kit.name,
+            stored=",".join(p for i, p in enumerate(parties) if i not in short),
+            missing=",".join(parties[p] for p in short),
+            reason=f"no ack within {timeout:g} s; the job needs {needed} parties",
+        )  # fmt: skip
+        report.missing = tuple(parties[p] for p in short)
+        return report
     if refused or pending:
         problems = [
             f"party {parties[p]} refused {name!r}: {reason}"

@@ -16,9 +16,10 @@ A job's life: the analyst publishes it (retained); each party answers with a
 status (``accepted`` or ``refused`` with the reason) and, as shares arrive, with
 the sites it holds every input of (``holding``). When every party holds the
 sites it waits for, or its deadline passes, the analyst publishes the job again
-with ``close`` naming the agreed sites, which every party must hold; then the
-parties compute and send their result shares (``done``), or say why not
-(``failed``).
+with ``close`` naming the agreed sites and ``parties`` the parties that take part
+(at least ``min_parties``; all of them unless a party is down), each of which must
+hold those sites; then those parties compute and send their result shares (``done``),
+or say why not (``failed``).
 
 What a job carries for its protocol alone is its ``payload``, typed by the protocol
 (:mod:`smpc.protocols`): a round of multi-round training carries its round index and
@@ -94,6 +95,9 @@ class Job(_Strict):
     modulus: int
     compact: bool = True
     min_sites: int = Field(default=2, ge=1)
+    # How many parties must hold the agreed sites (None: all n). Shamir linear jobs only:
+    # additive sharing and MPyC sessions need every party (needs_all_parties).
+    min_parties: int | None = Field(default=None, ge=1)
     sites: tuple[str, ...] | None = None  # None: every site of the federation
     analyst: str = ""  # who receives the results (deliver: analyst)
     deliver: Literal["analyst", "parties"] = "analyst"
@@ -102,6 +106,9 @@ class Job(_Strict):
     # With ``close``: the upload id of every agreed site, as every party holds it (a party
     # computes only on exactly these uploads, so two sharings are never mixed).
     uploads: dict[str, str] | None = None
+    # With ``close``: the parties that take part, in the federation's order (None: all n).
+    # Only they compute; the analyst reconstructs from their results alone.
+    parties: tuple[str, ...] | None = None
     # Freshness (unix seconds): parties refuse a job issued outside their window or whose
     # deadline has passed, so a recorded job cannot be replayed later (stamp_job).
     issued: float = 0.0
@@ -126,11 +133,44 @@ class Job(_Strict):
         closing = set(self.close or ())
         if self.uploads is not None and (self.close is None or set(self.uploads) != closing):
             raise ValueError("uploads must name exactly the sites of close")
+        if self.min_parties is not None:
+            if self.scheme == "additive" and self.min_parties != self.n:
+                raise ValueError("additive sharing needs all n parties: min_parties must be n")
+            if not self.t + 1 <= self.min_parties <= self.n:
+                raise ValueError(
+                    f"min_parties {self.min_parties} must be between t+1 = {self.t + 1} and "
+                    f"n = {self.n}"
+                )
+        if self.parties is not None:
+            if self.close is None:
+                raise ValueError("parties are named only with close")
+            if len(set(self.parties)) != len(self.parties):
+                raise ValueError("the close names a party twice")
+            if len(self.parties) < self.quorum:
+                raise ValueError(
+                    f"the close names {len(self.parties)} parties, fewer than min_parties "
+                    f"{self.quorum}"
+                )
         return self
+
+    @property
+    def quorum(self) -> int:
+        """How many parties must take part: ``min_parties``, or every party."""
+        return self.n if self.min_parties is None else self.min_parties
+
+    def needs_all_parties(self) -> str:
+        """Why every one of the n parties must take part ("" if ``quorum`` suffice)."""
+        if self.scheme == "additive":
+            return "additive sharing needs every party's share"
+        if self.deliver == "parties":
+            return "it is opened inside an MPyC session among all parties"
+        if self.spec.get("dp"):
+            return "its dp noise is shared inside an MPyC session among all parties"
+        return ""
 
     def unclosed(self) -> Job:
         """The job as first published: what a later message with its id must equal."""
-        return self.model_copy(update={"close": None, "uploads": None})
+        return self.model_copy(update={"close": None, "uploads": None, "parties": None})
 
     def digest(self) -> str:
         """SHA-256 of the job as first published: the one job a site's shares are sealed for."""

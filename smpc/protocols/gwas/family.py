@@ -89,6 +89,14 @@ class GwasProtocol(Protocol):
         problem: Callable[[str, str], None],
     ) -> dict[str, Any]:
         tests = tuple(raw.tests) if raw.tests is not None else ("assoc",)
+        n = len(federation.parties) if federation is not None else None
+        if common["reveal"] == ("statistics",) and n and (common["min_parties"] or n) < n:
+            problem(
+                "min_parties",
+                f"{common['min_parties']}: reveal: statistics computes inside an MPyC session "
+                f"among all N = {n} computing parties, so it needs every party; drop "
+                "min_parties or use reveal: aggregates",
+            )
         if not tests:
             problem("tests", f"empty: list at least one of {', '.join(GWAS_TESTS)}")
         case_control = [t for t in tests if t in ("model", "logistic")]
