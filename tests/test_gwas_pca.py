@@ -11,6 +11,7 @@ a subspace.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -151,3 +152,48 @@ def test_complete_cohort_equals_plain_plink2_pca(complete, tmp_path):
     sizes = list(complete.site_samples.values())
     ours = federated_pca(complete.pooled, K, list(np.cumsum(sizes)[:-1]))
     assert_same_pca(ours["eigenval"], ours["scores"], plink["eigenval"], plink["scores"])
+
+
+# --- through `smpc local`: the sites' .eigenvec files, the analyst's files ------------------
+
+
+def _run(cohort, tmp_path: Path, spec: str) -> Path:
+    from smpc.local import run_local
+
+    (tmp_path / "spec.yaml").write_text(spec)
+    sites = {s: cohort.prefixes[s] for s in cohort.sites}
+    run_local(tmp_path / "spec.yaml", sites, tmp_path / "out", parties=3, threshold=1)
+    return tmp_path / "out"
+
+
+def _site_scores(cohort, out: Path, name: str) -> tuple[list[str], np.ndarray]:
+    """The sites' .eigenvec files together, in site order (POOLED's sample order)."""
+    iids, rows = [], []
+    for site in cohort.sites:
+        table = np.loadtxt(out / "sites" / site / f"{name}.eigenvec", dtype=str, comments=None)
+        assert list(table[0][:2]) == ["#FID", "IID"]
+        iids += list(table[1:, 1])
+        rows.append(table[1:, 2:].astype(float))
+    return iids, np.concatenate(rows)
+
+
+@pytest.mark.slow
+def test_pca_through_smpc_local_equals_plink2(structured, tmp_path):
+    """``tests: [pca]`` alone: the analyst's .eigenval and .eigenvec.var, each site's
+    .eigenvec of its own samples, against plink2 --pca 4 meanimpute on POOLED."""
+    out = _run(
+        structured, tmp_path, f"name: pc\nprotocol: gwas\ntests: [pca]\npca: {{components: {K}}}\n"
+    )
+    plink = plink2_pca(structured.pooled, tmp_path / "plink", K, "meanimpute")
+    ours_vals = np.loadtxt(out / "pc.eigenval")
+    iids, scores = _site_scores(structured, out, "pc")
+    assert iids == list(plink["iid"])
+    assert_same_pca(ours_vals, scores, plink["eigenval"], plink["scores"])
+    var = np.loadtxt(out / "pc.eigenvec.var", dtype=str, comments=None)
+    assert list(var[0]) == list(plink["var_header"])
+    assert list(var[1:, 1]) == list(plink["var_ids"])
+    result = json.loads((out / "result.json").read_text())
+    assert result["pca"]["converged"] and result["pca"]["rounds"] >= 2
+    for site in structured.sites:
+        assert (out / "sites" / site / "pc.pca.png").stat().st_size > 0
+    assert (out / "pc.scree.png").stat().st_size > 0

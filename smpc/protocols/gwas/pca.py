@@ -186,7 +186,7 @@ def plink2_g(value: float) -> str:
     return f"{value:.6g}"
 
 
-def write_eigenval(path: Path, values: Sequence[float]) -> None:
+def write_eigenval(path: Path, values: Iterable[float]) -> None:
     """``.eigenval``: one eigenvalue per line."""
     path.write_text("".join(plink2_g(float(v)) + "\n" for v in values))
 
@@ -208,8 +208,8 @@ def write_eigenvec_var(
     path: Path,
     chrom: Iterable[str],
     snp: Iterable[str],
-    a1: Sequence[str],
-    a2: Sequence[str],
+    a1: Iterable[str],
+    a2: Iterable[str],
     a1_freq: np.ndarray,
     weights: np.ndarray,
 ) -> None:
