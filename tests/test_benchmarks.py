@@ -31,6 +31,7 @@ CASES = {
         "plink_assoc_seconds",
         "plink_linear_seconds",
     },
+    "pca": {"seconds", "plink2_seconds", "ratio_vs_plink2", "peak_rss_mb", "iterations"},
 }
 
 
@@ -50,5 +51,8 @@ def test_quick_run_prints_its_figures_last(name):
     figures = json.loads(lines[-1])
     assert CASES[name] <= set(figures)
     assert all(figures[key] > 0 for key in CASES[name])
+    if name == "pca":  # the same PCs as plink2 --pca meanimpute on POOLED
+        assert figures["worst_eigenvalue_rel"] <= 1e-4
+        assert figures["worst_correlation_deficit"] <= 1e-4
     if name == "gwas":  # the rows PLINK prints on POOLED, every column
         assert all(same == total > 0 for same, total in figures["rows_equal_plink"].values())

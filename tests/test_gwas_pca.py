@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smpc.protocols.gwas import pca
+from smpc.protocols.gwas import pca, pcarounds
 from smpc.protocols.gwas.genotypes import open_site
 from tests.simulate import simulate_cohort
 
@@ -39,6 +39,14 @@ def structured(tmp_path_factory):
     """600 samples, 5 populations, 3 uneven sites, 1.5 % missing calls."""
     _need_plink2()
     return simulate_cohort(tmp_path_factory.mktemp("pca"), 600, 3000, 3, seed=5, populations=5)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A smaller structured cohort for the association tests with PC covariates: the
+    secure regressions of ``reveal: statistics`` with six covariates take the longest."""
+    _need_plink2()
+    return simulate_cohort(tmp_path_factory.mktemp("pca-small"), 300, 300, 3, seed=6, populations=5)
 
 
 @pytest.fixture(scope="module")
@@ -177,23 +185,174 @@ def _site_scores(cohort, out: Path, name: str) -> tuple[list[str], np.ndarray]:
     return iids, np.concatenate(rows)
 
 
+def _covariate_file(cohort, out: Path, name: str, path: Path) -> Path:
+    """POOLED.cov's AGE and SEX2 with the PCs the sites wrote, as PLINK reads covariates."""
+    iids, scores = _site_scores(cohort, out, name)
+    rows = [line.split() for line in Path(f"{cohort.pooled}.cov").read_text().splitlines()]
+    by_iid = dict(zip(iids, scores, strict=True))
+    pcs = [f"PC{k + 1}" for k in range(scores.shape[1])]
+    lines = [" ".join(rows[0] + pcs)]
+    for row in rows[1:]:
+        lines.append(" ".join(row + [f"{x:.6g}" for x in by_iid[row[1]]]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.mark.slow
-def test_pca_through_smpc_local_equals_plink2(structured, tmp_path):
-    """``tests: [pca]`` alone: the analyst's .eigenval and .eigenvec.var, each site's
-    .eigenvec of its own samples, against plink2 --pca 4 meanimpute on POOLED."""
+@pytest.mark.parametrize(
+    ("test", "reveal"),
+    [
+        ("linear", "aggregates"),
+        ("linear", "statistics"),
+        ("logistic", "aggregates"),
+        ("logistic", "statistics"),
+    ],
+)
+def test_pcs_as_covariates_equal_plink_with_the_sites_pcs(small, tmp_path, test, reveal):
+    """``covar: [AGE, SEX2, PC1..PC4]``: PLINK 1.9 on POOLED with a covariate file holding
+    AGE, SEX2 and the PCs the sites wrote (the downstream is exact given the PCs)."""
+    from tests.test_gwas_local import PLINK, assert_same_table
+
+    pheno = "pheno: QT\n" if test == "linear" else ""
+    covar = "[AGE, SEX2, PC1, PC2, PC3, PC4]"
+    structured = small
     out = _run(
-        structured, tmp_path, f"name: pc\nprotocol: gwas\ntests: [pca]\npca: {{components: {K}}}\n"
+        structured, tmp_path,
+        f"name: cv\nprotocol: gwas\ntests: [{test}]\n{pheno}covar: {covar}\n"
+        f"pca: {{components: {K}}}\nreveal: {reveal}\n",
+    )  # fmt: skip
+    if test == "linear" and reveal == "aggregates":  # the PCA itself, as plink2 computes it
+        plink = plink2_pca(structured.pooled, tmp_path / "plink2", K, "meanimpute")
+        _, scores = _site_scores(structured, out, "cv")
+        assert_same_pca(np.loadtxt(out / "cv.eigenval"), scores, plink["eigenval"], plink["scores"])
+    cov = _covariate_file(structured, out, "cv", tmp_path / "pooled.cov")
+    pooled = structured.pooled
+    flags = ["--covar", str(cov), "--covar-name", "AGE,SEX2,PC1,PC2,PC3,PC4"]
+    if test == "linear":
+        flags += ["--pheno", f"{pooled}.pheno", "--pheno-name", "QT"]
+    subprocess.run(
+        [PLINK, "--bfile", str(pooled), "--allow-no-sex", *flags, f"--{test}", "hide-covar",
+         "--out", str(tmp_path / "plink")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    ext = f"assoc.{test}"
+    assert_same_table(
+        out / f"cv.{ext}", tmp_path / f"plink.{ext}", single_precision=test == "logistic"
     )
+    assert json.loads((out / "result.json").read_text())["reveal"] == reveal
+
+
+def _numbers(value) -> np.ndarray:
+    """Every number of a JSON-like value or array, flattened to float64."""
+    if isinstance(value, dict):
+        parts = [_numbers(v) for v in value.values()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    if isinstance(value, list | tuple):
+        parts = [_numbers(v) for v in value]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    array = np.asarray(value)
+    if array.dtype.kind in "iuf":
+        return array.astype(np.float64).reshape(-1)
+    if array.dtype == object:
+        try:
+            return array.astype(np.float64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            return np.zeros(0)
+    return np.zeros(0)
+
+
+@pytest.mark.slow
+def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
+    structured, tmp_path, monkeypatch
+):
+    """``tests: [pca]`` alone through ``smpc local``: the analyst's .eigenval and
+    .eigenvec.var and each site's .eigenvec of its own samples against plink2 --pca 4
+    meanimpute on POOLED. Meanwhile record what the analyst receives (every job's opened
+    outcome) and what crossed the broker in the clear (every job message and envelope
+    header, as the parties stored them): no array is per sample, no number a score."""
+    import sqlite3
+
+    import smpc.local
+    from smpc.pki.directory import load_directory
+    from smpc.protocols.gwas.spec import GwasPayload
+    from smpc.wire.messages import verify_job
+
+    runs = []
+    real = smpc.local.run_spec
+
+    async def recording(*args, **kwargs):
+        run = await real(*args, **kwargs)
+        runs.append(run)
+        return run
+
+    monkeypatch.setattr(smpc.local, "run_spec", recording)
+    (tmp_path / "spec.yaml").write_text(
+        f"name: pc\nprotocol: gwas\ntests: [pca]\npca: {{components: {K}}}\n"
+    )
+    sites = {s: structured.prefixes[s] for s in structured.sites}
+    work = tmp_path / "work"
+    smpc.local.run_local(
+        tmp_path / "spec.yaml", sites, tmp_path / "out", parties=3, threshold=1, workdir=work
+    )
+    out = tmp_path / "out"
     plink = plink2_pca(structured.pooled, tmp_path / "plink", K, "meanimpute")
-    ours_vals = np.loadtxt(out / "pc.eigenval")
-    iids, scores = _site_scores(structured, out, "pc")
+    iids, site_scores = _site_scores(structured, out, "pc")
     assert iids == list(plink["iid"])
-    assert_same_pca(ours_vals, scores, plink["eigenval"], plink["scores"])
+    vals = np.loadtxt(out / "pc.eigenval")
+    assert_same_pca(vals, site_scores, plink["eigenval"], plink["scores"])
     var = np.loadtxt(out / "pc.eigenvec.var", dtype=str, comments=None)
     assert list(var[0]) == list(plink["var_header"])
     assert list(var[1:, 1]) == list(plink["var_ids"])
+    for k in separated(plink["eigenval"]):  # sqrt(M)·v per non-major allele, sign per PC
+        ours = var[1:, 4 + k].astype(float)
+        sign = np.sign(ours @ plink["weights"][:, k])
+        np.testing.assert_allclose(sign * ours, plink["weights"][:, k], rtol=1e-3, atol=2e-3)
     result = json.loads((out / "result.json").read_text())
     assert result["pca"]["converged"] and result["pca"]["rounds"] >= 2
+    assert result["sites"] == structured.sites
     for site in structured.sites:
         assert (out / "sites" / site / "pc.pca.png").stat().st_size > 0
     assert (out / "pc.scree.png").stat().st_size > 0
+
+    (run,) = runs
+    # the exact scores of every sample, from the final model the last job carried
+    final = GwasPayload.model_validate(run.outcomes[-1].job.payload).arrays()
+    assert final is not None
+    exact = []
+    for prefix in sites.values():
+        with open_site(prefix) as fileset:
+            exact.append(pcarounds.scores(fileset, prefix, final))
+    scores = np.concatenate(exact).reshape(-1)
+    sizes = set(structured.site_samples.values()) | {sum(structured.site_samples.values())}
+
+    def assert_not_per_sample(where: str, array: np.ndarray) -> None:
+        array = np.asarray(array)
+        assert not sizes & set(array.shape), f"{where}: shape {array.shape} is per sample"
+        values = _numbers(array)
+        values = values[np.isfinite(values) & (np.abs(values) > 1e-3)]
+        if values.size:
+            # float32 precision; a leak holds (nearly) every score, chance a few of them
+            found = np.zeros(scores.size, dtype=bool)
+            for part in np.array_split(values, max(1, values.size // 20000)):
+                gap = np.abs(part[:, None] - scores[None, :])
+                found |= (gap <= 1e-7 * np.abs(scores)[None, :]).any(axis=0)
+            assert found.mean() < 0.1, f"{where}: holds {found.sum()} of the samples' scores"
+
+    for outcome in run.outcomes:  # the analyst's inputs
+        for name, value in outcome.opened.items():
+            assert_not_per_sample(f"{outcome.job.id} {name}", value)
+    directory = load_directory(work / "keys" / "public")
+    messages = 0
+    for store in (work / "store").glob("party*/store.sqlite"):
+        with sqlite3.connect(store) as db:
+            for (message,) in db.execute("SELECT message FROM jobs"):
+                _, job = verify_job(message, directory)
+                payload = GwasPayload.model_validate(job.payload)
+                for model in (payload.arrays(), payload.pca_model()):
+                    for name, value in (model or {}).items():
+                        if value.dtype.kind != "S":
+                            assert_not_per_sample(f"job {job.id} {name}", value)
+                messages += 1
+            for (header,) in db.execute("SELECT header FROM shares"):
+                assert not sizes & set(json.loads(header).get("shape", [])), header
+    assert messages >= 3 * 4  # every party, every job: frequencies, rounds, scores

@@ -190,6 +190,8 @@ class GwasProtocol(Protocol):
         from smpc.protocols.gwas.finalize import finalize
 
         summary: dict[str, Any] = {}
+        if result.scan is None and result.pca is not None:  # tests: [pca]
+            summary = {"sites": result.pca.sites, "reveal": spec.reveal[0]}
         if result.scan is not None:
             summary = finalize(spec, result.scan.opened, out, logistic=result.logistic)
         if result.pca is None:

@@ -44,6 +44,8 @@ from smpc.wire.messages import JobInput, encode_model
 
 logger = logging.getLogger("smpc.gwas")
 
+CHUNK = 2000  # variants read at a time
+
 
 @dataclass
 class PcaResult:
@@ -57,6 +59,7 @@ class PcaResult:
     change: float
     norms: np.ndarray
     model: str  # the final model as jobs carry it (covariates of later jobs)
+    sites: list[str]
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -99,8 +102,7 @@ def pca_plan(spec: Any) -> Generator[Step, Outcome, PcaResult]:
         payload=GwasPayload(stage="pcafreq"), suffix="-pca0", label="pca frequencies",
     )  # fmt: skip
     summary = alignment_summary(freq.opened)
-    variants = VariantTable.from_columns(summary["variants"])
-    counts = np.rint(np.asarray(freq.opened["counts"], dtype=np.float64)).reshape(-1, 3, 2, 4)
+    variants, counts = _pooled_orientation(summary, freq.opened["counts"])
     p = pca.founder_frequency(counts)
     use = np.isfinite(p) & (np.minimum(p, 1.0 - p) >= options.maf * (1.0 - pca.SMALL_EPSILON))
     if options.variants is not None:
@@ -144,21 +146,40 @@ def pca_plan(spec: Any) -> Generator[Step, Outcome, PcaResult]:
     norms = join_limbs(scores.opened["pca.norms.hi"], scores.opened["pca.norms.lo"])
     if not np.allclose(norms, 1.0, atol=1e-4):
         raise UserError(f"pca: the sites' scores have squared norms {norms}, not 1")
-    return PcaResult(used, p, theta, v, iteration.rounds, iteration.change, norms, model)
+    return PcaResult(
+        used, p, theta, v, iteration.rounds, iteration.change, norms, model, summary["sites"]
+    )
+
+
+def _pooled_orientation(summary: dict, opened: Any) -> tuple[VariantTable, np.ndarray]:
+    """The variants and pooled counts in POOLED's .bim orientation (the merge's allele
+    order, then A1 the founders' minor allele: :func:`.finalize._orient`), so that where
+    the frequency is exactly 0.5 the major allele is PLINK 2's (the .bim's A2, its REF)."""
+    from smpc.protocols.gwas.a1 import flip_alleles
+    from smpc.protocols.gwas.align import pooled_bim_swap
+    from smpc.protocols.gwas.plink import qc
+
+    variants = VariantTable.from_columns(summary["variants"])
+    counts = np.rint(np.asarray(opened, dtype=np.float64)).astype(np.int64).reshape(-1, 3, 2, 4)
+    merged = pooled_bim_swap(counts)
+    counts = qc.swap_alleles(counts, merged)
+    swap = qc.minor_allele_swap(counts)
+    return flip_alleles(variants, merged ^ swap), qc.swap_alleles(counts, swap)
 
 
 # --- site -------------------------------------------------------------------------------
 
 
 def site_freq(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int]:
-    """``pcafreq``: the public variant table and the founders' genotype counts."""
+    """``pcafreq``: the public variant table and the genotype counts of founders and of
+    non-founders (the frequencies are the founders'; the merge's allele order, which
+    decides the major allele at a frequency of exactly 0.5, counts everyone)."""
     import json
 
     from smpc.core.encoding import bytes_to_words
     from smpc.protocols.gwas.align import site_counts
     from smpc.protocols.gwas.genotypes import iter_chunks, open_site
-    from smpc.protocols.gwas.phenotypes import phenotype_kind
-    from smpc.protocols.gwas.site import CHUNK, phenotype
+    from smpc.protocols.gwas.phenotypes import NO_PHENOTYPE
 
     with open_site(prefix) as site:
         founder = np.asarray(site.samples.founder, dtype=bool)
@@ -168,10 +189,9 @@ def site_freq(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int]:
         no_flip = np.zeros(CHUNK, dtype=bool)
         for idx, chunk in iter_chunks(site, np.arange(n_variants), CHUNK):
             counts[idx] = site_counts(chunk, no_flip[: len(idx)], classes, founder)
-        counts[:, :, 0, :] = 0  # founders only: what the frequencies are taken from
         info = {
             "variants": site.variants.to_columns(),
-            "phenotype": phenotype_kind(phenotype(spec, prefix, site.samples)),
+            "phenotype": NO_PHENOTYPE,  # the PCA reads none (and tells none)
         }
         n = site.n_samples
     return {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}, n
@@ -181,7 +201,6 @@ def _genotypes(site: Any, prefix: Path, model: dict[str, np.ndarray]) -> np.ndar
     """The model's variants from this site's fileset, int8 ``(n, M)`` copies of the
     pooled A1 (-1 missing)."""
     from smpc.protocols.gwas.genotypes import iter_chunks
-    from smpc.protocols.gwas.site import CHUNK
 
     rows = {snp: i for i, snp in enumerate(site.variants.snp)}
     snps, a1 = _decoded(model["snp"]), _decoded(model["a1"])
