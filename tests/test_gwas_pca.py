@@ -199,6 +199,7 @@ def _covariate_file(cohort, out: Path, name: str, path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # reveal: statistics: secure regressions with 8 columns in MPyC
 @pytest.mark.parametrize(
     ("test", "reveal"),
     [
@@ -356,3 +357,27 @@ def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
             for (header,) in db.execute("SELECT header FROM shares"):
                 assert not sizes & set(json.loads(header).get("shape", [])), header
     assert messages >= 3 * 4  # every party, every job: frequencies, rounds, scores
+
+
+def test_pca_spec_defaults_and_refusals():
+    from smpc.errors import UserError
+    from smpc.protocols.registry import parse_spec
+
+    only = parse_spec({"name": "p", "protocol": "gwas", "tests": ["pca"]})
+    assert only.pca is not None and only.pca.components == 10 and only.pca.maf == 0.01
+    given = parse_spec(
+        {"name": "p", "protocol": "gwas", "tests": ["linear"], "pheno": "QT",
+         "covar": ["AGE", "PC1", "PC2"], "pca": {"components": 2}}
+    )  # fmt: skip
+    assert "pca" in given.tests and given.principal_components() == ["PC1", "PC2"]
+    assert parse_spec(given.to_dict()) == given  # what a job carries parses back
+    assert parse_spec({"name": "p", "protocol": "gwas"}).pca is None
+    with pytest.raises(UserError, match="PC3: pca computes PC1 to PC2"):
+        parse_spec(
+            {"name": "p", "protocol": "gwas", "tests": ["linear"], "covar": ["PC3"],
+             "pca": {"components": 2}}
+        )  # fmt: skip
+    with pytest.raises(UserError, match="mind"):
+        parse_spec({"name": "p", "protocol": "gwas", "pca": {}, "filters": {"mind": 0.1}})
+    with pytest.raises(UserError, match="components"):
+        parse_spec({"name": "p", "protocol": "gwas", "pca": {"components": 0}})
