@@ -165,12 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 x 3,000 over 3 sites, K=4")
     parser.add_argument("--data", type=Path, help="cohort cache folder")
+    parser.add_argument("--variants", type=int, help="override the number of variants")
     parser.add_argument(
         "--no-exact", action="store_true",
         help="skip plink2's exact --pca (minutes at the full size); compare with approx",
     )  # fmt: skip
     args = parser.parse_args(argv)
     samples, snps, sites, k = (1000, 3000, 3, 4) if args.quick else (10_000, 50_000, 5, 10)
+    snps = args.variants or snps
     for tool in (PLINK2, "plink1.9"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (tests/run.sh installs the Debian package)")

@@ -45,6 +45,9 @@ from smpc.wire.messages import JobInput, encode_model
 logger = logging.getLogger("smpc.gwas")
 
 CHUNK = 2000  # variants read at a time
+MAX_JOB_MODEL = 960_000
+"""Base64 characters of a round's model: a job message is one MQTT message of at most
+1 MiB (:data:`smpc.net.frames.DEFAULT_CHUNK`) with the spec and signature besides."""
 
 
 @dataclass
@@ -122,11 +125,16 @@ def pca_plan(spec: Any) -> Generator[Step, Outcome, PcaResult]:
     base = {"snp": _text(used.snp), "a1": _text(used.a1), "p": p}
     iteration = pca.SubspaceIteration(m, k, seed=0)
     for r in itertools.count(1):
+        model = encode_model({**base, "basis": iteration.basis})
+        if len(model) > MAX_JOB_MODEL:
+            raise UserError(
+                f"pca: a round's basis for {m} variants and {k} components is {len(model):,} "
+                f"bytes; a job message carries at most {MAX_JOB_MODEL:,}: use fewer variants "
+                "(pca: variants: an LD-pruned list, or a larger pca: maf) or fewer components"
+            )
         outcome = yield Step(
             inputs=_limbs("pca.z"), outputs=None, deliver="analyst",
-            payload=GwasPayload(
-                stage="pca", round=r, variants=encode_model({**base, "basis": iteration.basis})
-            ),
+            payload=GwasPayload(stage="pca", round=r, variants=model),
             suffix=f"-pca{r}", label=f"pca round {r}",
         )  # fmt: skip
         z = join_limbs(outcome.opened["pca.z.hi"], outcome.opened["pca.z.lo"])
