@@ -133,12 +133,17 @@ at once with a thread per core each ran 3x slower than with one), unless set alr
 
 
 def _site_serve(
-    workdir: Path, kits: Path, site: str, trainer: str | None, data: Path | None
+    workdir: Path, kits: Path, site: str, trainer: str | None, data: Path | None, out: Path
 ) -> subprocess.Popen:
     """``smpc site serve`` for one site, answering every round with ``trainer`` (or, with
-    no trainer, with the job's protocol on ``data``: a GWAS's Newton rounds)."""
+    no trainer, with the job's protocol on ``data``: a GWAS's Newton rounds); its own
+    results (a GWAS PCA's ``.eigenvec``) go to ``OUT/sites/<site>/``."""
     config = workdir / f"{site}.yaml"
-    doc: dict[str, Any] = {"kit": str(kits / site), "state": str(workdir / f"{site}.answered")}
+    doc: dict[str, Any] = {
+        "kit": str(kits / site),
+        "state": str(workdir / f"{site}.answered"),
+        "out": str((Path(out) / "sites" / site).resolve()),
+    }
     if trainer is None:
         assert data is not None  # the caller passes data to a site without a trainer
         doc["data"] = str(Path(data).resolve())
@@ -212,7 +217,7 @@ def run_local(
             analyst = load_kit(kits / "analyst")
             if served:
                 for site, path in sites.items():
-                    procs.append(_site_serve(workdir, kits, site, trainer, path))
+                    procs.append(_site_serve(workdir, kits, site, trainer, path, out))
                     _wait_for(workdir / f"{site}.log", "event=site-serving", procs[-1])
                 try:
                     run = asyncio.run(

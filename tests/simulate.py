@@ -63,17 +63,28 @@ class SimulatedCohort:
 
 
 def _coalescent_chromosome(
-    n_samples: int, n_snps: int, seed: int, min_maf: float
+    n_samples: int, n_snps: int, seed: int, min_maf: float, populations: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(genotypes (n, s) derived-allele counts, positions, ancestral, derived)``."""
+    """``(genotypes (n, s) derived-allele counts, positions, ancestral, derived)``.
+
+    ``populations`` > 1: an island model (Ne 10,000 each, migration 2e-5 per generation),
+    samples split as evenly as possible and listed population by population."""
     import msprime
 
     length = max(5e5, n_snps * 1500.0)
+    if populations > 1:
+        demography = msprime.Demography.island_model([10_000] * populations, 2e-5)
+        sizes = np.diff(np.linspace(0, n_samples, populations + 1).round().astype(int))
+        ancestry: dict = {
+            "samples": {f"pop_{k}": int(c) for k, c in enumerate(sizes)},
+            "demography": demography,
+        }
+    else:
+        ancestry = {"samples": n_samples, "population_size": 10_000}
     while True:
         ts = msprime.sim_ancestry(
-            samples=n_samples,
+            **ancestry,
             ploidy=2,
-            population_size=10_000,
             sequence_length=length,
             recombination_rate=1e-8,
             random_seed=seed,
@@ -145,11 +156,15 @@ def simulate_cohort(
     missing_rate: float = 0.015,
     min_maf: float = 0.005,
     plink: str = "plink1.9",
+    populations: int = 1,
 ) -> SimulatedCohort:
     """Simulate a cohort, write one PLINK fileset per site plus ``POOLED``; see the module doc.
 
     ``n_snps`` autosomal SNPs over ``n_chrom`` chromosomes (plus 5 chrX variants), ids
     ``rs<chrom>_<bp>``; samples ``F<i>``/``I<i>``. A few seconds for 1,000 × 2,000.
+    ``populations`` > 1 gives the cohort ancestry structure (an island model): samples
+    come population by population, half of them then shuffled, so the sites (contiguous
+    blocks of samples) hold uneven ancestry mixes.
     """
     if n_sites < 2:
         raise ValueError("a multi-site cohort needs at least 2 sites")
@@ -163,10 +178,15 @@ def simulate_cohort(
     # --- genotypes: autosomes from the coalescent, a few chrX variants -----------------
     per_chrom = np.diff(np.linspace(0, n_snps, n_chrom + 1).round().astype(int))
     parts = [
-        _coalescent_chromosome(n_samples, int(k), seed * 1000 + 10 * c, min_maf)
+        _coalescent_chromosome(n_samples, int(k), seed * 1000 + 10 * c, min_maf, populations)
         for c, k in enumerate(per_chrom, start=1)
     ]
     g = np.concatenate([p[0] for p in parts], axis=1)
+    if populations > 1:  # uneven ancestry mixes: shuffle half of the samples among themselves
+        order = np.arange(n_samples)
+        moved = rng.choice(n_samples, n_samples // 2, replace=False)
+        order[np.sort(moved)] = moved
+        g = g[order]
     chrom = np.concatenate([np.full(len(p[1]), str(c)) for c, p in enumerate(parts, start=1)])
     bp = np.concatenate([p[1] for p in parts])
     anc = np.concatenate([p[2] for p in parts])

@@ -33,6 +33,7 @@ CASES = {
         "plink_assoc_seconds",
         "plink_linear_seconds",
     },
+    "pca": {"seconds", "plink2_seconds", "ratio_vs_plink2", "peak_rss_mb", "iterations"},
 }
 # Figures that count failures: the benchmark's own checks, so they must be 0. (The quick
 # soak's thread count is only reported: after its short warm-up a thread pool may still
@@ -61,5 +62,8 @@ def test_quick_run_prints_its_figures_last(name):
     assert CASES[name] | REPORTED.get(name, set()) <= set(figures)
     assert all(figures[key] > 0 for key in CASES[name])
     assert {key: figures[key] for key in ZERO.get(name, ())} == dict.fromkeys(ZERO.get(name, ()), 0)
+    if name == "pca":  # the same PCs as plink2 --pca meanimpute on POOLED
+        assert figures["worst_eigenvalue_rel"] <= 1e-4
+        assert figures["worst_correlation_deficit"] <= 1e-4
     if name == "gwas":  # the rows PLINK prints on POOLED, every column
         assert all(same == total > 0 for same, total in figures["rows_equal_plink"].values())

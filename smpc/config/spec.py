@@ -111,7 +111,7 @@ from smpc.names import INPUT_PATTERN, NAME_PATTERN
 
 SCHEMES = ("shamir", "additive")
 DELIVERIES = ("analyst", "parties")
-GWAS_TESTS = ("assoc", "model", "hardy", "freq", "missing", "linear", "logistic")
+GWAS_TESTS = ("assoc", "model", "hardy", "freq", "missing", "linear", "logistic", "pca")
 NUM_EXAMPLES = "num_examples"
 """The scalar every fedavg site sends as its weight; never a model array."""
 
@@ -228,6 +228,17 @@ class Filters(_Model):
     mind: Annotated[Probability, Field(ge=0, le=1)] | None = None
 
 
+class Pca(_Model):
+    """A GWAS's principal components (``pca:``), as ``plink2 --pca K`` on the pooled data:
+    ``components`` K; ``variants`` a file of variant IDs to use (one a line, e.g. an
+    LD-pruned list; default every analysed variant); ``maf`` the pooled founders' minor
+    allele frequency a used variant needs at least."""
+
+    components: Annotated[StrictInt, Field(ge=1, le=100)] = 10
+    variants: StrictStr | None = None
+    maf: Annotated[Probability, Field(ge=0, le=0.5)] = 0.01
+
+
 class SpecFile(_Model):
     """A spec file as written: every optional field is None when absent.
 
@@ -253,6 +264,7 @@ class SpecFile(_Model):
     pheno: Column | None = None
     covar: Annotated[list[Column], AfterValidator(_unique)] | None = None
     filters: Filters | None = None
+    pca: Pca | None = None
 
 
 # --- the resolved spec ----------------------------------------------------------------

@@ -54,10 +54,12 @@ class SiteData:
 @dataclass(frozen=True)
 class SiteSource:
     """What a site answers jobs from: its data file, its named inputs (``NAME: SOURCE``),
-    its trainer (``trainer(global_model, round) -> (local_model, num_examples)``)."""
+    its trainer (``trainer(global_model, round) -> (local_model, num_examples)``), and
+    the folder it writes its own result files into (a GWAS's ``.eigenvec``)."""
 
     site: str
     data: Path | None = None
+    out: Path | None = None
     inputs: Mapping[str, str] | None = None
     trainer: Callable[..., Any] | None = None
 

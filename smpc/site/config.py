@@ -33,7 +33,9 @@ class SiteConfig(BaseModel):
       index; it returns the local model and its number of examples
       (:mod:`smpc.protocols.fedavg.training`).
       ``trainer_args`` are passed to it as keyword arguments, and ``site=NAME`` when
-      it takes a ``site`` argument.
+      it takes a ``site`` argument;
+    - ``out``: the folder this site writes its own results into (a GWAS PCA's
+      ``<name>.eigenvec`` of its samples and their PC plot), which never leave it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,6 +46,7 @@ class SiteConfig(BaseModel):
     data: Path | dict[ProtocolName, Path] | None = None
     trainer: str | None = None
     trainer_args: dict[str, Any] = {}
+    out: Path | None = None  # where this site writes its own results (a GWAS's .eigenvec)
     state: Path | None = None  # where answered job ids are kept (default: next to the config)
     log_level: str = "info"
     policy: SitePolicy = SitePolicy()
@@ -87,5 +90,6 @@ def load_site_config(path: Path) -> SiteConfig:
             "state": resolve(config.state) or base / f".{Path(path).stem}.answered",
             "inputs": inputs,
             "web": config.web.resolved(base) if config.web is not None else None,
+            "out": resolve(config.out),
         }
     )

@@ -137,7 +137,7 @@ async def serve(config: SiteConfig, stop: asyncio.Event) -> None:
                 continue
             source = SiteSource(
                 site=kit.name, data=config.data_for(job.protocol),
-                inputs=config.inputs or None, trainer=trainer,
+                inputs=config.inputs or None, trainer=trainer, out=config.out,
             )  # fmt: skip
             if source.data is None and source.inputs is None and source.trainer is None:
                 skipped(job, f"no data file for {job.protocol} jobs in the site config")

@@ -13,6 +13,8 @@ Modules (one concern each):
 - :mod:`.phenotypes` — case/control or quantitative, and which tests run on it.
 - :mod:`.site` — a site's shares; :mod:`.pooling` — the parties' aligned sums.
 - :mod:`.finalize`, :mod:`.opened` — the analyst's PLINK files (aggregates, statistics).
+- :mod:`.pca` — PLINK 2's PCA as subspace iteration over sums of sites;
+  :mod:`.pcarounds` — its jobs, the sites' scores and the PCs as covariates.
 
 The data model shared by all of them is documented in :mod:`.plink.counts` (genotype count
 tensor) and :mod:`.plink.regression` (cross-product statistics).

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from smpc.config.federation import Federation
-from smpc.config.spec import GWAS_TESTS, Filters, SpecFile
+from smpc.config.spec import GWAS_TESTS, Filters, Pca, SpecFile
 from smpc.core.encoding import words_to_bytes
 from smpc.core.field import MERSENNE61, field_for
 from smpc.errors import UserError
@@ -46,10 +46,12 @@ logger = logging.getLogger("smpc.gwas")
 
 @dataclass
 class GwasRun:
-    """A GWAS run's result: the scan job's outcome and the logistic fit (or None)."""
+    """A GWAS run's result: the scan job's outcome (None for ``tests: [pca]``), the
+    logistic fit and the PCA (or None)."""
 
-    scan: Outcome
+    scan: Outcome | None
     logistic: dict[str, np.ndarray] | None = None
+    pca: Any = None  # a .pcarounds.PcaResult
 
 
 class GwasProtocol(Protocol):
@@ -59,7 +61,7 @@ class GwasProtocol(Protocol):
     multiplies = True
     reveals = ("statistics", "aggregates")
     default_reveal = ("statistics",)
-    uses = frozenset({"tests", "pheno", "covar", "filters"})
+    uses = frozenset({"tests", "pheno", "covar", "filters", "pca"})
 
     # --- spec ---------------------------------------------------------------------------
 
@@ -113,18 +115,35 @@ class GwasProtocol(Protocol):
                 "covariates are used by the linear and logistic tests only: add one of them "
                 "to tests or drop covar",
             )
+        options = raw.pca if raw.pca is not None else (Pca() if "pca" in tests else None)
+        if options is not None:
+            if "pca" not in tests:
+                tests = (*tests, "pca")
+            pcs = [c for c in covar if c.startswith("PC") and c[2:].isdigit()]
+            beyond = [c for c in pcs if not 1 <= int(c[2:]) <= options.components]
+            if beyond:
+                problem(
+                    "covar",
+                    f"{', '.join(beyond)}: pca computes PC1 to PC{options.components}; "
+                    "raise pca: components or drop them",
+                )
+            if raw.filters is not None and raw.filters.mind is not None:
+                problem("pca", "filters: mind with pca is not available in this version")
         return {
             "tests": tests,
             "pheno": raw.pheno,
             "covar": covar,
             "filters": raw.filters or Filters(),
+            "pca": options,
         }
 
     # --- analyst ------------------------------------------------------------------------
 
     def jobs_per_run(self, spec: Any) -> int:
         mind = spec.filters.mind is not None
-        return 1 + int(mind) + (2 if "logistic" in spec.tests else 0)  # Newton: at least 2
+        scan = 0 if tuple(spec.tests) == ("pca",) else 1
+        pca = 4 if spec.pca is not None else 0  # frequencies, at least 2 rounds, scores
+        return scan + int(mind) + pca + (2 if "logistic" in spec.tests else 0)  # Newton: >= 2
 
     def exact_openings(self, job: Job) -> bool:
         return True  # fractions' parts and counts, never fixed point
@@ -145,6 +164,15 @@ class GwasProtocol(Protocol):
             deliver = "parties"  # opened inside MPyC, signed by every party
         mind = spec.filters.mind is not None
         variants = None
+        pca_run, pca_model = None, None
+        if spec.pca is not None:  # first: the PCs may be the association tests' covariates
+            from smpc.protocols.gwas.pcarounds import pca_plan
+
+            pca_run = yield from pca_plan(spec)
+            if spec.principal_components():
+                pca_model = pca_run.model
+            if tuple(spec.tests) == ("pca",):
+                return GwasRun(None, pca=pca_run)
         if mind:  # first the variants every site has, over which sites count missing calls
             inputs, outputs = alignment_parts()
             aligned = yield Step(
@@ -156,20 +184,32 @@ class GwasProtocol(Protocol):
         inputs, outputs = job_parts(spec)
         scan = yield Step(
             inputs=inputs, outputs=outputs, deliver=deliver,
-            payload=GwasPayload(stage="scan", variants=variants),
+            payload=GwasPayload(stage="scan", variants=variants, pca=pca_model),
         )  # fmt: skip
         if "logistic" not in spec.tests:
-            return GwasRun(scan)
+            return GwasRun(scan, pca=pca_run)
         fit = yield from newton_plan(
             spec, analysed_variants(spec, scan.opened), deliver=deliver,
-            mind=analysed_ids(scan.opened) if mind else None,
+            mind=analysed_ids(scan.opened) if mind else None, pca=pca_model,
         )  # fmt: skip
-        return GwasRun(scan, fit)
+        return GwasRun(scan, fit, pca_run)
 
     def finalize(self, spec: Any, result: GwasRun, out: Path) -> dict[str, Any]:
         from smpc.protocols.gwas.finalize import finalize
 
-        return finalize(spec, result.scan.opened, out, logistic=result.logistic)
+        summary: dict[str, Any] = {}
+        if result.scan is None and result.pca is not None:  # tests: [pca]
+            summary = {"sites": result.pca.sites, "reveal": spec.reveal[0]}
+        if result.scan is not None:
+            summary = finalize(spec, result.scan.opened, out, logistic=result.logistic)
+        if result.pca is None:
+            return summary
+        from smpc.protocols.gwas.pcarounds import write_outputs
+
+        facts = write_outputs(spec, result.pca, out)
+        summary = {**summary, "pca": facts, "files": [*summary.get("files", []), *facts["files"]]}
+        (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
 
     # --- site ---------------------------------------------------------------------------
 
@@ -181,25 +221,38 @@ class GwasProtocol(Protocol):
             )
         payload = self.payload(job)
         arrays = payload.arrays()
+        if payload.stage.startswith("pca"):
+            from smpc.protocols.gwas import pcarounds
+
+            if payload.stage == "pcafreq":
+                return SiteData(*pcarounds.site_freq(spec, source.data))
+            if arrays is None:
+                raise UserError(f"job {job.id}: a PCA job carries no model")
+            if payload.stage == "pca":
+                return SiteData(*pcarounds.site_round(source.data, arrays))
+            return SiteData(*pcarounds.site_scores(spec, source.data, arrays, source.out))
         if payload.stage == "newton":
             from smpc.protocols.gwas.logistic import site_round
 
             if arrays is None:
                 raise UserError(f"job {job.id}: a Newton round names no variants")
-            shared, samples = site_round(spec, source.data, arrays)
+            shared, samples = site_round(spec, source.data, arrays, payload.pca_model())
             return SiteData(shared, samples)
         from smpc.protocols.gwas.site import site_statistics
 
         analysed = None if arrays is None else np.char.decode(arrays["snp"], "utf-8")
         shared, samples = site_statistics(
-            spec, source.data, analysed, table_only=payload.stage == "align"
-        )
+            spec, source.data, analysed, table_only=payload.stage == "align",
+            pca_model=payload.pca_model(),
+        )  # fmt: skip
         return SiteData(shared, samples)
 
     # --- party --------------------------------------------------------------------------
 
     def combine(self, party: Any, job: Job, spec: Any, shares: dict) -> Any:
         stage = self.payload(job).stage
+        if stage in ("pca", "pcascores"):  # plain sums, delivered to the analyst
+            return party.sum_shares(job, spec, shares)
         if stage != "newton":
             return self._combine_statistics(party, job, spec, shares)
         if job.deliver == "parties":  # reveal: statistics: the step is computed in MPyC
@@ -218,6 +271,7 @@ class GwasProtocol(Protocol):
         from smpc.protocols.gwas.sizes import assoc_modulus
 
         field = field_for(job.modulus)
+        pcafreq = self.payload(job).stage == "pcafreq"  # delivered to the analyst in either mode
 
         def share_of(name: str, site: str) -> np.ndarray:
             return party.share_values(shares[(name, site)])
@@ -225,7 +279,7 @@ class GwasProtocol(Protocol):
         def pooled() -> Any:
             try:
                 for name, values in combine(job, field, share_of):
-                    if name == "alignment":  # the sites' phenotype: refuse before any sum
+                    if name == "alignment" and not pcafreq:  # refuse before any sum
                         summary = json.loads(words_to_bytes(field.to_signed(values)))
                         problem = phenotype_problem(spec, summary["phenotype"])
                         if problem:
@@ -235,7 +289,7 @@ class GwasProtocol(Protocol):
                 logger.exception("job %s: the sites' statistics do not combine", job.id)
                 raise UserError(f"the sites' statistics do not combine: {exc}") from None
 
-        if not statistics_mode(spec) or job.input("counts") is None:
+        if not statistics_mode(spec) or job.input("counts") is None or pcafreq:
             outputs = {o.name: o for o in job.delivered}
             return party.seal_outputs(job, ((outputs[n], v) for n, v in pooled()))
         workdir = party.session_dir(job)

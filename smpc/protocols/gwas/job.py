@@ -48,7 +48,7 @@ RegressionGroup = Literal["linear", "qt"]  # .assoc.linear, and the .qassoc of a
 RATIOS = ("f_a", "f_u", "chisq", "or")
 TEST_EXTENSION = {
     "assoc": "assoc", "model": "model", "hardy": "hwe", "freq": "frq", "missing": "lmiss",
-    "linear": "assoc.linear", "logistic": "assoc.logistic",
+    "linear": "assoc.linear", "logistic": "assoc.logistic", "pca": "eigenval",
 }  # fmt: skip  # the .assoc columns opened as exact fractions
 
 

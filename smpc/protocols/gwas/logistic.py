@@ -102,11 +102,17 @@ def _text(values: np.ndarray) -> np.ndarray:
     return np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values.astype(str)
 
 
-def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[dict, int]:
-    """A site's shares of one Newton round at the model's coefficients."""
+def site_round(
+    spec: Any,
+    prefix: Any,
+    model: dict[str, np.ndarray],
+    pca_model: dict[str, np.ndarray] | None = None,
+) -> tuple[dict, int]:
+    """A site's shares of one Newton round at the model's coefficients (``pca_model``: the
+    run's PCA when ``covar`` names its PCs)."""
     from smpc.protocols.gwas.genotypes import iter_chunks, open_site
     from smpc.protocols.gwas.job import statistics_mode
-    from smpc.protocols.gwas.phenofiles import read_covar
+    from smpc.protocols.gwas.pcarounds import site_covariates
     from smpc.protocols.gwas.phenotypes import is_case_control
     from smpc.protocols.gwas.plink.regression import flip_genotypes, logistic_site_stats
     from smpc.protocols.gwas.site import CHUNK, check_regression_values, mind_keep, phenotype
@@ -118,7 +124,7 @@ def site_round(spec: Any, prefix: Any, model: dict[str, np.ndarray]) -> tuple[di
         if not is_case_control(pheno):
             raise UserError(f"{prefix}: logistic needs a case/control phenotype (1/2)")
         y = pheno - 1.0  # 0 control, 1 case, NaN missing
-        covar = read_covar(prefix, list(spec.covar), samples) if spec.covar else None
+        covar = site_covariates(spec, prefix, site, pca_model) if spec.covar else None
         if statistics_mode(spec) and covar is not None:
             check_regression_values(prefix, spec, y, covar)
         keep = np.ones(len(y), dtype=bool)
@@ -160,6 +166,7 @@ def newton_plan(
     *,
     deliver: str,
     mind: np.ndarray | None = None,
+    pca: str | None = None,
 ) -> Generator[Step, Outcome, dict[str, np.ndarray]]:
     """The Newton rounds that fit every analysed variant: one job per iteration of
     :func:`.plink.regression.logistic_iterations`, as many as PLINK iterates.
@@ -185,6 +192,7 @@ def newton_plan(
                     stage="newton",
                     round=k,
                     variants=encode_model(round_model(variants, beta, mind)),
+                    pca=pca,
                 ),
                 suffix=f"-r{k}", label=f"logistic round {k}",
             )  # fmt: skip

@@ -45,6 +45,8 @@ def finalize_statistics(
 
     written, p_values = [], None
     for test in spec.tests:
+        if test == "pca":  # written by .pcarounds
+            continue
         path = f"{name}.{TEST_EXTENSION[test]}"
         if test == "freq":
             qc.write_frq(path, variants, counts.freq(), swapped=swap, snp_width=width)

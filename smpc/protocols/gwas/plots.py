@@ -86,3 +86,32 @@ def qq(path: Path, p: np.ndarray, title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def pc_scatter(path: Path, pc1: np.ndarray, pc2: np.ndarray, title: str) -> Path:
+    """A site's own samples on the pooled PC1 and PC2 (its ``.eigenvec``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(pc1, pc2, s=5, color="#1f4e79", alpha=0.7)
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.set_title(f"{title}: this site's samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def scree(path: Path, eigenvalues: np.ndarray, title: str) -> Path:
+    """The pooled PCA's eigenvalues (``.eigenval``) against their component number."""
+    plt = _pyplot()
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(1, values.size + 1), values, marker="o", color="#1f4e79")
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("eigenvalue")
+    ax.set_title(f"{title}: scree")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

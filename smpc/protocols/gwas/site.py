@@ -21,7 +21,12 @@ CHUNK = 2000  # variants per chunk at the sites
 
 
 def site_statistics(
-    spec: Any, prefix: Path, analysed: np.ndarray | None = None, *, table_only: bool = False
+    spec: Any,
+    prefix: Path,
+    analysed: np.ndarray | None = None,
+    *,
+    table_only: bool = False,
+    pca_model: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """A site's shared arrays for a GWAS spec, and its number of samples.
 
@@ -29,11 +34,12 @@ def site_statistics(
     ``filters: {mind}``: PLINK drops a sample whose missing calls over all variants
     exceed the bound before anything else, so each site drops its own such samples.
     ``table_only``: just the public ``site`` input (the preliminary alignment job).
+    ``pca_model``: the run's PCA (:mod:`.pcarounds`) when ``covar`` names its PCs.
     """
     from smpc.protocols.gwas.genotypes import open_site
 
     with open_site(prefix) as site:
-        return _site_statistics(spec, prefix, site, analysed, table_only)
+        return _site_statistics(spec, prefix, site, analysed, table_only, pca_model)
 
 
 def mind_keep(site: Any, analysed: np.ndarray, mind: float) -> np.ndarray:
@@ -52,9 +58,14 @@ def mind_keep(site: Any, analysed: np.ndarray, mind: float) -> np.ndarray:
 
 
 def _site_statistics(
-    spec: Any, prefix: Path, site: Any, analysed: np.ndarray | None, table_only: bool
+    spec: Any,
+    prefix: Path,
+    site: Any,
+    analysed: np.ndarray | None,
+    table_only: bool,
+    pca_model: dict[str, np.ndarray] | None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    from smpc.protocols.gwas.phenofiles import read_covar
+    from smpc.protocols.gwas.pcarounds import site_covariates
 
     samples = site.samples
     keep = np.ones(site.n_samples, dtype=bool)
@@ -72,9 +83,7 @@ def _site_statistics(
         }
         return {"site": bytes_to_words(json.dumps(info).encode())}, int(keep.sum())
     founder = np.asarray(samples.founder, dtype=bool)
-    covar = (
-        read_covar(prefix, list(spec.covar), samples) if spec.covar else np.zeros((len(pheno), 0))
-    )
+    covar = site_covariates(spec, prefix, site, pca_model)
     pheno, pheno_class, founder, covar = pheno[keep], pheno_class[keep], founder[keep], covar[keep]
     groups: dict[str, np.ndarray | None] = {}
     if "linear" in spec.tests:
