@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from smpc.names import INPUT_PATTERN, NAME_PATTERN
+from smpc.wire import strictjson
 from smpc.wire.buffers import as_view
 from smpc.wire.envelope_errors import InvalidHeader
 
@@ -260,11 +261,7 @@ class ShareHeader:
     def from_json(cls, data: bytes | bytearray | memoryview) -> ShareHeader:
         """Parse :meth:`to_json` output strictly (duplicate keys and NaN refused)."""
         try:
-            obj = json.loads(
-                bytes(data).decode("utf-8"),
-                object_pairs_hook=_no_duplicates,
-                parse_constant=_no_constant,
-            )
+            obj = strictjson.loads(bytes(data).decode("utf-8"))
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
             raise InvalidHeader(f"header is not valid JSON: {e}") from None
         return cls.from_dict(obj)
@@ -275,19 +272,6 @@ _HEADER_KEYS = frozenset(
         job="j", input="i", site="s", party=0, scheme="additive", t=0, n=1, modulus=2
     ).to_dict()
 )
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
 
 
 def header_json(fields: Mapping[str, Any]) -> bytes:

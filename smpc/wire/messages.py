@@ -52,6 +52,7 @@ from smpc.core.sharing import SCHEMES, Scheme
 from smpc.errors import UserError
 from smpc.names import INPUT_RE, NAME_RE
 from smpc.pki.directory import Directory
+from smpc.wire import strictjson
 
 Kind = Literal["job", "ack", "status", "result"]
 StatusState = Literal["accepted", "refused", "holding", "done", "failed"]
@@ -329,32 +330,6 @@ def _canonical(kind: str, signer: str, payload: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object without repeated keys: what was signed is what every reader sees."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _finite(text: str) -> float:
-    """A JSON number with a fraction or exponent: finite (1e400 would be inf), else refused.
-
-    Honest signers never write one (:func:`sign` dumps inf and NaN as null), and a NaN
-    would pass every comparison a party makes with a job's issue time and deadline.
-    """
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is not finite")
-    return value
-
-
 def sign(kind: Kind, payload: BaseModel, signer: str, key: Ed25519PrivateKey) -> bytes:
     """A signed message carrying ``payload``."""
     body = payload.model_dump(mode="json")
@@ -373,12 +348,7 @@ def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
     malformed, however nested, is a :class:`MessageError`.
     """
     try:
-        doc = json.loads(
-            data,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-            parse_float=_finite,
-        )
+        doc = strictjson.loads(data)
         signer, payload, signature = doc["signer"], doc["payload"], doc["signature"]
         if doc["kind"] != kind or set(doc) != {"kind", "signer", "payload", "signature"}:
             raise ValueError(f"expected a {kind} message")
