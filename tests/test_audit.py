@@ -190,3 +190,15 @@ print(verify(log.path)[0])
     refused, errno, entries_after = done.stdout.split()
     # a short write (ENOSPC) or EFBIG; then the chain goes on
     assert (refused, errno, entries_after) in {("refused", "27", "2"), ("refused", "28", "2")}
+
+
+def test_a_log_longer_than_one_read_is_continued_from_its_tail(tmp_path):
+    path = _log(tmp_path, 1500)  # > 64 KiB: the tail read spans blocks
+    assert path.stat().st_size > 1 << 17
+    count, head = verify(path)
+    with path.open("ab") as f:
+        f.write(b'{"event":"cut')
+    again = AuditLog(tmp_path)
+    assert (again.count, again.head) == (count, head)
+    again.append("job-closed", job="j1")
+    assert verify(path)[0] == count + 1

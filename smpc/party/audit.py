@@ -124,20 +124,35 @@ class AuditLog:
     def __init__(self, store_root: Path) -> None:
         self.path = Path(store_root) / AUDIT_FILE
         self._lock = threading.Lock()
-        self._drop_cut_line()
         self.count, self.head = 0, GENESIS
-        for _, entry in entries(self.path):  # continue the chain as written (verify checks it)
-            self.count, self.head = int(entry.get("seq", self.count)) + 1, str(entry.get("hash"))
+        last = self._last_line()  # continue the chain as written (verify checks it)
+        if last:
+            try:
+                entry = json.loads(last)
+                self.count, self.head = int(entry["seq"]) + 1, str(entry["hash"])
+            except (ValueError, KeyError, TypeError):
+                raise AuditError(f"{self.path}: its last line is not an audit entry") from None
 
-    def _drop_cut_line(self) -> None:
+    def _last_line(self) -> bytes:
+        """The last complete line, after dropping a line a crash cut short; reads only the
+        file's tail, so a long log costs a restart nothing."""
         if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+            return b""
+        with self.path.open("r+b") as f:
+            pos = f.seek(0, os.SEEK_END)
+            tail = b""
+            while pos > 0 and tail.count(b"\n") < 2:
+                step = min(pos, 1 << 16)
+                pos -= step
+                f.seek(pos)
+                tail = f.read(step) + tail
+            if tail and not tail.endswith(b"\n"):  # cut short: never part of the chain
+                keep = tail.rfind(b"\n") + 1
+                f.truncate(pos + keep)
                 f.flush()
                 os.fsync(f.fileno())
+                tail = tail[:keep]
+        return tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
 
     def append(self, event: str, **fields: Any) -> str:
         """Append one entry (None fields left out), fsynced; return the new chain head."""
