@@ -262,6 +262,69 @@ def _numbers(value) -> np.ndarray:
     return np.zeros(0)
 
 
+class BrokerTap:
+    """Every body that crosses the broker during a run, recorded by a subscriber to the
+    whole federation's tree (the test grants the analyst's certificate ``topic read
+    smpc/#`` in Mosquitto's ACL): what an observer at the broker sees."""
+
+    def __init__(self, kit, federation) -> None:
+        import threading
+
+        self.kit, self.federation = kit, federation
+        self.bodies: list[tuple[str, bytes]] = []
+        self._stop, self._ready = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        import asyncio
+
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        import asyncio
+
+        from smpc.net.connection import Connection
+
+        async with Connection.from_kit(self.kit, self.federation, suffix="tap") as conn:
+            await conn.subscribe(f"smpc/{self.federation.name}/#")
+            self._ready.set()
+            messages, reading = aiter(conn.messages()), None
+            while not self._stop.is_set():
+                reading = reading or asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait({reading}, timeout=0.2)
+                if done:
+                    message, reading = reading.result(), None
+                    self.bodies.append((message.topic, bytes(message.body)))
+            if reading is not None:
+                reading.cancel()
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self._ready.wait(15), "the broker tap did not connect"
+
+    def stop(self) -> None:
+        import time
+
+        time.sleep(1.0)  # what is in flight arrives
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _holds_many(where: str, data: bytes, targets: np.ndarray, dtype: str) -> None:
+    """Fewer than 10 % of ``targets`` (as ``dtype``) appear in ``data`` at any offset: a
+    leak holds (nearly) every value, ciphertext a chance few."""
+    wanted = np.unique(targets.astype(dtype))
+    size = np.dtype(dtype).itemsize
+    found = np.zeros(wanted.size, dtype=bool)
+    for offset in range(size):
+        count = (len(data) - offset) // size
+        if count <= 0:
+            continue
+        words = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+        found |= np.isin(wanted.view(f"u{size}"), words.view(f"u{size}"))
+    assert found.mean() < 0.1, f"{where}: holds {found.sum()} of {wanted.size} scores ({dtype})"
+
+
 @pytest.mark.slow
 def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
     structured, tmp_path, monkeypatch
@@ -269,23 +332,36 @@ def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
     """``tests: [pca]`` alone through ``smpc local``: the analyst's .eigenval and
     .eigenvec.var and each site's .eigenvec of its own samples against plink2 --pca 4
     meanimpute on POOLED. Meanwhile record what the analyst receives (every job's opened
-    outcome) and what crossed the broker in the clear (every job message and envelope
-    header, as the parties stored them): no array is per sample, no number a score."""
+    outcome), every body that crossed the broker (a tap subscribed to the federation's
+    whole tree) and what the parties stored: no array is per sample, no score is in any
+    of it as float32, float64 or the digits the sites print."""
+    import re
     import sqlite3
 
+    import smpc.broker.mosquitto
     import smpc.local
     from smpc.pki.directory import load_directory
     from smpc.protocols.gwas.spec import GwasPayload
-    from smpc.wire.messages import verify_job
+    from smpc.wire.messages import MessageError, verify_job
 
-    runs = []
+    runs, taps = [], []
     real = smpc.local.run_spec
+    acl = smpc.broker.mosquitto.mosquitto_acl
 
-    async def recording(*args, **kwargs):
-        run = await real(*args, **kwargs)
+    def acl_with_tap(federation):
+        return acl(federation) + "\n# the test's broker tap\nuser analyst\ntopic read smpc/#\n"
+
+    async def recording(analyst, federation, *args, **kwargs):
+        taps.append(BrokerTap(analyst, federation))
+        taps[-1].start()
+        try:
+            run = await real(analyst, federation, *args, **kwargs)
+        finally:
+            taps[-1].stop()
         runs.append(run)
         return run
 
+    monkeypatch.setattr(smpc.broker.mosquitto, "mosquitto_acl", acl_with_tap)
     monkeypatch.setattr(smpc.local, "run_spec", recording)
     (tmp_path / "spec.yaml").write_text(
         f"name: pc\nprotocol: gwas\ntests: [pca]\npca: {{components: {K}}}\n"
@@ -357,6 +433,34 @@ def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
             for (header,) in db.execute("SELECT header FROM shares"):
                 assert not sizes & set(json.loads(header).get("shape", [])), header
     assert messages >= 3 * 4  # every party, every job: frequencies, rounds, scores
+
+    # what crossed the broker: job messages read as any observer can, every body raw
+    (tap,) = taps
+    topics = {topic.split("/")[2] for topic, _ in tap.bodies}
+    assert {"jobs", "up", "ack", "status", "result"} <= topics, topics
+    printed = set()
+    for site in structured.sites:
+        table = np.loadtxt(out / "sites" / site / "pc.eigenvec", dtype=str, comments=None)
+        printed |= {t for t in table[1:, 2:].reshape(-1) if len(t.lstrip("-")) >= 6}
+    token = re.compile(rb"-?[0-9]+\.[0-9]+(?:e[-+][0-9]+)?")
+    jobs = 0
+    for topic, body in tap.bodies:
+        _holds_many(topic, body, scores, "<f8")
+        _holds_many(topic, body, scores, "<f4")
+        seen = {t.decode() for t in token.findall(body)} & printed
+        assert len(seen) < 0.1 * len(printed), f"{topic}: prints {len(seen)} scores"
+        if "/jobs/" in topic and body:
+            try:
+                _, job = verify_job(body, directory)
+            except MessageError:
+                continue
+            payload = GwasPayload.model_validate(job.payload)
+            for model in (payload.arrays(), payload.pca_model()):
+                for name, value in (model or {}).items():
+                    if value.dtype.kind != "S":
+                        assert_not_per_sample(f"broker {topic} {name}", value)
+            jobs += 1
+    assert jobs >= result["pca"]["rounds"] + 2, jobs
 
 
 def test_pca_spec_defaults_and_refusals():

@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 from smpc.net.connection import Connection
 from smpc.net.errors import ConnectionLost, SubscriptionRefused
-from smpc.net.frames import FRAME_HEADER_SIZE, MIN_CHUNK, FrameError, decode_frame, encode_frames
+from smpc.net.frames import (
+    FRAME_HEADER_SIZE,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    FrameError,
+    decode_frame,
+    encode_frames,
+)
 from smpc.net.reassembly import Message, Reassembler
 from smpc.net.reconnect import run_with_reconnect
 from smpc.net.topics import Topics
@@ -445,18 +452,22 @@ def test_messages_not_taken_are_redelivered(keys_dir: Path, tmp_path: Path) -> N
 @requires_mosquitto
 @pytest.mark.timeout(60)
 def test_retained_job(keys_dir: Path, tmp_path: Path) -> None:
+    """A retained job is one MQTT message, however much larger than ``max_chunk``, up to
+    MAX_CHUNK (a PCA round's basis); beyond that publish refuses before sending."""
+    large = _body(12 * MIB, 3)
+
     async def scenario(broker):
         async with connect(broker, keys_dir, "analyst") as analyst:
             await analyst.publish(T.job("analyst", "j1"), b'{"job": "j1"}', retain=True)
+            await analyst.publish(T.job("analyst", "j3"), large, retain=True)
         async with connect(broker, keys_dir, "beta", client_id="beta.t", persistent=False) as p:
             await p.subscribe(T.jobs())
-            seen = await _collect(p, 10, count=1)
+            seen = await _collect(p, 10, count=2)
         async with connect(broker, keys_dir, "analyst") as analyst:
             await analyst.clear_retained(T.job("analyst", "j1"))
+            await analyst.clear_retained(T.job("analyst", "j3"))
             with pytest.raises(ValueError, match="use publish_body"):
-                await analyst.publish(
-                    T.job("analyst", "j2"), bytes(analyst.max_chunk + 1), retain=True
-                )
+                await analyst.publish(T.job("analyst", "j2"), bytes(MAX_CHUNK + 1), retain=True)
         async with connect(broker, keys_dir, "beta", client_id="beta.t", persistent=False) as p:
             await p.subscribe(T.jobs())
             after = await _collect(p, 1)
@@ -464,8 +475,9 @@ def test_retained_job(keys_dir: Path, tmp_path: Path) -> None:
 
     with mosquitto(keys_dir, tmp_path / "broker") as broker:
         seen, after = _run(scenario(broker))
-    assert [(m.topic, m.body, m.retained) for m in seen] == [
-        (T.job("analyst", "j1"), b'{"job": "j1"}', True)
+    assert sorted((m.topic, m.body, m.retained) for m in seen) == [
+        (T.job("analyst", "j1"), b'{"job": "j1"}', True),
+        (T.job("analyst", "j3"), large, True),
     ]
     assert after == []
 

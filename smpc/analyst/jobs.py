@@ -49,6 +49,7 @@ from smpc.core.sharing import inconsistent_shares, reconstruct
 from smpc.errors import UserError
 from smpc.net.connection import Connection
 from smpc.net.errors import ConnectFailed, TransportError
+from smpc.net.frames import MAX_CHUNK
 from smpc.net.topics import Topics
 from smpc.pki.kit import Kit
 from smpc.protocols.base import Outcome, RunContext, Step
@@ -76,11 +77,26 @@ class JobFailed(UserError):
     """The job ended without a result; the message says why."""
 
 
+def sign_job(kit: Kit, job: Job) -> bytes:
+    """The job signed with the analyst's key; UserError if it is too large to publish.
+
+    A job message is one retained MQTT message, so it cannot be split into chunks.
+    """
+    message = sign("job", job, kit.name, kit.signing_key)
+    if len(message) > MAX_CHUNK:
+        raise UserError(
+            f"job {job.id}: its signed message is {len(message) / 2**20:.1f} MiB; a job "
+            f"message is one MQTT message of at most {MAX_CHUNK / 2**20:g} MiB: make "
+            "what the job carries smaller (fewer variants or a smaller model)"
+        )
+    return message
+
+
 async def publish_job(kit: Kit, federation: Federation, job: Job) -> bytes:
     """Sign ``job`` with the analyst's key and publish it (retained); return the message."""
     if not job.issued:
         job = stamp_job(job, JOB_LIFETIME)
-    message = sign("job", job, kit.name, kit.signing_key)
+    message = sign_job(kit, job)
     topics = Topics(federation.name)
     async with Connection.from_kit(kit, federation, suffix="jobs") as conn:
         await conn.publish(topics.job(kit.name, job.id), message, retain=True)
@@ -145,7 +161,7 @@ async def run_job(
         (topics.statuses(job.id), topics.results(kit.name, job.id)),
         until=time.monotonic() + timeout,
     )  # fmt: skip
-    await link.open(sign("job", job, kit.name, kit.signing_key), first=True)
+    await link.open(sign_job(kit, job), first=True)
     log.event(logger, "job-published", job=job.id, protocol=job.protocol)
     holding: dict[int, dict[str, str]] = {}  # party -> site -> the upload id it holds
     done: set[int] = set()  # parties that reported their result sent
@@ -174,7 +190,7 @@ async def run_job(
                 )
             ):
                 closed, members = _closing(job, holding, parties, federation)
-                await link.publish_job(sign("job", closed, kit.name, kit.signing_key))
+                await link.publish_job(sign_job(kit, closed))
                 log.event(
                     logger, "job-closed", job=job.id, sites=",".join(closed.close or ()),
                     parties=",".join(closed.parties or ()),

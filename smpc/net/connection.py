@@ -22,7 +22,7 @@ from smpc.net.errors import (
     SubscriptionRefused,
     TransportError,
 )
-from smpc.net.frames import DEFAULT_CHUNK, byte_view, check_chunk, encode_frames
+from smpc.net.frames import DEFAULT_CHUNK, MAX_CHUNK, byte_view, check_chunk, encode_frames
 from smpc.net.reassembly import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_PENDING_BYTES,
@@ -357,17 +357,19 @@ class Connection:
     async def publish(
         self, topic: str, payload: bytes | bytearray | memoryview, *, retain: bool = False
     ) -> None:
-        """Publish a small body as exactly one MQTT message (framed; may be retained).
+        """Publish a body as exactly one MQTT message (framed; may be retained).
 
-        ValueError if it does not fit in one chunk: use :meth:`publish_body`.
+        The body may be up to :data:`~smpc.net.frames.MAX_CHUNK` bytes, larger than
+        ``max_chunk`` (which sizes the chunks of :meth:`publish_body`): a retained job
+        message cannot be split. ValueError beyond that: use :meth:`publish_body`.
         """
         view = byte_view(payload)
-        if len(view) > self.max_chunk:
+        if len(view) > MAX_CHUNK:
             raise ValueError(
                 f"payload of {len(view)} bytes does not fit in one message "
-                f"(max_chunk {self.max_chunk}); use publish_body"
+                f"(at most {MAX_CHUNK}); use publish_body"
             )
-        (frame,) = encode_frames(view, self.max_chunk)
+        (frame,) = encode_frames(view, max(self.max_chunk, len(view)))
         client = self._require()
         await self._call(
             f"publish to {topic}", client.publish(topic, frame, qos=QOS, retain=retain)

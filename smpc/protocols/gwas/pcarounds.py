@@ -40,14 +40,11 @@ from smpc.protocols.base import Outcome, Step
 from smpc.protocols.gwas import pca
 from smpc.protocols.gwas.plink.fileset import VariantTable
 from smpc.protocols.gwas.spec import GwasPayload
-from smpc.wire.messages import JobInput, encode_model
+from smpc.wire.messages import MAX_MODEL_BYTES, JobInput, encode_model
 
 logger = logging.getLogger("smpc.gwas")
 
 CHUNK = 2000  # variants read at a time
-MAX_JOB_MODEL = 960_000
-"""Base64 characters of a round's model: a job message is one MQTT message of at most
-1 MiB (:data:`smpc.net.frames.DEFAULT_CHUNK`) with the spec and signature besides."""
 
 
 @dataclass
@@ -75,6 +72,18 @@ def _text(values: Any) -> np.ndarray:
 
 def _decoded(values: np.ndarray) -> np.ndarray:
     return np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values.astype(str)
+
+
+def _round_model(arrays: dict[str, np.ndarray], m: int, k: int) -> str:
+    """A round's model as its job carries it, or the reason it is too large for one."""
+    try:
+        return encode_model(arrays)
+    except UserError:
+        raise UserError(
+            f"pca: a round's basis for {m:,} variants and {k} components is larger than "
+            f"a job carries ({MAX_MODEL_BYTES / 2**20:g} MiB as .npz): use fewer variants "
+            "(pca: variants: an LD-pruned list, or a larger pca: maf) or fewer components"
+        ) from None
 
 
 def _limbs(name: str) -> tuple[JobInput, ...]:
@@ -125,13 +134,7 @@ def pca_plan(spec: Any) -> Generator[Step, Outcome, PcaResult]:
     base = {"snp": _text(used.snp), "a1": _text(used.a1), "p": p}
     iteration = pca.SubspaceIteration(m, k, seed=0)
     for r in itertools.count(1):
-        model = encode_model({**base, "basis": iteration.basis})
-        if len(model) > MAX_JOB_MODEL:
-            raise UserError(
-                f"pca: a round's basis for {m} variants and {k} components is {len(model):,} "
-                f"bytes; a job message carries at most {MAX_JOB_MODEL:,}: use fewer variants "
-                "(pca: variants: an LD-pruned list, or a larger pca: maf) or fewer components"
-            )
+        model = _round_model({**base, "basis": iteration.basis}, m, k)
         outcome = yield Step(
             inputs=_limbs("pca.z"), outputs=None, deliver="analyst",
             payload=GwasPayload(stage="pca", round=r, variants=model),
