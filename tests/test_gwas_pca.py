@@ -186,49 +186,58 @@ def _site_scores(cohort, out: Path, name: str) -> tuple[list[str], np.ndarray]:
 
 
 def _covariate_file(cohort, out: Path, name: str, path: Path) -> Path:
-    """POOLED.cov's AGE and SEX2 with the PCs the sites wrote, as PLINK reads covariates."""
+    """POOLED.cov's AGE and SEX2 with the PCs the sites wrote, as PLINK reads covariates
+    (-9, missing, for a sample ``mind`` dropped: no site wrote a score for it)."""
     iids, scores = _site_scores(cohort, out, name)
     rows = [line.split() for line in Path(f"{cohort.pooled}.cov").read_text().splitlines()]
     by_iid = dict(zip(iids, scores, strict=True))
     pcs = [f"PC{k + 1}" for k in range(scores.shape[1])]
     lines = [" ".join(rows[0] + pcs)]
     for row in rows[1:]:
-        lines.append(" ".join(row + [f"{x:.6g}" for x in by_iid[row[1]]]))
+        values = by_iid.get(row[1])
+        printed = ["-9"] * len(pcs) if values is None else [f"{x:.6g}" for x in values]
+        lines.append(" ".join(row + printed))
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # reveal: statistics: secure regressions with 8 columns in MPyC
-@pytest.mark.parametrize(
-    ("test", "reveal"),
+@pytest.mark.parametrize(  # every pair of (test, reveal, mind) values: a covering array
+    ("test", "reveal", "mind"),
     [
-        ("linear", "aggregates"),
-        ("linear", "statistics"),
-        ("logistic", "aggregates"),
-        ("logistic", "statistics"),
+        ("linear", "aggregates", "0.02"),
+        ("linear", "statistics", None),
+        ("logistic", "aggregates", None),
+        ("logistic", "statistics", "0.02"),
     ],
 )
-def test_pcs_as_covariates_equal_plink_with_the_sites_pcs(small, tmp_path, test, reveal):
+def test_pcs_as_covariates_equal_plink_with_the_sites_pcs(small, tmp_path, test, reveal, mind):
     """``covar: [AGE, SEX2, PC1..PC4]``: PLINK 1.9 on POOLED with a covariate file holding
-    AGE, SEX2 and the PCs the sites wrote (the downstream is exact given the PCs)."""
+    AGE, SEX2 and the PCs the sites wrote (the downstream is exact given the PCs); with
+    ``filters: {mind}`` the PCA and the test both leave out the samples it drops."""
     from tests.test_gwas_local import PLINK, assert_same_table
 
     pheno = "pheno: QT\n" if test == "linear" else ""
     covar = "[AGE, SEX2, PC1, PC2, PC3, PC4]"
+    filters = "" if mind is None else f"filters: {{mind: {mind}}}\n"
     structured = small
     out = _run(
         structured, tmp_path,
         f"name: cv\nprotocol: gwas\ntests: [{test}]\n{pheno}covar: {covar}\n"
-        f"pca: {{components: {K}}}\nreveal: {reveal}\n",
+        f"pca: {{components: {K}}}\nreveal: {reveal}\n{filters}",
     )  # fmt: skip
+    mind_flags = [] if mind is None else ["--mind", mind]
     if test == "linear" and reveal == "aggregates":  # the PCA itself, as plink2 computes it
-        plink = plink2_pca(structured.pooled, tmp_path / "plink2", K, "meanimpute")
-        _, scores = _site_scores(structured, out, "cv")
+        plink = plink2_pca(structured.pooled, tmp_path / "plink2", K, "meanimpute", *mind_flags)
+        iids, scores = _site_scores(structured, out, "cv")
+        assert iids == list(plink["iid"])
         assert_same_pca(np.loadtxt(out / "cv.eigenval"), scores, plink["eigenval"], plink["scores"])
+    if mind is not None:  # the filter dropped some samples, not all
+        assert 0 < len(_site_scores(structured, out, "cv")[0]) < sum(small.site_samples.values())
     cov = _covariate_file(structured, out, "cv", tmp_path / "pooled.cov")
     pooled = structured.pooled
-    flags = ["--covar", str(cov), "--covar-name", "AGE,SEX2,PC1,PC2,PC3,PC4"]
+    flags = ["--covar", str(cov), "--covar-name", "AGE,SEX2,PC1,PC2,PC3,PC4", *mind_flags]
     if test == "linear":
         flags += ["--pheno", f"{pooled}.pheno", "--pheno-name", "QT"]
     subprocess.run(
@@ -463,6 +472,25 @@ def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
     assert jobs >= result["pca"]["rounds"] + 2, jobs
 
 
+@pytest.mark.slow
+def test_pca_after_mind_equals_plink2_mind_pca(structured, tmp_path):
+    """``filters: {mind}`` with ``tests: [pca]``: every site leaves out the samples the
+    filter drops (over the variants every site has) before the frequencies, the rounds and
+    the scores, as ``plink2 --mind 0.016 --pca`` drops them before computing anything."""
+    out = _run(
+        structured, tmp_path,
+        f"name: pm\nprotocol: gwas\ntests: [pca]\nfilters: {{mind: 0.016}}\n"
+        f"pca: {{components: {K}}}\n",
+    )  # fmt: skip
+    plink = plink2_pca(structured.pooled, tmp_path / "plink2", K, "meanimpute", "--mind", "0.016")
+    iids, scores = _site_scores(structured, out, "pm")
+    assert iids == list(plink["iid"])
+    assert 0 < len(iids) < 0.9 * sum(structured.site_samples.values())
+    assert_same_pca(np.loadtxt(out / "pm.eigenval"), scores, plink["eigenval"], plink["scores"])
+    var = np.loadtxt(out / "pm.eigenvec.var", dtype=str, comments=None)
+    assert list(var[1:, 1]) == list(plink["var_ids"])  # the maf bound over the kept founders
+
+
 def test_pca_spec_defaults_and_refusals():
     from smpc.errors import UserError
     from smpc.protocols.registry import parse_spec
@@ -481,7 +509,7 @@ def test_pca_spec_defaults_and_refusals():
             {"name": "p", "protocol": "gwas", "tests": ["linear"], "covar": ["PC3"],
              "pca": {"components": 2}}
         )  # fmt: skip
-    with pytest.raises(UserError, match="mind"):
-        parse_spec({"name": "p", "protocol": "gwas", "pca": {}, "filters": {"mind": 0.1}})
+    with_mind = parse_spec({"name": "p", "protocol": "gwas", "pca": {}, "filters": {"mind": 0.1}})
+    assert with_mind.filters.mind == 0.1 and with_mind.pca is not None
     with pytest.raises(UserError, match="components"):
         parse_spec({"name": "p", "protocol": "gwas", "pca": {"components": 0}})

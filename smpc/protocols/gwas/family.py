@@ -1,7 +1,8 @@
 """The GWAS protocol family (``protocol: gwas``) behind the protocol interface.
 
-A run is up to three kinds of job, each a :class:`GwasPayload` stage: with
+A run is up to four kinds of job, each a :class:`GwasPayload` stage: with
 ``filters: {mind}`` first an ``align`` job that only aligns the sites' variant tables;
+with ``pca:`` then the PCA's jobs (:mod:`.pcarounds`, over the samples ``mind`` keeps);
 then the ``scan`` job (counts, alignment, regression sums; its payload names the analysed
 variants when ``mind`` dropped samples); then, for the ``logistic`` test, one ``newton``
 job per Newton iteration carrying the variants and their current coefficients. What each
@@ -127,8 +128,6 @@ class GwasProtocol(Protocol):
                     f"{', '.join(beyond)}: pca computes PC1 to PC{options.components}; "
                     "raise pca: components or drop them",
                 )
-            if raw.filters is not None and raw.filters.mind is not None:
-                problem("pca", "filters: mind with pca is not available in this version")
         return {
             "tests": tests,
             "pheno": raw.pheno,
@@ -163,16 +162,8 @@ class GwasProtocol(Protocol):
                 )
             deliver = "parties"  # opened inside MPyC, signed by every party
         mind = spec.filters.mind is not None
-        variants = None
+        variants, ids = None, None
         pca_run, pca_model = None, None
-        if spec.pca is not None:  # first: the PCs may be the association tests' covariates
-            from smpc.protocols.gwas.pcarounds import pca_plan
-
-            pca_run = yield from pca_plan(spec)
-            if spec.principal_components():
-                pca_model = pca_run.model
-            if tuple(spec.tests) == ("pca",):
-                return GwasRun(None, pca=pca_run)
         if mind:  # first the variants every site has, over which sites count missing calls
             inputs, outputs = alignment_parts()
             aligned = yield Step(
@@ -181,6 +172,14 @@ class GwasProtocol(Protocol):
             )  # fmt: skip
             ids = analysed_ids(aligned.opened)
             variants = encode_model({"snp": np.char.encode(np.asarray(ids).astype(str), "utf-8")})
+        if spec.pca is not None:  # then the PCA: the PCs may be the tests' covariates
+            from smpc.protocols.gwas.pcarounds import pca_plan
+
+            pca_run = yield from pca_plan(spec, mind=ids)
+            if spec.principal_components():
+                pca_model = pca_run.model
+            if tuple(spec.tests) == ("pca",):
+                return GwasRun(None, pca=pca_run)
         inputs, outputs = job_parts(spec)
         scan = yield Step(
             inputs=inputs, outputs=outputs, deliver=deliver,
@@ -225,11 +224,11 @@ class GwasProtocol(Protocol):
             from smpc.protocols.gwas import pcarounds
 
             if payload.stage == "pcafreq":
-                return SiteData(*pcarounds.site_freq(spec, source.data))
+                return SiteData(*pcarounds.site_freq(spec, source.data, arrays))
             if arrays is None:
                 raise UserError(f"job {job.id}: a PCA job carries no model")
             if payload.stage == "pca":
-                return SiteData(*pcarounds.site_round(source.data, arrays))
+                return SiteData(*pcarounds.site_round(spec, source.data, arrays))
             return SiteData(*pcarounds.site_scores(spec, source.data, arrays, source.out))
         if payload.stage == "newton":
             from smpc.protocols.gwas.logistic import site_round

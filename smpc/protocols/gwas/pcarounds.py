@@ -102,16 +102,23 @@ def freq_parts() -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
     return (public, counts), (alignment, counts)
 
 
-def pca_plan(spec: Any) -> Generator[Step, Outcome, PcaResult]:
-    """The PCA's jobs (module docstring); returns the analyst's result."""
+def pca_plan(spec: Any, mind: np.ndarray | None = None) -> Generator[Step, Outcome, PcaResult]:
+    """The PCA's jobs (module docstring); returns the analyst's result.
+
+    ``mind``: with ``filters: {mind}``, the IDs of the variants every site has, over which
+    each site counts its samples' missing calls; every PCA job carries them and each site
+    leaves out the samples ``mind`` drops, as ``plink2 --mind … --pca`` does.
+    """
     from smpc.protocols.gwas.finalize import alignment_summary
     from smpc.protocols.gwas.sizes import join_limbs
 
     options = spec.pca
     inputs, outputs = freq_parts()
+    mind_list = {} if mind is None else {"mind": _text(mind)}  # the variants mind counts over
+    first = GwasPayload(stage="pcafreq", variants=encode_model(mind_list) if mind_list else None)
     freq = yield Step(
-        inputs=inputs, outputs=outputs, deliver="analyst",
-        payload=GwasPayload(stage="pcafreq"), suffix="-pca0", label="pca frequencies",
+        inputs=inputs, outputs=outputs, deliver="analyst", payload=first,
+        suffix="-pca0", label="pca frequencies",
     )  # fmt: skip
     summary = alignment_summary(freq.opened)
     variants, counts = _pooled_orientation(summary, freq.opened["counts"])
@@ -131,7 +138,7 @@ def pca_plan(spec: Any) -> Generator[Step, Outcome, PcaResult]:
             f"for {k} components"
         )
     used, p = variants.take(use), p[use]
-    base = {"snp": _text(used.snp), "a1": _text(used.a1), "p": p}
+    base = {"snp": _text(used.snp), "a1": _text(used.a1), "p": p, **mind_list}
     iteration = pca.SubspaceIteration(m, k, seed=0)
     for r in itertools.count(1):
         model = _round_model({**base, "basis": iteration.basis}, m, k)
@@ -181,10 +188,22 @@ def _pooled_orientation(summary: dict, opened: Any) -> tuple[VariantTable, np.nd
 # --- site -------------------------------------------------------------------------------
 
 
-def site_freq(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int]:
+def _kept(spec: Any, site: Any, model: dict[str, np.ndarray] | None) -> np.ndarray:
+    """The samples a PCA job uses: those ``filters: {mind}`` keeps over the job's list."""
+    if model is None or "mind" not in model:
+        return np.ones(site.n_samples, dtype=bool)
+    from smpc.protocols.gwas.site import mind_keep
+
+    return mind_keep(site, _decoded(model["mind"]), spec.filters.mind)
+
+
+def site_freq(
+    spec: Any, prefix: Path, model: dict[str, np.ndarray] | None
+) -> tuple[dict[str, np.ndarray], int]:
     """``pcafreq``: the public variant table and the genotype counts of founders and of
     non-founders (the frequencies are the founders'; the merge's allele order, which
-    decides the major allele at a frequency of exactly 0.5, counts everyone)."""
+    decides the major allele at a frequency of exactly 0.5, counts everyone), over the
+    samples ``mind`` keeps."""
     import json
 
     from smpc.core.encoding import bytes_to_words
@@ -193,19 +212,19 @@ def site_freq(spec: Any, prefix: Path) -> tuple[dict[str, np.ndarray], int]:
     from smpc.protocols.gwas.phenotypes import NO_PHENOTYPE
 
     with open_site(prefix) as site:
-        founder = np.asarray(site.samples.founder, dtype=bool)
+        keep = _kept(spec, site, model)
+        founder = np.asarray(site.samples.founder, dtype=bool)[keep]
         n_variants = len(site.variants.snp)
         counts = np.zeros((n_variants, 3, 2, 4), dtype=np.int64)
-        classes = np.zeros(site.n_samples, dtype=np.int64)
+        classes = np.zeros(int(keep.sum()), dtype=np.int64)
         no_flip = np.zeros(CHUNK, dtype=bool)
         for idx, chunk in iter_chunks(site, np.arange(n_variants), CHUNK):
-            counts[idx] = site_counts(chunk, no_flip[: len(idx)], classes, founder)
+            counts[idx] = site_counts(chunk[keep], no_flip[: len(idx)], classes, founder)
         info = {
             "variants": site.variants.to_columns(),
             "phenotype": NO_PHENOTYPE,  # the PCA reads none (and tells none)
         }
-        n = site.n_samples
-    return {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}, n
+    return {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}, len(classes)
 
 
 def _genotypes(site: Any, prefix: Path, model: dict[str, np.ndarray]) -> np.ndarray:
@@ -230,13 +249,15 @@ def _genotypes(site: Any, prefix: Path, model: dict[str, np.ndarray]) -> np.ndar
     return out
 
 
-def site_round(prefix: Path, model: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+def site_round(
+    spec: Any, prefix: Path, model: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], int]:
     """A ``pca`` round: this site's ``Y_sᵀ(Y_s Q)`` as hi/lo words."""
     from smpc.protocols.gwas.genotypes import open_site
     from smpc.protocols.gwas.sizes import split_limbs
 
     with open_site(prefix) as site:
-        g = _genotypes(site, prefix, model)
+        g = _genotypes(site, prefix, model)[_kept(spec, site, model)]
     z = pca.site_product(g, np.asarray(model["p"], dtype=np.float64), model["basis"])
     hi, lo = split_limbs(z)
     return {"pca.z.hi": hi, "pca.z.lo": lo}, g.shape[0]
@@ -263,9 +284,10 @@ def site_scores(
     from smpc.protocols.gwas.sizes import split_limbs
 
     with open_site(prefix) as site:
-        u = scores(site, prefix, model)
-        fid = list(np.asarray(site.samples.fid).astype(str))
-        iid = list(np.asarray(site.samples.iid).astype(str))
+        keep = _kept(spec, site, model)
+        u = scores(site, prefix, model)[keep]
+        fid = list(np.asarray(site.samples.fid).astype(str)[keep])
+        iid = list(np.asarray(site.samples.iid).astype(str)[keep])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         pca.write_eigenvec(out / f"{spec.name}.eigenvec", fid, iid, u)
@@ -326,6 +348,9 @@ def write_outputs(spec: Any, result: PcaResult, out: Path) -> dict[str, Any]:
         "rounds": result.rounds,
         "converged": result.change < pca.TOLERANCE,
         "ritz_change": result.change,
+        # the definition (pca module docstring): plink2's exact default divides by the
+        # pairwise called counts, which is not a sum over sites
+        "missing_calls": "mean-imputed, as plink2 --pca meanimpute (and --pca approx)",
         "eigenvalues": [float(pca.plink2_g(float(x))) for x in values],
         "files": [f"{name}.eigenval", f"{name}.eigenvec.var", f"{name}.scree.png"],
     }
