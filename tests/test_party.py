@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import numpy as np
@@ -15,7 +17,15 @@ from smpc.party.service import PartyService
 from smpc.party.store import PartyStore
 from smpc.party.uploads import header_problem
 from smpc.pki.kit import load_kit
-from smpc.wire.messages import Job, JobInput, MessageError, sign, stamp_job, verify_ack
+from smpc.wire.messages import (
+    Job,
+    JobInput,
+    MessageError,
+    sign,
+    stamp_job,
+    verify_ack,
+    verify_status,
+)
 from smpc.wire.packaging import seal_shares
 
 ENCODING = FixedPoint(16, 20)
@@ -24,7 +34,7 @@ ISSUED = time.time()  # one issue time for every job of this module, so _job() i
 
 @pytest.fixture
 def kits(keys_dir):
-    names = ["alpha", "beta", "gamma", "oslo", "bergen", "tromso", "analyst"]
+    names = ["alpha", "beta", "gamma", "oslo", "bergen", "tromso", "analyst", "eve"]
     return {name: load_kit(keys_dir / "kits" / name) for name in names}
 
 
@@ -96,6 +106,52 @@ def test_restart_recovers_jobs_and_shares(kits, tmp_path):
     again = PartyService(kit, load_federation(kit.federation_file), PartyStore(tmp_path / "beta"))
     assert again.job("job-1") == _job()
     assert _state(again) == before
+
+
+def _without(kit, name: str):
+    """``kit`` as after a directory update that removed participant ``name``."""
+    entries = {k: v for k, v in kit.directory.entries.items() if k != name}
+    return dataclasses.replace(kit, directory=dataclasses.replace(kit.directory, entries=entries))
+
+
+def test_a_removed_analysts_jobs_fail_and_the_party_starts_and_still_refuses_differencing(
+    kits, tmp_path
+):
+    """After an analyst leaves the directory, a restart neither stops on its stored jobs
+    (they were verified when they arrived) nor forgets them: its open job fails with the
+    reason, and its finished job still counts in the differencing check."""
+    party = _party(kits, tmp_path)  # job-1 by analyst: open
+    for job in (_job(id="eve-1", analyst="eve"), _job(id="eve-2", analyst="eve")):
+        assert party.handle_job(sign("job", job, "eve", kits["eve"].signing_key)) is not None
+    done = _close(_job(id="eve-2", analyst="eve"), ("oslo", "bergen", "tromso"))
+    party.store.close_job("eve-2", sign("job", done, "eve", kits["eve"].signing_key))
+    party.store.set_job_status("eve-2", "done")  # as if computed and released
+    party.store.close()
+
+    kit = _without(kits["beta"], "eve")
+    again = PartyService(kit, load_federation(kit.federation_file), PartyStore(tmp_path / "beta"))
+    statuses = {j.id: j.status for j in again.store.jobs()}
+    assert statuses == {"job-1": "open", "eve-1": "failed", "eve-2": "done"}
+    released = again.store.released("eve-1")
+    assert released is not None
+    reason = verify_status(released.status, kit.directory)[1].reason
+    assert reason == "its analyst 'eve' is no longer in the federation"
+    audit = [
+        json.loads(line) for line in (tmp_path / "beta" / "audit.jsonl").read_text().splitlines()
+    ]
+    assert {"event": "job-failed", "job": "eve-1"}.items() <= audit[-1].items()
+
+    job = _job(id="job-2")
+    again.handle_job(_publish(job, kits))
+    for site in ("oslo", "bergen"):
+        assert again.handle_upload(_envelopes(kits, site, job="job-2")[1]).ack.status == "stored"
+    reply = again.handle_job(_publish(_close(job, ("oslo", "bergen")), kits))
+    assert reply is not None and not reply.results
+    refused = verify_status(reply.status, kit.directory)[1]
+    assert refused.state in ("refused", "failed") and "job eve-2" in refused.reason, refused
+    # a message from the removed analyst is ignored, as any unknown signer's
+    assert again.handle_job(sign("job", _job(id="eve-3", analyst="eve"), "eve",
+                                 kits["eve"].signing_key)) is None  # fmt: skip
 
 
 def _rejected(party: PartyService, envelope: bytes, reason: str):

@@ -38,9 +38,9 @@ from smpc.wire.messages import (
     PartyResult,
     Status,
     StatusState,
+    read_stored_job,
     seal_result,
     sign,
-    verify_job,
 )
 from smpc.wire.packaging import InputShare
 from smpc.wire.writer import seal
@@ -235,7 +235,7 @@ class Computation:
             for earlier in self.store.jobs():
                 if earlier.id == job.id or earlier.status != "done":
                     continue
-                other = verify_job(earlier.closed or earlier.message, self.kit.directory)[1]
+                other = read_stored_job(earlier.closed or earlier.message)[1]
                 if other.protocol != job.protocol or {i.name for i in other.inputs} != inputs:
                     continue
                 if other.payload != job.payload:

@@ -37,6 +37,7 @@ from smpc.wire.messages import (
     Job,
     MessageError,
     StatusState,
+    read_stored_job,
     verify_job,
 )
 
@@ -70,9 +71,10 @@ class PartyService(Computation, Uploads):
         self.audit = AuditLog(store.root)
         self.metrics = PartyMetrics()  # /metrics of the operator page (smpc.party.web)
         for stored in store.jobs():  # a restart recovers every job it had accepted
-            self._jobs[stored.id] = verify_job(stored.closed or stored.message, directory)[1]
+            self._jobs[stored.id] = read_stored_job(stored.closed or stored.message)[1]
             if stored.status == "computing":  # interrupted: never computed (or noised) twice
                 self.failed(self._jobs[stored.id], "the party restarted while computing")
+        self._fail_orphans()
 
     @classmethod
     def from_config(cls, config: PartyConfig) -> PartyService:
@@ -93,7 +95,17 @@ class PartyService(Computation, Uploads):
         directory = reloaded.kit.directory
         self._site_keys = {site: directory.verify_key(site) for site in directory.sites}
         self.kit, self.federation = reloaded.kit, reloaded.federation
+        self._fail_orphans()
         return reloaded
+
+    def _fail_orphans(self) -> None:
+        """Fail the unfinished jobs whose analyst has left the directory: nobody could
+        close them or open their results. Their records stay (ids, differencing checks)."""
+        analysts = set(self.kit.directory.analysts)
+        for stored in self.store.jobs():
+            if stored.status in ("open", "computing") and stored.analyst not in analysts:
+                reason = f"its analyst {stored.analyst!r} is no longer in the federation"
+                self.failed(self._jobs[stored.id], reason)
 
     # -- jobs -------------------------------------------------------------------------------
     def handle_job(
@@ -148,7 +160,7 @@ class PartyService(Computation, Uploads):
 
         if analyst != known.analyst:
             return refused("job-takeover", f"job {job.id} belongs to analyst {known.analyst!r}")
-        first = verify_job(known.message, self.kit.directory)[1]
+        first = read_stored_job(known.message)[1]
         if job.unclosed() != first.unclosed():
             return refused("job-changed", "a job is immutable once accepted; only close may be set")
         released = self.store.released(job.id)
@@ -158,7 +170,7 @@ class PartyService(Computation, Uploads):
             if job.close is None:  # the open message again (QoS 1, a restart)
                 return JobReply(self._holding(job, "accepted"))
             return self._close(job, data)
-        closed = verify_job(known.closed, self.kit.directory)[1]
+        closed = read_stored_job(known.closed)[1]
         if (job.close, job.uploads, job.parties) != (closed.close, closed.uploads, closed.parties):
             return refused(
                 "job-reclose",

@@ -339,14 +339,9 @@ def sign(kind: Kind, payload: BaseModel, signer: str, key: Ed25519PrivateKey) ->
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
-    """Check a message's form, kind, signer role and signature; return (signer, payload).
-
-    The JSON is read strictly (no repeated keys, no NaN, Infinity or numbers too large
-    for a float, no strings that are not Unicode text: a lone surrogate ``\\ud800``), so
-    what the signature covers is what every reader sees; anything
-    malformed, however nested, is a :class:`MessageError`.
-    """
+def _parse(data: bytes, kind: Kind) -> tuple[str, dict, bytes, bytes]:
+    """A message's signer, payload, raw signature and the bytes it signs, read strictly
+    (:func:`verify`)."""
     try:
         doc = strictjson.loads(data)
         signer, payload, signature = doc["signer"], doc["payload"], doc["signature"]
@@ -359,6 +354,18 @@ def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
         json.dumps(payload, ensure_ascii=False).encode()  # UnicodeError: a lone surrogate
     except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nesting
         raise MessageError(f"malformed {kind} message: {exc}") from None
+    return signer, payload, raw_signature, signed
+
+
+def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
+    """Check a message's form, kind, signer role and signature; return (signer, payload).
+
+    The JSON is read strictly (no repeated keys, no NaN, Infinity or numbers too large
+    for a float, no strings that are not Unicode text: a lone surrogate ``\\ud800``), so
+    what the signature covers is what every reader sees; anything
+    malformed, however nested, is a :class:`MessageError`.
+    """
+    signer, payload, raw_signature, signed = _parse(data, kind)
     try:
         role = directory.role(signer)
     except UserError:
@@ -376,6 +383,18 @@ def verify(data: bytes, kind: Kind, directory: Directory) -> tuple[str, dict]:
 
 def verify_job(data: bytes, directory: Directory) -> tuple[str, Job]:
     signer, payload = verify(data, "job", directory)
+    try:
+        return signer, Job.model_validate(payload)
+    except ValidationError as exc:
+        raise MessageError(f"job from {signer!r} is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def read_stored_job(data: bytes) -> tuple[str, Job]:
+    """A job message read back from a party's own store: parsed as strictly as
+    :func:`verify_job`, its signature not checked again. Only for what the store holds:
+    every message there passed :func:`verify_job` when it arrived, and its signer may have
+    left the directory since (its jobs must still be known: ids, differencing checks)."""
+    signer, payload, _, _ = _parse(data, "job")
     try:
         return signer, Job.model_validate(payload)
     except ValidationError as exc:
