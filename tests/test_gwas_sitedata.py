@@ -19,6 +19,7 @@ from smpc.protocols.gwas.a1 import a1_is_minor, a1_sides, side_signs
 from smpc.protocols.gwas.align import (
     align,
     chrom_codes,
+    merge_excess,
     pooled_bim_swap,
     site_counts,
     write_excluded,
@@ -464,6 +465,20 @@ def test_pooled_bim_swap() -> None:
     c[1, 2, 0] = [2, 7, 2, 0]  # tie: slot order kept
     c[2, 1, 1] = [0, 3, 4, 0]
     np.testing.assert_array_equal(pooled_bim_swap(c), [True, False, False])
+
+
+def test_pooled_bim_swap_with_mind_follows_the_fileset_as_written() -> None:
+    """With ``mind`` the counts leave samples out; the pooled .bim was written over every
+    sample: the merge's order (all samples), then ``--make-bed``'s founders' minor allele
+    (all founders; a tie keeps the merge's order)."""
+    g = np.array([[2, 2, 0], [2, 0, 2], [0, 0, 2], [0, 1, -1]], dtype=np.int8)  # (4 samples, 3)
+    founder = np.array([True, True, False, True])
+    np.testing.assert_array_equal(merge_excess(g, founder), [[0, -1], [1, 0], [-1, 0]])
+    excess = np.array([[0, 2], [0, -2], [-1, 2], [-1, -2], [2, 0], [-3, 0]])
+    # tie, A1 minor: kept; tie, A2 minor: make-bed swaps; the merge swaps, then make-bed
+    # swaps back (ref A1 is minor); both agree; the founders tie: the merge's order
+    expected = [False, True, False, True, False, True]
+    np.testing.assert_array_equal(pooled_bim_swap(np.zeros((6, 3, 2, 4)), excess), expected)
 
 
 def test_a1_claims_of_plink_written_sites_bound_the_pooled_founders(cohort) -> None:

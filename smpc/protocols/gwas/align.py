@@ -59,6 +59,7 @@ __all__ = [
     "Alignment",
     "align",
     "chrom_codes",
+    "merge_excess",
     "pooled_bim_swap",
     "site_counts",
     "write_excluded",
@@ -412,14 +413,36 @@ def site_counts(
     return out
 
 
-def pooled_bim_swap(counts: np.ndarray) -> np.ndarray:
+def merge_excess(genotypes: np.ndarray, founder: np.ndarray) -> np.ndarray:
+    """Per variant of a chunk ``(s, 2)`` int64: A2 minus A1 homozygotes over *all* its
+    samples, and over all its founders: what the pooled fileset's .bim is ordered by
+    (:func:`pooled_bim_swap`). Shared as the ``merge`` input when ``filters: {mind}``
+    leaves samples out of the counts: the pooled fileset is written before ``--mind``."""
+    g = np.asarray(genotypes)
+    f = np.asarray(founder, dtype=bool)
+    out = np.empty((g.shape[1], 2), dtype=np.int64)
+    out[:, 0] = np.count_nonzero(g == 0, axis=0) - np.count_nonzero(g == 2, axis=0)
+    out[:, 1] = np.count_nonzero(g[f] == 0, axis=0) - np.count_nonzero(g[f] == 2, axis=0)
+    return out
+
+
+def pooled_bim_swap(counts: np.ndarray, excess: np.ndarray | None = None) -> np.ndarray:
     """Variants whose A1/A2 PLINK's merge writes swapped relative to the reference slots.
 
     ``merge_datasets`` swaps where the slot-A1 allele count over all samples (every
     phenotype class, founders and not) exceeds the A2 count, i.e. more A1 than A2
     homozygotes; ties keep the slots. ``counts``: pooled ``(V, 3, 2, 4)`` in reference
-    orientation.
+    orientation; the founders' minor allele (:func:`.plink.qc.minor_allele_swap`) follows.
+
+    ``excess``: the pooled :func:`merge_excess` ``(V, 2)`` in reference orientation, when
+    the counts leave samples out (``mind``): then the pooled fileset's .bim as written,
+    the merge's order and then its ``--make-bed``'s founders' minor allele, both over every
+    sample (ties keep the order), from which the kept founders' minor allele follows.
     """
+    if excess is not None:
+        e = np.asarray(excess).reshape(-1, 2)
+        merged = e[:, 0] < 0
+        return merged ^ (np.where(merged, -e[:, 1], e[:, 1]) < 0)
     c = np.asarray(counts)
     total = c.sum(axis=(1, 2))
     return total[:, 0] > total[:, 2]

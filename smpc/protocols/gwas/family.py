@@ -301,6 +301,8 @@ class GwasProtocol(Protocol):
         summary = json.loads(words_to_bytes(field.to_signed(arrays["alignment"])))
         np.save(workdir / "alignment.npy", field.to_signed(arrays["alignment"]))
         (workdir / "counts.bin").write_bytes(field.to_bytes(arrays["counts"].reshape(-1, 24)))
+        if "merge" in arrays:
+            (workdir / "merge.bin").write_bytes(field.to_bytes(arrays["merge"]))
         alleles = job.input("alleles")
         if alleles is not None:
             big = field_for(alleles.modulus)
@@ -320,6 +322,7 @@ class GwasProtocol(Protocol):
                 tests=list(spec.tests),
                 a1_side=summary.get("a1_side", ""),
                 counts="counts.bin",
+                merge="merge.bin" if "merge" in arrays else None,
                 alleles="alleles.bin" if alleles is not None else None,
                 assoc_modulus=modulus,
                 assoc_field_bits=bits,

@@ -58,7 +58,8 @@ def _orient(
     """Orientation as PLINK on the merged fileset: the merge's allele order by pooled
     allele counts (:func:`.align.pooled_bim_swap`), then A1 = the founders' minor allele."""
     counts = np.rint(np.asarray(opened["counts"], dtype=np.float64)).astype(np.int64)
-    merged = pooled_bim_swap(counts)
+    excess = opened.get("merge")  # filters: {mind}: the merge's order over every sample
+    merged = pooled_bim_swap(counts, None if excess is None else np.rint(excess))
     counts = qc.swap_alleles(counts, merged)
     swap = qc.minor_allele_swap(counts)
     counts = qc.swap_alleles(counts, swap)

@@ -96,13 +96,17 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
         for part in CROSS_PARTS
         for i in real_inputs(f"{group}.{part}", statistics)
     ]
+    # filters: {mind}: the merge's allele order over every sample (.align.merge_excess)
+    merge = [JobInput(name="merge", frac_bits=0, int_bits=COUNT_BITS)]
+    if spec.filters is None or spec.filters.mind is None:
+        merge = []
     if statistics:
-        inputs = [public, counts, *cross]
+        inputs = [public, counts, *merge, *cross]
         if "assoc" in spec.tests:  # a case/control phenotype's (whichever the sites have)
             modulus, _ = assoc_modulus()
             inputs.append(JobInput(name="alleles", frac_bits=0, int_bits=40, modulus=modulus))
         return tuple(inputs), (alignment, *statistics_outputs(spec))
-    return (public, counts, *cross), (alignment, counts, *cross)
+    return (public, counts, *merge, *cross), (alignment, counts, *merge, *cross)
 
 
 def alignment_parts() -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:

@@ -92,14 +92,16 @@ def _limbs(name: str) -> tuple[JobInput, ...]:
     return tuple(real_inputs(name, statistics=False))
 
 
-def freq_parts() -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
-    """``pcafreq``: the variant tables and founder counts in, alignment and counts out."""
+def freq_parts(mind: bool = False) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
+    """``pcafreq``: the variant tables and founder counts in, alignment and counts out;
+    with ``mind`` also the merge's allele order over every sample (``merge``)."""
     from smpc.protocols.gwas.sizes import COUNT_BITS, PUBLIC_BITS
 
     public = JobInput(name="site", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
     counts = JobInput(name="counts", frac_bits=0, int_bits=COUNT_BITS)
     alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
-    return (public, counts), (alignment, counts)
+    merge = (JobInput(name="merge", frac_bits=0, int_bits=COUNT_BITS),) if mind else ()
+    return (public, counts, *merge), (alignment, counts, *merge)
 
 
 def pca_plan(spec: Any, mind: np.ndarray | None = None) -> Generator[Step, Outcome, PcaResult]:
@@ -113,7 +115,7 @@ def pca_plan(spec: Any, mind: np.ndarray | None = None) -> Generator[Step, Outco
     from smpc.protocols.gwas.sizes import join_limbs
 
     options = spec.pca
-    inputs, outputs = freq_parts()
+    inputs, outputs = freq_parts(mind is not None)
     mind_list = {} if mind is None else {"mind": _text(mind)}  # the variants mind counts over
     first = GwasPayload(stage="pcafreq", variants=encode_model(mind_list) if mind_list else None)
     freq = yield Step(
@@ -121,7 +123,7 @@ def pca_plan(spec: Any, mind: np.ndarray | None = None) -> Generator[Step, Outco
         suffix="-pca0", label="pca frequencies",
     )  # fmt: skip
     summary = alignment_summary(freq.opened)
-    variants, counts = _pooled_orientation(summary, freq.opened["counts"])
+    variants, counts = _pooled_orientation(summary, freq.opened)
     p = pca.founder_frequency(counts)
     use = np.isfinite(p) & (np.minimum(p, 1.0 - p) >= options.maf * (1.0 - pca.SMALL_EPSILON))
     if options.variants is not None:
@@ -178,8 +180,10 @@ def _pooled_orientation(summary: dict, opened: Any) -> tuple[VariantTable, np.nd
     from smpc.protocols.gwas.plink import qc
 
     variants = VariantTable.from_columns(summary["variants"])
-    counts = np.rint(np.asarray(opened, dtype=np.float64)).astype(np.int64).reshape(-1, 3, 2, 4)
-    merged = pooled_bim_swap(counts)
+    raw = np.asarray(opened["counts"], dtype=np.float64)
+    counts = np.rint(raw).astype(np.int64).reshape(-1, 3, 2, 4)
+    excess = opened.get("merge")  # mind: the merge's order over every sample
+    merged = pooled_bim_swap(counts, None if excess is None else np.rint(excess))
     counts = qc.swap_alleles(counts, merged)
     swap = qc.minor_allele_swap(counts)
     return flip_alleles(variants, merged ^ swap), qc.swap_alleles(counts, swap)
@@ -207,7 +211,7 @@ def site_freq(
     import json
 
     from smpc.core.encoding import bytes_to_words
-    from smpc.protocols.gwas.align import site_counts
+    from smpc.protocols.gwas.align import merge_excess, site_counts
     from smpc.protocols.gwas.genotypes import iter_chunks, open_site
     from smpc.protocols.gwas.phenotypes import NO_PHENOTYPE
 
@@ -217,14 +221,20 @@ def site_freq(
         n_variants = len(site.variants.snp)
         counts = np.zeros((n_variants, 3, 2, 4), dtype=np.int64)
         classes = np.zeros(int(keep.sum()), dtype=np.int64)
+        excess = np.zeros((n_variants, 2), dtype=np.int64)
+        every_founder = np.asarray(site.samples.founder, dtype=bool)
         no_flip = np.zeros(CHUNK, dtype=bool)
         for idx, chunk in iter_chunks(site, np.arange(n_variants), CHUNK):
             counts[idx] = site_counts(chunk[keep], no_flip[: len(idx)], classes, founder)
+            excess[idx] = merge_excess(chunk, every_founder)
         info = {
             "variants": site.variants.to_columns(),
             "phenotype": NO_PHENOTYPE,  # the PCA reads none (and tells none)
         }
-    return {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}, len(classes)
+    arrays = {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}
+    if model is not None and "mind" in model:
+        arrays["merge"] = excess
+    return arrays, len(classes)
 
 
 def _genotypes(site: Any, prefix: Path, model: dict[str, np.ndarray]) -> np.ndarray:

@@ -55,6 +55,8 @@ def combine(
     if "counts" not in inputs:  # the preliminary job of filters: {mind}: alignment only
         return
     yield "counts", _pooled_counts(field, share_of, sites, alignment)
+    if "merge" in inputs:
+        yield "merge", _pooled_excess(field, share_of, sites, alignment)
     if "alleles" in inputs:  # a field of its own
         big = field_for(inputs["alleles"].modulus)
         yield "alleles", _pooled_alleles(big, share_of, sites, alignment)
@@ -101,6 +103,21 @@ def _pooled_counts(
     total = None
     for k, s in enumerate(sites):
         part = take_counts(share_of("counts", s), alignment.index[k], alignment.flip[k])
+        total = part if total is None else field.add(total, part)
+    assert total is not None  # a close names at least one site
+    return total
+
+
+def _pooled_excess(
+    field: PrimeField, share_of: ShareOf, sites: list[str], alignment: Alignment
+) -> np.ndarray:
+    """The sites' :func:`.align.merge_excess` ``(V, 2)``, in the reference orientation,
+    added (a flip exchanges the homozygotes: both excesses change sign)."""
+    total = None
+    for k, s in enumerate(sites):
+        part = share_of("merge", s)[alignment.index[k]]
+        f = np.flatnonzero(alignment.flip[k])
+        part[f] = field.sub(field.zeros((len(f), 2)), part[f])
         total = part if total is None else field.add(total, part)
     assert total is not None  # a close names at least one site
     return total

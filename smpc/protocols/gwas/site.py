@@ -90,7 +90,8 @@ def _site_statistics(
         groups["linear"] = covar
     if "assoc" in spec.tests and spec.pheno is not None:
         groups["qt"] = None
-    counts, cross = _scan(site, keep, pheno, pheno_class, founder, groups)
+    mind = spec.filters is not None and spec.filters.mind is not None
+    counts, cross, excess = _scan(site, keep, pheno, pheno_class, founder, groups, mind)
     info = {
         "variants": site.variants.to_columns(),
         "phenotype": phenotype_kind(pheno),
@@ -104,6 +105,8 @@ def _site_statistics(
             "covar": [magnitude_bits(covar[:, j]) for j in range(covar.shape[1])],
         }
     arrays = {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}
+    if excess is not None:  # the merge's allele order, over every sample (before mind)
+        arrays["merge"] = excess
     if statistics_mode(spec) and "assoc" in spec.tests:
         arrays["alleles"] = case_control_alleles(counts)
     if statistics_mode(spec) and groups:
@@ -131,10 +134,12 @@ def _scan(
     pheno_class: np.ndarray,
     founder: np.ndarray,
     groups: dict[str, np.ndarray | None],
-) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    merge: bool = False,
+) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]], np.ndarray | None]:
     """One pass over the kept samples' genotypes: the count tensor and each group's
-    cross products (x = [1, g, the group's covariates])."""
-    from smpc.protocols.gwas.align import site_counts
+    cross products (x = [1, g, the group's covariates]); with ``merge`` also
+    :func:`.align.merge_excess` over every sample."""
+    from smpc.protocols.gwas.align import merge_excess, site_counts
     from smpc.protocols.gwas.genotypes import iter_chunks
     from smpc.protocols.gwas.plink.regression import linear_site_stats
 
@@ -148,8 +153,12 @@ def _scan(
         }
         for g, c in groups.items()
     }
+    excess = np.zeros((n_variants, 2), dtype=np.int64) if merge else None
+    every_founder = np.asarray(site.samples.founder, dtype=bool)
     no_flip = np.zeros(CHUNK, dtype=bool)
     for idx, chunk in iter_chunks(site, np.arange(n_variants), CHUNK):
+        if excess is not None:
+            excess[idx] = merge_excess(chunk, every_founder)
         if not keep.all():
             chunk = chunk[keep]
         counts[idx] = site_counts(chunk, no_flip[: len(idx)], pheno_class, founder)
@@ -158,7 +167,7 @@ def _scan(
             cross[group]["xtx"][idx] = stats.xtx
             cross[group]["xty"][idx] = stats.xty
             cross[group]["yty"][idx] = stats.yty
-    return counts, cross
+    return counts, cross, excess
 
 
 def _shared_cross_products(

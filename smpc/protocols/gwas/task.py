@@ -37,6 +37,9 @@ class GwasSession(_Strict):
     a1_side: str = ""
     counts: str  # (V, 3, 2, 4) genotype counts, GF(2^61 - 1) little-endian words
     alleles: str | None = None  # (V, 4) case/control allele counts in the assoc field
+    # filters: {mind}: (V, 2) A2 minus A1 homozygotes over every sample and every founder
+    # (.align.merge_excess): the pooled fileset's .bim order
+    merge: str | None = None
     assoc_modulus: int | None = None
     assoc_field_bits: int | None = None
     geno: float | None = None  # filters computed inside MPyC

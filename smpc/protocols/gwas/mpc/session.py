@@ -81,9 +81,17 @@ async def run_gwas(mpc: Any, task: Any, workdir: Path) -> dict[str, dict[str, An
     founder_sign = await open_signs(mpc, excess_a2(every, range(1, 2)), width, side=side)
     tie = np.flatnonzero(founder_sign == 0)
     merge = np.zeros(v, dtype=bool)
-    if tie.size:
+    if tie.size and gwas.merge is not None:  # mind: the pooled .bim saw every sample
+        excess = FAST.from_bytes((workdir / gwas.merge).read_bytes(), (v, 2))[tie]
+        samples = fast.array(fast.field.array(np.asarray(excess[:, 0], dtype=object)))
+        merged = await open_signs(mpc, samples, FAST_BITS, lt=True)  # the merge's order
+        # then --make-bed's founders' minor allele, in the merged order (a share negates)
+        made = np.where(merged, FAST.sub(FAST.zeros(merged.shape), excess[:, 1]), excess[:, 1])
+        secret = fast.array(fast.field.array(np.asarray(made, dtype=object)))
+        merge[tie] = merged ^ await open_signs(mpc, secret, FAST_BITS, lt=True)
+    elif tie.size:
         merge[tie] = await open_signs(mpc, excess_a2(every, founders)[tie], width, lt=True)
-    swap = (founder_sign < 0) ^ merge  # relative to the merged .bim, as PLINK swaps
+    swap = founder_sign < 0  # relative to the merged .bim (a tie keeps it), as PLINK swaps
     out: dict[str, dict[str, Any]] = {
         "a1.merge": _result(merge.astype(np.int64)),
         "a1.swap": _result(swap.astype(np.int64)),
