@@ -112,10 +112,11 @@ def site_round(
     run's PCA when ``covar`` names its PCs)."""
     from smpc.protocols.gwas.genotypes import iter_chunks, open_site
     from smpc.protocols.gwas.job import statistics_mode
+    from smpc.protocols.gwas.mind import mind_keep
     from smpc.protocols.gwas.pcarounds import site_covariates
     from smpc.protocols.gwas.phenotypes import is_case_control
     from smpc.protocols.gwas.plink.regression import flip_genotypes, logistic_site_stats
-    from smpc.protocols.gwas.site import CHUNK, check_regression_values, mind_keep, phenotype
+    from smpc.protocols.gwas.site import CHUNK, check_regression_values, phenotype
     from smpc.protocols.gwas.sizes import LIMB_BITS, split_limbs
 
     with open_site(prefix) as site:

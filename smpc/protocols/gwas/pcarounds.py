@@ -196,7 +196,7 @@ def _kept(spec: Any, site: Any, model: dict[str, np.ndarray] | None) -> np.ndarr
     """The samples a PCA job uses: those ``filters: {mind}`` keeps over the job's list."""
     if model is None or "mind" not in model:
         return np.ones(site.n_samples, dtype=bool)
-    from smpc.protocols.gwas.site import mind_keep
+    from smpc.protocols.gwas.mind import mind_keep
 
     return mind_keep(site, _decoded(model["mind"]), spec.filters.mind)
 

@@ -13,8 +13,8 @@ from smpc.errors import UserError
 from smpc.protocols.gwas.a1 import a1_is_minor
 from smpc.protocols.gwas.combine import pack_symmetric
 from smpc.protocols.gwas.job import statistics_mode
+from smpc.protocols.gwas.mind import mind_keep
 from smpc.protocols.gwas.phenotypes import is_case_control, phenotype_kind
-from smpc.protocols.gwas.plink.constants import SMALL_EPSILON
 from smpc.protocols.gwas.sizes import REG_VALUE_BITS, scale_cross_products, split_limbs
 
 CHUNK = 2000  # variants per chunk at the sites
@@ -40,21 +40,6 @@ def site_statistics(
 
     with open_site(prefix) as site:
         return _site_statistics(spec, prefix, site, analysed, table_only, pca_model)
-
-
-def mind_keep(site: Any, analysed: np.ndarray, mind: float) -> np.ndarray:
-    """Samples passing PLINK 1.9's ``--mind``: missing calls <= int(mind·V·(1 + 2^-44))."""
-    from smpc.protocols.gwas.genotypes import iter_chunks
-
-    rows = {snp: i for i, snp in enumerate(site.variants.snp)}
-    absent = [snp for snp in analysed if snp not in rows]
-    if absent:
-        raise UserError(f"the job's analysed variants include some this site lacks: {absent[:5]}")
-    index = np.sort(np.array([rows[snp] for snp in analysed], dtype=np.int64))
-    missing = np.zeros(site.n_samples, dtype=np.int64)
-    for _, chunk in iter_chunks(site, index, CHUNK):
-        missing += np.count_nonzero(chunk < 0, axis=1)
-    return missing <= int(mind * len(index) * (1 + SMALL_EPSILON))
 
 
 def _site_statistics(
