@@ -511,5 +511,11 @@ def test_pca_spec_defaults_and_refusals():
         )  # fmt: skip
     with_mind = parse_spec({"name": "p", "protocol": "gwas", "pca": {}, "filters": {"mind": 0.1}})
     assert with_mind.filters.mind == 0.1 and with_mind.pca is not None
+    # a PCA job must carry mind's variants exactly when its spec filters on mind
+    listed = {"mind": np.array([b"rs1"])}
+    with pytest.raises(UserError, match="disagree"):
+        pcarounds._kept(with_mind, None, {"snp": np.array([b"rs1"])})
+    with pytest.raises(UserError, match="disagree"):
+        pcarounds._kept(only, None, listed)
     with pytest.raises(UserError, match="components"):
         parse_spec({"name": "p", "protocol": "gwas", "pca": {"components": 0}})

@@ -194,11 +194,18 @@ def _pooled_orientation(summary: dict, opened: Any) -> tuple[VariantTable, np.nd
 
 def _kept(spec: Any, site: Any, model: dict[str, np.ndarray] | None) -> np.ndarray:
     """The samples a PCA job uses: those ``filters: {mind}`` keeps over the job's list."""
-    if model is None or "mind" not in model:
+    mind = spec.filters.mind if spec.filters is not None else None
+    listed = model is not None and "mind" in model
+    if listed != (mind is not None):
+        raise UserError(
+            "the PCA job's variants for mind and its spec's filters: {mind} disagree: "
+            "a job built by smpc carries both or neither"
+        )
+    if model is None or mind is None:
         return np.ones(site.n_samples, dtype=bool)
     from smpc.protocols.gwas.mind import mind_keep
 
-    return mind_keep(site, _decoded(model["mind"]), spec.filters.mind)
+    return mind_keep(site, _decoded(model["mind"]), mind)
 
 
 def site_freq(
