@@ -52,18 +52,26 @@ class Pooled:
     keep: np.ndarray  # passes every filter: what the association tests analyse
 
 
-def _orient(
-    spec: Any, opened: Mapping[str, np.ndarray], variants: VariantTable, quantitative: bool
-) -> Pooled:
-    """Orientation as PLINK on the merged fileset: the merge's allele order by pooled
-    allele counts (:func:`.align.pooled_bim_swap`), then A1 = the founders' minor allele."""
+def oriented_counts(opened: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The opened pooled counts ``(V, 3, 2, 4)`` as PLINK orients them on the merged
+    fileset, with ``flip`` (relative to the reference orientation the sites were aligned
+    to) and ``swap`` (the founders' minor-allele swap relative to the merged .bim): the
+    merge's allele order (:func:`.align.pooled_bim_swap`, from ``merge`` with ``mind``),
+    then A1 = the founders' minor allele (a tie keeps the merged order)."""
     counts = np.rint(np.asarray(opened["counts"], dtype=np.float64)).astype(np.int64)
+    counts = counts.reshape(-1, 3, 2, 4)
     excess = opened.get("merge")  # filters: {mind}: the merge's order over every sample
     merged = pooled_bim_swap(counts, None if excess is None else np.rint(excess))
     counts = qc.swap_alleles(counts, merged)
     swap = qc.minor_allele_swap(counts)
-    counts = qc.swap_alleles(counts, swap)
-    flip = merged ^ swap  # relative to the reference orientation the sites were aligned to
+    return qc.swap_alleles(counts, swap), merged ^ swap, swap
+
+
+def _orient(
+    spec: Any, opened: Mapping[str, np.ndarray], variants: VariantTable, quantitative: bool
+) -> Pooled:
+    """Orientation as PLINK on the merged fileset (:func:`oriented_counts`)."""
+    counts, flip, swap = oriented_counts(opened)
     variants = flip_alleles(variants, flip)
     cross = {}
     for group in ("linear", "qt"):

@@ -173,20 +173,14 @@ def pca_plan(spec: Any, mind: np.ndarray | None = None) -> Generator[Step, Outco
 
 def _pooled_orientation(summary: dict, opened: Any) -> tuple[VariantTable, np.ndarray]:
     """The variants and pooled counts in POOLED's .bim orientation (the merge's allele
-    order, then A1 the founders' minor allele: :func:`.finalize._orient`), so that where
-    the frequency is exactly 0.5 the major allele is PLINK 2's (the .bim's A2, its REF)."""
+    order, then A1 the founders' minor allele: :func:`.finalize.oriented_counts`), so that
+    where the frequency is exactly 0.5 the major allele is PLINK 2's (the .bim's A2, its
+    REF)."""
     from smpc.protocols.gwas.a1 import flip_alleles
-    from smpc.protocols.gwas.align import pooled_bim_swap
-    from smpc.protocols.gwas.plink import qc
+    from smpc.protocols.gwas.finalize import oriented_counts
 
-    variants = VariantTable.from_columns(summary["variants"])
-    raw = np.asarray(opened["counts"], dtype=np.float64)
-    counts = np.rint(raw).astype(np.int64).reshape(-1, 3, 2, 4)
-    excess = opened.get("merge")  # mind: the merge's order over every sample
-    merged = pooled_bim_swap(counts, None if excess is None else np.rint(excess))
-    counts = qc.swap_alleles(counts, merged)
-    swap = qc.minor_allele_swap(counts)
-    return flip_alleles(variants, merged ^ swap), qc.swap_alleles(counts, swap)
+    counts, flip, _ = oriented_counts(opened)
+    return flip_alleles(VariantTable.from_columns(summary["variants"]), flip), counts
 
 
 # --- site -------------------------------------------------------------------------------
