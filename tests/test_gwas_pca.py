@@ -424,6 +424,13 @@ def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
                 found |= (gap <= 1e-7 * np.abs(scores)[None, :]).any(axis=0)
             assert found.mean() < 0.1, f"{where}: holds {found.sum()} of the samples' scores"
 
+    def assert_job_not_per_sample(where: str, job) -> None:
+        payload = GwasPayload.model_validate(job.payload)
+        for model in (payload.arrays(), payload.pca_model()):
+            for name, value in (model or {}).items():
+                if value.dtype.kind != "S":
+                    assert_not_per_sample(f"{where} {name}", value)
+
     for outcome in run.outcomes:  # the analyst's inputs
         for name, value in outcome.opened.items():
             assert_not_per_sample(f"{outcome.job.id} {name}", value)
@@ -433,11 +440,7 @@ def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
         with sqlite3.connect(store) as db:
             for (message,) in db.execute("SELECT message FROM jobs"):
                 _, job = verify_job(message, directory)
-                payload = GwasPayload.model_validate(job.payload)
-                for model in (payload.arrays(), payload.pca_model()):
-                    for name, value in (model or {}).items():
-                        if value.dtype.kind != "S":
-                            assert_not_per_sample(f"job {job.id} {name}", value)
+                assert_job_not_per_sample(f"job {job.id}", job)
                 messages += 1
             for (header,) in db.execute("SELECT header FROM shares"):
                 assert not sizes & set(json.loads(header).get("shape", [])), header
@@ -463,11 +466,7 @@ def test_pca_through_smpc_local_equals_plink2_and_scores_stay_at_the_sites(
                 _, job = verify_job(body, directory)
             except MessageError:
                 continue
-            payload = GwasPayload.model_validate(job.payload)
-            for model in (payload.arrays(), payload.pca_model()):
-                for name, value in (model or {}).items():
-                    if value.dtype.kind != "S":
-                        assert_not_per_sample(f"broker {topic} {name}", value)
+            assert_job_not_per_sample(f"broker {topic}", job)
             jobs += 1
     assert jobs >= result["pca"]["rounds"] + 2, jobs
 

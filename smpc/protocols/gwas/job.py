@@ -96,10 +96,7 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
         for part in CROSS_PARTS
         for i in real_inputs(f"{group}.{part}", statistics)
     ]
-    # filters: {mind}: the merge's allele order over every sample (.align.merge_excess)
-    merge = [JobInput(name="merge", frac_bits=0, int_bits=COUNT_BITS)]
-    if spec.filters is None or spec.filters.mind is None:
-        merge = []
+    merge = merge_inputs(spec.filters is not None and spec.filters.mind is not None)
     if statistics:
         inputs = [public, counts, *merge, *cross]
         if "assoc" in spec.tests:  # a case/control phenotype's (whichever the sites have)
@@ -107,6 +104,12 @@ def job_parts(spec: Any) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
             inputs.append(JobInput(name="alleles", frac_bits=0, int_bits=40, modulus=modulus))
         return tuple(inputs), (alignment, *statistics_outputs(spec))
     return (public, counts, *merge, *cross), (alignment, counts, *merge, *cross)
+
+
+def merge_inputs(mind: bool) -> tuple[JobInput, ...]:
+    """With ``filters: {mind}``, ``merge``: each site's :func:`.align.merge_excess`, the
+    pooled .bim's allele order over every sample (the counts hold the kept ones only)."""
+    return (JobInput(name="merge", frac_bits=0, int_bits=COUNT_BITS),) if mind else ()
 
 
 def alignment_parts() -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:

@@ -95,12 +95,13 @@ def _limbs(name: str) -> tuple[JobInput, ...]:
 def freq_parts(mind: bool = False) -> tuple[tuple[JobInput, ...], tuple[JobInput, ...]]:
     """``pcafreq``: the variant tables and founder counts in, alignment and counts out;
     with ``mind`` also the merge's allele order over every sample (``merge``)."""
+    from smpc.protocols.gwas.job import merge_inputs
     from smpc.protocols.gwas.sizes import COUNT_BITS, PUBLIC_BITS
 
     public = JobInput(name="site", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
     counts = JobInput(name="counts", frac_bits=0, int_bits=COUNT_BITS)
     alignment = JobInput(name="alignment", frac_bits=0, int_bits=PUBLIC_BITS, public=True)
-    merge = (JobInput(name="merge", frac_bits=0, int_bits=COUNT_BITS),) if mind else ()
+    merge = merge_inputs(mind)
     return (public, counts, *merge), (alignment, counts, *merge)
 
 
@@ -217,23 +218,25 @@ def site_freq(
     from smpc.protocols.gwas.phenotypes import NO_PHENOTYPE
 
     with open_site(prefix) as site:
-        keep = _kept(spec, site, model)
+        keep = _kept(spec, site, model)  # also: the model names mind's variants iff the spec
+        mind = model is not None and "mind" in model
         founder = np.asarray(site.samples.founder, dtype=bool)[keep]
         n_variants = len(site.variants.snp)
         counts = np.zeros((n_variants, 3, 2, 4), dtype=np.int64)
         classes = np.zeros(int(keep.sum()), dtype=np.int64)
-        excess = np.zeros((n_variants, 2), dtype=np.int64)
+        excess = np.zeros((n_variants, 2), dtype=np.int64) if mind else None
         every_founder = np.asarray(site.samples.founder, dtype=bool)
         no_flip = np.zeros(CHUNK, dtype=bool)
         for idx, chunk in iter_chunks(site, np.arange(n_variants), CHUNK):
             counts[idx] = site_counts(chunk[keep], no_flip[: len(idx)], classes, founder)
-            excess[idx] = merge_excess(chunk, every_founder)
+            if excess is not None:
+                excess[idx] = merge_excess(chunk, every_founder)
         info = {
             "variants": site.variants.to_columns(),
             "phenotype": NO_PHENOTYPE,  # the PCA reads none (and tells none)
         }
     arrays = {"site": bytes_to_words(json.dumps(info).encode()), "counts": counts}
-    if model is not None and "mind" in model:
+    if excess is not None:  # the merge's allele order, over every sample (before mind)
         arrays["merge"] = excess
     return arrays, len(classes)
 
